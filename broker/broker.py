@@ -1,0 +1,130 @@
+"""The broker: vhosts, users, connections and the store, with no protocol in sight.
+
+Adapters authenticate a client with `authenticate`, attach it to a vhost with
+`connect`, and then work through the `Session`s of the `ClientConnection`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+from broker.auth import User, UserDirectory
+from broker.config import Limits
+from broker.connection import ClientConnection
+from broker.errors import NotAllowed
+from broker.queue import Queue
+from broker.serialization import decode_arguments
+from broker.vhost import Exchange, VirtualHost
+from storage import MemoryStore, Store, Topology
+
+
+class Broker:
+    """Protocol-neutral broker state. Start with `await start()`, end with `await stop()`."""
+
+    def __init__(
+        self,
+        *,
+        store: Store | None = None,
+        users: UserDirectory | None = None,
+        vhosts: Iterable[str] = ("/",),
+        limits: Limits | None = None,
+    ) -> None:
+        self.store: Store = store if store is not None else MemoryStore()
+        self.users = users if users is not None else UserDirectory()
+        self.limits = limits or Limits()
+        self.vhosts: dict[str, VirtualHost] = {}
+        self.connections: set[ClientConnection] = set()
+        self._configured_vhosts = list(vhosts)
+        self._message_ids = itertools.count(1).__next__
+
+    async def start(self) -> None:
+        """Open the store and rebuild the durable topology it holds."""
+        await self.store.open()
+        topology = await self.store.load_topology()
+        self._restore(topology)
+        for name in self._configured_vhosts:
+            if name not in self.vhosts:
+                self.add_vhost(name)
+        self._message_ids = itertools.count(await self.store.max_message_id() + 1).__next__
+
+    async def stop(self) -> None:
+        """Close every connection's core state and close the store."""
+        for connection in list(self.connections):
+            connection.close()
+        await self.store.close()
+
+    def next_message_id(self) -> int:
+        return self._message_ids()
+
+    # -- vhosts ---------------------------------------------------------------------
+
+    def add_vhost(self, name: str) -> VirtualHost:
+        vhost = self.vhosts.get(name)
+        if vhost is None:
+            vhost = self.vhosts[name] = VirtualHost(self, name)
+            self.store.put_vhost(name)
+        return vhost
+
+    def _restore(self, topology: Topology) -> None:
+        for name in topology.vhosts:
+            self.vhosts[name] = VirtualHost(self, name)
+        for x in topology.exchanges:
+            vhost = self.vhosts[x.vhost]
+            if x.name not in vhost.exchanges:
+                vhost.exchanges[x.name] = Exchange(
+                    x.name,
+                    x.type,
+                    durable=True,
+                    auto_delete=x.auto_delete,
+                    internal=x.internal,
+                    arguments=decode_arguments(x.arguments),
+                )
+        for q in topology.queues:
+            vhost = self.vhosts[q.vhost]
+            vhost.queues[q.name] = Queue(
+                vhost,
+                q.name,
+                durable=True,
+                exclusive_owner=None,
+                auto_delete=q.auto_delete,
+                arguments=decode_arguments(q.arguments),
+            )
+        for b in topology.bindings:
+            vhost = self.vhosts[b.vhost]
+            source = vhost.exchanges.get(b.source)
+            dest: Any = (vhost.queues if b.destination_kind == "queue" else vhost.exchanges).get(
+                b.destination
+            )
+            if source is None or dest is None:
+                continue
+            args = decode_arguments(b.arguments)
+            source.router.bind(dest, b.routing_key, args)
+            if b.destination_kind == "queue":
+                dest.sources.add(source)
+
+    # -- clients --------------------------------------------------------------------
+
+    def authenticate(self, username: str, password: str, *, from_loopback: bool) -> User:
+        """Check credentials. Raises AccessRefused."""
+        return self.users.authenticate(username, password, from_loopback=from_loopback)
+
+    def connect(
+        self,
+        vhost_name: str,
+        user: User,
+        *,
+        protocol: str,
+        peer: str,
+        client_properties: dict[str, Any] | None = None,
+    ) -> ClientConnection:
+        """Attach an authenticated client to a vhost. Raises NotAllowed."""
+        vhost = self.vhosts.get(vhost_name)
+        if vhost is None or not self.users.may_open(user, vhost_name):
+            raise NotAllowed(f"access to vhost '{vhost_name}' refused for user '{user.name}'")
+        connection = ClientConnection(
+            self, vhost, user, protocol=protocol, peer=peer, client_properties=client_properties
+        )
+        self.connections.add(connection)
+        return connection

@@ -1,0 +1,70 @@
+"""The `moorage` command line: `moorage serve` runs the broker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from broker import __version__
+from broker.config import DEFAULT_PORTS, Config, ConfigError
+from broker.daemon import StartupError, serve
+from broker.loop import loop_factory
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moorage", description="Moorage message broker")
+    parser.add_argument("--version", action="version", version=f"moorage {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    s = commands.add_parser("serve", help="run the broker in the foreground")
+    s.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    s.add_argument("--data-dir", metavar="DIR", help="where durable state is kept")
+    s.add_argument("--bind", metavar="ADDR", help="address every listener binds to")
+    for name in DEFAULT_PORTS:
+        s.add_argument(f"--{name}-port", type=int, metavar="N", help=f"{name} port (0 disables)")
+    s.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity"
+    )
+    s.add_argument(
+        "--loop", choices=["auto", "uvloop", "asyncio"], default="auto", help=argparse.SUPPRESS
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = Config.load(args.config)
+        config.apply_overrides(
+            data_dir=args.data_dir,
+            bind=args.bind,
+            ports={name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS},
+        )
+    except ConfigError as e:
+        print(f"moorage: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=(args.log_level or config.log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+            runner.run(serve(config))
+    except StartupError as e:
+        print(f"moorage: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The composition root: builds the store and the broker, starts listeners, handles signals.
+
+This is the only module that knows about every part: configuration,
+storage implementation and the protocol plug-ins (found through entry
+points, so no adapter is imported by name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from contextlib import suppress
+
+from broker.auth import UserDirectory
+from broker.broker import Broker
+from broker.config import Config, ConfigError
+from broker.listeners import Listener, discover
+from storage import MemoryStore, Store, StoreError
+
+log = logging.getLogger("moorage")
+
+SHUTDOWN_GRACE = 5.0  # seconds clients get to answer connection.close
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is the one-line reason."""
+
+
+def make_store(config: Config) -> Store:
+    """The store the configuration asks for, in its data directory."""
+    if config.storage.backend == "memory":
+        return MemoryStore()
+    from storage.sqlite import SQLiteStore
+
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StartupError(f"cannot create data directory {config.data_dir}: {e.strerror}") from e
+    return SQLiteStore(config.data_dir / "moorage.db", durability=config.storage.durability)
+
+
+class Daemon:
+    """A running broker with its listeners. `start()`, then `stop()`."""
+
+    def __init__(self, config: Config, store: Store | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.broker: Broker | None = None
+        self.listeners: dict[str, Listener] = {}
+        self.ports: dict[str, int] = {}
+
+    async def start(self) -> None:
+        """Open the store, recover, and listen. Raises StartupError with a one-line reason."""
+        config = self.config
+        store = self.store if self.store is not None else make_store(config)
+        broker = Broker(
+            store=store,
+            users=UserDirectory(config.users, config.loopback_users),
+            vhosts=config.vhosts,
+            limits=config.limits,
+        )
+        try:
+            await broker.start()
+        except StoreError as e:
+            raise StartupError(str(e)) from e
+        self.broker = broker
+        plugins = discover()
+        try:
+            for name, port in config.ports.items():
+                plugin = plugins.get(name)
+                if plugin is None or port == 0:
+                    continue
+                try:
+                    listener = await plugin.start(broker, config.bind, port)
+                except OSError as e:
+                    raise StartupError(
+                        f"cannot listen for {name} on {config.bind}:{port}: {e.strerror or e}"
+                    ) from e
+                self.listeners[name] = listener
+                sockname = listener.server.sockets[0].getsockname()
+                self.ports[name] = sockname[1]
+                log.info(
+                    "%s listener accepting connections on %s:%d", name, sockname[0], sockname[1]
+                )
+        except StartupError:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Close listeners, ask clients to disconnect, wait a little, close the store."""
+        for listener in self.listeners.values():
+            listener.server.close()
+        for listener in self.listeners.values():
+            listener.shutdown_connections("shutdown")
+        deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE
+        while any(lst.connection_count() for lst in self.listeners.values()):
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        for listener in self.listeners.values():
+            with suppress(Exception):
+                listener.server.close()
+                await asyncio.wait_for(listener.server.wait_closed(), 1.0)
+        self.listeners.clear()
+        if self.broker is not None:
+            await self.broker.stop()
+            self.broker = None
+
+
+async def serve(config: Config, on_ready: Callable[[Daemon], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down cleanly."""
+    daemon = Daemon(config)
+    await daemon.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if on_ready is not None:
+        on_ready(daemon)
+    log.info("moorage ready")
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await daemon.stop()
+        log.info("stopped")
+
+
+__all__ = ["ConfigError", "Daemon", "StartupError", "serve"]

@@ -1,0 +1,59 @@
+"""How the core turns messages and argument tables into bytes for the store.
+
+Both use the AMQP 0-9-1 field-table encoding (through pamqp): it is typed,
+compact, versionable and round-trips every value a client can send, which
+JSON would not (bytes, timestamps, nested tables).
+
+Message layout, version 1::
+
+    0x01 | field table {"x": exchange, "k": routing key, property: value...} | body
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pamqp import decode, encode
+
+from broker.message import PROPERTY_NAMES, Message, Properties
+
+_VERSION = 1
+
+
+def encode_arguments(arguments: Mapping[str, Any]) -> bytes:
+    """Encode a queue/exchange/binding argument table; b"" when empty.
+
+    Keys are sorted so that equal tables always give equal bytes: a binding is
+    found again by its encoded arguments when it is deleted.
+    """
+    return encode.field_table(dict(sorted(arguments.items()))) if arguments else b""
+
+
+def decode_arguments(data: bytes) -> dict[str, Any]:
+    """Inverse of `encode_arguments`."""
+    if not data:
+        return {}
+    return dict(decode.field_table(data)[1])
+
+
+def encode_message(message: Message) -> bytes:
+    """Serialize a message (routing information, properties, body) for the store."""
+    table: dict[str, Any] = {"x": message.exchange, "k": message.routing_key}
+    props = message.properties
+    for name in PROPERTY_NAMES:
+        value = getattr(props, name)
+        if value is not None:
+            table[name] = value
+    return bytes((_VERSION,)) + encode.field_table(table) + message.body
+
+
+def decode_message(data: bytes) -> Message:
+    """Inverse of `encode_message`. Raises ValueError on an unknown layout."""
+    if not data or data[0] != _VERSION:
+        raise ValueError(f"unknown stored message layout {data[:1]!r}")
+    used, table = decode.field_table(data[1:])
+    exchange = str(table.pop("x"))
+    routing_key = str(table.pop("k"))
+    properties = Properties(**{k: v for k, v in table.items() if k in PROPERTY_NAMES})
+    return Message(exchange, routing_key, properties, data[1 + used :])

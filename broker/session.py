@@ -1,0 +1,466 @@
+"""Sessions: the small API every protocol adapter drives, one per AMQP channel.
+
+A session belongs to a client connection and talks back to its adapter
+through a `DeliverySink`. It owns the delivery tags and the unacked map of
+its deliveries, the channel-wide prefetch, flow control and transactions.
+
+Ordering constraints:
+- `consume` registers the consumer but delivers nothing; the adapter must
+  announce the consumer on the wire (e.g. `basic.consume-ok`) and then call
+  `Consumer.start()`, so no delivery can overtake the announcement.
+- A delivery is recorded in `unacked` *before* the sink is called, so an ack
+  that the sink's client sends back at once always finds it.
+- In a transaction, publishes and acks are held until `tx_commit`, then
+  applied in the order they were made.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from broker.errors import (
+    AccessRefused,
+    BrokerError,
+    NotAllowed,
+    PreconditionFailed,
+)
+from broker.message import Message
+from broker.queue import Consumer, Queue, QueueEntry
+
+if TYPE_CHECKING:
+    from broker.connection import ClientConnection
+    from broker.vhost import Exchange
+
+_consumer_ids = itertools.count(1)
+
+
+class DeliverySink(Protocol):
+    """What the core calls on an adapter (implemented by each protocol's adapter)."""
+
+    def deliver(
+        self, consumer_tag: str, delivery_tag: int, redelivered: bool, message: Message
+    ) -> None:
+        """Send one message to the client for the consumer `consumer_tag`."""
+
+    def returned(self, message: Message, reply_code: int, reply_text: str) -> None:
+        """A mandatory message could not be routed: give it back to its publisher."""
+
+    def cancelled(self, consumer_tag: str, error: BrokerError | None) -> None:
+        """The broker ended a consumer (its queue was deleted)."""
+
+
+class _Unacked:
+    __slots__ = ("consumer", "entry", "queue")
+
+    def __init__(self, entry: QueueEntry, queue: Queue, consumer: Consumer | None) -> None:
+        self.entry = entry
+        self.queue = queue
+        self.consumer = consumer
+
+
+class Session:
+    """One logical channel of a client connection onto a vhost."""
+
+    def __init__(self, connection: ClientConnection, sink: DeliverySink) -> None:
+        self.connection = connection
+        self.vhost = connection.vhost
+        self.user = connection.user
+        self.sink = sink
+        self.consumers: dict[str, Consumer] = {}
+        self.unacked: dict[int, _Unacked] = {}
+        self.prefetch_count = 0  # channel-wide limit (basic.qos global=true); 0 = none
+        self.consumer_prefetch = 0  # default for new consumers (basic.qos global=false)
+        self.flow = True  # client-side flow (channel.flow) and transport writability
+        self.closed = False
+        self._next_tag = itertools.count(1).__next__
+        self._tx: list[Callable[[], Any]] | None = None
+        self._permitted: dict[tuple[str, str, str], bool] = {}
+
+    # -- permissions ------------------------------------------------------------------
+
+    def _check(self, access: str, name: str, kind: str) -> None:
+        key = (access, name, kind)
+        ok = self._permitted.get(key)
+        if ok is None:
+            try:
+                self.user.check(self.vhost.name, access, name, kind)  # type: ignore[arg-type]
+                ok = True
+            except AccessRefused:
+                ok = False
+            self._permitted[key] = ok
+        if not ok:
+            self.user.check(self.vhost.name, access, name, kind)  # type: ignore[arg-type]
+
+    # -- topology -------------------------------------------------------------------
+
+    def declare_exchange(
+        self,
+        name: str,
+        type_name: str = "direct",
+        *,
+        passive: bool = False,
+        durable: bool = True,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Exchange:
+        """Declare an exchange.
+
+        Raises NotFound, AccessRefused, PreconditionFailed, CommandInvalid.
+        """
+        if not passive:
+            self._check("configure", name, "exchange")
+        return self.vhost.declare_exchange(
+            name,
+            type_name,
+            durable=durable,
+            auto_delete=auto_delete,
+            internal=internal,
+            arguments=arguments,
+            passive=passive,
+        )
+
+    def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        """Delete an exchange. Raises NotFound, AccessRefused, PreconditionFailed."""
+        self._check("configure", name, "exchange")
+        self.vhost.delete_exchange(name, if_unused=if_unused)
+
+    def declare_queue(
+        self,
+        name: str,
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> tuple[Queue, int, int]:
+        """Declare a queue; returns (queue, ready messages, consumers).
+
+        Raises NotFound (passive, missing), AccessRefused, ResourceLocked
+        (another connection's exclusive queue), PreconditionFailed (inequivalent).
+        """
+        if not passive and name:
+            self._check("configure", name, "queue")
+        queue, _created = self.vhost.declare_queue(
+            name,
+            owner=self.connection,
+            durable=durable,
+            exclusive=exclusive,
+            auto_delete=auto_delete,
+            arguments=arguments,
+            passive=passive,
+        )
+        return queue, queue.message_count, len(queue.consumers)
+
+    def delete_queue(self, name: str, *, if_unused: bool = False, if_empty: bool = False) -> int:
+        """Delete a queue; returns how many ready messages went with it."""
+        queue = self.vhost.lookup_queue(name)
+        self.vhost.check_exclusive(queue, self.connection)
+        self._check("configure", name, "queue")
+        return self.vhost.delete_queue(name, if_unused=if_unused, if_empty=if_empty)
+
+    def purge_queue(self, name: str) -> int:
+        """Drop a queue's ready messages; returns how many."""
+        queue = self._queue_for("read", name)
+        return queue.purge()
+
+    def bind_queue(
+        self, queue: str, exchange: str, routing_key: str, arguments: Mapping[str, Any]
+    ) -> None:
+        q = self._queue_for("write", queue)
+        self._check("read", exchange, "exchange")
+        self.vhost.bind(exchange, q, routing_key, arguments)
+
+    def unbind_queue(
+        self, queue: str, exchange: str, routing_key: str, arguments: Mapping[str, Any]
+    ) -> None:
+        q = self._queue_for("write", queue)
+        self._check("read", exchange, "exchange")
+        self.vhost.unbind(exchange, q, routing_key, arguments)
+
+    def bind_exchange(
+        self, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any]
+    ) -> None:
+        self._check("write", destination, "exchange")
+        self._check("read", source, "exchange")
+        dest = self.vhost.lookup_exchange(destination)
+        self.vhost.bind(source, dest, routing_key, arguments)
+
+    def unbind_exchange(
+        self, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any]
+    ) -> None:
+        self._check("write", destination, "exchange")
+        self._check("read", source, "exchange")
+        dest = self.vhost.lookup_exchange(destination)
+        self.vhost.unbind(source, dest, routing_key, arguments)
+
+    def _queue_for(self, access: str, name: str) -> Queue:
+        queue = self.vhost.lookup_queue(name)
+        self.vhost.check_exclusive(queue, self.connection)
+        self._check(access, name, "queue")
+        return queue
+
+    # -- publishing -----------------------------------------------------------------
+
+    def publish(self, exchange_name: str, message: Message, *, mandatory: bool = False) -> bool:
+        """Route a message to its queues.
+
+        Returns True when the message was written to the store (the caller must
+        wait for `store.when_durable` before confirming it). An unroutable
+        mandatory message is handed back through `sink.returned`. Inside a
+        transaction nothing happens until `tx_commit`.
+        Raises NotFound (no such exchange), AccessRefused (no write permission,
+        internal exchange).
+        """
+        exchange = self.vhost.lookup_exchange(exchange_name)
+        self._check("write", exchange_name, "exchange")
+        if exchange.internal:
+            raise AccessRefused(
+                f"cannot publish to internal exchange '{exchange_name}' "
+                f"in vhost '{self.vhost.name}'"
+            )
+        if self._tx is not None:
+            self._tx.append(lambda: self._route(exchange, message, mandatory))
+            return False
+        return self._route(exchange, message, mandatory)
+
+    def _route(self, exchange: Exchange, message: Message, mandatory: bool) -> bool:
+        queues = self.vhost.route(exchange, message)
+        if not queues:
+            if mandatory:
+                self.sink.returned(message, 312, "NO_ROUTE")
+            return False
+        stored = False
+        for queue in queues:
+            stored |= queue.publish(message)
+        return stored
+
+    # -- consuming --------------------------------------------------------------------
+
+    def consume(
+        self,
+        queue_name: str,
+        consumer_tag: str = "",
+        *,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Consumer:
+        """Subscribe to a queue; call `Consumer.start()` once the client knows the tag.
+
+        Raises NotFound, AccessRefused (permission, or an exclusive consumer
+        already there), ResourceLocked, NotAllowed (tag in use on this channel).
+        """
+        queue = self._queue_for("read", queue_name)
+        if not consumer_tag:
+            consumer_tag = f"amq.ctag-{next(_consumer_ids)}-{id(self):x}"
+        if consumer_tag in self.consumers:
+            raise NotAllowed(f"attempt to reuse consumer tag '{consumer_tag}'")
+        if queue.consumers and (exclusive or any(c.exclusive for c in queue.consumers)):
+            raise AccessRefused(
+                f"queue '{queue_name}' in vhost '{self.vhost.name}' in exclusive use"
+            )
+        consumer = Consumer(
+            consumer_tag,
+            queue,
+            self,
+            no_ack=no_ack,
+            prefetch=self.consumer_prefetch,
+            exclusive=exclusive,
+            arguments=dict(arguments or {}),
+        )
+        self.consumers[consumer_tag] = consumer
+        queue.add_consumer(consumer)
+        return consumer
+
+    def cancel(self, consumer_tag: str) -> bool:
+        """End a consumer; False if the tag is unknown (not an error in AMQP)."""
+        consumer = self.consumers.pop(consumer_tag, None)
+        if consumer is None:
+            return False
+        consumer.queue.remove_consumer(consumer)
+        return True
+
+    def consumer_cancelled(self, consumer: Consumer, error: BrokerError | None) -> None:
+        """Called by a queue that ends one of our consumers (queue deleted)."""
+        if self.consumers.pop(consumer.tag, None) is not None:
+            self.sink.cancelled(consumer.tag, error)
+
+    def can_deliver(self) -> bool:
+        """Channel-level credit: flow is on and the channel prefetch is not exhausted."""
+        return self.flow and (not self.prefetch_count or len(self.unacked) < self.prefetch_count)
+
+    def deliver(self, consumer: Consumer, entry: QueueEntry) -> None:
+        """Hand an entry to a consumer (called by `Queue.dispatch`)."""
+        tag = self._next_tag()
+        redelivered = entry.delivery_count > 0
+        entry.delivery_count += 1
+        queue = consumer.queue
+        if consumer.no_ack:
+            queue.settle(entry)
+        else:
+            self.unacked[tag] = _Unacked(entry, queue, consumer)
+            consumer.unacked += 1
+            if entry.persisted:
+                queue.vhost.broker.store.mark_delivered(
+                    queue.vhost.name, queue.name, entry.seq, entry.delivery_count
+                )
+        self.sink.deliver(consumer.tag, tag, redelivered, entry.message)
+
+    def get(
+        self, queue_name: str, *, no_ack: bool = False
+    ) -> tuple[int, bool, Message, int] | None:
+        """basic.get: (delivery tag, redelivered, message, messages left) or None if empty."""
+        queue = self._queue_for("read", queue_name)
+        entry = queue.get()
+        if entry is None:
+            return None
+        tag = self._next_tag()
+        redelivered = entry.delivery_count > 0
+        entry.delivery_count += 1
+        if no_ack:
+            queue.settle(entry)
+        else:
+            self.unacked[tag] = _Unacked(entry, queue, None)
+        return tag, redelivered, entry.message, queue.message_count
+
+    def qos(self, prefetch_count: int, *, global_: bool = False) -> None:
+        """basic.qos with RabbitMQ's meaning of `global` (channel-wide when true)."""
+        if global_:
+            self.prefetch_count = prefetch_count
+            for queue in self._consumed_queues():
+                queue.dispatch()
+        else:
+            self.consumer_prefetch = prefetch_count
+
+    def set_flow(self, active: bool) -> None:
+        """Stop or resume deliveries (channel.flow, or the transport's write buffer)."""
+        self.flow = active
+        if active:
+            for queue in self._consumed_queues():
+                queue.dispatch()
+
+    def _consumed_queues(self) -> list[Queue]:
+        return list({c.queue: None for c in self.consumers.values()})
+
+    # -- acknowledgements -------------------------------------------------------------
+
+    def _take(self, delivery_tag: int, multiple: bool) -> list[_Unacked]:
+        """Remove and return the unacked deliveries an ack/nack refers to."""
+        unacked = self.unacked
+        if multiple:
+            if delivery_tag == 0:
+                taken = list(unacked.values())
+                unacked.clear()
+                return taken
+            if delivery_tag not in unacked and not any(t <= delivery_tag for t in unacked):
+                raise PreconditionFailed(f"unknown delivery tag {delivery_tag}")
+            taken = []
+            for tag in list(unacked):
+                if tag > delivery_tag:
+                    break
+                taken.append(unacked.pop(tag))
+            return taken
+        item = unacked.pop(delivery_tag, None)
+        if item is None:
+            raise PreconditionFailed(f"unknown delivery tag {delivery_tag}")
+        return [item]
+
+    def ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
+        """Acknowledge deliveries. Raises PreconditionFailed for an unknown tag."""
+        if self._tx is not None:
+            self._validate_tag(delivery_tag, multiple)
+            self._tx.append(lambda: self._settle(self._take(delivery_tag, multiple), requeue=None))
+            return
+        self._settle(self._take(delivery_tag, multiple), requeue=None)
+
+    def nack(self, delivery_tag: int, *, multiple: bool = False, requeue: bool = True) -> None:
+        """Reject deliveries (basic.nack / basic.reject), requeueing them or dropping them."""
+        if self._tx is not None:
+            self._validate_tag(delivery_tag, multiple)
+            self._tx.append(
+                lambda: self._settle(self._take(delivery_tag, multiple), requeue=requeue)
+            )
+            return
+        self._settle(self._take(delivery_tag, multiple), requeue=requeue)
+
+    def _validate_tag(self, delivery_tag: int, multiple: bool) -> None:
+        if delivery_tag not in self.unacked and not (
+            multiple and (delivery_tag == 0 or self.unacked)
+        ):
+            raise PreconditionFailed(f"unknown delivery tag {delivery_tag}")
+
+    def _settle(self, items: list[_Unacked], *, requeue: bool | None) -> None:
+        """Finish deliveries: ack (requeue=None), requeue (True) or drop (False)."""
+        touched: dict[Queue, list[QueueEntry]] = {}
+        for item in items:
+            if item.consumer is not None:
+                item.consumer.unacked -= 1
+            if requeue:
+                touched.setdefault(item.queue, []).append(item.entry)
+            else:
+                item.queue.settle(item.entry)
+                touched.setdefault(item.queue, [])
+        for queue, entries in touched.items():
+            if entries:
+                queue.requeue(entries)  # dispatches
+            else:
+                queue.dispatch()
+        if self.prefetch_count:
+            # channel-wide credit came back: every queue we consume from may send
+            for queue in self._consumed_queues():
+                if queue not in touched:
+                    queue.dispatch()
+
+    def recover(self) -> None:
+        """basic.recover(requeue=true): every unacked delivery goes back to its queue."""
+        items = list(self.unacked.values())
+        self.unacked.clear()
+        self._settle(items, requeue=True)
+
+    # -- transactions -------------------------------------------------------------------
+
+    @property
+    def transactional(self) -> bool:
+        return self._tx is not None
+
+    def tx_select(self) -> None:
+        if self._tx is None:
+            self._tx = []
+
+    def tx_commit(self) -> None:
+        """Apply held publishes and acks in order. Raises PreconditionFailed outside a tx."""
+        if self._tx is None:
+            raise PreconditionFailed("channel is not transactional")
+        actions, self._tx = self._tx, []
+        for action in actions:
+            action()
+
+    def tx_rollback(self) -> None:
+        """Discard held publishes and acks (deliveries stay unacked)."""
+        if self._tx is None:
+            raise PreconditionFailed("channel is not transactional")
+        self._tx = []
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """End the session: cancel its consumers, requeue its unacked deliveries."""
+        if self.closed:
+            return
+        self.closed = True
+        self._tx = None
+        for tag in list(self.consumers):
+            self.cancel(tag)
+        items = list(self.unacked.values())
+        self.unacked.clear()
+        by_queue: dict[Queue, list[QueueEntry]] = {}
+        for item in items:
+            if item.consumer is not None:
+                item.consumer.unacked -= 1
+            by_queue.setdefault(item.queue, []).append(item.entry)
+        for queue, entries in by_queue.items():
+            queue.requeue(entries)

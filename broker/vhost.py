@@ -1,0 +1,417 @@
+"""Virtual hosts: the namespace of exchanges, queues and bindings, and routing.
+
+Routing follows RabbitMQ: the default exchange (`""`) delivers to the queue
+named by the routing key; other exchanges ask their type plug-in
+(`broker.exchange_types`) for destinations, following exchange-to-exchange
+bindings (each exchange visited once) and an exchange's `alternate-exchange`
+when it routes the message nowhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from broker.errors import (
+    AccessRefused,
+    CommandInvalid,
+    NotFound,
+    PreconditionFailed,
+    ResourceLocked,
+)
+from broker.exchange_types import ExchangeType, exchange_type
+from broker.message import Message
+from broker.queue import Queue, QueueEntry
+from broker.serialization import encode_arguments, encode_message
+from storage import BindingRecord, ExchangeRecord, QueueRecord
+
+if TYPE_CHECKING:
+    from broker.broker import Broker
+    from broker.connection import ClientConnection
+
+STANDARD_EXCHANGES: tuple[tuple[str, str], ...] = (
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+)
+
+# Queue arguments whose values must match on redeclaration (RabbitMQ's list);
+# any other argument is accepted and ignored when comparing.
+EQUIVALENT_QUEUE_ARGS = frozenset(
+    {
+        "x-expires",
+        "x-message-ttl",
+        "x-dead-letter-exchange",
+        "x-dead-letter-routing-key",
+        "x-max-length",
+        "x-max-length-bytes",
+        "x-max-priority",
+        "x-overflow",
+        "x-queue-type",
+        "x-single-active-consumer",
+        "x-delivery-limit",
+    }
+)
+
+
+class Exchange:
+    """An exchange: a named router of one type. Hashable by identity."""
+
+    __slots__ = ("arguments", "auto_delete", "durable", "internal", "name", "router", "type_name")
+
+    def __init__(
+        self,
+        name: str,
+        type_name: str,
+        *,
+        durable: bool,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.type_name = type_name
+        self.durable = durable
+        self.auto_delete = auto_delete
+        self.internal = internal
+        self.arguments = arguments or {}
+        self.router: ExchangeType = exchange_type(type_name)
+
+    def __repr__(self) -> str:
+        return f"<Exchange {self.name!r} {self.type_name}>"
+
+    @property
+    def alternate(self) -> str | None:
+        value = self.arguments.get("alternate-exchange")
+        return str(value) if value else None
+
+
+def _inequivalent(
+    what: str, name: str, vhost: str, arg: str, received: Any, current: Any
+) -> PreconditionFailed:
+    return PreconditionFailed(
+        f"inequivalent arg '{arg}' for {what} '{name}' in vhost '{vhost}': "
+        f"received '{_fmt(received)}' but current is '{_fmt(current)}'"
+    )
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "none" if value is None else str(value)
+
+
+def server_queue_name() -> str:
+    """A server-named queue, `amq.gen-` plus 22 random url-safe characters."""
+    return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+
+class VirtualHost:
+    """One vhost: its exchanges, queues and bindings, kept in memory and in the store."""
+
+    def __init__(self, broker: Broker, name: str) -> None:
+        self.broker = broker
+        self.name = name
+        self.exchanges: dict[str, Exchange] = {}
+        self.queues: dict[str, Queue] = {}
+        self.exchanges[""] = Exchange("", "direct", durable=True)
+        for xname, xtype in STANDARD_EXCHANGES:
+            self.exchanges[xname] = Exchange(xname, xtype, durable=True)
+
+    # -- exchanges ----------------------------------------------------------------
+
+    def lookup_exchange(self, name: str) -> Exchange:
+        try:
+            return self.exchanges[name]
+        except KeyError:
+            raise NotFound(f"no exchange '{name}' in vhost '{self.name}'") from None
+
+    def declare_exchange(
+        self,
+        name: str,
+        type_name: str,
+        *,
+        durable: bool = True,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        passive: bool = False,
+    ) -> Exchange:
+        """Create an exchange or check that an existing one is equivalent."""
+        existing = self.exchanges.get(name)
+        if passive:
+            if existing is None:
+                raise NotFound(f"no exchange '{name}' in vhost '{self.name}'")
+            return existing
+        if name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        if existing is None:
+            if name.startswith("amq."):
+                raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+            try:
+                exchange = Exchange(
+                    name,
+                    type_name,
+                    durable=durable,
+                    auto_delete=auto_delete,
+                    internal=internal,
+                    arguments=dict(arguments or {}),
+                )
+            except KeyError:
+                raise CommandInvalid(f"unknown exchange type '{type_name}'") from None
+            self.exchanges[name] = exchange
+            if durable:
+                self.broker.store.put_exchange(self._exchange_record(exchange))
+            return exchange
+        for arg, received, current in (
+            ("type", type_name, existing.type_name),
+            ("durable", durable, existing.durable),
+            ("auto_delete", auto_delete, existing.auto_delete),
+            ("internal", internal, existing.internal),
+            (
+                "alternate-exchange",
+                (arguments or {}).get("alternate-exchange"),
+                existing.arguments.get("alternate-exchange"),
+            ),
+        ):
+            if received != current:
+                raise _inequivalent("exchange", name, self.name, arg, received, current)
+        return existing
+
+    def _exchange_record(self, x: Exchange) -> ExchangeRecord:
+        return ExchangeRecord(
+            self.name, x.name, x.type_name, x.auto_delete, x.internal, encode_arguments(x.arguments)
+        )
+
+    def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        if name == "" or name.startswith("amq."):
+            raise AccessRefused(f"operation not permitted on exchange '{name or 'amq.default'}'")
+        exchange = self.lookup_exchange(name)
+        if if_unused and not exchange.router.is_empty():
+            raise PreconditionFailed(f"exchange '{name}' in vhost '{self.name}' in use")
+        self._remove_exchange(exchange)
+
+    def _remove_exchange(self, exchange: Exchange) -> None:
+        del self.exchanges[exchange.name]
+        for dest, _key, _args in exchange.router.bindings():
+            if isinstance(dest, Queue):
+                dest.sources.discard(exchange)
+        # bindings with this exchange as destination
+        for other in self.exchanges.values():
+            other.router.unbind_all(exchange)
+        if exchange.durable:
+            self.broker.store.delete_exchange(self.name, exchange.name)
+
+    # -- queues -------------------------------------------------------------------
+
+    def lookup_queue(self, name: str) -> Queue:
+        try:
+            return self.queues[name]
+        except KeyError:
+            raise NotFound(f"no queue '{name}' in vhost '{self.name}'") from None
+
+    def declare_queue(
+        self,
+        name: str,
+        *,
+        owner: ClientConnection | None,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        passive: bool = False,
+    ) -> tuple[Queue, bool]:
+        """Create a queue or check an existing one; returns (queue, created)."""
+        arguments = dict(arguments or {})
+        existing = self.queues.get(name) if name else None
+        if existing is not None:
+            self.check_exclusive(existing, owner)
+            if passive:
+                return existing, False
+            for arg, received, current in (
+                ("durable", durable, existing.durable),
+                ("exclusive", exclusive, existing.exclusive_owner is not None),
+                ("auto_delete", auto_delete, existing.auto_delete),
+            ):
+                if received != current:
+                    raise _inequivalent("queue", name, self.name, arg, received, current)
+            for arg in EQUIVALENT_QUEUE_ARGS:
+                if arguments.get(arg) != existing.arguments.get(arg):
+                    raise _inequivalent(
+                        "queue",
+                        name,
+                        self.name,
+                        arg,
+                        arguments.get(arg),
+                        existing.arguments.get(arg),
+                    )
+            return existing, False
+        if passive:
+            raise NotFound(f"no queue '{name}' in vhost '{self.name}'")
+        if not name:
+            name = server_queue_name()
+        elif name.startswith("amq."):
+            raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
+        queue = Queue(
+            self,
+            name,
+            durable=durable,
+            exclusive_owner=owner if exclusive else None,
+            auto_delete=auto_delete,
+            arguments=arguments,
+        )
+        self.queues[name] = queue
+        if exclusive and owner is not None:
+            owner.exclusive_queues.append(queue)
+        if durable:
+            self.broker.store.put_queue(
+                QueueRecord(self.name, name, auto_delete, encode_arguments(arguments))
+            )
+        return queue, True
+
+    def check_exclusive(self, queue: Queue, connection: ClientConnection | None) -> None:
+        """Raise ResourceLocked when an exclusive queue is used by another connection."""
+        if queue.exclusive_owner is not None and queue.exclusive_owner is not connection:
+            raise ResourceLocked(
+                f"cannot obtain exclusive access to locked queue '{queue.name}' in vhost "
+                f"'{self.name}'. It could be originally declared on another connection or "
+                "the exclusive property value does not match that of the original declaration."
+            )
+
+    def delete_queue(self, name: str, *, if_unused: bool = False, if_empty: bool = False) -> int:
+        """Delete a queue; returns the number of ready messages it held."""
+        queue = self.lookup_queue(name)
+        if if_unused and queue.consumers:
+            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' in use")
+        if if_empty and queue.ready:
+            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' not empty")
+        count = queue.message_count
+        del self.queues[name]
+        queue.deleted = True
+        for exchange in list(queue.sources):
+            exchange.router.unbind_all(queue)
+            self._maybe_auto_delete(exchange)
+        queue.sources.clear()
+        if queue.durable:
+            self.broker.store.delete_queue(self.name, name)
+        queue.ready.clear()
+        for consumer in list(queue.consumers):
+            consumer.session.consumer_cancelled(consumer, None)
+        queue.consumers.clear()
+        if queue.exclusive_owner is not None:
+            owned = queue.exclusive_owner.exclusive_queues
+            if queue in owned:
+                owned.remove(queue)
+        return count
+
+    # -- bindings -----------------------------------------------------------------
+
+    def bind(
+        self,
+        source: str,
+        destination: Queue | Exchange,
+        routing_key: str,
+        arguments: Mapping[str, Any],
+    ) -> None:
+        """Bind `destination` to exchange `source` (idempotent)."""
+        if source == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        exchange = self.lookup_exchange(source)
+        try:
+            exchange.router.validate_binding(routing_key, arguments)
+        except ValueError as e:
+            raise PreconditionFailed(str(e)) from None
+        if exchange.router.bind(destination, routing_key, arguments):
+            if isinstance(destination, Queue):
+                destination.sources.add(exchange)
+            if exchange.durable and destination.durable:
+                self.broker.store.put_binding(
+                    self._binding_record(exchange, destination, routing_key, arguments)
+                )
+
+    def unbind(
+        self,
+        source: str,
+        destination: Queue | Exchange,
+        routing_key: str,
+        arguments: Mapping[str, Any],
+    ) -> None:
+        """Remove a binding; a missing binding is not an error (RabbitMQ 3.x)."""
+        if source == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        exchange = self.lookup_exchange(source)
+        if exchange.router.unbind(destination, routing_key, arguments):
+            if isinstance(destination, Queue) and not any(
+                d is destination for d, _, _ in exchange.router.bindings()
+            ):
+                destination.sources.discard(exchange)
+            if exchange.durable and destination.durable:
+                self.broker.store.delete_binding(
+                    self._binding_record(exchange, destination, routing_key, arguments)
+                )
+            self._maybe_auto_delete(exchange)
+
+    def _maybe_auto_delete(self, exchange: Exchange) -> None:
+        if exchange.auto_delete and exchange.router.is_empty() and exchange.name in self.exchanges:
+            self._remove_exchange(exchange)
+
+    def _binding_record(
+        self,
+        source: Exchange,
+        destination: Queue | Exchange,
+        routing_key: str,
+        arguments: Mapping[str, Any],
+    ) -> BindingRecord:
+        kind = "queue" if isinstance(destination, Queue) else "exchange"
+        return BindingRecord(
+            self.name, source.name, destination.name, kind, routing_key, encode_arguments(arguments)
+        )
+
+    # -- routing ------------------------------------------------------------------
+
+    def route(self, exchange: Exchange, message: Message) -> list[Queue]:
+        """Every queue `message` reaches from `exchange`, each once."""
+        if exchange.name == "":
+            queue = self.queues.get(message.routing_key)
+            return [queue] if queue is not None else []
+        routing_key = message.routing_key
+        headers = message.properties.headers
+        found: dict[Queue, None] = {}
+        seen = {exchange}
+        pending = [exchange]
+        while pending:
+            current = pending.pop()
+            destinations = current.router.route(routing_key, headers)
+            if not destinations:
+                alternate = current.alternate
+                if alternate is not None:
+                    ae = self.exchanges.get(alternate)
+                    if ae is not None and ae not in seen:
+                        seen.add(ae)
+                        pending.append(ae)
+                continue
+            for dest in destinations:
+                if isinstance(dest, Queue):
+                    found[dest] = None
+                elif dest not in seen:
+                    seen.add(dest)
+                    pending.append(dest)
+        return list(found)
+
+    # -- persistence helpers used by queues ----------------------------------------
+
+    def store_entry(self, queue: str, entry: QueueEntry) -> None:
+        """Write a persistent entry (and its message body, once)."""
+        store = self.broker.store
+        message = entry.message
+        if not message.store_id:
+            message.store_id = self.broker.next_message_id()
+            store.put_message(message.store_id, encode_message(message))
+        store.enqueue(self.name, queue, entry.seq, message.store_id)
+
+    def remove_entry(self, queue: str, entry: QueueEntry) -> None:
+        self.broker.store.ack(self.name, queue, entry.seq)

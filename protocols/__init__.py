@@ -1,0 +1,1 @@
+"""Protocol adapters: each subpackage turns one wire protocol into calls on the broker core."""

@@ -1,0 +1,163 @@
+"""An in-memory `Store`: nothing survives the process, every change is 'durable' at once.
+
+Used when the broker runs without a data directory and as the reference that
+the SQLite store's contract tests are checked against.
+"""
+
+from __future__ import annotations
+
+from storage.store import (
+    BindingRecord,
+    DurabilityCallback,
+    ExchangeRecord,
+    QueueRecord,
+    StoredEntry,
+    StoreError,
+    Topology,
+)
+
+
+class MemoryStore:
+    """Keeps records in dicts; `when_durable` answers synchronously."""
+
+    def __init__(self) -> None:
+        self._open = False
+        self._vhosts: dict[str, None] = {}
+        self._exchanges: dict[tuple[str, str], ExchangeRecord] = {}
+        self._queues: dict[tuple[str, str], QueueRecord] = {}
+        self._bindings: dict[BindingRecord, None] = {}
+        self._messages: dict[int, bytes] = {}
+        self._refs: dict[int, int] = {}
+        # (vhost, queue) -> seq -> [message_id, delivery_count]
+        self._entries: dict[tuple[str, str], dict[int, list[int]]] = {}
+
+    async def open(self) -> None:
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+
+    def _check(self) -> None:
+        if not self._open:
+            raise StoreError("store is closed")
+
+    def put_vhost(self, name: str) -> None:
+        self._check()
+        self._vhosts[name] = None
+
+    def delete_vhost(self, name: str) -> None:
+        self._check()
+        self._vhosts.pop(name, None)
+        for key in [k for k in self._exchanges if k[0] == name]:
+            self.delete_exchange(*key)
+        for key in [k for k in self._queues if k[0] == name]:
+            self.delete_queue(*key)
+
+    def put_exchange(self, record: ExchangeRecord) -> None:
+        self._check()
+        self._exchanges[(record.vhost, record.name)] = record
+
+    def delete_exchange(self, vhost: str, name: str) -> None:
+        self._check()
+        self._exchanges.pop((vhost, name), None)
+        for b in list(self._bindings):
+            if b.vhost == vhost and (
+                b.source == name or (b.destination_kind == "exchange" and b.destination == name)
+            ):
+                del self._bindings[b]
+
+    def put_queue(self, record: QueueRecord) -> None:
+        self._check()
+        self._queues[(record.vhost, record.name)] = record
+        self._entries.setdefault((record.vhost, record.name), {})
+
+    def delete_queue(self, vhost: str, name: str) -> None:
+        self._check()
+        self._queues.pop((vhost, name), None)
+        self.purge_queue(vhost, name)
+        self._entries.pop((vhost, name), None)
+        for b in list(self._bindings):
+            if b.vhost == vhost and b.destination_kind == "queue" and b.destination == name:
+                del self._bindings[b]
+
+    def put_binding(self, record: BindingRecord) -> None:
+        self._check()
+        self._bindings[record] = None
+
+    def delete_binding(self, record: BindingRecord) -> None:
+        self._check()
+        self._bindings.pop(record, None)
+
+    def put_message(self, message_id: int, data: bytes) -> None:
+        self._check()
+        self._messages[message_id] = data
+        self._refs.setdefault(message_id, 0)
+
+    def enqueue(self, vhost: str, queue: str, seq: int, message_id: int) -> None:
+        self._check()
+        if message_id not in self._messages:
+            raise StoreError(f"message {message_id} was never put")
+        self._entries.setdefault((vhost, queue), {})[seq] = [message_id, 0]
+        self._refs[message_id] += 1
+
+    def _drop_entry(self, message_id: int) -> None:
+        self._refs[message_id] -= 1
+        if self._refs[message_id] <= 0:
+            del self._refs[message_id]
+            del self._messages[message_id]
+
+    def ack(self, vhost: str, queue: str, seq: int) -> None:
+        self._check()
+        entry = self._entries.get((vhost, queue), {}).pop(seq, None)
+        if entry is not None:
+            self._drop_entry(entry[0])
+
+    def mark_delivered(self, vhost: str, queue: str, seq: int, delivery_count: int) -> None:
+        self._check()
+        entry = self._entries.get((vhost, queue), {}).get(seq)
+        if entry is not None:
+            entry[1] = delivery_count
+
+    def purge_queue(self, vhost: str, queue: str) -> None:
+        self._check()
+        entries = self._entries.get((vhost, queue), {})
+        for message_id, _ in entries.values():
+            self._drop_entry(message_id)
+        entries.clear()
+
+    def when_durable(self, callback: DurabilityCallback) -> None:
+        callback(None)
+
+    @property
+    def pending(self) -> bool:
+        return False
+
+    async def load_topology(self) -> Topology:
+        self._check()
+        return Topology(
+            vhosts=list(self._vhosts),
+            exchanges=list(self._exchanges.values()),
+            queues=list(self._queues.values()),
+            bindings=list(self._bindings),
+        )
+
+    async def read_queue(
+        self, vhost: str, queue: str, after_seq: int, limit: int
+    ) -> list[StoredEntry]:
+        self._check()
+        entries = self._entries.get((vhost, queue), {})
+        seqs = sorted(s for s in entries if s > after_seq)[:limit]
+        return [
+            StoredEntry(seq, entries[seq][0], self._messages[entries[seq][0]], entries[seq][1])
+            for seq in seqs
+        ]
+
+    async def queue_stats(self, vhost: str, queue: str) -> tuple[int, int, int]:
+        self._check()
+        entries = self._entries.get((vhost, queue), {})
+        size = sum(len(self._messages[m]) for m, _ in entries.values())
+        return len(entries), size, max(entries, default=0)
+
+    async def max_message_id(self) -> int:
+        self._check()
+        return max(self._messages, default=0)

@@ -1,0 +1,180 @@
+"""The `Store` interface: what the broker core asks of durable storage.
+
+Theory of operation
+-------------------
+Every mutating call (`put_*`, `delete_*`, `enqueue`, `ack`, ...) returns at
+once: it only appends the change to the *current batch*. The implementation
+writes batches in order, one transaction each, off the event loop (group
+commit). `when_durable(callback)` asks to be told when every change queued so
+far is on disk; that is the moment an adapter may send a publisher confirm,
+PUBACK or RECEIPT, or a durable entity's declare-ok.
+
+Records are plain values. Opaque `bytes` fields (`arguments`, message `data`)
+are encoded by the core; the store never interprets them, so storage does not
+depend on the broker's types.
+
+Reading (`load_topology`, `read_queue`) happens at start-up and when a queue
+pages messages back in; both are coroutines so that an implementation may run
+them off the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+DurabilityCallback = Callable[["BaseException | None"], None]
+"""Called with None once the batch is durable, or with the error that stopped it."""
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked: corrupt file, full disk, closed store."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRecord:
+    """A durable exchange."""
+
+    vhost: str
+    name: str
+    type: str
+    auto_delete: bool = False
+    internal: bool = False
+    arguments: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRecord:
+    """A durable queue."""
+
+    vhost: str
+    name: str
+    auto_delete: bool = False
+    arguments: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class BindingRecord:
+    """A durable binding from exchange `source` to a queue or exchange."""
+
+    vhost: str
+    source: str
+    destination: str
+    destination_kind: str  # "queue" or "exchange"
+    routing_key: str
+    arguments: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """One message in one queue, as read back from the store."""
+
+    seq: int
+    message_id: int
+    data: bytes
+    delivery_count: int = 0
+
+
+@dataclass(slots=True)
+class Topology:
+    """Every durable entity, as loaded at start-up."""
+
+    vhosts: list[str] = field(default_factory=list)
+    exchanges: list[ExchangeRecord] = field(default_factory=list)
+    queues: list[QueueRecord] = field(default_factory=list)
+    bindings: list[BindingRecord] = field(default_factory=list)
+
+
+class Store(Protocol):
+    """Durable storage for topology and persistent messages.
+
+    Ordering guarantee: changes become durable in the order they were queued,
+    and `when_durable` callbacks fire in the order they were registered.
+    Queue entries are identified by `(vhost, queue, seq)`; `seq` increases
+    within a queue in publish order, which is also the recovery order.
+    A message body (`put_message`) may be referenced by entries of several
+    queues; it is dropped when its last entry is acked or its queue deleted.
+    """
+
+    async def open(self) -> None:
+        """Open or create the store. Raises StoreError if it is unusable."""
+        ...
+
+    async def close(self) -> None:
+        """Write what is pending and release every resource."""
+        ...
+
+    def put_vhost(self, name: str) -> None: ...
+    def delete_vhost(self, name: str) -> None:
+        """Delete a vhost with every exchange, queue, binding and entry in it."""
+        ...
+
+    def put_exchange(self, record: ExchangeRecord) -> None: ...
+    def delete_exchange(self, vhost: str, name: str) -> None:
+        """Delete an exchange and every binding from or to it."""
+        ...
+
+    def put_queue(self, record: QueueRecord) -> None: ...
+    def delete_queue(self, vhost: str, name: str) -> None:
+        """Delete a queue, its bindings and its entries."""
+        ...
+
+    def put_binding(self, record: BindingRecord) -> None: ...
+    def delete_binding(self, record: BindingRecord) -> None: ...
+
+    def put_message(self, message_id: int, data: bytes) -> None:
+        """Store a message body once, before the entries that reference it."""
+        ...
+
+    def enqueue(self, vhost: str, queue: str, seq: int, message_id: int) -> None:
+        """Add an entry for a stored message at position `seq` of a queue."""
+        ...
+
+    def ack(self, vhost: str, queue: str, seq: int) -> None:
+        """Remove an entry (acknowledged, dropped or dead-lettered)."""
+        ...
+
+    def mark_delivered(self, vhost: str, queue: str, seq: int, delivery_count: int) -> None:
+        """Record that an entry has been delivered `delivery_count` times.
+
+        Such marks never hold up `when_durable`: losing one in a crash only
+        loses a `redelivered` flag, never a message.
+        """
+        ...
+
+    def purge_queue(self, vhost: str, queue: str) -> None:
+        """Remove every entry of a queue."""
+        ...
+
+    def when_durable(self, callback: DurabilityCallback) -> None:
+        """Call `callback` once every change queued so far is on disk.
+
+        It may be called synchronously when nothing is pending. On a failed
+        write it is called with the error instead, and so is every later
+        callback until the store recovers.
+        """
+        ...
+
+    @property
+    def pending(self) -> bool:
+        """True while some queued change is not yet durable."""
+        ...
+
+    async def load_topology(self) -> Topology:
+        """Every durable vhost, exchange, queue and binding."""
+        ...
+
+    async def read_queue(
+        self, vhost: str, queue: str, after_seq: int, limit: int
+    ) -> list[StoredEntry]:
+        """Up to `limit` entries of a queue with seq > after_seq, in seq order."""
+        ...
+
+    async def queue_stats(self, vhost: str, queue: str) -> tuple[int, int, int]:
+        """(entries, total bytes of their messages, highest seq or 0)."""
+        ...
+
+    async def max_message_id(self) -> int:
+        """The highest message id stored, or 0: ids continue from it after a restart."""
+        ...
