@@ -29,9 +29,9 @@ def properties_payload(message: Message) -> bytes:
     raw = cache.get("amqp")
     if raw is None:
         props = message.properties
-        raw = cache["amqp"] = commands.Basic.Properties(
-            **{name: getattr(props, name) for name in PROPERTY_NAMES}
-        ).marshal()
+        # cluster_id is deprecated in 0-9-1 and pamqp refuses to send one
+        values = {n: getattr(props, n) for n in PROPERTY_NAMES if n != "cluster_id"}
+        raw = cache["amqp"] = commands.Basic.Properties(**values).marshal()
     return raw  # type: ignore[no-any-return]
 
 
@@ -46,9 +46,8 @@ def content_frames(channel: int, message: Message, frame_max: int) -> bytes:
         if len(body) <= chunk:
             parts += (_FRAME.pack(_BODY, channel, len(body)), body, _END)
         else:
-            view = memoryview(body)
             for start in range(0, len(body), chunk):
-                piece = view[start : start + chunk]
+                piece = body[start : start + chunk]
                 parts += (_FRAME.pack(_BODY, channel, len(piece)), piece, _END)
     return b"".join(parts)
 
