@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pamqp import commands, frame, header
 from pamqp import body as pbody
+from pamqp import commands, frame, header
 
 from broker.message import Message, Properties
 from protocols.amqp091 import wire
