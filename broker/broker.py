@@ -44,6 +44,7 @@ class Broker:
         await self.store.open()
         topology = await self.store.load_topology()
         self._restore(topology)
+        await self._recover_messages()
         for name in self._configured_vhosts:
             if name not in self.vhosts:
                 self.add_vhost(name)
@@ -103,6 +104,14 @@ class Broker:
             source.router.bind(dest, b.routing_key, args)
             if b.destination_kind == "queue":
                 dest.sources.add(source)
+
+    async def _recover_messages(self) -> None:
+        """Give every stored queue its entries back, reading only a first batch of each."""
+        for vhost in self.vhosts.values():
+            for queue in vhost.queues.values():
+                count, _size, max_seq = await self.store.queue_stats(vhost.name, queue.name)
+                queue.recover(count, max_seq)
+                await queue.preload()
 
     # -- clients --------------------------------------------------------------------
 

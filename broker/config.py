@@ -47,6 +47,7 @@ class Limits:
     max_message_size: int = 128 * 1024 * 1024
     handshake_timeout: float = 10.0
     max_connections: int = 0  # 0 = unlimited
+    queue_memory_limit: int = 16 * 1024 * 1024  # ready bytes a stored queue keeps in RAM
 
 
 @dataclass(slots=True)

@@ -105,6 +105,11 @@ def _fmt(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
+def _stored(entity: Queue | Exchange) -> bool:
+    """Is this queue or exchange kept in the store? (Exclusive queues never are.)"""
+    return entity.stored if isinstance(entity, Queue) else entity.durable
+
+
 def server_queue_name() -> str:
     """A server-named queue, `amq.gen-` plus 22 random url-safe characters."""
     return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
@@ -267,7 +272,7 @@ class VirtualHost:
         self.queues[name] = queue
         if exclusive and owner is not None:
             owner.exclusive_queues.append(queue)
-        if durable:
+        if queue.stored:
             self.broker.store.put_queue(
                 QueueRecord(self.name, name, auto_delete, encode_arguments(arguments))
             )
@@ -296,9 +301,12 @@ class VirtualHost:
             exchange.router.unbind_all(queue)
             self._maybe_auto_delete(exchange)
         queue.sources.clear()
-        if queue.durable:
+        queue._generation += 1
+        if queue.stored:
             self.broker.store.delete_queue(self.name, name)
         queue.ready.clear()
+        queue.tail.clear()
+        queue.ready_bytes = queue.tail_count = 0
         for consumer in list(queue.consumers):
             consumer.session.consumer_cancelled(consumer, None)
         queue.consumers.clear()
@@ -328,7 +336,7 @@ class VirtualHost:
         if exchange.router.bind(destination, routing_key, arguments):
             if isinstance(destination, Queue):
                 destination.sources.add(exchange)
-            if exchange.durable and destination.durable:
+            if _stored(exchange) and _stored(destination):
                 self.broker.store.put_binding(
                     self._binding_record(exchange, destination, routing_key, arguments)
                 )
@@ -349,7 +357,7 @@ class VirtualHost:
                 d is destination for d, _, _ in exchange.router.bindings()
             ):
                 destination.sources.discard(exchange)
-            if exchange.durable and destination.durable:
+            if _stored(exchange) and _stored(destination):
                 self.broker.store.delete_binding(
                     self._binding_record(exchange, destination, routing_key, arguments)
                 )

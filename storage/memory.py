@@ -112,6 +112,12 @@ class MemoryStore:
         if entry is not None:
             self._drop_entry(entry[0])
 
+    def ack_range(self, vhost: str, queue: str, first_seq: int, last_seq: int) -> None:
+        self._check()
+        entries = self._entries.get((vhost, queue), {})
+        for seq in [s for s in entries if first_seq <= s <= last_seq]:
+            self._drop_entry(entries.pop(seq)[0])
+
     def mark_delivered(self, vhost: str, queue: str, seq: int, delivery_count: int) -> None:
         self._check()
         entry = self._entries.get((vhost, queue), {}).get(seq)

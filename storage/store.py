@@ -135,6 +135,10 @@ class Store(Protocol):
         """Remove an entry (acknowledged, dropped or dead-lettered)."""
         ...
 
+    def ack_range(self, vhost: str, queue: str, first_seq: int, last_seq: int) -> None:
+        """Remove every entry with first_seq <= seq <= last_seq (a purge of paged-out entries)."""
+        ...
+
     def mark_delivered(self, vhost: str, queue: str, seq: int, delivery_count: int) -> None:
         """Record that an entry has been delivered `delivery_count` times.
 

@@ -671,7 +671,7 @@ class AMQPConnection:
         )
         if not m.nowait:
             channel.reply(
-                commands.Queue.DeclareOk(queue.name, messages, consumers), durable=queue.durable
+                commands.Queue.DeclareOk(queue.name, messages, consumers), durable=queue.stored
             )
 
     def _queue_bind(self, channel: AMQPChannel, m: commands.Queue.Bind) -> None:
