@@ -1,0 +1,79 @@
+"""A broker in a subprocess on a free port, for restart and kill -9 tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pika
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class BrokerProcess:
+    """`moorage serve` with its own data directory; start, kill, stop, restart."""
+
+    def __init__(self, data_dir: Path, *, durability: str = "fsync") -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.config = data_dir.parent / f"{data_dir.name}.toml"
+        self.config.write_text(f'[storage]\ndurability = "{durability}"\n')
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / f"{data_dir.name}.log"
+
+    @property
+    def params(self) -> pika.ConnectionParameters:
+        return pika.ConnectionParameters(
+            "127.0.0.1", self.port, blocked_connection_timeout=10, connection_attempts=1
+        )
+
+    def start(self, timeout: float = 15.0) -> BrokerProcess:
+        cmd = [
+            sys.executable, "-m", "broker.cli", "serve",
+            "--config", str(self.config), "--data-dir", str(self.data_dir),
+            "--amqp-port", str(self.port),
+            "--mqtt-port", "0", "--stomp-port", "0", "--http-port", "0",
+        ]  # fmt: skip
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=os.environ.copy())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"broker exited with {self.proc.returncode}: {self.log.read_text()}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"broker did not start: {self.log.read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush or close anything."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM and wait: the clean shutdown path. Returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise
+        return self.proc.returncode
