@@ -1,0 +1,872 @@
+"""What only the SQLite store does: survive restarts and crashes, refuse bad files,
+migrate, group and cancel writes, report a full disk and recover from it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import storage.sqlite as sqlite_module
+from storage.memory import MemoryStore
+from storage.sqlite import SQLiteStore
+from storage.store import (
+    BindingRecord,
+    ExchangeRecord,
+    QueueRecord,
+    Store,
+    StoredEntry,
+    StoreError,
+)
+from tests.storage.conftest import Settle
+
+pytestmark = pytest.mark.timeout(30)
+
+V = "/"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "store.db"
+
+
+async def opened(path: Path, **kwargs: Any) -> SQLiteStore:
+    store = SQLiteStore(path, **kwargs)
+    await store.open()
+    return store
+
+
+async def pragma(store: SQLiteStore, name: str) -> Any:
+    return await store._submit(lambda conn: conn.execute(f"PRAGMA {name}").fetchone()[0])
+
+
+def raw_rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Query a closed store's file directly."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def read_file(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def write_file(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    """Every file of the store's directory, to prove nothing was touched."""
+    return {p.name: p.read_bytes() for p in sorted(path.parent.iterdir())}
+
+
+# -- arguments and set-up --------------------------------------------------------
+
+
+def test_unknown_durability_mode(db: Path) -> None:
+    with pytest.raises(ValueError, match="durability"):
+        SQLiteStore(db, durability="sometimes")
+    with pytest.raises(ValueError, match="flush_delay"):
+        SQLiteStore(db, flush_delay=-1)
+
+
+@pytest.mark.parametrize(("durability", "synchronous"), [("fsync", 2), ("nosync", 0)])
+async def test_pragmas(tmp_path: Path, durability: str, synchronous: int) -> None:
+    path = tmp_path / "a" / "b" / "store.db"  # parents created
+    store = await opened(path, durability=durability)
+    try:
+        assert await pragma(store, "journal_mode") == "wal"
+        assert await pragma(store, "foreign_keys") == 1
+        assert await pragma(store, "synchronous") == synchronous
+        assert await pragma(store, "auto_vacuum") == 2  # incremental
+        assert await pragma(store, "locking_mode") == "exclusive"
+    finally:
+        await store.close()
+    assert raw_rows(path, "SELECT version FROM schema_version") == [
+        (len(sqlite_module.MIGRATIONS),)
+    ]
+
+
+async def test_vacuum_off_creates_a_file_without_auto_vacuum(db: Path) -> None:
+    store = await opened(db, vacuum=False)
+    try:
+        assert await pragma(store, "auto_vacuum") == 0
+    finally:
+        await store.close()
+
+
+async def test_nosync_mode_works(db: Path, settle: Settle) -> None:
+    store = await opened(db, durability="nosync")
+    store.put_queue(QueueRecord(V, "q"))
+    store.put_message(1, b"x")
+    store.enqueue(V, "q", 1, 1)
+    await settle(store)
+    assert store.stats.batches == 1
+    assert store.stats.fsyncs == 0
+    await store.close()
+    store = await opened(db)
+    try:
+        assert await store.read_queue(V, "q", 0, 10) == [StoredEntry(1, 1, b"x")]
+    finally:
+        await store.close()
+
+
+async def test_a_second_open_of_the_same_file_is_refused(db: Path) -> None:
+    first = await opened(db)
+    try:
+        before = read_file(db)
+        with pytest.raises(StoreError, match="in use"):
+            await opened(db)
+        assert read_file(db) == before
+        first.put_vhost("still-works")
+        assert (await first.load_topology()).vhosts == ["still-works"]
+    finally:
+        await first.close()
+
+
+async def test_open_twice_and_close_idempotent(db: Path) -> None:
+    store = await opened(db)
+    with pytest.raises(StoreError):
+        await store.open()
+    await store.close()
+    await store.close()
+    with pytest.raises(StoreError):
+        await store.read_queue(V, "q", 0, 1)
+    never_opened = SQLiteStore(db)
+    await never_opened.close()
+
+
+# -- restarts and crashes -------------------------------------------------------
+
+
+async def test_everything_survives_close_and_reopen(db: Path, settle: Settle) -> None:
+    store = await opened(db)
+    store.put_vhost(V)
+    x = ExchangeRecord(V, "x", "topic", True, True, b"\x00args")
+    store.put_exchange(x)
+    store.put_queue(QueueRecord(V, "q1", arguments=b"a1"))
+    store.put_queue(QueueRecord(V, "q2"))
+    b = BindingRecord(V, "x", "q1", "queue", "#", b"")
+    store.put_binding(b)
+    store.put_message(7, b"seven")
+    store.enqueue(V, "q1", 1, 7)
+    store.enqueue(V, "q2", 1, 7)
+    store.put_message(8, b"eight")
+    store.enqueue(V, "q1", 2, 8)
+    await settle(store)
+    store.mark_delivered(V, "q1", 1, 2)  # written by close()
+    await store.close()
+    assert not db.with_name(db.name + "-wal").exists()  # checkpointed on close
+
+    store = await opened(db)
+    try:
+        topology = await store.load_topology()
+        assert topology.vhosts == [V]
+        assert topology.exchanges == [x]
+        assert topology.queues == [QueueRecord(V, "q1", arguments=b"a1"), QueueRecord(V, "q2")]
+        assert topology.bindings == [b]
+        assert await store.read_queue(V, "q1", 0, 10) == [
+            StoredEntry(1, 7, b"seven", 2),
+            StoredEntry(2, 8, b"eight", 0),
+        ]
+        assert await store.read_queue(V, "q2", 0, 10) == [StoredEntry(1, 7, b"seven")]
+        assert await store.max_message_id() == 8
+        # Queue ids continue after the restart: a new queue does not collide.
+        store.put_queue(QueueRecord(V, "q3"))
+        store.put_message(9, b"nine")
+        store.enqueue(V, "q3", 1, 9)
+        store.ack(V, "q2", 1)
+        await settle(store)
+        assert await store.read_queue(V, "q3", 0, 10) == [StoredEntry(1, 9, b"nine")]
+        assert await store.queue_stats(V, "q1") == (2, 10, 2)
+    finally:
+        await store.close()
+
+
+CHILD = """
+import asyncio, collections, sys
+sys.path.insert(0, sys.argv[3])
+from storage.sqlite import SQLiteStore
+from storage.store import QueueRecord
+
+async def main(path, durability):
+    store = SQLiteStore(path, durability=durability)
+    await store.open()
+    store.put_vhost("/")
+    store.put_queue(QueueRecord("/", "q"))
+    loop = asyncio.get_running_loop()
+    window = collections.deque()  # like a publisher's unconfirmed window
+    def confirmed(error, seq, future):
+        if error is None:
+            sys.stdout.write(f"{seq}\\n")
+            sys.stdout.flush()
+        future.set_result(None)
+    seq = 0
+    while True:
+        for _ in range(25):
+            seq += 1
+            store.put_message(seq, b"m%d" % seq)
+            store.enqueue("/", "q", seq, seq)
+            if seq % 3 == 0:  # consumed at once: acked in the batch, or after it
+                store.ack("/", "q", seq - 1)
+        future = loop.create_future()
+        store.when_durable(lambda error, s=seq, f=future: confirmed(error, s, f))
+        window.append(future)
+        if len(window) > 8:
+            await window.popleft()
+        await asyncio.sleep(0)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("durability", ["fsync", "nosync"])
+async def test_kill_9_loses_no_confirmed_message(db: Path, durability: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CHILD,
+        str(db),
+        durability,
+        str(ROOT),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    confirmed = 0
+    try:
+        async with asyncio.timeout(20):
+            while confirmed < 3000:
+                line = await proc.stdout.readline()
+                assert line, "child died"
+                confirmed = int(line)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        # Confirmations already written to the pipe count too.
+        for line in (await proc.stdout.read()).split():
+            confirmed = int(line)
+        await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    store = await opened(db)
+    try:
+        entries = await store.read_queue(V, "q", 0, 10_000_000)
+    finally:
+        await store.close()
+    found = [e.seq for e in entries]
+    # Every confirmed message that was not acked is there, once, in order,
+    # and nothing that was acked (before a confirmation) came back.
+    expected = [s for s in range(1, confirmed + 1) if s % 3 != 2]
+    assert found[: len(expected)] == expected
+    assert all(e.data == b"m%d" % e.seq for e in entries)
+    assert found == sorted(set(found))
+
+
+# -- bad files ------------------------------------------------------------------
+
+
+async def test_garbage_file_is_refused_and_left_alone(db: Path) -> None:
+    write_file(db, os.urandom(10_000))
+    before = snapshot(db)
+    with pytest.raises(StoreError, match="not a SQLite database") as info:
+        await opened(db)
+    assert str(db) in str(info.value)
+    assert "\n" not in str(info.value)
+    assert snapshot(db) == before
+
+
+async def test_corrupt_database_is_refused_and_left_alone(db: Path, settle: Settle) -> None:
+    store = await opened(db)
+    store.put_queue(QueueRecord(V, "q"))
+    for i in range(1, 200):
+        store.put_message(i, os.urandom(500))
+        store.enqueue(V, "q", i, i)
+    await settle(store)
+    await store.close()
+    data = bytearray(read_file(db))
+    page = 4096
+    assert len(data) > 4 * page
+    rng = random.Random(1)
+    data[page:] = bytes(rng.getrandbits(8) for _ in range(len(data) - page))
+    write_file(db, bytes(data))
+    before = snapshot(db)
+    with pytest.raises(StoreError, match="corrupt") as info:
+        await opened(db)
+    assert str(db) in str(info.value)
+    assert snapshot(db) == before
+
+
+async def test_foreign_sqlite_database_is_refused(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE customers (id INTEGER)")
+    conn.commit()
+    conn.close()
+    before = snapshot(db)
+    with pytest.raises(StoreError, match="not a Moorage store"):
+        await opened(db)
+    assert snapshot(db) == before
+
+
+async def test_newer_schema_is_refused(db: Path) -> None:
+    await (await opened(db)).close()
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE schema_version SET version = 999")
+    conn.commit()
+    conn.close()
+    before = snapshot(db)
+    with pytest.raises(StoreError, match="newer"):
+        await opened(db)
+    assert snapshot(db) == before
+
+
+async def test_empty_file_is_a_new_store(db: Path) -> None:
+    write_file(db, b"")
+    store = await opened(db)
+    await store.close()
+    assert raw_rows(db, "SELECT version FROM schema_version") == [(1,)]
+
+
+async def test_migrations_run_in_order_once(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = await opened(db)
+    store.put_vhost("kept")
+    await store.close()
+    extra = (
+        *sqlite_module.MIGRATIONS,
+        ("CREATE TABLE retention (queue_id INTEGER, seconds INTEGER)",),
+        ("ALTER TABLE retention ADD COLUMN note TEXT", "INSERT INTO retention VALUES (1, 2, 'x')"),
+    )
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", extra)
+    for _ in range(2):  # the second open has nothing to do
+        store = await opened(db)
+        assert (await store.load_topology()).vhosts == ["kept"]
+        await store.close()
+    assert raw_rows(db, "SELECT version FROM schema_version") == [(3,)]
+    assert raw_rows(db, "SELECT * FROM retention") == [(1, 2, "x")]
+
+
+async def test_failed_migration_leaves_the_previous_version(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await (await opened(db)).close()
+    broken = (*sqlite_module.MIGRATIONS, ("CREATE TABLE t (x)", "THIS IS NOT SQL"))
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", broken)
+    with pytest.raises(StoreError, match="cannot prepare"):
+        await opened(db)
+    assert raw_rows(db, "SELECT version FROM schema_version") == [(1,)]
+    assert raw_rows(db, "SELECT name FROM sqlite_master WHERE name = 't'") == []
+
+
+# -- group commit and cancellation ------------------------------------------------
+
+
+async def test_one_loop_iteration_is_one_batch(db: Path, settle: Settle) -> None:
+    store = await opened(db)
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        for i in range(1, 101):
+            store.put_message(i, b"x")
+            store.enqueue(V, "q", i, i)
+        await settle(store)
+        assert store.stats.batches == 1
+        assert store.stats.ops_written == 201
+        assert store.stats.messages_written == 100
+    finally:
+        await store.close()
+
+
+async def test_changes_gather_while_a_batch_is_in_flight(db: Path, settle: Settle) -> None:
+    store = await opened(db)
+    try:
+        # Keep the writer busy so that the first batch stays in flight.
+        release = threading.Event()
+        busy = asyncio.ensure_future(store._submit(lambda conn: release.wait(5)))
+        store.put_queue(QueueRecord(V, "q"))
+        order: list[int] = []
+        for i in range(1, 6):
+            store.put_message(i, b"x")
+            store.enqueue(V, "q", i, i)
+            store.when_durable(lambda e, i=i: order.append(i))
+            await asyncio.sleep(0)  # a flush per iteration, but one batch in flight
+        assert store.stats.batches == 0
+        release.set()
+        await busy
+        await settle(store)
+        assert order == [1, 2, 3, 4, 5]
+        assert store.stats.batches == 2  # the first iteration's, then all the others
+        assert [e.seq for e in await store.read_queue(V, "q", 0, 10)] == [1, 2, 3, 4, 5]
+    finally:
+        await store.close()
+
+
+async def test_flush_delay_widens_the_batch(db: Path, settle: Settle) -> None:
+    store = await opened(db, flush_delay=0.05)
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        for i in range(1, 6):
+            store.put_message(i, b"x")
+            store.enqueue(V, "q", i, i)
+            await asyncio.sleep(0)
+        await settle(store)
+        assert store.stats.batches == 1
+    finally:
+        await store.close()
+
+
+async def test_callbacks_fire_after_the_commit(db: Path) -> None:
+    store = await opened(db)
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        seen: list[int] = []
+        done = asyncio.Event()
+
+        def callback(error: BaseException | None) -> None:
+            assert error is None
+            seen.append(store.stats.batches)
+            done.set()
+
+        store.when_durable(callback)
+        assert seen == []  # not synchronous: there is a change to write
+        assert store.pending
+        await asyncio.wait_for(done.wait(), 5)
+        assert seen == [1]
+    finally:
+        await store.close()
+
+
+async def test_ack_before_write_is_never_written(db: Path, settle: Settle) -> None:
+    store = await opened(db)
+    store.put_queue(QueueRecord(V, "q1"))
+    store.put_queue(QueueRecord(V, "q2"))
+    await settle(store)
+    written = store.stats.ops_written
+    store.put_message(1, b"consumed at once")
+    store.enqueue(V, "q1", 1, 1)
+    store.mark_delivered(V, "q1", 1, 1)
+    store.ack(V, "q1", 1)
+    store.put_message(2, b"fanned out")
+    store.enqueue(V, "q1", 2, 2)
+    store.enqueue(V, "q2", 1, 2)
+    store.ack(V, "q1", 2)  # message 2 is still referenced by q2
+    assert store.stats.ops_cancelled == 3  # put 1, enqueue 1, enqueue q1/2
+    await settle(store)
+    assert store.stats.ops_written - written == 2  # put 2, enqueue q2/1
+    assert store.stats.messages_written == 1
+    await store.close()
+    assert raw_rows(db, "SELECT id FROM messages") == [(2,)]
+    assert raw_rows(db, "SELECT queue_id, seq FROM entries") == [(2, 1)]
+
+
+async def test_everything_cancelled_still_confirms(db: Path, settle: Settle) -> None:
+    store = await opened(db)
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        await settle(store)
+        batches = store.stats.batches
+        store.put_message(1, b"x")
+        store.enqueue(V, "q", 1, 1)
+        fired: list[BaseException | None] = []
+        store.when_durable(fired.append)
+        store.ack(V, "q", 1)
+        assert store.pending  # a callback is still owed
+        store.when_durable(fired.append)
+        await settle(store)
+        assert fired == [None, None]
+        assert store.stats.batches == batches  # nothing was written
+    finally:
+        await store.close()
+
+
+async def test_ack_in_batch_of_a_message_written_earlier(db: Path, settle: Settle) -> None:
+    """The body is in the file, the entry only in the batch: the body must go."""
+    store = await opened(db)
+    store.put_queue(QueueRecord(V, "q"))
+    store.put_message(1, b"x")
+    await settle(store)
+    store.enqueue(V, "q", 1, 1)
+    store.ack(V, "q", 1)
+    await settle(store)
+    assert await store.max_message_id() == 0
+    await store.close()
+
+
+async def test_purge_and_delete_cancel_batched_enqueues(db: Path, settle: Settle) -> None:
+    store = await opened(db)
+    store.put_queue(QueueRecord(V, "q"))
+    store.put_queue(QueueRecord(V, "gone"))
+    await settle(store)
+    for i in range(1, 11):
+        store.put_message(i, b"x")
+        store.enqueue(V, "q" if i <= 5 else "gone", i, i)
+    store.purge_queue(V, "q")
+    store.delete_queue(V, "gone")
+    assert store.stats.ops_cancelled == 20
+    await settle(store)
+    assert store.stats.messages_written == 0
+    await store.close()
+    assert raw_rows(db, "SELECT count(*) FROM messages") == [(0,)]
+
+
+async def test_delivery_marks_ride_along(db: Path, settle: Settle) -> None:
+    store = await opened(db)
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        store.put_message(1, b"x")
+        store.enqueue(V, "q", 1, 1)
+        await settle(store)
+        batches = store.stats.batches
+        store.mark_delivered(V, "q", 1, 1)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert store.stats.batches == batches  # not written on its own
+        store.put_vhost("other")
+        await settle(store)
+        assert store.stats.batches == batches + 1
+        assert [e.delivery_count for e in await store.read_queue(V, "q", 0, 1)] == [1]
+    finally:
+        await store.close()
+
+
+async def test_a_raising_callback_does_not_stop_the_others(db: Path, settle: Settle) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    store = await opened(db)
+    try:
+        fired: list[str] = []
+
+        def bad(error: BaseException | None) -> None:
+            raise RuntimeError("boom")
+
+        store.put_vhost("v")
+        store.when_durable(bad)
+        store.when_durable(lambda e: fired.append("after"))
+        await settle(store)
+        assert fired == ["after"]
+        assert isinstance(reported[0]["exception"], RuntimeError)
+    finally:
+        loop.set_exception_handler(previous)
+        await store.close()
+
+
+async def test_a_read_sees_changes_queued_before_it(db: Path) -> None:
+    store = await opened(db, flush_delay=10)  # would not flush on its own for a while
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        store.put_message(1, b"x")
+        store.enqueue(V, "q", 1, 1)
+        store.mark_delivered(V, "q", 1, 4)
+        async with asyncio.timeout(5):
+            assert await store.read_queue(V, "q", 0, 10) == [StoredEntry(1, 1, b"x", 4)]
+    finally:
+        await store.close()
+
+
+# -- failures ---------------------------------------------------------------------
+
+
+async def test_disk_full_reports_keeps_and_retries(db: Path, settle: Settle) -> None:
+    store = await opened(db)
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        await settle(store)
+        pages = await pragma(store, "page_count")
+        await pragma(store, f"max_page_count = {pages}")  # SQLITE_FULL at the next growth
+
+        errors: list[BaseException | None] = []
+        failed = asyncio.Event()
+        for i in range(1, 21):
+            store.put_message(i, bytes(10_000))
+            store.enqueue(V, "q", i, i)
+        store.when_durable(lambda e: (errors.append(e), failed.set()))
+        await asyncio.wait_for(failed.wait(), 5)
+        assert len(errors) == 1
+        assert isinstance(errors[0], StoreError)
+        assert "full" in str(errors[0])
+        assert store.pending  # the changes are kept
+        assert store.stats.failed_batches >= 1
+
+        # Every later callback hears of the failure while the disk stays full.
+        with pytest.raises(StoreError):
+            await settle(store)
+
+        await pragma(store, "max_page_count = 1000000")  # space is back
+        await settle(store)
+        assert not store.pending
+        entries = await store.read_queue(V, "q", 0, 100)
+        assert [e.seq for e in entries] == list(range(1, 21))
+    finally:
+        await store.close()
+
+
+async def test_failed_batch_is_retried_by_the_timer(
+    db: Path, settle: Settle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await opened(db)
+    store.retry_interval = 0.05
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        await settle(store)
+        pages = await pragma(store, "page_count")
+        await pragma(store, f"max_page_count = {pages}")
+        store.put_message(1, bytes(100_000))
+        store.enqueue(V, "q", 1, 1)
+        with pytest.raises(StoreError):
+            await settle(store)
+        # Hear of every batch completion, without causing a flush as settle() would.
+        completed = asyncio.Event()
+        batch_done = store._batch_done
+
+        def spy(*args: Any) -> None:
+            batch_done(*args)
+            completed.set()
+
+        monkeypatch.setattr(store, "_batch_done", spy)
+        await pragma(store, "max_page_count = 1000000")  # no further change is queued
+        async with asyncio.timeout(5):
+            while store.pending:
+                completed.clear()
+                await completed.wait()
+        assert await store.queue_stats(V, "q") == (1, 100_000, 1)
+    finally:
+        await store.close()
+
+
+async def test_close_reports_changes_it_could_not_write(db: Path, settle: Settle) -> None:
+    store = await opened(db)
+    store.put_queue(QueueRecord(V, "q"))
+    await settle(store)
+    await pragma(store, f"max_page_count = {await pragma(store, 'page_count')}")
+    store.put_message(1, bytes(100_000))
+    store.enqueue(V, "q", 1, 1)
+    fired: list[BaseException | None] = []
+    store.when_durable(fired.append)
+    with pytest.raises(StoreError, match="could not be written"):
+        await store.close()
+    assert isinstance(fired[0], StoreError)
+    store = await opened(db)  # the file is fine, without the lost message
+    try:
+        assert await store.queue_stats(V, "q") == (0, 0, 0)
+    finally:
+        await store.close()
+
+
+# -- size -----------------------------------------------------------------------
+
+
+async def test_100k_enqueues_in_one_batch(db: Path, settle: Settle) -> None:
+    store = await opened(db)
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        start = time.monotonic()
+        for i in range(1, 100_001):
+            store.put_message(i, b"%d" % i)
+            store.enqueue(V, "q", i, i)
+        await settle(store)
+        assert time.monotonic() - start < 5
+        assert store.stats.batches == 1
+        assert (await store.queue_stats(V, "q"))[0] == 100_000
+        page = await store.read_queue(V, "q", 99_990, 100)
+        assert [e.seq for e in page] == list(range(99_991, 100_001))
+    finally:
+        await store.close()
+
+
+async def test_space_is_reclaimed_after_acks(db: Path, settle: Settle) -> None:
+    store = await opened(db)
+    store.vacuum_check_deletes = 10
+    store.vacuum_free_pages = 64
+    store.vacuum_keep_pages = 16
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        for i in range(1, 301):
+            store.put_message(i, os.urandom(4000))
+            store.enqueue(V, "q", i, i)
+        await settle(store)
+        grown = await pragma(store, "page_count")
+        assert grown > 300
+        for i in range(1, 301):
+            store.ack(V, "q", i)
+        await settle(store)
+        # The vacuum runs after the batch's callbacks; a read queues behind it.
+        shrunk = await pragma(store, "page_count")
+        assert store.stats.vacuumed_pages > 0
+        assert shrunk < grown / 2
+        assert await pragma(store, "freelist_count") <= 16
+    finally:
+        await store.close()
+
+
+def _hot_statements() -> list[str]:
+    sqls = [sqlite_module._SQL_READ_QUEUE, sqlite_module._SQL_QUEUE_STATS]
+    sqls.append(sqlite_module._SQL_MARKS[8])
+    for kind in sqlite_module._HOT_KINDS:
+        for sql, _ in sqlite_module._STATEMENTS[kind]:
+            sqls.append(sql if isinstance(sql, str) else sql[8])
+    return sqls
+
+
+@pytest.mark.parametrize("sql", _hot_statements())
+async def test_hot_statements_never_scan_a_big_table(db: Path, sql: str) -> None:
+    """With a million entries, a scan per ack would be the end of the broker."""
+    store = await opened(db)
+    try:
+        plan = await store._submit(
+            lambda conn: [
+                row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, [1] * sql.count("?"))
+            ]
+        )
+    finally:
+        await store.close()
+    scans = [d for d in plan if re.match(r"SCAN (entries|messages|e|m)\b", d)]
+    assert scans == [], plan
+
+
+async def test_orphan_message_trigger_uses_the_index(db: Path) -> None:
+    store = await opened(db)
+    try:
+        plan = await store._submit(
+            lambda conn: [
+                row[3]
+                for row in conn.execute(
+                    "EXPLAIN QUERY PLAN DELETE FROM messages WHERE id = ?1"
+                    " AND NOT EXISTS (SELECT 1 FROM entries WHERE message_id = ?1)",
+                    (1,),
+                )
+            ]
+        )
+    finally:
+        await store.close()
+    assert not [d for d in plan if d.startswith("SCAN")], plan
+    assert any("entries_by_message" in d for d in plan), plan
+
+
+# -- SQLite and the reference agree --------------------------------------------------
+
+
+QUEUES = [("a", "q1"), ("a", "q2"), ("b", "q3")]
+
+
+class Workload:
+    """The same random calls on several stores, with the test's own idea of live entries."""
+
+    def __init__(self, seed: int, stores: list[Store], settle: Settle) -> None:
+        self.rng = random.Random(seed)
+        self.stores = stores
+        self.settle = settle
+        self.next_seq = dict.fromkeys(QUEUES, 1)
+        self.live: dict[tuple[str, str], list[int]] = {q: [] for q in QUEUES}
+        self.next_id = 1
+        for s in stores:
+            for vhost, name in QUEUES:
+                s.put_vhost(vhost)
+                s.put_queue(QueueRecord(vhost, name))
+
+    def publish(self) -> None:
+        targets = self.rng.sample(QUEUES, self.rng.randint(1, 3))
+        for s in self.stores:
+            s.put_message(self.next_id, b"m%d" % self.next_id)
+        for q in targets:
+            for s in self.stores:
+                s.enqueue(q[0], q[1], self.next_seq[q], self.next_id)
+            self.live[q].append(self.next_seq[q])
+            self.next_seq[q] += 1
+        self.next_id += 1
+
+    def ack(self) -> None:
+        q = self.rng.choice(QUEUES)
+        if self.live[q]:
+            seq = self.live[q].pop(self.rng.randrange(len(self.live[q])))
+            for s in self.stores:
+                s.ack(q[0], q[1], seq)
+
+    def mark(self) -> None:
+        q = self.rng.choice(QUEUES)
+        if self.live[q]:
+            seq, count = self.rng.choice(self.live[q]), self.rng.randint(1, 5)
+            for s in self.stores:
+                s.mark_delivered(q[0], q[1], seq, count)
+
+    def purge(self) -> None:
+        q = self.rng.choice(QUEUES)
+        for s in self.stores:
+            s.purge_queue(*q)
+        self.live[q].clear()
+
+    def redeclare(self) -> None:
+        q = self.rng.choice(QUEUES)
+        for s in self.stores:
+            s.delete_queue(*q)
+            s.put_queue(QueueRecord(*q))
+        self.live[q].clear()
+
+    async def compare(self, queues: list[tuple[str, str]]) -> None:
+        for q in queues:
+            reads = [await s.read_queue(q[0], q[1], 0, 1000) for s in self.stores]
+            assert reads[0] == reads[1]
+            stats = [await s.queue_stats(*q) for s in self.stores]
+            assert stats[0] == stats[1]
+        ids = [await s.max_message_id() for s in self.stores]
+        assert ids[0] == ids[1]
+
+    async def run(self, steps: int) -> None:
+        actions = [
+            (0.4, self.publish),
+            (0.3, self.ack),
+            (0.1, self.mark),
+            (0.03, self.purge),
+            (0.02, self.redeclare),
+        ]
+        for _ in range(steps):
+            roll = self.rng.random()
+            for weight, action in actions:
+                if roll < weight:
+                    action()
+                    break
+                roll -= weight
+            else:
+                if roll < 0.08:
+                    await asyncio.sleep(0)  # let a batch go while more gathers
+                elif roll < 0.12:
+                    for s in self.stores:
+                        await self.settle(s)
+                else:
+                    await self.compare([self.rng.choice(QUEUES)])
+        await self.compare(QUEUES)
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_random_workload_matches_memory_store(
+    tmp_path: Path, settle: Settle, seed: int
+) -> None:
+    path = tmp_path / "store.db"
+    memory = MemoryStore()
+    await memory.open()
+    sqlite = await opened(path, durability="nosync")
+    try:
+        await Workload(seed, [memory, sqlite], settle).run(300)
+        await sqlite.close()
+        reopened = await opened(path)  # and the same again from the file
+        try:
+            for vhost, name in QUEUES:
+                assert await reopened.read_queue(vhost, name, 0, 1000) == (
+                    await memory.read_queue(vhost, name, 0, 1000)
+                )
+            assert await reopened.max_message_id() == await memory.max_message_id()
+        finally:
+            await reopened.close()
+    finally:
+        await sqlite.close()
+        await memory.close()
