@@ -1,0 +1,923 @@
+"""STOMP connections: frames in, calls on the broker core, frames out.
+
+Theory of operation
+-------------------
+`StompConnection` is driven by the asyncio shell (`server.py`) through
+`data_received(data, now)`, `handle_timer(now)`, `set_writable(flag)`,
+`connection_lost()` and `shutdown(reason)`. It writes through a `Shell` and
+never touches a socket or a clock itself; `next_deadline()` tells the shell
+when to call `handle_timer` (heart-beats and the CONNECT deadline share the
+one timer).
+
+States and the frames each accepts (a table, `_ALLOWED`)::
+
+    CONNECTING --CONNECT/STOMP--> CONNECTED --DISCONNECT--> CLOSING
+         \\________________________\\__any error__________--> CLOSED
+
+Every error is fatal (1.2 "ERROR": the server closes the connection after
+sending it): a codec `ProtocolError`, a missing header, or a core
+`BrokerError` becomes one ERROR frame (`message` header, a text body, the
+`receipt-id` of the offending frame) and the transport is closed. Other
+connections are untouched.
+
+One core `Session` per connection; the connection is its `DeliverySink`.
+Each STOMP subscription is one core consumer whose tag is the subscription
+id. `message-id` (and 1.2 `ack`) of a MESSAGE is `T_<delivery tag>`, unique
+per connection; `client` mode acks are cumulative per subscription (1.2
+"SUBSCRIBE ack Header"), implemented with each subscription's ordered
+`outstanding` tags, since the core's `multiple` acks span the whole session.
+
+Transactions (1.2 "BEGIN"): the adapter buffers, one action list per
+transaction name. SEND and ACK/NACK inside a transaction are validated at
+once (destination, headers, message-id) and applied in order at COMMIT;
+ABORT, DISCONNECT and connection loss discard them. The core's tx_* calls
+are not used because they allow one transaction per session while STOMP
+allows several concurrent named ones, and acks must go through the session
+that holds the deliveries. A COMMIT's publishes run in one loop tick, so the
+store's group commit writes them in one transaction.
+
+Receipts: a RECEIPT is sent after its frame was handled; when the frame
+wrote to the store (SEND of a persistent message to a durable queue, COMMIT,
+SUBSCRIBE that declared a durable queue) it waits for `store.when_durable`.
+Receipts keep their order: once one waits, the later ones queue behind it
+(durability callbacks fire in registration order).
+
+Selectors: a subscription whose queue is its own (`/topic/`, `/exchange/`,
+durable subscriptions) evaluates its `selector` on each delivery and
+acknowledges away the copies that do not match. A queue shared by competing
+consumers (`/queue/`, `/amq/queue/`) cannot be filtered without the core
+(a skipped message must stay available to the others), so a selector there
+is refused with an ERROR until the core dispatches by filter.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from broker import __version__
+from broker.broker import Broker
+from broker.connection import ClientConnection
+from broker.errors import AccessRefused, BrokerError, PreconditionFailed
+from broker.message import PERSISTENT, Message, Properties
+from broker.session import Session
+from protocols.stomp.codec import (
+    NEED_DATA,
+    ConnectionClosed,
+    Frame,
+    FrameCodec,
+    ProtocolError,
+    encode,
+    header_encodable,
+    negotiate_version,
+    parse_heartbeat,
+)
+from protocols.stomp.destinations import Destination, Kind, destination_of, parse_destination
+from protocols.stomp.selector import Selector, SelectorError
+
+log = logging.getLogger("moorage.stomp")
+
+SERVER_NAME = f"Moorage/{__version__}"
+MIN_HEARTBEAT_MS = 100  # floor for negotiated heart-beat intervals
+HEARTBEAT_TOLERANCE = 2.0  # a client may be this many intervals late before we close
+PRE_AUTH_MAX_HEADER = 8 * 1024
+PRE_AUTH_MAX_BODY = 64 * 1024
+MAX_HEADER_SIZE = 64 * 1024
+ACK_MODES = frozenset({"auto", "client", "client-individual"})
+
+# Headers that describe the frame, not the message: never copied into message headers.
+FRAME_HEADERS = frozenset(
+    {
+        "destination",
+        "transaction",
+        "receipt",
+        "content-length",
+        "message-id",
+        "subscription",
+        "ack",
+        "redelivered",
+        "receipt-id",
+    }
+)
+
+
+class Shell(Protocol):
+    """What the adapter needs from its transport."""
+
+    peer: str
+    from_loopback: bool
+
+    def send(self, data: bytes) -> None:
+        """Queue bytes; the shell writes them out once per loop tick."""
+
+    def close(self) -> None:
+        """Write what is queued, then close the transport."""
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    CLOSING = "closing"  # DISCONNECT seen, waiting to send its receipt
+    CLOSED = "closed"
+
+
+_ALLOWED: dict[State, frozenset[str]] = {
+    State.CONNECTING: frozenset({"CONNECT", "STOMP"}),
+    State.CONNECTED: frozenset(
+        {
+            "SEND",
+            "SUBSCRIBE",
+            "UNSUBSCRIBE",
+            "ACK",
+            "NACK",
+            "BEGIN",
+            "COMMIT",
+            "ABORT",
+            "DISCONNECT",
+        }
+    ),
+}
+
+# Required headers per command (1.2 "Frames and Headers"); version-dependent ones in code.
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "SEND": ("destination",),
+    "SUBSCRIBE": ("destination",),
+    "BEGIN": ("transaction",),
+    "COMMIT": ("transaction",),
+    "ABORT": ("transaction",),
+}
+
+
+@dataclass(slots=True)
+class Subscription:
+    """One SUBSCRIBE: a core consumer on `queue`, tagged with the subscription id."""
+
+    id: str
+    destination: str
+    ack_mode: str
+    queue: str
+    selector: Selector | None = None
+    durable_queue: bool = False
+    outstanding: OrderedDict[int, None] = field(default_factory=OrderedDict)
+
+
+def _ack_id(delivery_tag: int) -> str:
+    return f"T_{delivery_tag}"
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", " ").replace("\n", " ").replace("\x00", " ")
+
+
+def _header_text(value: Any) -> str | None:
+    """An AMQP header value as STOMP header text; None when it has no text form."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, datetime):
+        return str(int(value.timestamp()))
+    return None
+
+
+def message_headers(message: Message) -> list[tuple[str, str]]:
+    """STOMP headers for a message's properties (cached on the message for fan-out).
+
+    Mapping (RabbitMQ's STOMP plugin): content-type, content-encoding,
+    persistent (delivery mode 2), priority, correlation-id, reply-to (a bare
+    queue name becomes /reply-queue/<name>), expiration, amqp-message-id
+    (message_id), type, timestamp (seconds), user-id, app-id; every AMQP
+    header with a text form is passed through under its own name.
+    """
+    cache = message.wire_cache
+    if cache is None:
+        cache = message.wire_cache = {}
+    headers: list[tuple[str, str]] | None = cache.get("stomp-headers")
+    if headers is not None:
+        return headers
+    headers = []
+    p = message.properties
+    for name, value in (p.headers or {}).items():
+        text = _header_text(value)
+        if text is not None and name not in FRAME_HEADERS:
+            headers.append((str(name), text))
+    reply_to = p.reply_to
+    if reply_to is not None and not reply_to.startswith("/"):
+        reply_to = "/reply-queue/" + reply_to
+    for name, value in (
+        ("content-type", p.content_type),
+        ("content-encoding", p.content_encoding),
+        ("persistent", "true" if p.delivery_mode == PERSISTENT else None),
+        ("priority", None if p.priority is None else str(p.priority)),
+        ("correlation-id", p.correlation_id),
+        ("reply-to", reply_to),
+        ("expiration", p.expiration),
+        ("amqp-message-id", p.message_id),
+        ("type", p.message_type),
+        ("timestamp", None if p.timestamp is None else str(int(p.timestamp.timestamp()))),
+        ("user-id", p.user_id),
+        ("app-id", p.app_id),
+    ):
+        if value is not None:
+            headers.append((name, value))
+    cache["stomp-headers"] = headers
+    return headers
+
+
+def selector_view(message: Message) -> Callable[[str], Any]:
+    """Identifier lookup for selectors: JMS header names, then message headers."""
+    p = message.properties
+    jms: dict[str, Any] = {
+        "JMSCorrelationID": p.correlation_id,
+        "JMSType": p.message_type,
+        "JMSMessageID": p.message_id,
+        "JMSPriority": p.priority,
+        "JMSDeliveryMode": "PERSISTENT" if p.delivery_mode == PERSISTENT else "NON_PERSISTENT",
+        "JMSReplyTo": p.reply_to,
+        "JMSTimestamp": None if p.timestamp is None else int(p.timestamp.timestamp() * 1000),
+        "JMSExpiration": p.expiration,
+    }
+    headers = p.headers or {}
+
+    def lookup(name: str) -> Any:
+        if name in jms:
+            return jms[name]
+        if name in headers:
+            return headers[name]
+        for stomp_name, value in message_headers(message):
+            if stomp_name == name:
+                return value
+        return None
+
+    return lookup
+
+
+class StompConnection:
+    """The STOMP state machine of one client connection (also its core DeliverySink)."""
+
+    def __init__(self, broker: Broker, shell: Shell, now: float) -> None:
+        self.broker = broker
+        self.shell = shell
+        self.codec = FrameCodec(
+            max_header_size=PRE_AUTH_MAX_HEADER, max_body_size=PRE_AUTH_MAX_BODY
+        )
+        self.state = State.CONNECTING
+        self.version = "1.0"
+        self.core: ClientConnection | None = None
+        self.session: Session | None = None
+        self.user_name = ""
+        self.client_id: str | None = None
+        self.subscriptions: dict[str, Subscription] = {}
+        self.transactions: dict[str, list[Callable[[], bool]]] = {}
+        self.temp_queues: dict[str, str] = {}  # /temp-queue/<name> -> core queue name
+        self._acks: dict[str, tuple[Subscription, int]] = {}
+        self._deferred = 0  # receipts waiting for the store
+        self._send_interval = 0.0  # seconds; 0 = we send no heart-beats
+        self._recv_interval = 0.0  # seconds; 0 = we expect none
+        self._now = now
+        self._last_recv = now
+        self._sent_since_tick = False
+        self._timer_due = now + broker.limits.handshake_timeout
+
+    # -- driven by the shell -----------------------------------------------------------
+
+    def data_received(self, data: bytes, now: float) -> None:
+        """Feed bytes from the socket (b"" = EOF); handle every complete frame in order."""
+        if self.state in (State.CLOSED, State.CLOSING):
+            return
+        self._now = self._last_recv = now
+        codec = self.codec
+        codec.receive_data(data)
+        frame: Frame | None = None
+        try:
+            while self.state is State.CONNECTED or self.state is State.CONNECTING:
+                event = codec.next_event()
+                if event is NEED_DATA:
+                    break
+                if isinstance(event, ConnectionClosed):
+                    self._close_transport()
+                    break
+                assert isinstance(event, Frame)
+                frame = event
+                self._on_frame(frame)
+        except ProtocolError as e:
+            self._fatal(e.message, e.detail, frame)
+        except SelectorError as e:
+            self._fatal("invalid selector", str(e), frame)
+        except BrokerError as e:
+            self._fatal(e.reply_text, _broker_error_detail(e, frame), frame)
+
+    def next_deadline(self) -> float:
+        """When `handle_timer` must run next (monotonic seconds)."""
+        return self._timer_due
+
+    def handle_timer(self, now: float) -> None:
+        """Heart-beats in both directions and the CONNECT deadline (1.2 "Heart-beating")."""
+        if self.state is State.CLOSED:
+            return
+        self._now = now
+        if self.state is not State.CONNECTED:
+            if now >= self._timer_due:
+                log.info("closing %s: no CONNECT in time", self.shell.peer)
+                self._close_transport()
+            return
+        due = now + 3600.0
+        if self._recv_interval:
+            limit = self._last_recv + self._recv_interval * HEARTBEAT_TOLERANCE
+            if now >= limit:
+                log.info("closing %s: missed heart-beats", self.shell.peer)
+                self._close_transport()
+                return
+            due = min(due, limit)
+        if self._send_interval:
+            if not self._sent_since_tick:
+                self.shell.send(b"\n")
+            self._sent_since_tick = False
+            due = min(due, now + self._send_interval / 2)
+        self._timer_due = due
+
+    def set_writable(self, writable: bool) -> None:
+        """Transport back-pressure: stop deliveries while the write buffer is full."""
+        if self.session is not None:
+            self.session.set_flow(writable)
+
+    def connection_lost(self) -> None:
+        """The socket is gone: release everything the connection held."""
+        self.state = State.CLOSED
+        self._release()
+
+    def shutdown(self, reason: str = "shutdown") -> None:
+        """Broker shutdown: an ERROR frame, then close."""
+        if self.state in (State.CLOSED, State.CLOSING):
+            return
+        self._fatal("broker shutting down", f"The broker is shutting down ({reason}).", None)
+
+    # -- output ------------------------------------------------------------------------
+
+    def _send(self, frame: Frame) -> None:
+        self._sent_since_tick = True
+        self.shell.send(encode(frame, self.version))
+
+    def _close_transport(self) -> None:
+        self.state = State.CLOSED
+        self._release()
+        self.shell.close()
+
+    def _release(self) -> None:
+        self.transactions.clear()
+        self._acks.clear()
+        self.subscriptions.clear()
+        if self.core is not None:
+            self.core.close()
+            self.core = None
+            self.session = None
+
+    def _fatal(self, message: str, detail: str, frame: Frame | None) -> None:
+        """Send an ERROR frame (1.2 "ERROR") and close the connection."""
+        if self.state is State.CLOSED:
+            return
+        log.info("closing STOMP connection %s: %s", self.shell.peer, message)
+        headers = [("message", _one_line(message)), ("content-type", "text/plain")]
+        receipt = frame.get("receipt") if frame is not None else None
+        if receipt is not None and header_encodable("receipt-id", receipt, self.version):
+            headers.append(("receipt-id", receipt))
+        body = detail.encode()
+        if frame is not None:
+            body += f"\n\nThe failing frame was {frame.command}.".encode()
+        headers.append(("content-length", str(len(body))))
+        self._send(Frame("ERROR", tuple(headers), body))
+        self._close_transport()
+
+    def _receipt(self, frame: Frame, *, durable: bool = False, then_close: bool = False) -> None:
+        """Answer a frame's `receipt` header, after the store when it wrote something."""
+        receipt = frame.get("receipt")
+        if receipt is None:
+            if then_close:
+                self._close_transport()
+            return
+        reply = Frame("RECEIPT", (("receipt-id", receipt),))
+        store = self.broker.store
+        if self._deferred or (durable and store.pending):
+            self._deferred += 1
+
+            def send(error: BaseException | None) -> None:
+                self._deferred -= 1
+                if self.state is State.CLOSED:
+                    return
+                if error is not None:
+                    self._fatal("store failure", f"The message could not be stored: {error}", frame)
+                    return
+                self._send(reply)
+                if then_close:
+                    self._close_transport()
+
+            store.when_durable(send)
+            return
+        self._send(reply)
+        if then_close:
+            self._close_transport()
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        command = frame.command
+        allowed = _ALLOWED.get(self.state, frozenset())
+        if command not in allowed:
+            if self.state is State.CONNECTING:
+                raise ProtocolError(
+                    "not connected", f"Send CONNECT (or STOMP) first, not {command}."
+                )
+            raise ProtocolError("unexpected frame", f"{command} is not allowed once connected.")
+        for name in _REQUIRED.get(command, ()):
+            if frame.get(name) is None:
+                raise _missing(command, name)
+        _HANDLERS[command](self, frame)
+
+    # -- CONNECT ------------------------------------------------------------------------
+
+    def _on_connect(self, frame: Frame) -> None:
+        version = negotiate_version(frame.get("accept-version"))
+        if version is None:
+            self._send(
+                Frame(
+                    "ERROR",
+                    (
+                        ("version", "1.0,1.1,1.2"),
+                        ("content-type", "text/plain"),
+                        ("message", "Supported protocol versions are 1.0 1.1 1.2"),
+                    ),
+                    b"Supported protocol versions are 1.0, 1.1 and 1.2.",
+                )
+            )
+            self._close_transport()
+            return
+        self.version = self.codec.version = version
+        cx, cy = parse_heartbeat(frame.get("heart-beat"))
+        login = frame.get("login")
+        if login is None:
+            raise AccessRefused("login required: send 'login' and 'passcode' headers")
+        user = self.broker.authenticate(
+            login, frame.get("passcode") or "", from_loopback=self.shell.from_loopback
+        )
+        host = frame.get("host")
+        vhost = host if host is not None and host in self.broker.vhosts else "/"
+        self.core = self.broker.connect(
+            vhost,
+            user,
+            protocol="stomp",
+            peer=self.shell.peer,
+            client_properties={"version": version, "client-id": frame.get("client-id")},
+        )
+        self.session = self.core.open_session(self)
+        self.user_name = login
+        self.client_id = frame.get("client-id")
+        # We agree to what the client asks, with a floor (RabbitMQ mirrors the client).
+        send_ms = max(cy, MIN_HEARTBEAT_MS) if cy else 0
+        recv_ms = max(cx, MIN_HEARTBEAT_MS) if cx else 0
+        self._send_interval = send_ms / 1000
+        self._recv_interval = recv_ms / 1000
+        self.codec.max_header_size = MAX_HEADER_SIZE
+        self.codec.max_body_size = self.broker.limits.max_message_size
+        self.state = State.CONNECTED
+        headers = [("session", f"session-{self.core.id}"), ("server", SERVER_NAME)]
+        if frame.get("accept-version") is not None:
+            headers[:0] = [("version", version), ("heart-beat", f"{send_ms},{recv_ms}")]
+        self._send(Frame("CONNECTED", tuple(headers)))
+        self._timer_due = self._now + (
+            min(x for x in (self._send_interval / 2, self._recv_interval) if x)
+            if self._send_interval or self._recv_interval
+            else 3600.0
+        )
+
+    # -- SEND -----------------------------------------------------------------------------
+
+    def _on_send(self, frame: Frame) -> None:
+        session = self._session()
+        destination = parse_destination(frame.get("destination"))
+        exchange, routing_key = self._publish_target(destination)
+        message = Message(exchange, routing_key, self._properties(frame), frame.body)
+        session.vhost.lookup_exchange(exchange)  # NotFound now, not at COMMIT
+        tx = self._transaction(frame)
+        if tx is not None:
+            tx.append(lambda: session.publish(exchange, message))
+            self._receipt(frame)
+            return
+        stored = session.publish(exchange, message)
+        self._receipt(frame, durable=stored)
+
+    def _publish_target(self, destination: Destination) -> tuple[str, str]:
+        if destination.kind is Kind.TEMP_QUEUE:
+            return "", self._temp_queue(destination.name)
+        if destination.kind is Kind.QUEUE:
+            self._ensure_queue(destination.name)
+        return destination.publish_target()
+
+    def _properties(self, frame: Frame) -> Properties:
+        """SEND headers -> message properties (the mapping `message_headers` reverses).
+
+        Headers named in `_PROPERTY_SETTERS` set a property; every other header
+        that does not describe the frame becomes a message header. The first
+        occurrence of a header wins (1.2 "Repeated Header Entries").
+        """
+        p = Properties()
+        headers: dict[str, Any] = {}
+        seen: set[str] = set()
+        for name, value in frame.headers:
+            if name in FRAME_HEADERS or name in seen:
+                continue
+            seen.add(name)
+            setter = _PROPERTY_SETTERS.get(name)
+            if setter is None:
+                headers[name] = value
+            elif setter(self, p, value):
+                headers[name] = value  # also kept as a header (ActiveMQ's `expires`)
+        if headers:
+            p.headers = headers
+        return p
+
+    def _set_reply_to(self, p: Properties, value: str) -> bool:
+        p.reply_to = self._reply_to(value)
+        return False
+
+    def _set_user_id(self, p: Properties, value: str) -> bool:
+        if value != self.user_name:
+            raise PreconditionFailed(
+                f"user-id header set to '{value}' but authenticated user was '{self.user_name}'"
+            )
+        p.user_id = value
+        return False
+
+    def _reply_to(self, value: str) -> str:
+        """A reply-to naming /temp-queue/<t> becomes /reply-queue/<real name> (RabbitMQ)."""
+        if value.startswith(Kind.TEMP_QUEUE.value):
+            dest = parse_destination(value)
+            return Kind.REPLY_QUEUE.value + self._temp_queue(dest.name, subscribe=True)
+        return value
+
+    # -- queues -----------------------------------------------------------------------------
+
+    def _session(self) -> Session:
+        assert self.session is not None
+        return self.session
+
+    def _ensure_queue(self, name: str) -> bool:
+        """Declare /queue/<name> as a durable queue unless it exists; True if declared."""
+        session = self._session()
+        if name in session.vhost.queues:
+            session.declare_queue(name, passive=True)  # exclusive-owner check
+            return False
+        session.declare_queue(name, durable=True)
+        return True
+
+    def _temp_queue(self, name: str, *, subscribe: bool = False) -> str:
+        """The connection's temporary queue for /temp-queue/<name>, created on first use.
+
+        Created through a reply-to header, it is subscribed to at once with
+        subscription id `/temp-queue/<name>` and ack mode auto (RabbitMQ).
+        """
+        queue = self.temp_queues.get(name)
+        if queue is None:
+            declared, _, _ = self._session().declare_queue("", exclusive=True)
+            queue = self.temp_queues[name] = declared.name
+        sub_id = Kind.TEMP_QUEUE.value + name
+        if subscribe and not any(s.queue == queue for s in self.subscriptions.values()):
+            self._consume(Subscription(sub_id, sub_id, "auto", queue), prefetch=0, exclusive=False)
+        return queue
+
+    # -- SUBSCRIBE / UNSUBSCRIBE --------------------------------------------------------------
+
+    def _on_subscribe(self, frame: Frame) -> None:
+        session = self._session()
+        text = frame.get("destination")
+        destination = parse_destination(text)
+        sub_id = frame.get("id")
+        if sub_id is None:
+            if self.version != "1.0":
+                raise _missing("SUBSCRIBE", "id")
+            sub_id = text or ""
+        if sub_id in self.subscriptions:
+            raise ProtocolError("duplicate subscription", f"Subscription id '{sub_id}' is in use.")
+        ack_mode = frame.get("ack", "auto") or "auto"
+        if ack_mode not in ACK_MODES:
+            raise ProtocolError(
+                "invalid ack mode", f"ack must be auto, client or client-individual: {ack_mode!r}"
+            )
+        selector_text = frame.get("selector")
+        selector = Selector(selector_text) if selector_text else None
+        durable = False
+        kind = destination.kind
+        if kind is Kind.QUEUE or kind is Kind.AMQ_QUEUE:
+            if selector is not None:
+                raise ProtocolError(
+                    "selectors on queues are not supported",
+                    "A selector on a /queue/ or /amq/queue/ destination needs the broker core "
+                    "to skip messages for one consumer while keeping them for the others; "
+                    "this broker does not do that yet. Selectors work on /topic/ and "
+                    "/exchange/ subscriptions, durable ones included.",
+                )
+            if kind is Kind.QUEUE:
+                durable = self._ensure_queue(destination.name)
+            queue = destination.name
+        elif kind is Kind.TEMP_QUEUE:
+            queue = self._temp_queue(destination.name)
+        elif kind is Kind.REPLY_QUEUE:
+            raise ProtocolError(
+                "invalid destination", "/reply-queue/ destinations are for SEND only."
+            )
+        else:
+            exchange = destination.publish_target()[0]
+            session.vhost.lookup_exchange(exchange)
+            name = self._durable_subscription_name(frame, sub_id)
+            if name is not None:
+                declared, _, _ = session.declare_queue(name, durable=True)
+                durable = True
+            else:
+                declared, _, _ = session.declare_queue("", exclusive=True, auto_delete=True)
+            queue = declared.name
+            session.bind_queue(queue, exchange, destination.binding_key(), {})
+        prefetch = frame.get("activemq.prefetchSize") or frame.get("prefetch-count")
+        sub = Subscription(sub_id, text or "", ack_mode, queue, selector, durable_queue=durable)
+        self._consume(
+            sub,
+            prefetch=_int_header("prefetch-count", prefetch, 0, 2**31) if prefetch else 0,
+            exclusive=(frame.get("exclusive") or "").lower() == "true",
+        )
+        self._receipt(frame, durable=durable)
+
+    def _durable_subscription_name(self, frame: Frame, sub_id: str) -> str | None:
+        """The queue of a durable topic subscription, or None for a plain one.
+
+        ActiveMQ: `client-id` on CONNECT plus `activemq.subscriptionName` (or
+        `durable-subscription-name`). RabbitMQ: `durable:true` (or
+        `persistent:true`) with the subscription `id`.
+        """
+        name = frame.get("activemq.subscriptionName") or frame.get("durable-subscription-name")
+        if name is not None:
+            if not self.client_id:
+                raise ProtocolError(
+                    "client-id required",
+                    "A durable subscription needs a 'client-id' header on CONNECT.",
+                )
+            return f"stomp-subscription-{self.client_id}-{name}"
+        if (frame.get("durable") or frame.get("persistent") or "").lower() == "true":
+            return f"stomp-subscription-{self.client_id or ''}-{sub_id}"
+        return None
+
+    def _consume(self, sub: Subscription, *, prefetch: int, exclusive: bool) -> None:
+        session = self._session()
+        consumer = session.consume(
+            sub.queue, sub.id, no_ack=sub.ack_mode == "auto", exclusive=exclusive
+        )
+        consumer.prefetch = prefetch
+        self.subscriptions[sub.id] = sub
+        consumer.start()
+
+    def _on_unsubscribe(self, frame: Frame) -> None:
+        sub_id = frame.get("id")
+        if sub_id is None:
+            if self.version != "1.0" or frame.get("destination") is None:
+                raise _missing("UNSUBSCRIBE", "id")
+            sub_id = frame.get("destination") or ""
+        sub = self.subscriptions.pop(sub_id, None)
+        if sub is None:
+            raise ProtocolError("no such subscription", f"No subscription with id '{sub_id}'.")
+        session = self._session()
+        session.cancel(sub.id)
+        # Its unacked messages can no longer be acknowledged: back to the queue
+        # (after the cancel, so that they go to other consumers).
+        for tag in sub.outstanding:
+            self._acks.pop(_ack_id(tag), None)
+            session.nack(tag, requeue=True)
+        wrote = False
+        if sub.durable_queue and self._durable_subscription_name(frame, sub.id) is not None:
+            session.delete_queue(sub.queue)  # ends the durable subscription
+            wrote = True
+        self._receipt(frame, durable=wrote)
+
+    # -- ACK / NACK ----------------------------------------------------------------------------
+
+    def _on_ack(self, frame: Frame) -> None:
+        self._settle_frame(frame, nack=False)
+
+    def _on_nack(self, frame: Frame) -> None:
+        self._settle_frame(frame, nack=True)
+
+    def _settle_frame(self, frame: Frame, *, nack: bool) -> None:
+        """ACK/NACK: 1.2 names the message by `id`, 1.0/1.1 by `message-id`."""
+        command = frame.command
+        if self.version == "1.2":
+            ack_id = frame.get("id")
+            if ack_id is None:
+                raise _missing(command, "id")
+        else:
+            ack_id = frame.get("message-id")
+            if ack_id is None:
+                raise _missing(command, "message-id")
+            if self.version == "1.1" and frame.get("subscription") is None:
+                raise _missing(command, "subscription")
+        found = self._acks.get(ack_id)
+        if found is None:
+            raise ProtocolError(
+                "unknown message-id",
+                f"No unacknowledged message '{ack_id}' on this connection (acknowledged "
+                "already, or its subscription is in auto mode).",
+            )
+        sub, tag = found
+        if sub.ack_mode == "client":  # cumulative on this subscription
+            tags = []
+            for t in sub.outstanding:
+                tags.append(t)
+                if t == tag:
+                    break
+        else:
+            tags = [tag]
+        requeue = (frame.get("requeue") or "true").lower() != "false"
+        tx = self._transaction(frame)
+        if tx is not None:
+            tx.append(lambda: self._settle(sub, tags, nack=nack, requeue=requeue))
+        else:
+            self._settle(sub, tags, nack=nack, requeue=requeue)
+        self._receipt(frame)
+
+    def _settle(self, sub: Subscription, tags: list[int], *, nack: bool, requeue: bool) -> bool:
+        session = self._session()
+        for tag in tags:
+            if self._acks.pop(_ack_id(tag), None) is None:
+                continue  # settled since (e.g. a transaction's ACK repeated outside it)
+            sub.outstanding.pop(tag, None)
+            if nack:
+                session.nack(tag, requeue=requeue)
+            else:
+                session.ack(tag)
+        return False
+
+    # -- transactions ------------------------------------------------------------------------
+
+    def _transaction(self, frame: Frame) -> list[Callable[[], bool]] | None:
+        name = frame.get("transaction")
+        if name is None:
+            return None
+        tx = self.transactions.get(name)
+        if tx is None:
+            raise ProtocolError("unknown transaction", f"Transaction '{name}' was not begun.")
+        return tx
+
+    def _on_begin(self, frame: Frame) -> None:
+        name = frame.get("transaction") or ""
+        if name in self.transactions:
+            raise ProtocolError("transaction already begun", f"Transaction '{name}' is open.")
+        self.transactions[name] = []
+        self._receipt(frame)
+
+    def _on_commit(self, frame: Frame) -> None:
+        actions = self._transaction(frame)
+        assert actions is not None
+        del self.transactions[frame.get("transaction") or ""]
+        stored = False
+        for action in actions:
+            stored |= action()
+        self._receipt(frame, durable=stored)
+
+    def _on_abort(self, frame: Frame) -> None:
+        self._transaction(frame)
+        del self.transactions[frame.get("transaction") or ""]
+        self._receipt(frame)
+
+    # -- DISCONNECT ----------------------------------------------------------------------------
+
+    def _on_disconnect(self, frame: Frame) -> None:
+        self.state = State.CLOSING
+        self.transactions.clear()
+        self._receipt(frame, then_close=True)
+
+    # -- DeliverySink --------------------------------------------------------------------------
+
+    def deliver(
+        self, consumer_tag: str, delivery_tag: int, redelivered: bool, message: Message
+    ) -> None:
+        """A MESSAGE frame for one delivery (the core recorded it as unacked already)."""
+        sub = self.subscriptions.get(consumer_tag)
+        if sub is None or self.state is State.CLOSED:
+            return
+        if sub.selector is not None and not sub.selector.matches(selector_view(message)):
+            if sub.ack_mode != "auto":
+                self._session().ack(delivery_tag)  # this subscription's own copy
+            return
+        ack_id = _ack_id(delivery_tag)
+        headers = [
+            ("subscription", sub.id),
+            ("destination", destination_of(message.exchange, message.routing_key)),
+            ("message-id", ack_id),
+        ]
+        if sub.ack_mode != "auto":
+            sub.outstanding[delivery_tag] = None
+            self._acks[ack_id] = (sub, delivery_tag)
+            if self.version == "1.2":
+                headers.append(("ack", ack_id))
+        if redelivered:
+            headers.append(("redelivered", "true"))
+        version = self.version
+        headers.extend(
+            (n, v) for n, v in message_headers(message) if header_encodable(n, v, version)
+        )
+        headers.append(("content-length", str(len(message.body))))
+        self._send(Frame("MESSAGE", tuple(headers), message.body))
+
+    def returned(self, message: Message, reply_code: int, reply_text: str) -> None:
+        """Never called: STOMP publishes are not mandatory."""
+
+    def cancelled(self, consumer_tag: str, error: BrokerError | None) -> None:
+        """The subscription's queue was deleted: tell the client with an ERROR (RabbitMQ)."""
+        sub = self.subscriptions.pop(consumer_tag, None)
+        if sub is None or self.state is not State.CONNECTED:
+            return
+        self._fatal(
+            "subscription ended",
+            f"The queue '{sub.queue}' of subscription '{sub.id}' was deleted.",
+            None,
+        )
+
+
+def _missing(command: str, header: str) -> ProtocolError:
+    return ProtocolError(
+        f"missing '{header}' header", f"A {command} frame must carry a '{header}' header."
+    )
+
+
+def _int_header(name: str, value: str | None, low: int, high: int) -> int:
+    text = (value or "").strip()
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise ProtocolError(
+            f"invalid '{name}' header", f"'{name}' must be an integer in [{low}, {high}]."
+        )
+    return int(text)
+
+
+def _broker_error_detail(error: BrokerError, frame: Frame | None) -> str:
+    detail = error.text
+    if frame is not None and frame.get("destination"):
+        detail += f"\nDestination: {frame.get('destination')}"
+    return detail
+
+
+def _set(attr: str, convert: Callable[[str], Any] = str) -> Callable[..., bool]:
+    def setter(_conn: StompConnection, p: Properties, value: str) -> bool:
+        setattr(p, attr, convert(value))
+        return False
+
+    return setter
+
+
+def _set_expires(_conn: StompConnection, p: Properties, value: str) -> bool:
+    """ActiveMQ `expires`: absolute time in ms since the epoch, 0 = never."""
+    at = _int_header("expires", value, 0, 2**63)
+    if at:
+        p.expiration = str(max(0, at - int(time.time() * 1000)))
+    return True
+
+
+def _timestamp(value: str) -> datetime:
+    seconds = _int_header("timestamp", value, 0, 2**63)
+    if seconds > 10**11:  # ActiveMQ sends milliseconds, RabbitMQ seconds
+        seconds //= 1000
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+# SEND header -> how it sets a message property; True keeps it as a header as well.
+_PROPERTY_SETTERS: dict[str, Callable[[StompConnection, Properties, str], bool]] = {
+    "content-type": _set("content_type"),
+    "content-encoding": _set("content_encoding"),
+    "persistent": _set("delivery_mode", lambda v: PERSISTENT if v.lower() == "true" else 1),
+    "priority": _set("priority", lambda v: _int_header("priority", v, 0, 255)),
+    "correlation-id": _set("correlation_id"),
+    "reply-to": StompConnection._set_reply_to,
+    "expiration": _set("expiration", lambda v: str(_int_header("expiration", v, 0, 2**31))),
+    "expires": _set_expires,
+    "amqp-message-id": _set("message_id"),
+    "type": _set("message_type"),
+    "timestamp": _set("timestamp", _timestamp),
+    "user-id": StompConnection._set_user_id,
+    "app-id": _set("app_id"),
+}
+
+_HANDLERS: dict[str, Callable[[StompConnection, Frame], None]] = {
+    "CONNECT": StompConnection._on_connect,
+    "STOMP": StompConnection._on_connect,
+    "SEND": StompConnection._on_send,
+    "SUBSCRIBE": StompConnection._on_subscribe,
+    "UNSUBSCRIBE": StompConnection._on_unsubscribe,
+    "ACK": StompConnection._on_ack,
+    "NACK": StompConnection._on_nack,
+    "BEGIN": StompConnection._on_begin,
+    "COMMIT": StompConnection._on_commit,
+    "ABORT": StompConnection._on_abort,
+    "DISCONNECT": StompConnection._on_disconnect,
+}

@@ -1,0 +1,518 @@
+"""Sans-IO STOMP 1.0 / 1.1 / 1.2 codec: bytes in, frames out; frames in, bytes out.
+
+Theory of operation
+-------------------
+There is no IO, no asyncio and no clock here. The shell feeds whatever bytes
+the socket produced to :meth:`FrameCodec.receive_data` (``b""`` means EOF)
+and calls :meth:`FrameCodec.next_event` until it returns :data:`NEED_DATA`.
+Frames are parsed lazily, one per ``next_event`` call, so the adapter can
+change :attr:`FrameCodec.version` after handling CONNECT and the frames that
+follow (pipelined behind it) are unescaped by the negotiated rules.
+Outgoing frames are built with :meth:`FrameCodec.send` (or :func:`encode`).
+
+The grammar (STOMP 1.2, "Augmented BNF")::
+
+    frame        = command EOL *( header EOL ) EOL *OCTET NULL *( EOL )
+    command      = client-command | server-command
+    header       = header-name ":" header-value
+    EOL          = [CR] LF
+    heart-beat   = EOL            ; between frames, ignored here
+
+Parsing a frame happens in two phases:
+
+1. **Header block.** EOLs before a command are heart-beats and skipped. The
+   decoder then looks for the blank line that ends the header block,
+   continuing its search where the previous call stopped (no rescans). The
+   block is refused while buffering once it exceeds ``max_header_size`` bytes
+   or ``max_headers`` lines, and a raw NUL anywhere before the blank line is
+   refused at once: a NUL would end the frame in a receiver's parser, so
+   forwarding it would let a publisher inject frames into other clients'
+   streams.
+
+2. **Body.** With a ``content-length`` header (1.2 "Body"), exactly that many
+   octets (which may contain NULs) must be followed by NUL; the length is
+   checked against ``max_body_size`` *before* the body is buffered, and a
+   missing NUL after it is "body longer than content-length". Without one the
+   body runs to the first NUL, and a body growing past ``max_body_size``
+   without a NUL is refused while buffering.
+
+Header values are escaped per version (1.2 "Value Encoding"; 1.1 has the same
+list minus ``\\r``; 1.0 has none). CONNECT, STOMP and CONNECTED frames are
+never escaped, so that 1.0 clients can connect. An undefined escape sequence
+is a fatal error. In every version a raw CR inside a header line (other than
+the CR of a CR LF line end) is refused; CR LF line ends are accepted in every
+version (the 1.2 grammar; RabbitMQ and ActiveMQ accept them in 1.0/1.1 too).
+
+A header that appears more than once keeps every occurrence in
+:attr:`Frame.headers`; :meth:`Frame.get` returns the first, as 1.2
+"Repeated Header Entries" requires.
+
+Errors: every violation raises :class:`ProtocolError`, whose ``message`` is
+the one-line summary for an ERROR frame's ``message`` header and ``detail``
+the body. The codec then stays in ERROR: every later ``next_event`` raises
+the same error. Any other exception escaping ``next_event`` is a bug.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = [
+    "CLIENT_COMMANDS",
+    "NEED_DATA",
+    "SERVER_COMMANDS",
+    "SUPPORTED_VERSIONS",
+    "ConnectionClosed",
+    "Event",
+    "Frame",
+    "FrameCodec",
+    "ProtocolError",
+    "Role",
+    "encode",
+    "header_encodable",
+    "negotiate_heartbeat",
+    "negotiate_version",
+    "parse_heartbeat",
+]
+
+SUPPORTED_VERSIONS: Final = ("1.0", "1.1", "1.2")
+
+# 1.2 "Client Frames" / "Server Frames"
+CLIENT_COMMANDS: Final = frozenset(
+    {
+        "CONNECT",
+        "STOMP",
+        "SEND",
+        "SUBSCRIBE",
+        "UNSUBSCRIBE",
+        "ACK",
+        "NACK",
+        "BEGIN",
+        "COMMIT",
+        "ABORT",
+        "DISCONNECT",
+    }
+)
+SERVER_COMMANDS: Final = frozenset({"CONNECTED", "MESSAGE", "RECEIPT", "ERROR"})
+
+# 1.2 "Value Encoding": "CONNECT and CONNECTED frames do not escape ... in order to
+# be backward compatible with STOMP 1.0 clients". STOMP is CONNECT's 1.1+ alias.
+UNESCAPED_COMMANDS: Final = frozenset({"CONNECT", "STOMP", "CONNECTED"})
+
+DEFAULT_MAX_HEADER_SIZE: Final = 64 * 1024
+DEFAULT_MAX_HEADERS: Final = 1000
+DEFAULT_MAX_BODY_SIZE: Final = 128 * 1024 * 1024
+
+_DECODE_ESCAPES: Final[dict[str, dict[int, str]]] = {
+    "1.1": {ord("n"): "\n", ord("c"): ":", ord("\\"): "\\"},
+    "1.2": {ord("r"): "\r", ord("n"): "\n", ord("c"): ":", ord("\\"): "\\"},
+}
+_ENCODE_ESCAPES: Final[dict[str, dict[int, str]]] = {
+    "1.1": {ord("\\"): "\\\\", ord("\n"): "\\n", ord(":"): "\\c"},
+    "1.2": {ord("\\"): "\\\\", ord("\n"): "\\n", ord(":"): "\\c", ord("\r"): "\\r"},
+}
+
+
+class Role(enum.Enum):
+    """Which side this codec is: a SERVER decodes client frames, a CLIENT server frames."""
+
+    SERVER = "server"
+    CLIENT = "client"
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One STOMP frame. Header order and repetitions are kept as on the wire."""
+
+    command: str
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header `name` (1.2 "Repeated Header Entries")."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return default
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """EOF was received between frames."""
+
+
+Event = Frame | ConnectionClosed
+
+
+class ProtocolError(Exception):
+    """A violation of the STOMP grammar or of a limit; the connection must end.
+
+    Attributes:
+        message: one line for the ERROR frame's `message` header.
+        detail: a longer explanation for the ERROR frame's body.
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail or message
+
+
+class FrameCodec:
+    """The frame layer of one STOMP connection: `receive_data`, `next_event`, `send`.
+
+    Args:
+        role: SERVER decodes client commands and sends server commands; CLIENT the reverse.
+        max_header_size: bytes allowed for the command line plus headers.
+        max_headers: header lines allowed in one frame.
+        max_body_size: body octets allowed in one frame.
+
+    `version` selects the escaping rules for frames other than CONNECT, STOMP
+    and CONNECTED in both directions; it starts at "1.0" and the adapter sets
+    it once the version is negotiated. The limits may be changed at any time
+    (e.g. raised after authentication); they apply to the next frame checked.
+    """
+
+    def __init__(
+        self,
+        role: Role = Role.SERVER,
+        *,
+        max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+        max_headers: int = DEFAULT_MAX_HEADERS,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+    ) -> None:
+        self.role = role
+        self.version: str = "1.0"
+        self.max_header_size = max_header_size
+        self.max_headers = max_headers
+        self.max_body_size = max_body_size
+        self._accept = CLIENT_COMMANDS if role is Role.SERVER else SERVER_COMMANDS
+        self._buf = bytearray()
+        self._eof = False
+        self._error: ProtocolError | None = None
+        self._reset_scan()
+
+    def _reset_scan(self) -> None:
+        self._line_start = 0  # start of the header line being looked at
+        self._lines = 0  # header-block lines seen so far (command included)
+        self._nul_checked = 0  # buffer prefix known to hold no NUL (header phase)
+        self._body_start = -1  # set once the header block is complete
+        self._headers: tuple[tuple[str, str], ...] = ()
+        self._command = ""
+        self._length: int | None = None
+        self._body_scan = 0
+
+    # -- input -------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer; ``b""`` means EOF. Never raises."""
+        if self._error is not None or self._eof:
+            return
+        if data:
+            self._buf += data
+        else:
+            self._eof = True
+
+    def next_event(self) -> Event | _NeedData:
+        """Parse the next frame.
+
+        Returns a :class:`Frame`, :data:`NEED_DATA` when more bytes are needed,
+        or :class:`ConnectionClosed` after a clean EOF (again on every call).
+
+        Raises:
+            ProtocolError: malformed, oversized, or truncated by EOF. Sticky:
+                later calls raise it again. Any other exception is a bug.
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            event = self._parse()
+        except ProtocolError as e:
+            self._error = e
+            self._buf.clear()
+            raise
+        if event is NEED_DATA and self._eof:
+            if self._buf or self._body_start >= 0 or self._lines:
+                self._error = ProtocolError(
+                    "connection closed mid-frame",
+                    "The connection ended before the frame's NUL terminator.",
+                )
+                raise self._error
+            return ConnectionClosed()
+        return event
+
+    def _parse(self) -> Event | _NeedData:
+        if self._body_start < 0:
+            if self._lines == 0 and not self._skip_heartbeats():
+                return NEED_DATA
+            if not self._scan_header_block():
+                return NEED_DATA
+        return self._take_body()
+
+    def _skip_heartbeats(self) -> bool:
+        """Drop EOLs before a command (heart-beats); True when a command byte is next."""
+        buf = self._buf
+        i, n = 0, len(buf)
+        while i < n:
+            c = buf[i]
+            if c == 0x0A:
+                i += 1
+            elif c == 0x0D:
+                if i + 1 >= n:
+                    break
+                if buf[i + 1] != 0x0A:
+                    raise ProtocolError(
+                        "malformed frame", "CR not followed by LF before a command."
+                    )
+                i += 2
+            else:
+                break
+        if i:
+            del buf[:i]
+        return bool(buf) and buf[0] != 0x0D
+
+    def _scan_header_block(self) -> bool:
+        """Find the blank line ending the headers, enforcing limits as bytes arrive."""
+        buf = self._buf
+        nul = buf.find(b"\x00", self._nul_checked)
+        while True:
+            nl = buf.find(b"\n", self._line_start)
+            if nl < 0:
+                break
+            if 0 <= nul < nl:
+                raise _nul_in_header()
+            end = nl - 1 if nl > self._line_start and buf[nl - 1] == 0x0D else nl
+            if end == self._line_start and self._lines:
+                self._body_start = nl + 1
+                self._parse_header_block(self._line_start)
+                return True
+            self._lines += 1
+            if self._lines > self.max_headers + 1:
+                raise ProtocolError(
+                    "too many headers", f"A frame may carry at most {self.max_headers} headers."
+                )
+            self._line_start = nl + 1
+        if nul >= 0:
+            raise _nul_in_header()
+        self._nul_checked = len(buf)
+        if len(buf) > self.max_header_size:
+            raise ProtocolError(
+                "frame header too large",
+                f"The command and headers of a frame may take at most "
+                f"{self.max_header_size} bytes.",
+            )
+        return False
+
+    def _parse_header_block(self, block_end: int) -> None:
+        if block_end > self.max_header_size:
+            raise ProtocolError(
+                "frame header too large",
+                f"The command and headers of a frame may take at most "
+                f"{self.max_header_size} bytes.",
+            )
+        lines = bytes(self._buf[:block_end]).split(b"\n")
+        lines.pop()  # what follows the last LF: the blank line's start
+        lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+        command = _text(lines[0], "command")
+        if command not in self._accept:
+            raise ProtocolError(
+                "unknown command",
+                f"'{command[:100]}' is not a STOMP {self.role.value}-bound command; expected "
+                + ", ".join(sorted(self._accept))
+                + ".",
+            )
+        unescape = None if command in UNESCAPED_COMMANDS else _DECODE_ESCAPES.get(self.version)
+        headers: list[tuple[str, str]] = []
+        for raw in lines[1:]:
+            colon = raw.find(b":")
+            if colon < 0:
+                raise ProtocolError(
+                    "malformed header", f"Header line without ':' in {command} frame."
+                )
+            if b"\r" in raw:
+                raise ProtocolError(
+                    "malformed header", "A raw CR inside a header name or value is not allowed."
+                )
+            name = _text(raw[:colon], "header name")
+            value = _text(raw[colon + 1 :], "header value")
+            if unescape is not None:
+                name = _unescape(name, unescape)
+                value = _unescape(value, unescape)
+            headers.append((name, value))
+        self._command = command
+        self._headers = tuple(headers)
+        length = Frame(command, self._headers).get("content-length")
+        if length is not None:
+            length = length.strip()
+            if not (length.isascii() and length.isdigit()):
+                raise ProtocolError(
+                    "invalid content-length",
+                    f"content-length must be a decimal integer: {length!r}",
+                )
+            self._length = int(length)
+            if self._length > self.max_body_size:
+                raise _body_too_large(self.max_body_size)
+        self._body_scan = self._body_start
+
+    def _take_body(self) -> Event | _NeedData:
+        buf = self._buf
+        start = self._body_start
+        if self._length is not None:
+            end = start + self._length
+            if len(buf) <= end:
+                return NEED_DATA
+            if buf[end] != 0:
+                raise ProtocolError(
+                    "body longer than content-length",
+                    f"Expected NUL after the {self._length} body octets of content-length.",
+                )
+        else:
+            end = buf.find(b"\x00", self._body_scan)
+            if end < 0:
+                self._body_scan = len(buf)
+                if len(buf) - start > self.max_body_size:
+                    raise _body_too_large(self.max_body_size)
+                return NEED_DATA
+            if end - start > self.max_body_size:
+                raise _body_too_large(self.max_body_size)
+        frame = Frame(self._command, self._headers, bytes(buf[start:end]))
+        del buf[: end + 1]
+        self._reset_scan()
+        return frame
+
+    # -- output ------------------------------------------------------------------------
+
+    def send(self, frame: Frame) -> bytes:
+        """The bytes of `frame`, escaped for this codec's `version`.
+
+        Raises ValueError when a header cannot be represented in that version
+        (see :func:`header_encodable`); callers filter headers beforehand.
+        """
+        return encode(frame, self.version)
+
+
+def _nul_in_header() -> ProtocolError:
+    return ProtocolError(
+        "NUL in frame header",
+        "A NUL octet may only end a frame; it is not allowed in a command or header.",
+    )
+
+
+def _body_too_large(limit: int) -> ProtocolError:
+    return ProtocolError("frame body too large", f"A frame body may be at most {limit} octets.")
+
+
+def _text(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("malformed frame", f"The {what} is not valid UTF-8.") from None
+
+
+def _unescape(value: str, table: dict[int, str]) -> str:
+    """Undo 1.1/1.2 escaping; an undefined escape is fatal (1.2 "Value Encoding")."""
+    if "\\" not in value:
+        return value
+    out: list[str] = []
+    i, n = 0, len(value)
+    while i < n:
+        c = value[i]
+        if c == "\\":
+            if i + 1 >= n or ord(value[i + 1]) not in table:
+                seq = value[i : i + 2]
+                raise ProtocolError(
+                    "undefined escape sequence", f"Header contains undefined escape {seq!r}."
+                )
+            out.append(table[ord(value[i + 1])])
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def header_encodable(name: str, value: str, version: str, command: str = "MESSAGE") -> bool:
+    """Can this header be written to a `version` peer in a `command` frame?
+
+    NUL is never representable in a header. Without escaping (1.0, CONNECT,
+    CONNECTED) CR and LF are not representable and neither is ':' in a name;
+    1.1 has no escape for CR.
+    """
+    if "\x00" in name or "\x00" in value:
+        return False
+    if version == "1.0" or command in UNESCAPED_COMMANDS:
+        return not ("\n" in name or "\r" in name or ":" in name or "\n" in value or "\r" in value)
+    if version == "1.1":
+        return "\r" not in name and "\r" not in value
+    return True
+
+
+def encode(frame: Frame, version: str) -> bytes:
+    """Serialise a frame for a peer speaking `version`.
+
+    The body is written as given: the caller adds `content-length` when the
+    body may contain NUL (the adapter always does for MESSAGE and ERROR).
+    Raises ValueError for a header that `header_encodable` refuses.
+    """
+    table = None if frame.command in UNESCAPED_COMMANDS else _ENCODE_ESCAPES.get(version)
+    parts = [frame.command]
+    for name, value in frame.headers:
+        if not header_encodable(name, value, version, frame.command):
+            raise ValueError(f"header {name!r} cannot be encoded for STOMP {version}")
+        if table is not None:
+            name = name.translate(table)
+            value = value.translate(table)
+        parts.append(f"{name}:{value}")
+    parts.append("\n")
+    return "\n".join(parts).encode("utf-8") + frame.body + b"\x00"
+
+
+def negotiate_version(accept_version: str | None) -> str | None:
+    """The highest common version (1.2 "Protocol Negotiation"); None if there is none.
+
+    A CONNECT without `accept-version` is a 1.0 client.
+    """
+    if accept_version is None:
+        return "1.0"
+    offered = {v.strip() for v in accept_version.split(",")}
+    for version in reversed(SUPPORTED_VERSIONS):
+        if version in offered:
+            return version
+    return None
+
+
+def parse_heartbeat(value: str | None) -> tuple[int, int]:
+    """`heart-beat: cx,cy` as two non-negative ints of milliseconds (absent: 0,0)."""
+    if value is None:
+        return 0, 0
+    parts = value.split(",")
+    if len(parts) != 2 or not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
+        raise ProtocolError(
+            "invalid heart-beat header", f"heart-beat must be two integers 'cx,cy': {value!r}"
+        )
+    return int(parts[0]), int(parts[1])
+
+
+def negotiate_heartbeat(client: tuple[int, int], server: tuple[int, int]) -> tuple[int, int]:
+    """(ms between server sends, ms expected between client sends); 0 disables.
+
+    1.2 "Heart-beating": the sender's interval is MAX(its cx, the other's cy),
+    and 0 on either side means no heart-beats in that direction.
+    """
+    cx, cy = client
+    sx, sy = server
+    send = 0 if sx == 0 or cy == 0 else max(sx, cy)
+    receive = 0 if cx == 0 or sy == 0 else max(cx, sy)
+    return send, receive

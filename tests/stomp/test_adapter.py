@@ -1,0 +1,105 @@
+"""The STOMP state machine without sockets: a fake shell, time passed in by hand."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from broker.auth import UserDirectory
+from broker.broker import Broker
+from broker.config import default_guest
+from protocols.stomp.adapter import State, StompConnection
+from protocols.stomp.codec import NEED_DATA, Frame, FrameCodec, Role
+from storage import MemoryStore
+
+
+class FakeShell:
+    peer = "127.0.0.1:1"
+    from_loopback = True
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.closed = False
+
+    def send(self, data: bytes) -> None:
+        self.out += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def frames(self) -> list[Frame]:
+        codec = FrameCodec(Role.CLIENT)
+        codec.version = "1.2"
+        codec.receive_data(bytes(self.out))
+        self.out.clear()
+        found = []
+        while (event := codec.next_event()) is not NEED_DATA:
+            assert isinstance(event, Frame)
+            found.append(event)
+        return found
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[Broker]:
+    b = Broker(store=MemoryStore(), users=UserDirectory([default_guest()]))
+    await b.start()
+    yield b
+    await b.stop()
+
+
+CONNECT = b"STOMP\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\nheart-beat:%s\n\n\x00"
+
+
+async def test_heartbeats_sent_and_enforced(broker: Broker) -> None:
+    shell = FakeShell()
+    conn = StompConnection(broker, shell, now=100.0)
+    conn.data_received(CONNECT % b"1000,1000", now=100.0)
+    (connected,) = shell.frames()
+    assert connected.get("heart-beat") == "1000,1000"
+    assert conn.next_deadline() == pytest.approx(100.5)
+    conn.handle_timer(100.5)  # CONNECTED went out since the last tick: no EOL yet
+    conn.handle_timer(101.0)
+    assert shell.out == b"\n"  # a heart-beat EOL
+    conn.data_received(b"\n", now=101.5)  # the client's heart-beat
+    conn.handle_timer(103.0)
+    assert conn.state is State.CONNECTED
+    conn.handle_timer(103.6)  # more than 2 intervals since 101.5
+    assert conn.state is State.CLOSED
+    assert shell.closed
+    assert not broker.connections
+
+
+async def test_no_connect_in_time(broker: Broker) -> None:
+    shell = FakeShell()
+    conn = StompConnection(broker, shell, now=0.0)
+    deadline = conn.next_deadline()
+    conn.handle_timer(deadline - 0.1)
+    assert not shell.closed
+    conn.handle_timer(deadline)
+    assert shell.closed
+
+
+async def test_pipelined_frames_after_connect_use_negotiated_escaping(broker: Broker) -> None:
+    shell = FakeShell()
+    conn = StompConnection(broker, shell, now=0.0)
+    conn.data_received(
+        CONNECT % b"0,0"
+        + b"SUBSCRIBE\nid:s\ndestination:/queue/esc\n\n\x00"
+        + b"SEND\ndestination:/queue/esc\nk:a\\cb\n\n\x00",
+        now=0.0,
+    )
+    connected, message = shell.frames()
+    assert connected.command == "CONNECTED"
+    assert message.command == "MESSAGE"
+    assert message.get("k") == "a:b"
+
+
+async def test_pre_auth_limits(broker: Broker) -> None:
+    shell = FakeShell()
+    conn = StompConnection(broker, shell, now=0.0)
+    conn.data_received(b"CONNECT\n" + b"x" * 10_000, now=0.0)
+    (error,) = shell.frames()
+    assert error.command == "ERROR"
+    assert error.get("message") == "frame header too large"
+    assert shell.closed
