@@ -1,0 +1,92 @@
+"""`moorage serve` as operators run it: start-up errors in one line, clean exits."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pika
+
+from tests.durability.broker_process import BrokerProcess, free_port
+
+SERVE = [sys.executable, "-m", "broker.cli", "serve"]
+NO_OTHER_LISTENERS = ["--mqtt-port", "0", "--stomp-port", "0", "--http-port", "0"]
+
+
+def run_serve(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SERVE, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def one_line_reason(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("moorage: "), lines[0]
+    return lines[0]
+
+
+def test_port_in_use_is_a_one_line_error(tmp_path: Path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_serve(
+            "--data-dir", str(tmp_path), "--amqp-port", str(port), *NO_OTHER_LISTENERS
+        )
+    assert result.returncode != 0
+    assert str(port) in one_line_reason(result)
+
+
+def test_unreadable_config_is_a_one_line_error(tmp_path: Path):
+    result = run_serve("--config", str(tmp_path / "missing.toml"))
+    assert result.returncode != 0
+    assert "missing.toml" in one_line_reason(result)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[limits]\nframe_max = 'big'\n")
+    result = run_serve("--config", str(bad))
+    assert result.returncode != 0
+    assert "frame_max" in one_line_reason(result)
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[listeners]\namqp_prot = 5672\n")
+    assert "amqp_prot" in one_line_reason(run_serve("--config", str(typo)))
+
+
+def test_corrupt_database_stops_startup_and_is_left_untouched(tmp_path: Path):
+    data = tmp_path / "data"
+    data.mkdir()
+    db = data / "moorage.db"
+    garbage = b"this is not a database" * 100
+    db.write_bytes(garbage)
+    result = run_serve(
+        "--data-dir", str(data), "--amqp-port", str(free_port()), *NO_OTHER_LISTENERS
+    )
+    assert result.returncode != 0
+    assert "moorage.db" in one_line_reason(result)
+    assert db.read_bytes() == garbage
+    assert sorted(p.name for p in data.iterdir()) == ["moorage.db"]
+
+
+def test_sigterm_closes_clients_and_exits_zero(tmp_path: Path):
+    process = BrokerProcess(tmp_path / "data").start()
+    try:
+        connection = pika.BlockingConnection(process.params)
+        closed = []
+        assert process.proc is not None
+        process.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline:
+                connection.process_data_events(time_limit=0.1)
+        except pika.exceptions.ConnectionClosedByBroker as e:
+            closed.append(e.reply_code)
+        assert closed == [320]
+        assert process.proc.wait(10) == 0
+        log = process.log.read_text()
+        assert "amqp listener accepting connections on 127.0.0.1:" in log
+    finally:
+        process.kill()
