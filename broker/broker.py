@@ -14,6 +14,7 @@ from broker.auth import User, UserDirectory
 from broker.config import Limits
 from broker.connection import ClientConnection
 from broker.errors import NotAllowed
+from broker.flow import WriteFlow
 from broker.queue import Queue
 from broker.serialization import decode_arguments
 from broker.vhost import Exchange, VirtualHost
@@ -34,6 +35,7 @@ class Broker:
         self.store: Store = store if store is not None else MemoryStore()
         self.users = users if users is not None else UserDirectory()
         self.limits = limits or Limits()
+        self.flow = WriteFlow(self.store, self.limits.store_backlog)
         self.vhosts: dict[str, VirtualHost] = {}
         self.connections: set[ClientConnection] = set()
         self._configured_vhosts = list(vhosts)

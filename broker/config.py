@@ -48,6 +48,7 @@ class Limits:
     handshake_timeout: float = 10.0
     max_connections: int = 0  # 0 = unlimited
     queue_memory_limit: int = 16 * 1024 * 1024  # ready bytes a stored queue keeps in RAM
+    store_backlog: int = 32 * 1024 * 1024  # unwritten bytes before publishers are paused
 
 
 @dataclass(slots=True)

@@ -418,7 +418,9 @@ class VirtualHost:
         message = entry.message
         if not message.store_id:
             message.store_id = self.broker.next_message_id()
-            store.put_message(message.store_id, encode_message(message))
+            data = encode_message(message)
+            store.put_message(message.store_id, data)
+            self.broker.flow.wrote(len(data))
         store.enqueue(self.name, queue, entry.seq, message.store_id)
 
     def remove_entry(self, queue: str, entry: QueueEntry) -> None:

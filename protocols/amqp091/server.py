@@ -91,6 +91,14 @@ class AMQPServerProtocol(asyncio.Protocol):
             amqp.data_received(data, self.loop.time())
             if amqp.next_deadline() < self._timer_when:
                 self._arm_timer()  # e.g. a close-ok deadline earlier than the heartbeat
+            flow = self.listener.broker.flow
+            if flow.blocked and self.transport is not None:
+                self.transport.pause_reading()
+                flow.on_resume(self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
