@@ -44,6 +44,7 @@ from broker.errors import (
     CommandInvalid,
     ConnectionForced,
     NotAllowed,
+    NotFound,
     NotImplementedFeature,
     PreconditionFailed,
     UnexpectedFrame,
@@ -154,7 +155,16 @@ class AMQPChannel:
         self.confirm_needs_sync = False
         self.deferred = 0  # replies waiting for the store
         self.client_flow = True
+        self.last_queue = ""  # the last queue declared here: what an empty queue name means
         self._tags: dict[str, bytes] = {}
+
+    def queue_name(self, name: str) -> str:
+        """Spec (and RabbitMQ): an empty queue name is the queue last declared on the channel."""
+        if name:
+            return name
+        if not self.last_queue:
+            raise NotFound("no previously declared queue")
+        return self.last_queue
 
     # -- DeliverySink ------------------------------------------------------------------
 
@@ -595,6 +605,8 @@ class AMQPConnection:
             raise CommandInvalid(f"unexpected content method '{method.name}'")
         properties = event.properties
         try:
+            if method.immediate:
+                raise NotImplementedFeature("immediate=true")  # as RabbitMQ 3.x
             if properties.user_id is not None and properties.user_id != self._username:
                 raise PreconditionFailed(
                     f"user_id property set to '{properties.user_id}' but authenticated user was "
@@ -669,27 +681,34 @@ class AMQPConnection:
             auto_delete=m.auto_delete,
             arguments=m.arguments or {},
         )
+        channel.last_queue = queue.name
         if not m.nowait:
             channel.reply(
                 commands.Queue.DeclareOk(queue.name, messages, consumers), durable=queue.stored
             )
 
     def _queue_bind(self, channel: AMQPChannel, m: commands.Queue.Bind) -> None:
-        channel.session.bind_queue(m.queue, m.exchange, m.routing_key, m.arguments or {})
+        queue = channel.queue_name(m.queue)
+        routing_key = m.routing_key if m.queue or m.routing_key else queue
+        channel.session.bind_queue(queue, m.exchange, routing_key, m.arguments or {})
         if not m.nowait:
             channel.reply(commands.Queue.BindOk(), durable=True)
 
     def _queue_unbind(self, channel: AMQPChannel, m: commands.Queue.Unbind) -> None:
-        channel.session.unbind_queue(m.queue, m.exchange, m.routing_key, m.arguments or {})
+        queue = channel.queue_name(m.queue)
+        routing_key = m.routing_key if m.queue or m.routing_key else queue
+        channel.session.unbind_queue(queue, m.exchange, routing_key, m.arguments or {})
         channel.reply(commands.Queue.UnbindOk(), durable=True)
 
     def _queue_purge(self, channel: AMQPChannel, m: commands.Queue.Purge) -> None:
-        count = channel.session.purge_queue(m.queue)
+        count = channel.session.purge_queue(channel.queue_name(m.queue))
         if not m.nowait:
             channel.reply(commands.Queue.PurgeOk(count), durable=True)
 
     def _queue_delete(self, channel: AMQPChannel, m: commands.Queue.Delete) -> None:
-        count = channel.session.delete_queue(m.queue, if_unused=m.if_unused, if_empty=m.if_empty)
+        count = channel.session.delete_queue(
+            channel.queue_name(m.queue), if_unused=m.if_unused, if_empty=m.if_empty
+        )
         if not m.nowait:
             channel.reply(commands.Queue.DeleteOk(count), durable=True)
 
@@ -701,7 +720,7 @@ class AMQPConnection:
 
     def _basic_consume(self, channel: AMQPChannel, m: commands.Basic.Consume) -> None:
         consumer = channel.session.consume(
-            m.queue,
+            channel.queue_name(m.queue),
             m.consumer_tag,
             no_ack=m.no_ack,
             exclusive=m.exclusive,
@@ -719,7 +738,7 @@ class AMQPConnection:
             channel.reply(commands.Basic.CancelOk(m.consumer_tag))
 
     def _basic_get(self, channel: AMQPChannel, m: commands.Basic.Get) -> None:
-        got = channel.session.get(m.queue, no_ack=m.no_ack)
+        got = channel.session.get(channel.queue_name(m.queue), no_ack=m.no_ack)
         if got is None:
             channel.reply(commands.Basic.GetEmpty())
             return
