@@ -2,9 +2,17 @@
 
 Used when the broker runs without a data directory and as the reference that
 the SQLite store's contract tests are checked against.
+
+Every change is applied at the call, so ordering is trivial: `ack_range`
+removes what is there now, and `expire` removes what has expired at its first
+step. Entries with an expiry are also listed per queue in `_expiring`, so
+that `expire` looks only at them rather than at the whole queue.
 """
 
 from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
 
 from storage.store import (
     BindingRecord,
@@ -14,7 +22,15 @@ from storage.store import (
     StoredEntry,
     StoreError,
     Topology,
+    check_expires_at,
 )
+
+
+@dataclass(slots=True)
+class _Entry:
+    message_id: int
+    delivery_count: int = 0
+    expires_at: float = 0.0
 
 
 class MemoryStore:
@@ -28,8 +44,9 @@ class MemoryStore:
         self._bindings: dict[BindingRecord, None] = {}
         self._messages: dict[int, bytes] = {}
         self._refs: dict[int, int] = {}
-        # (vhost, queue) -> seq -> [message_id, delivery_count]
-        self._entries: dict[tuple[str, str], dict[int, list[int]]] = {}
+        self._entries: dict[tuple[str, str], dict[int, _Entry]] = {}
+        # (vhost, queue) -> seq -> expires_at, for the entries that have one
+        self._expiring: dict[tuple[str, str], dict[int, float]] = {}
 
     async def open(self) -> None:
         self._open = True
@@ -76,6 +93,7 @@ class MemoryStore:
         self._queues.pop((vhost, name), None)
         self.purge_queue(vhost, name)
         self._entries.pop((vhost, name), None)
+        self._expiring.pop((vhost, name), None)
         for b in list(self._bindings):
             if b.vhost == vhost and b.destination_kind == "queue" and b.destination == name:
                 del self._bindings[b]
@@ -93,12 +111,21 @@ class MemoryStore:
         self._messages[message_id] = data
         self._refs.setdefault(message_id, 0)
 
-    def enqueue(self, vhost: str, queue: str, seq: int, message_id: int) -> None:
+    def enqueue(
+        self, vhost: str, queue: str, seq: int, message_id: int, expires_at: float = 0.0
+    ) -> None:
         self._check()
+        expires_at = check_expires_at(expires_at)
         if message_id not in self._messages:
             raise StoreError(f"message {message_id} was never put")
-        self._entries.setdefault((vhost, queue), {})[seq] = [message_id, 0]
+        key = (vhost, queue)
+        self._entries.setdefault(key, {})[seq] = _Entry(message_id, 0, expires_at)
         self._refs[message_id] += 1
+        expiring = self._expiring.setdefault(key, {})
+        if expires_at > 0:
+            expiring[seq] = expires_at
+        else:
+            expiring.pop(seq, None)
 
     def _drop_entry(self, message_id: int) -> None:
         self._refs[message_id] -= 1
@@ -106,30 +133,50 @@ class MemoryStore:
             del self._refs[message_id]
             del self._messages[message_id]
 
+    def _remove(self, key: tuple[str, str], seq: int) -> bool:
+        """Remove one entry, and its message if that was the last reference."""
+        entry = self._entries.get(key, {}).pop(seq, None)
+        if entry is None:
+            return False
+        if entry.expires_at > 0:
+            self._expiring[key].pop(seq, None)
+        self._drop_entry(entry.message_id)
+        return True
+
     def ack(self, vhost: str, queue: str, seq: int) -> None:
         self._check()
-        entry = self._entries.get((vhost, queue), {}).pop(seq, None)
-        if entry is not None:
-            self._drop_entry(entry[0])
+        self._remove((vhost, queue), seq)
 
     def ack_range(self, vhost: str, queue: str, first_seq: int, last_seq: int) -> None:
         self._check()
-        entries = self._entries.get((vhost, queue), {})
-        for seq in [s for s in entries if first_seq <= s <= last_seq]:
-            self._drop_entry(entries.pop(seq)[0])
+        key = (vhost, queue)
+        for seq in [s for s in self._entries.get(key, {}) if first_seq <= s <= last_seq]:
+            self._remove(key, seq)
 
     def mark_delivered(self, vhost: str, queue: str, seq: int, delivery_count: int) -> None:
         self._check()
         entry = self._entries.get((vhost, queue), {}).get(seq)
         if entry is not None:
-            entry[1] = delivery_count
+            entry.delivery_count = delivery_count
 
     def purge_queue(self, vhost: str, queue: str) -> None:
         self._check()
         entries = self._entries.get((vhost, queue), {})
-        for message_id, _ in entries.values():
-            self._drop_entry(message_id)
+        for entry in entries.values():
+            self._drop_entry(entry.message_id)
         entries.clear()
+        self._expiring.pop((vhost, queue), None)
+
+    async def expire(self, vhost: str, queue: str, now: float, limit: int = 10000) -> int:
+        self._check()
+        key = (vhost, queue)
+        expiring = self._expiring.get(key)
+        if not expiring or limit <= 0:
+            return 0
+        due = [(at, seq) for seq, at in expiring.items() if at <= now]
+        for _, seq in heapq.nsmallest(limit, due):
+            self._remove(key, seq)
+        return min(len(due), limit)
 
     def when_durable(self, callback: DurabilityCallback) -> None:
         callback(None)
@@ -153,15 +200,17 @@ class MemoryStore:
         self._check()
         entries = self._entries.get((vhost, queue), {})
         seqs = sorted(s for s in entries if s > after_seq)[:limit]
-        return [
-            StoredEntry(seq, entries[seq][0], self._messages[entries[seq][0]], entries[seq][1])
-            for seq in seqs
-        ]
+        result = []
+        for seq in seqs:
+            e = entries[seq]
+            data = self._messages[e.message_id]
+            result.append(StoredEntry(seq, e.message_id, data, e.delivery_count, e.expires_at))
+        return result
 
     async def queue_stats(self, vhost: str, queue: str) -> tuple[int, int, int]:
         self._check()
         entries = self._entries.get((vhost, queue), {})
-        size = sum(len(self._messages[m]) for m, _ in entries.values())
+        size = sum(len(self._messages[e.message_id]) for e in entries.values())
         return len(entries), size, max(entries, default=0)
 
     async def max_message_id(self) -> int:

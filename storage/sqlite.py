@@ -35,9 +35,33 @@ Cancellation: an `ack` of an entry whose `enqueue` is still in the gathering
 batch (not yet handed to the writer) deletes both operations from the batch,
 and the message's `put_message` too when no other operation of the batch
 references it. A message consumed and acked within one group-commit window
-therefore never touches the disk. `purge_queue`, `delete_queue` and
-`delete_vhost` cancel the batch's enqueues of the queues they remove in the
-same way. `stats.ops_cancelled` counts what was dropped.
+therefore never touches the disk. `ack_range`, `purge_queue`, `delete_queue`
+and `delete_vhost` cancel the batch's enqueues of the entries they remove in
+the same way (and still run their DELETE, for what earlier batches wrote).
+`stats.ops_cancelled` counts what was dropped.
+
+`ack_range(first, last)` is one `DELETE ... WHERE queue_id = ? AND seq
+BETWEEN ? AND ?`, a range of the primary key; bodies left without entries go
+by the orphan trigger. Unlike `ack` it is not regrouped with the hot
+operations but is a barrier (see `_execute_ops`), so an enqueue of a seq in
+the range queued after it is written after it and kept.
+
+Retention: `enqueue(..., expires_at)` stores a wall-clock UNIX time (REAL
+seconds, 0: never) in the entry. `expire(vhost, queue, now, limit)` is a
+coroutine but, inside, an operation of the gathering batch like any other:
+a barrier in `_execute_ops`, so it runs in the batch's transaction after
+every change queued before the call (enqueues still gathering included) and
+before every change queued after it. At the call the batch's cancellation
+maps are reset, as at a flush, so a later `ack` cannot unwrite an enqueue the
+expire was to see (the count it returns is then exactly `MemoryStore`'s).
+It forces the batch out at once and returns, once the batch is committed,
+the number of entries its DELETE removed. That DELETE picks up to `limit`
+entries through the partial index `entries_by_expiry (queue_id, expires_at)
+WHERE expires_at > 0`, earliest expiry first, and deletes them by primary
+key: it reads no message body, the orphan trigger drops bodies left without
+entries. Its deletes count towards the free-space check like acks. If the
+batch fails, the caller gets the `StoreError` and the expire is removed from
+the changes kept for the retry (nobody would hear its result).
 
 `mark_delivered` only records a redelivery flag: it rides along with the next
 batch and never holds up `when_durable` (a crash loses at most a flag).
@@ -68,7 +92,8 @@ Durability modes (`durability=`):
 many seconds first, trading confirm latency for bigger batches.
 
 Schema: a `schema_version` table holds the number of migrations applied;
-`MIGRATIONS[i]` upgrades version i to i + 1, each in one transaction. Message
+`MIGRATIONS[i]` upgrades version i to i + 1, each in one transaction
+(version 2 added `entries.expires_at` and its partial index). Message
 bodies are stored once (`messages`) and referenced by queue `entries`; a
 trigger deletes a message when its last entry goes (acked, purged, or its
 queue deleted by the `ON DELETE CASCADE`), using an index on
@@ -112,6 +137,7 @@ from storage.store import (
     StoredEntry,
     StoreError,
     Topology,
+    check_expires_at,
 )
 
 __all__ = ["MIGRATIONS", "SQLiteStats", "SQLiteStore"]
@@ -177,6 +203,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                 AND NOT EXISTS (SELECT 1 FROM entries WHERE message_id = OLD.message_id);
         END""",
     ),
+    # 2: retention. `expires_at` is a wall-clock UNIX time in seconds, 0 for
+    # never. Adding a column with a constant default rewrites no row: entries
+    # of a version 1 file read as 0. A REAL column stores 0 (and any whole
+    # number) as a 0-byte integer, so entries without expiry cost nothing.
+    # The partial index holds only entries that expire, so it costs nothing
+    # either where retention is not used; `expire` walks it in expiry order.
+    (
+        "ALTER TABLE entries ADD COLUMN expires_at REAL NOT NULL DEFAULT 0",
+        "CREATE INDEX entries_by_expiry ON entries (queue_id, expires_at) WHERE expires_at > 0",
+    ),
 )
 """`MIGRATIONS[i]` takes the schema from version i to i + 1. Append only; never edit."""
 
@@ -195,6 +231,8 @@ _ENQUEUE: Final = 9
 _ACK: Final = 10
 _PURGE: Final = 11
 _COLLECT_MESSAGE: Final = 12
+_ACK_RANGE: Final = 13
+_EXPIRE: Final = 14  # params: (queue_id, now, limit, _ExpireResult); see `_execute_kind`
 
 _Params = tuple[Any, ...]
 _Op = tuple[int, _Params]
@@ -290,6 +328,11 @@ _STATEMENTS: Final[dict[int, tuple[tuple[_Sql, _Picker], ...]]] = {
         ),
     ),
     _PURGE: (("DELETE FROM entries WHERE queue_id = ?", None),),
+    # Not a hot kind, so a barrier in `_execute_ops`: enqueues queued after it
+    # are applied after it, even when their seq is in the range.
+    _ACK_RANGE: (  # params: (queue_id, first_seq, last_seq); a primary key range
+        ("DELETE FROM entries WHERE queue_id = ? AND seq BETWEEN ? AND ?", None),
+    ),
     # Hot kinds. Rows of one statement are applied in order, so a later put of
     # the same message id still wins.
     _PUT_MESSAGE: (
@@ -298,13 +341,14 @@ _STATEMENTS: Final[dict[int, tuple[tuple[_Sql, _Picker], ...]]] = {
     # INSERT ... SELECT: an entry for a message that no longer exists is not
     # written (counted in stats.dangling_enqueues) rather than failing the batch.
     # CROSS JOIN keeps the VALUES list as the outer loop (a primary key lookup each).
-    _ENQUEUE: (
+    _ENQUEUE: (  # params: (queue_id, seq, message_id, expires_at)
         (
             _multi_row(
-                "INSERT OR REPLACE INTO entries (queue_id, seq, message_id, delivery_count)"
-                " SELECT v.column1, v.column2, m.id, 0 FROM (VALUES {rows}) AS v"
+                "INSERT OR REPLACE INTO entries"
+                " (queue_id, seq, message_id, delivery_count, expires_at)"
+                " SELECT v.column1, v.column2, m.id, 0, v.column4 FROM (VALUES {rows}) AS v"
                 " CROSS JOIN messages AS m ON m.id = v.column3",
-                "(?, ?, ?)",
+                "(?, ?, ?, ?)",
             ),
             None,
         ),
@@ -342,7 +386,7 @@ _SQL_MARKS: Final = _multi_row(  # rows: (queue_id, seq, delivery_count)
     "(?, ?, ?)",
 )
 _SQL_READ_QUEUE = (
-    "SELECT e.seq, e.message_id, m.data, e.delivery_count"
+    "SELECT e.seq, e.message_id, m.data, e.delivery_count, e.expires_at"
     " FROM entries AS e JOIN messages AS m ON m.id = e.message_id"
     " WHERE e.queue_id = ? AND e.seq > ? ORDER BY e.seq LIMIT ?"
 )
@@ -350,12 +394,22 @@ _SQL_QUEUE_STATS = (
     "SELECT count(*), coalesce(sum(length(m.data)), 0), coalesce(max(e.seq), 0)"
     " FROM entries AS e JOIN messages AS m ON m.id = e.message_id WHERE e.queue_id = ?"
 )
+# The subquery walks `entries_by_expiry` (its `expires_at > 0` makes the partial
+# index usable) in (expires_at, seq) order, and stops at the limit; then each
+# chosen entry is deleted by primary key. No message row is read: the orphan
+# trigger deletes bodies left without entries.
+_SQL_EXPIRE = (
+    "DELETE FROM entries WHERE queue_id = ?1 AND seq IN"
+    " (SELECT seq FROM entries WHERE queue_id = ?1 AND expires_at > 0 AND expires_at <= ?2"
+    " ORDER BY expires_at, seq LIMIT ?3)"
+)
 
 # Weight of each deleting kind towards the next free-space check.
 _DELETE_WEIGHT: Final = {
     _ACK: 1,
     _COLLECT_MESSAGE: 1,
     _PURGE: 1_000_000,
+    _ACK_RANGE: 1_000_000,
     _DELETE_QUEUE: 1_000_000,
     _DELETE_VHOST: 1_000_000,
 }
@@ -382,6 +436,10 @@ class SQLiteStats:
     dangling_enqueues: int = 0
     """Enqueues skipped because their message did not exist (a bug in the caller)."""
     vacuumed_pages: int = 0
+    expire_runs: int = 0
+    """`expire` transactions committed."""
+    expired: int = 0
+    """Entries removed by `expire`."""
 
 
 @dataclass(slots=True)
@@ -408,6 +466,13 @@ class _Read:
 
     fn: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
+
+
+@dataclass(slots=True)
+class _ExpireResult:
+    """Where the writer leaves an `expire`'s row count for the loop to pick up."""
+
+    deleted: int = 0
 
 
 @dataclass(slots=True)
@@ -683,10 +748,15 @@ class SQLiteStore:
         self._max_put_id = max(self._max_put_id, message_id)
         self._append(_PUT_MESSAGE, (message_id, data))
 
-    def enqueue(self, vhost: str, queue: str, seq: int, message_id: int) -> None:
+    def enqueue(
+        self, vhost: str, queue: str, seq: int, message_id: int, expires_at: float = 0.0
+    ) -> None:
         """Queue an entry for a stored message at position `seq` of a queue.
 
+        `expires_at` (wall-clock seconds, 0: never) is when `expire` may remove it.
+
         Raises:
+            ValueError: `expires_at` is negative, infinite or NaN.
             StoreError: the queue was never put (`MemoryStore` tolerates
                 that), or the message was never put. The latter check is
                 cheap and partial: it knows ids above the highest id ever
@@ -695,6 +765,7 @@ class SQLiteStore:
                 in `stats.dangling_enqueues`.
         """
         self._check_open()
+        expires_at = check_expires_at(expires_at)
         queue_id = self._queue_ids.get((vhost, queue))
         if queue_id is None:
             raise StoreError(f"queue {queue!r} in vhost {vhost!r} was never put")
@@ -706,7 +777,7 @@ class SQLiteStore:
             put[1] += 1
         key = (queue_id, seq)
         self._enqueued[key] = len(self._ops)
-        self._append(_ENQUEUE, (queue_id, seq, message_id))
+        self._append(_ENQUEUE, (queue_id, seq, message_id, expires_at))
 
     def ack(self, vhost: str, queue: str, seq: int) -> None:
         """Queue the removal of an entry; cancels its enqueue if that is not written yet."""
@@ -720,6 +791,28 @@ class SQLiteStore:
         else:
             self._marks.pop(key, None)
             self._append(_ACK, key)
+
+    def ack_range(self, vhost: str, queue: str, first_seq: int, last_seq: int) -> None:
+        """Queue the removal of every entry with first_seq <= seq <= last_seq.
+
+        Enqueues in that range still in the gathering batch are cancelled, as
+        by `ack`; the range is deleted on disk all the same (one primary key
+        range). Enqueues queued after this call are written after it, so they
+        are kept even when their seq is in the range.
+        """
+        self._check_open()
+        queue_id = self._queue_ids.get((vhost, queue))
+        if queue_id is None or first_seq > last_seq:
+            return
+
+        def in_range(key: tuple[int, int]) -> bool:
+            return key[0] == queue_id and first_seq <= key[1] <= last_seq
+
+        for key in [k for k in self._enqueued if in_range(k)]:
+            self._cancel_enqueue(key)
+        for key in [k for k in self._marks if in_range(k)]:
+            del self._marks[key]
+        self._append(_ACK_RANGE, (queue_id, first_seq, last_seq))
 
     def mark_delivered(self, vhost: str, queue: str, seq: int, delivery_count: int) -> None:
         """Record a delivery count; written with the next batch, never holds a callback."""
@@ -826,7 +919,15 @@ class SQLiteStore:
         if error is not None and batch.holds:
             # Keep the failed changes, in order, ahead of what gathered since.
             # (A batch of delivery marks only is dropped: they may be lost.)
-            self._retry = batch.segments
+            # An `expire` is not retried: its caller was told it failed.
+            for segment in batch.segments:
+                ops = segment.ops
+                for i, op in enumerate(ops):
+                    if op is not None and op[0] == _EXPIRE:
+                        ops[i] = None
+            self._retry = [
+                s for s in batch.segments if s.marks or any(op is not None for op in s.ops)
+            ]
         self._fire(batch.callbacks, error)
         if self._state == "closed":
             return
@@ -937,7 +1038,7 @@ class SQLiteStore:
 
         def read(conn: sqlite3.Connection) -> list[StoredEntry]:
             return [
-                StoredEntry(r[0], r[1], bytes(r[2]), r[3])
+                StoredEntry(r[0], r[1], bytes(r[2]), r[3], r[4])
                 for r in conn.execute(_SQL_READ_QUEUE, (queue_id, after_seq, limit))
             ]
 
@@ -964,6 +1065,48 @@ class SQLiteStore:
             return int(conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0])
 
         return await self._submit(max_id)
+
+    async def expire(self, vhost: str, queue: str, now: float, limit: int = 10000) -> int:
+        """Delete up to `limit` entries of a queue with 0 < expires_at <= now; return how many.
+
+        Queued like any change, as a barrier: it runs in the next batch's
+        transaction after every change queued before the call (including
+        enqueues still gathering, which it sees) and before every change
+        queued after it (which it cannot touch, and which can no longer
+        cancel an enqueue queued before it). The batch is flushed at once,
+        and this returns when it is committed. Earliest expiry first. Reads
+        no message body: bodies left without entries go by the orphan
+        trigger.
+
+        Raises:
+            StoreError: the store is not open, or the batch failed. A failed
+                expire is not retried with the batch's other changes (which
+                are); nothing it deleted is kept.
+        """
+        self._check_open()
+        queue_id = self._queue_ids.get((vhost, queue))
+        if queue_id is None or limit <= 0:
+            return 0
+        assert self._loop is not None
+        result = _ExpireResult()
+        self._append(_EXPIRE, (queue_id, float(now), int(limit), result))
+        # Later acks must not cancel (unwrite) enqueues the expire is to see,
+        # nor a later put_message cancel an earlier put: start afresh, as if
+        # the batch had been flushed here.
+        self._enqueued, self._batch_puts = {}, {}
+        future: asyncio.Future[int] = self._loop.create_future()
+
+        def done(error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is None:
+                future.set_result(result.deleted)
+            else:
+                future.set_exception(error)
+
+        self.when_durable(done)
+        self._schedule_flush(immediate=True)
+        return await future
 
     def _check_readable(self) -> None:
         if self._state != "open":
@@ -1018,7 +1161,8 @@ class SQLiteStore:
 
     def _write_batch(self, conn: sqlite3.Connection, batch: _Batch) -> None:
         """Run a batch in one transaction, report it, then do housekeeping."""
-        counts = [0, 0, 0, 0, 0]  # ops, messages, entries, dangling, delete weight
+        counts = [0, 0, 0, 0, 0, 0, 0]
+        # ops, messages, entries, dangling, delete weight, expire runs, expired
         try:
             conn.execute("BEGIN IMMEDIATE")
             marks: dict[tuple[int, int], int] = {}
@@ -1053,15 +1197,15 @@ class SQLiteStore:
         stats.ops_written += counts[0]
         stats.messages_written += counts[1]
         stats.entries_written += counts[2]
+        stats.expire_runs += counts[5]
+        stats.expired += counts[6]
         if counts[3]:
             stats.dangling_enqueues += counts[3]
             logger.warning("%s: %d enqueues of missing messages skipped", self.path, counts[3])
         self._post(self._batch_done, batch, None)
         # Housekeeping after the callbacks were released.
         self._deletes_since_check += counts[4]
-        if self._vacuum_enabled and self._deletes_since_check >= self.vacuum_check_deletes:
-            self._deletes_since_check = 0
-            self._incremental_vacuum(conn)
+        self._maybe_vacuum(conn)
 
     @staticmethod
     def _execute_ops(
@@ -1072,7 +1216,10 @@ class SQLiteStore:
         The per-message kinds (`_HOT_KINDS`) between two other operations are
         regrouped by kind, in the order puts, enqueues, acks, collects, each
         kind keeping its own order. Any other operation is a barrier that
-        nothing moves across, and runs of it are executed together. The
+        nothing moves across, and runs of it are executed together, in
+        order. That includes `_ACK_RANGE`, `_PURGE` and `_EXPIRE`: regrouped
+        with the acks, they would run after an enqueue queued behind them and
+        delete its entry (or, for `_EXPIRE`, miss one queued before). The
         regrouping only moves a put before the enqueues and acks that follow
         it, and an enqueue before acks: for the fresh message ids and rising
         seqs the core uses, the result is the same as in call order (a
@@ -1111,6 +1258,12 @@ class SQLiteStore:
         for hot_kind, rows in hot.items():
             if rows:
                 _execute_kind(conn, hot_kind, rows, counts)
+
+    def _maybe_vacuum(self, conn: sqlite3.Connection) -> None:
+        """Look at the free-page count once enough entries were deleted since the last look."""
+        if self._vacuum_enabled and self._deletes_since_check >= self.vacuum_check_deletes:
+            self._deletes_since_check = 0
+            self._incremental_vacuum(conn)
 
     def _incremental_vacuum(self, conn: sqlite3.Connection) -> None:
         """Return free pages to the file system once there are many of them."""
@@ -1225,6 +1378,16 @@ def _execute_kind(
     conn: sqlite3.Connection, kind: int, rows: list[_Params], counts: list[int]
 ) -> None:
     """Apply operations of one kind with each of its statements, and count them."""
+    if kind == _EXPIRE:
+        # Not in _STATEMENTS: each one reports its own row count (the
+        # entries it deleted; the trigger's message deletes are not counted).
+        for queue_id, now, limit, result in rows:
+            result.deleted = conn.execute(_SQL_EXPIRE, (queue_id, now, limit)).rowcount
+            counts[4] += result.deleted
+            counts[6] += result.deleted
+        counts[0] += len(rows)
+        counts[5] += len(rows)
+        return
     for sql, pick in _STATEMENTS[kind]:
         picked = rows if pick is None else [pick(p) for p in rows]
         if isinstance(sql, str):

@@ -16,10 +16,28 @@ depend on the broker's types.
 Reading (`load_topology`, `read_queue`) happens at start-up and when a queue
 pages messages back in; both are coroutines so that an implementation may run
 them off the loop.
+
+Removing entries: `ack` removes one, `ack_range` every entry in a seq range
+(a purge of entries paged out to the store, which the core knows only as a
+range), `purge_queue` all of a queue's. Each is an ordinary queued change,
+ordered with the others: an entry enqueued *after* an `ack_range` that
+covers its seq is kept.
+
+Retention: `enqueue` may give an entry an `expires_at`, a wall-clock UNIX
+time in seconds (0: never). The store never drops an entry by itself; the
+core calls `expire(vhost, queue, now)` (typically from a timer), which
+removes up to `limit` entries of that queue with 0 < expires_at <= now,
+earliest expiry first, and says how many went. Unlike the other changes,
+`expire` is a coroutine: it acts after every change queued before the call
+(an entry enqueued just before it is seen, one enqueued after it is not)
+and its result is known only once it has been written. Bodies whose last
+entry expired go with it, as after an `ack`. `read_queue` returns each
+entry's `expires_at`, so the core may also skip expired entries it pages in.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -30,6 +48,18 @@ DurabilityCallback = Callable[["BaseException | None"], None]
 
 class StoreError(Exception):
     """The store cannot do what was asked: corrupt file, full disk, closed store."""
+
+
+def check_expires_at(expires_at: float) -> float:
+    """`expires_at` as a float, or ValueError unless it is finite and >= 0 (0: never).
+
+    Shared by the implementations so that they refuse the same values (a NaN
+    would also break SQLite's NOT NULL column, and with it the whole batch).
+    """
+    value = float(expires_at)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"expires_at must be a finite time >= 0 (0: never), got {expires_at!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +104,8 @@ class StoredEntry:
     message_id: int
     data: bytes
     delivery_count: int = 0
+    expires_at: float = 0.0
+    """Wall-clock UNIX time (seconds) after which `expire` may remove it; 0: never."""
 
 
 @dataclass(slots=True)
@@ -127,8 +159,17 @@ class Store(Protocol):
         """Store a message body once, before the entries that reference it."""
         ...
 
-    def enqueue(self, vhost: str, queue: str, seq: int, message_id: int) -> None:
-        """Add an entry for a stored message at position `seq` of a queue."""
+    def enqueue(
+        self, vhost: str, queue: str, seq: int, message_id: int, expires_at: float = 0.0
+    ) -> None:
+        """Add an entry for a stored message at position `seq` of a queue.
+
+        `expires_at` is a wall-clock UNIX time in seconds after which `expire`
+        may remove the entry; 0 (the default) means never.
+
+        Raises:
+            ValueError: `expires_at` is negative, infinite or NaN.
+        """
         ...
 
     def ack(self, vhost: str, queue: str, seq: int) -> None:
@@ -136,7 +177,12 @@ class Store(Protocol):
         ...
 
     def ack_range(self, vhost: str, queue: str, first_seq: int, last_seq: int) -> None:
-        """Remove every entry with first_seq <= seq <= last_seq (a purge of paged-out entries)."""
+        """Remove every entry with first_seq <= seq <= last_seq (a purge of paged-out entries).
+
+        Ordered like any other change: entries enqueued before the call are
+        removed (whether written yet or not), entries enqueued after it are
+        kept even if their seq is in the range. No-op if first_seq > last_seq.
+        """
         ...
 
     def mark_delivered(self, vhost: str, queue: str, seq: int, delivery_count: int) -> None:
@@ -181,4 +227,15 @@ class Store(Protocol):
 
     async def max_message_id(self) -> int:
         """The highest message id stored, or 0: ids continue from it after a restart."""
+        ...
+
+    async def expire(self, vhost: str, queue: str, now: float, limit: int = 10000) -> int:
+        """Remove up to `limit` entries of a queue with 0 < expires_at <= now; return how many.
+
+        The earliest `expires_at` go first (ties in seq order). It acts after
+        every change queued before the call, and is itself written before any
+        change queued after it; when it returns, the removal is committed.
+        Messages left without entries are dropped, as after `ack`. An
+        unknown queue or `limit` <= 0 removes nothing.
+        """
         ...

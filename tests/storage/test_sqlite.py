@@ -12,6 +12,7 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -335,7 +336,7 @@ async def test_empty_file_is_a_new_store(db: Path) -> None:
     write_file(db, b"")
     store = await opened(db)
     await store.close()
-    assert raw_rows(db, "SELECT version FROM schema_version") == [(1,)]
+    assert raw_rows(db, "SELECT version FROM schema_version") == [(len(sqlite_module.MIGRATIONS),)]
 
 
 async def test_migrations_run_in_order_once(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -352,7 +353,7 @@ async def test_migrations_run_in_order_once(db: Path, monkeypatch: pytest.Monkey
         store = await opened(db)
         assert (await store.load_topology()).vhosts == ["kept"]
         await store.close()
-    assert raw_rows(db, "SELECT version FROM schema_version") == [(3,)]
+    assert raw_rows(db, "SELECT version FROM schema_version") == [(len(extra),)]
     assert raw_rows(db, "SELECT * FROM retention") == [(1, 2, "x")]
 
 
@@ -364,8 +365,58 @@ async def test_failed_migration_leaves_the_previous_version(
     monkeypatch.setattr(sqlite_module, "MIGRATIONS", broken)
     with pytest.raises(StoreError, match="cannot prepare"):
         await opened(db)
-    assert raw_rows(db, "SELECT version FROM schema_version") == [(1,)]
+    assert raw_rows(db, "SELECT version FROM schema_version") == [(len(broken) - 1,)]
     assert raw_rows(db, "SELECT name FROM sqlite_master WHERE name = 't'") == []
+
+
+async def test_a_version_1_file_is_migrated(
+    db: Path, settle: Settle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries written before retention existed keep expires_at 0 (never)."""
+    # A version 1 file, as the code before retention made it: its schema, and
+    # entries in the four columns it had (written directly: today's enqueue
+    # names the fifth).
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite_module, "MIGRATIONS", sqlite_module.MIGRATIONS[:1])
+        store = await opened(db)
+        store.put_vhost(V)
+        store.put_queue(QueueRecord(V, "q"))
+        store.put_message(1, b"one")
+        store.put_message(2, b"two")
+        await settle(store)
+        await store.close()
+    assert raw_rows(db, "SELECT version FROM schema_version") == [(1,)]
+    conn = sqlite3.connect(db)
+    try:
+        assert "expires_at" not in [r[1] for r in conn.execute("PRAGMA table_info(entries)")]
+        conn.executemany(
+            "INSERT INTO entries (queue_id, seq, message_id, delivery_count)"
+            " SELECT id, ?, ?, ? FROM queues WHERE name = 'q'",
+            [(1, 1, 0), (2, 2, 3)],
+        )
+        conn.commit()
+    finally:
+        conn.close()
+
+    store = await opened(db)
+    try:
+        assert await store.read_queue(V, "q", 0, 10) == [
+            StoredEntry(1, 1, b"one", 0, 0.0),
+            StoredEntry(2, 2, b"two", 3, 0.0),
+        ]
+        assert await store.expire(V, "q", 1e18) == 0  # 0 is never, even for old entries
+        store.put_message(3, b"three")
+        store.enqueue(V, "q", 3, 3, 5.5)
+        assert await store.expire(V, "q", 5.5) == 1
+        assert await store.queue_stats(V, "q") == (2, 6, 2)
+    finally:
+        await store.close()
+    assert raw_rows(db, "SELECT version FROM schema_version") == [(len(sqlite_module.MIGRATIONS),)]
+    assert raw_rows(db, "SELECT seq, expires_at FROM entries ORDER BY seq") == [(1, 0.0), (2, 0.0)]
+    assert raw_rows(db, "SELECT name FROM sqlite_master WHERE name = 'entries_by_expiry'") == [
+        ("entries_by_expiry",)
+    ]
+    assert raw_rows(db, "PRAGMA integrity_check") == [("ok",)]
 
 
 # -- group commit and cancellation ------------------------------------------------
@@ -518,6 +569,77 @@ async def test_purge_and_delete_cancel_batched_enqueues(db: Path, settle: Settle
     assert raw_rows(db, "SELECT count(*) FROM messages") == [(0,)]
 
 
+async def test_ack_range_cancels_batched_enqueues(db: Path, settle: Settle) -> None:
+    store = await opened(db)
+    store.put_queue(QueueRecord(V, "q"))
+    store.put_message(100, b"written earlier")
+    await settle(store)
+    for i in range(1, 11):
+        store.put_message(i, b"x")
+        store.enqueue(V, "q", i, i)
+    store.enqueue(V, "q", 11, 100)  # its body is already in the file
+    store.mark_delivered(V, "q", 4, 1)
+    store.ack_range(V, "q", 3, 11)
+    store.enqueue(V, "q", 12, 2)  # after the range: not cancelled, nor its put
+    # Enqueues 3..11 and puts 3..10; the range still runs its DELETE.
+    assert store.stats.ops_cancelled == 17
+    await settle(store)
+    assert store.stats.messages_written == 1 + 2  # 100, then 1 and 2
+    assert [e.seq for e in await store.read_queue(V, "q", 0, 100)] == [1, 2, 12]
+    await store.close()
+    assert raw_rows(db, "SELECT id FROM messages ORDER BY id") == [(1,), (2,)]  # 100 collected
+
+
+async def test_expire_flushes_at_once_and_shares_the_batch(db: Path, settle: Settle) -> None:
+    store = await opened(db, flush_delay=10)  # would not flush on its own for a while
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        for i in range(1, 201):
+            store.put_message(i, b"x")
+            store.enqueue(V, "q", i, i, 5.0 if i % 2 else 0.0)
+        async with asyncio.timeout(5):
+            assert await store.expire(V, "q", 10) == 100
+        assert not store.pending
+        assert store.stats.batches == 1  # the enqueues and the expire: one transaction
+        assert store.stats.expire_runs == 1
+        assert store.stats.expired == 100
+        assert store.stats.entries_written == 200
+        assert await store.queue_stats(V, "q") == (100, 100, 200)
+        assert await store.max_message_id() == 200
+    finally:
+        await store.close()
+
+
+async def test_expire_while_a_batch_is_in_flight(db: Path, settle: Settle) -> None:
+    store = await opened(db)
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        await settle(store)
+        release = threading.Event()
+        busy = asyncio.ensure_future(store._submit(lambda conn: release.wait(5)))
+        await asyncio.sleep(0)
+        for i in (1, 2):
+            store.put_message(i, b"x")
+            store.enqueue(V, "q", i, i, 1.0)
+        await asyncio.sleep(0)  # batch 1 is in flight, behind the busy job
+        store.put_message(3, b"x")
+        store.enqueue(V, "q", 3, 3, 1.0)  # gathering: before the call
+        expired = asyncio.ensure_future(store.expire(V, "q", 2.0))
+        await asyncio.sleep(0)
+        store.put_message(4, b"x")
+        store.enqueue(V, "q", 4, 4, 1.0)  # after the call: same batch, after the barrier
+        store.ack(V, "q", 3)  # after the call: must not cancel enqueue 3
+        assert not expired.done()
+        release.set()
+        await busy
+        assert await expired == 3
+        await settle(store)
+        assert [e.seq for e in await store.read_queue(V, "q", 0, 10)] == [4]
+        assert store.stats.ops_cancelled == 0
+    finally:
+        await store.close()
+
+
 async def test_delivery_marks_ride_along(db: Path, settle: Settle) -> None:
     store = await opened(db)
     try:
@@ -644,6 +766,30 @@ async def test_failed_batch_is_retried_by_the_timer(
         await store.close()
 
 
+async def test_failed_expire_is_reported_and_not_retried(db: Path, settle: Settle) -> None:
+    store = await opened(db)
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        for i in range(1, 6):
+            store.put_message(i, b"x")
+            store.enqueue(V, "q", i, i, 1.0)
+        await settle(store)
+        await pragma(store, f"max_page_count = {await pragma(store, 'page_count')}")
+        store.put_message(100, bytes(100_000))
+        store.enqueue(V, "q", 100, 100, 1.0)
+        with pytest.raises(StoreError, match="full"):
+            await store.expire(V, "q", 2.0)
+        assert store.pending  # the put and the enqueue are kept; the expire is not
+        assert store.stats.expire_runs == 0
+        await pragma(store, "max_page_count = 1000000")
+        await settle(store)
+        assert [e.seq for e in await store.read_queue(V, "q", 0, 10)] == [1, 2, 3, 4, 5, 100]
+        assert store.stats.expire_runs == 0
+        assert await store.expire(V, "q", 2.0) == 6
+    finally:
+        await store.close()
+
+
 async def test_close_reports_changes_it_could_not_write(db: Path, settle: Settle) -> None:
     store = await opened(db)
     store.put_queue(QueueRecord(V, "q"))
@@ -709,9 +855,58 @@ async def test_space_is_reclaimed_after_acks(db: Path, settle: Settle) -> None:
         await store.close()
 
 
+async def test_space_is_reclaimed_after_expire(db: Path, settle: Settle) -> None:
+    store = await opened(db)
+    store.vacuum_check_deletes = 10
+    store.vacuum_free_pages = 64
+    store.vacuum_keep_pages = 16
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        for i in range(1, 301):
+            store.put_message(i, os.urandom(4000))
+            store.enqueue(V, "q", i, i, 1.0)
+        await settle(store)
+        grown = await pragma(store, "page_count")
+        assert await store.expire(V, "q", 1.0) == 300
+        shrunk = await pragma(store, "page_count")  # queued behind the vacuum
+        assert store.stats.vacuumed_pages > 0
+        assert shrunk < grown / 2
+    finally:
+        await store.close()
+
+
+async def test_expire_200k_entries(db: Path, settle: Settle) -> None:
+    """Expiry walks an index and deletes by key: fast, and in slices of `limit`."""
+    store = await opened(db, durability="nosync")
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        n = 200_000
+        for i in range(1, n + 1):
+            store.put_message(i, b"%d" % i)
+            store.enqueue(V, "q", i, i, 1000.0 + (i % 1000))  # not in seq order
+        store.put_message(n + 1, b"kept")
+        store.enqueue(V, "q", n + 1, n + 1, 0.0)
+        await settle(store)
+        start = time.monotonic()
+        assert await store.expire(V, "q", 1000.0 + 499, limit=n) == n // 2
+        removed = n // 2
+        while count := await store.expire(V, "q", 3000.0, limit=25_000):
+            removed += count
+        elapsed = time.monotonic() - start
+        assert removed == n
+        assert elapsed < 10, f"{n / elapsed:.0f} entries/s"
+        assert await store.queue_stats(V, "q") == (1, 4, n + 1)
+        assert await store.max_message_id() == n + 1
+    finally:
+        await store.close()
+
+
 def _hot_statements() -> list[str]:
     sqls = [sqlite_module._SQL_READ_QUEUE, sqlite_module._SQL_QUEUE_STATS]
     sqls.append(sqlite_module._SQL_MARKS[8])
+    for kind in (sqlite_module._ACK_RANGE,):  # a barrier, but it must not scan either
+        for sql, _ in sqlite_module._STATEMENTS[kind]:
+            sqls.append(sql if isinstance(sql, str) else sql[8])
     for kind in sqlite_module._HOT_KINDS:
         for sql, _ in sqlite_module._STATEMENTS[kind]:
             sqls.append(sql if isinstance(sql, str) else sql[8])
@@ -732,6 +927,50 @@ async def test_hot_statements_never_scan_a_big_table(db: Path, sql: str) -> None
         await store.close()
     scans = [d for d in plan if re.match(r"SCAN (entries|messages|e|m)\b", d)]
     assert scans == [], plan
+
+
+async def test_expire_walks_the_expiry_index(db: Path) -> None:
+    store = await opened(db)
+    try:
+        plan = await store._submit(
+            lambda conn: [
+                row[3]
+                for row in conn.execute(
+                    "EXPLAIN QUERY PLAN " + sqlite_module._SQL_EXPIRE, (1, 1.0, 10)
+                )
+            ]
+        )
+    finally:
+        await store.close()
+    assert not [d for d in plan if d.startswith("SCAN") or "TEMP B-TREE" in d], plan
+    assert any("entries_by_expiry" in d for d in plan), plan
+
+
+async def test_expire_reads_no_message_body(db: Path) -> None:
+    """Only ids are read (by the orphan trigger); never `messages.data`."""
+    store = await opened(db)
+
+    def reads(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+        seen: set[tuple[str, str]] = set()
+
+        def authorizer(action: int, arg1: Any, arg2: Any, _db: Any, _source: Any) -> int:
+            if action == sqlite3.SQLITE_READ:
+                seen.add((arg1, arg2))
+            return sqlite3.SQLITE_OK
+
+        conn.set_authorizer(authorizer)
+        try:  # the authorizer sees every column the statement (and its triggers) may read
+            conn.execute("EXPLAIN " + sqlite_module._SQL_EXPIRE, (1, 1.0, 10)).fetchall()
+        finally:
+            conn.set_authorizer(None)
+        return seen
+
+    try:
+        seen = await store._submit(reads)
+    finally:
+        await store.close()
+    assert ("messages", "id") in seen  # the trigger, so the probe works
+    assert ("messages", "data") not in seen, seen
 
 
 async def test_orphan_message_trigger_uses_the_index(db: Path) -> None:
@@ -779,8 +1018,9 @@ class Workload:
         for s in self.stores:
             s.put_message(self.next_id, b"m%d" % self.next_id)
         for q in targets:
+            expires_at = self.rng.choice([0.0, 0.0, float(self.rng.randint(1, 20))])
             for s in self.stores:
-                s.enqueue(q[0], q[1], self.next_seq[q], self.next_id)
+                s.enqueue(q[0], q[1], self.next_seq[q], self.next_id, expires_at)
             self.live[q].append(self.next_seq[q])
             self.next_seq[q] += 1
         self.next_id += 1
@@ -798,6 +1038,23 @@ class Workload:
             seq, count = self.rng.choice(self.live[q]), self.rng.randint(1, 5)
             for s in self.stores:
                 s.mark_delivered(q[0], q[1], seq, count)
+
+    def ack_range(self) -> None:
+        q = self.rng.choice(QUEUES)
+        if self.live[q]:
+            # The range may reach past the last seq: later enqueues land in it.
+            first = self.rng.choice(self.live[q])
+            last = first + self.rng.randint(0, 6)
+            for s in self.stores:
+                s.ack_range(q[0], q[1], first, last)
+            self.live[q] = [seq for seq in self.live[q] if not first <= seq <= last]
+
+    async def expire(self) -> None:
+        q = self.rng.choice(QUEUES)
+        now, limit = float(self.rng.randint(0, 20)), self.rng.randint(1, 4)
+        counts = [await s.expire(q[0], q[1], now, limit) for s in self.stores]
+        assert counts[0] == counts[1]
+        self.live[q] = [e.seq for e in await self.stores[0].read_queue(q[0], q[1], 0, 10**6)]
 
     def purge(self) -> None:
         q = self.rng.choice(QUEUES)
@@ -822,10 +1079,12 @@ class Workload:
         assert ids[0] == ids[1]
 
     async def run(self, steps: int) -> None:
-        actions = [
+        actions: list[tuple[float, Callable[[], Awaitable[None] | None]]] = [
             (0.4, self.publish),
-            (0.3, self.ack),
+            (0.25, self.ack),
             (0.1, self.mark),
+            (0.03, self.ack_range),
+            (0.05, self.expire),
             (0.03, self.purge),
             (0.02, self.redeclare),
         ]
@@ -833,13 +1092,15 @@ class Workload:
             roll = self.rng.random()
             for weight, action in actions:
                 if roll < weight:
-                    action()
+                    pending = action()
+                    if pending is not None:
+                        await pending
                     break
                 roll -= weight
             else:
-                if roll < 0.08:
+                if roll < 0.05:
                     await asyncio.sleep(0)  # let a batch go while more gathers
-                elif roll < 0.12:
+                elif roll < 0.08:
                     for s in self.stores:
                         await self.settle(s)
                 else:

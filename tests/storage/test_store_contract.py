@@ -8,6 +8,9 @@ an enqueue by a later ack). Both must give the same answers.
 
 from __future__ import annotations
 
+import asyncio
+import math
+
 import pytest
 
 from storage.store import (
@@ -50,6 +53,13 @@ def publish(store: Store, message_id: int, data: bytes, *targets: tuple[str, int
 
 async def seqs(store: Store, queue: str, vhost: str = V) -> list[int]:
     return [e.seq for e in await store.read_queue(vhost, queue, 0, 1_000_000)]
+
+
+def publish_expiring(store: Store, queue: str, items: list[tuple[int, float]]) -> None:
+    """For each (seq, expires_at): a message with id = seq, enqueued at seq of `queue`."""
+    for seq, expires_at in items:
+        store.put_message(seq, b"m%d" % seq)
+        store.enqueue(V, queue, seq, seq, expires_at)
 
 
 # -- topology ------------------------------------------------------------------
@@ -321,6 +331,240 @@ async def test_enqueue_after_the_last_ack_dropped_the_message_raises(store: Stor
     store.ack(V, "q", 1)
     with pytest.raises(StoreError):
         store.enqueue(V, "q", 2, 1)
+
+
+# -- ack_range -----------------------------------------------------------------
+
+
+async def test_ack_range_removes_exactly_the_range(store: Store, step: Settle) -> None:
+    declare(store, "q", "other")
+    for seq in range(1, 11):
+        publish(store, seq, b"m%d" % seq, ("q", seq))
+    publish(store, 100, b"shared", ("q", 11), ("other", 1))
+    publish(store, 101, b"shared-in-range", ("q", 12), ("other", 2))
+    await step(store)
+    store.ack_range(V, "q", 3, 7)
+    store.ack_range(V, "q", 12, 12)  # a one-entry range
+    await step(store)
+    assert await seqs(store, "q") == [1, 2, 8, 9, 10, 11]
+    assert await seqs(store, "other") == [1, 2]  # same seqs, other queue: untouched
+    # Bodies only the range referenced are gone; a shared one stays.
+    assert await store.read_queue(V, "other", 1, 1) == [StoredEntry(2, 101, b"shared-in-range")]
+    assert await store.queue_stats(V, "q") == (6, 2 + 2 + 2 + 2 + 3 + 6, 11)
+    store.ack_range(V, "q", 1, 1_000_000)
+    store.ack_range(V, "other", 1, 2)
+    await step(store)
+    assert await store.queue_stats(V, "q") == (0, 0, 0)
+    assert await store.max_message_id() == 0
+
+
+async def test_ack_range_no_ops(store: Store, step: Settle) -> None:
+    declare(store, "q")
+    for seq in (5, 6, 7):
+        publish(store, seq, b"x", ("q", seq))
+    await step(store)
+    store.ack_range(V, "q", 7, 5)  # first > last
+    store.ack_range(V, "q", 1, 4)  # below
+    store.ack_range(V, "q", 8, 100)  # above
+    store.ack_range(V, "nope", 1, 100)  # unknown queue
+    await step(store)
+    assert await seqs(store, "q") == [5, 6, 7]
+
+
+async def test_ack_range_then_enqueue_in_the_range_is_kept(store: Store, step: Settle) -> None:
+    """The range is a barrier: an enqueue queued after it must survive it."""
+    declare(store, "q")
+    for seq in range(1, 11):
+        publish(store, seq, b"old", ("q", seq))
+    await step(store)  # settled: the range is on disk; unsettled: in the same batch
+    store.ack_range(V, "q", 1, 10)
+    publish(store, 20, b"new", ("q", 5))
+    publish(store, 21, b"newer", ("q", 10))
+    store.ack(V, "q", 10)  # acks after the range still work on what follows it
+    await step(store)
+    assert await store.read_queue(V, "q", 0, 100) == [StoredEntry(5, 20, b"new")]
+    assert await store.max_message_id() == 20
+
+
+async def test_enqueue_then_ack_range_is_removed(store: Store, step: Settle) -> None:
+    declare(store, "q")
+    publish(store, 1, b"before", ("q", 1))
+    await step(store)
+    publish(store, 2, b"in-range", ("q", 2))
+    publish(store, 3, b"after-range", ("q", 9))
+    store.ack_range(V, "q", 1, 5)
+    publish(store, 4, b"later", ("q", 3))
+    await step(store)
+    assert await store.read_queue(V, "q", 0, 100) == [
+        StoredEntry(3, 4, b"later"),
+        StoredEntry(9, 3, b"after-range"),
+    ]
+    assert await store.max_message_id() == 4  # 1 and 2 went with their entries
+
+
+async def test_ack_range_forgets_delivery_marks_of_its_entries(store: Store, step: Settle) -> None:
+    declare(store, "q")
+    publish(store, 1, b"a", ("q", 1))
+    publish(store, 2, b"b", ("q", 2))
+    await step(store)
+    store.mark_delivered(V, "q", 1, 3)
+    store.mark_delivered(V, "q", 2, 4)
+    store.ack_range(V, "q", 1, 1)
+    publish(store, 3, b"again", ("q", 1))  # a new entry at seq 1 was never delivered
+    await step(store)
+    entries = await store.read_queue(V, "q", 0, 10)
+    assert [(e.seq, e.message_id, e.delivery_count) for e in entries] == [(1, 3, 0), (2, 2, 4)]
+
+
+# -- retention -----------------------------------------------------------------
+
+
+async def test_expires_at_is_read_back(store: Store, step: Settle) -> None:
+    declare(store, "q")
+    publish(store, 1, b"a", ("q", 1))  # default: never
+    publish_expiring(store, "q", [(2, 1_700_000_000.25), (3, 0.0), (4, 5)])
+    await step(store)
+    entries = await store.read_queue(V, "q", 0, 10)
+    assert [(e.seq, e.expires_at) for e in entries] == [
+        (1, 0.0),
+        (2, 1_700_000_000.25),
+        (3, 0.0),
+        (4, 5.0),
+    ]
+    assert all(isinstance(e.expires_at, float) for e in entries)
+    assert entries[0] == StoredEntry(1, 1, b"a")
+
+
+@pytest.mark.parametrize("bad", [-1.0, -1e-9, math.nan, math.inf, -math.inf])
+async def test_enqueue_refuses_a_bad_expires_at(store: Store, bad: float) -> None:
+    declare(store, "q")
+    store.put_message(1, b"x")
+    with pytest.raises(ValueError, match="expires_at"):
+        store.enqueue(V, "q", 1, 1, bad)
+    store.enqueue(V, "q", 2, 1, 0)  # the store is still fine
+    assert await seqs(store, "q") == [2]
+
+
+async def test_expire_removes_due_entries_only(store: Store, step: Settle) -> None:
+    declare(store, "q", "other")
+    publish_expiring(store, "q", [(1, 0), (2, 10), (3, 20), (4, 30), (5, 15)])
+    store.put_message(100, b"shared")
+    store.enqueue(V, "q", 6, 100, 12)
+    store.enqueue(V, "other", 1, 100, 0)
+    store.put_message(101, b"other")
+    store.enqueue(V, "other", 2, 101, 1)
+    await step(store)
+    assert await store.expire(V, "q", 15) == 3  # 10, 12 and 15: expires_at <= now
+    assert await seqs(store, "q") == [1, 3, 4]
+    assert await seqs(store, "other") == [1, 2]  # expired too, but not asked for
+    assert await store.expire(V, "q", 15) == 0
+    assert await store.expire(V, "q", 19.999) == 0
+    ids = [e.message_id for e in await store.read_queue(V, "other", 0, 10)]
+    assert ids == [100, 101]  # the shared body stayed with its other entry
+    assert await store.queue_stats(V, "q") == (3, 6, 4)  # bodies 2 and 5 are gone
+    assert await store.expire(V, "q", 1e18) == 2
+    assert await seqs(store, "q") == [1]  # 0: never
+    assert await store.expire(V, "other", 1e18) == 1
+    store.ack(V, "other", 1)
+    store.ack(V, "q", 1)
+    await step(store)
+    assert await store.max_message_id() == 0
+
+
+async def test_expire_takes_the_earliest_first_up_to_limit(store: Store, step: Settle) -> None:
+    declare(store, "q")
+    publish_expiring(store, "q", [(1, 50), (2, 10), (3, 30), (4, 10), (5, 20), (6, 99)])
+    await step(store)
+    assert await store.expire(V, "q", 60, limit=2) == 2  # 10 and 10, ties by seq
+    assert await seqs(store, "q") == [1, 3, 5, 6]
+    assert await store.expire(V, "q", 60, limit=1) == 1  # 20
+    assert await seqs(store, "q") == [1, 3, 6]
+    assert await store.expire(V, "q", 60, limit=0) == 0
+    assert await store.expire(V, "q", 60) == 2  # 30 and 50; 99 is not due
+    assert await seqs(store, "q") == [6]
+
+
+async def test_expire_of_unknown_or_empty_queues(store: Store, step: Settle) -> None:
+    declare(store, "q", "empty")
+    publish_expiring(store, "q", [(1, 1)])
+    await step(store)
+    assert await store.expire(V, "nope", 100) == 0
+    assert await store.expire("no-vhost", "q", 100) == 0
+    assert await store.expire(V, "empty", 100) == 0
+    store.delete_queue(V, "q")
+    await step(store)
+    assert await store.expire(V, "q", 100) == 0
+
+
+async def test_expire_sees_what_was_queued_before_it(store: Store, step: Settle) -> None:
+    declare(store, "q")
+    await step(store)
+    publish_expiring(store, "q", [(1, 5), (2, 50)])
+    store.mark_delivered(V, "q", 2, 1)
+    # No step: with SQLite these are still gathering, and must be written first.
+    assert await store.expire(V, "q", 10) == 1
+    entries = await store.read_queue(V, "q", 0, 10)
+    assert [(e.seq, e.delivery_count) for e in entries] == [(2, 1)]
+    assert await store.max_message_id() == 2
+
+
+async def test_expire_does_not_touch_what_is_queued_after_it(store: Store, step: Settle) -> None:
+    """Changes made while an expire is under way come after it, as in call order."""
+    declare(store, "q")
+    publish_expiring(store, "q", [(1, 5), (2, 5), (3, 50)])
+    await step(store)
+    publish_expiring(store, "q", [(4, 5)])  # before the call: expired
+    task = asyncio.ensure_future(store.expire(V, "q", 10))
+    await asyncio.sleep(0)  # the call is made
+    publish_expiring(store, "q", [(5, 5)])  # after the call: kept, though due
+    store.ack(V, "q", 4)  # after the call: the expire already removed it
+    store.ack(V, "q", 3)
+    assert await task == 3  # 1, 2 and 4
+    await step(store)
+    assert await seqs(store, "q") == [5]
+    assert await store.expire(V, "q", 10) == 1
+    assert await store.max_message_id() == 0
+
+
+async def test_expire_in_the_middle_of_one_loop_iteration(store: Store, settle: Settle) -> None:
+    """Changes just before and just after the call, all before the store can flush.
+
+    The loop runs, in this order: the expire's first step (the call), then
+    `after`, then anything the store scheduled. So with SQLite the enqueue of
+    4 is still gathering when `after` acks it: that ack comes after the
+    expire and must not cancel the enqueue the expire removes and counts.
+    """
+    declare(store, "q")
+    publish_expiring(store, "q", [(1, 5), (2, 50)])
+    await settle(store)
+
+    def after() -> None:
+        publish_expiring(store, "q", [(5, 5)])  # due, but after the call: kept
+        store.ack(V, "q", 4)  # already expired: a no-op
+        store.ack(V, "q", 2)
+
+    task = asyncio.ensure_future(store.expire(V, "q", 10))
+    asyncio.get_running_loop().call_soon(after)
+    publish_expiring(store, "q", [(3, 0), (4, 5)])  # before the call: 4 is expired
+    assert await task == 2  # 1 and 4
+    await settle(store)
+    assert await seqs(store, "q") == [3, 5]
+    assert await store.max_message_id() == 5
+
+
+async def test_expire_with_other_removals(store: Store, step: Settle) -> None:
+    declare(store, "q")
+    publish_expiring(store, "q", [(seq, seq) for seq in range(1, 11)])
+    await step(store)
+    store.ack(V, "q", 1)
+    store.ack_range(V, "q", 2, 4)
+    assert await store.expire(V, "q", 6) == 2  # 5 and 6: acked ones are not counted
+    store.purge_queue(V, "q")
+    publish_expiring(store, "q", [(11, 1)])
+    assert await store.expire(V, "q", 6) == 1
+    await step(store)
+    assert await store.queue_stats(V, "q") == (0, 0, 0)
+    assert await store.max_message_id() == 0
 
 
 # -- durability ------------------------------------------------------------------
