@@ -117,11 +117,15 @@ def server_properties(cluster_name: str = "moorage") -> dict[str, Any]:
 
 
 def to_properties(p: commands.Basic.Properties) -> Properties:
-    """pamqp basic properties -> the core's message properties (same field names)."""
+    """pamqp basic properties -> the core's message properties (same field names).
+
+    The headers table is copied: decoded properties are shared through the
+    codec's cache.
+    """
     return Properties(
         p.content_type,
         p.content_encoding,
-        p.headers,
+        None if p.headers is None else dict(p.headers),
         p.delivery_mode,
         p.priority,
         p.correlation_id,
@@ -615,6 +619,8 @@ class AMQPConnection:
             message = Message(
                 method.exchange, method.routing_key, to_properties(properties), event.body
             )
+            if event.properties_raw is not None:
+                message.wire_cache = {"amqp": event.properties_raw}
             stored = channel.session.publish(method.exchange, message, mandatory=method.mandatory)
         except BrokerError as e:
             self.channel_error(channel, e, method)

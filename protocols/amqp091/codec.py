@@ -64,7 +64,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Final, Literal
 
 from pamqp import base, commands, constants, encode, exceptions, frame, header, heartbeat
@@ -212,6 +212,9 @@ class ContentReceived:
     method: base.Frame
     properties: commands.Basic.Properties
     body: bytes
+    # The properties re-encoded by pamqp (canonical, safe to forward to other
+    # clients as they are), or None when they cannot be re-encoded as decoded.
+    properties_raw: bytes | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)
@@ -229,6 +232,7 @@ class _PendingContent:
 
     method: base.Frame
     properties: commands.Basic.Properties | None = None
+    properties_raw: bytes | None = None
     body_size: int = 0
     received: int = 0
     pieces: list[bytes] | None = None
@@ -452,24 +456,23 @@ class FrameDecoder:
                     f"UNEXPECTED_FRAME - content header for class {class_id}, expected 60",
                     *class_ids,
                 )
-        content_header = header.ContentHeader()
         try:
-            content_header.unmarshal(payload)
+            properties, raw, body_size = _decode_content_header(payload)
         except _DECODE_ERRORS as err:
             raise FrameError(
                 ReplyCode.SYNTAX_ERROR,
                 f"SYNTAX_ERROR - cannot decode content header: {err}",
                 *class_ids,
             ) from err
-        if content_header.body_size > self.max_body_size:
+        if body_size > self.max_body_size:
             raise FrameError(
                 ReplyCode.FRAME_ERROR,
-                f"FRAME_ERROR - message size {content_header.body_size} exceeds max "
-                f"{self.max_body_size}",
+                f"FRAME_ERROR - message size {body_size} exceeds max {self.max_body_size}",
                 *class_ids,
             )
-        pending.properties = content_header.properties
-        pending.body_size = content_header.body_size
+        pending.properties = properties
+        pending.properties_raw = raw
+        pending.body_size = body_size
         pending.pieces = []
         return self._complete(channel, pending)
 
@@ -503,7 +506,11 @@ class FrameDecoder:
         assert pending.properties is not None
         assert pending.pieces is not None
         return ContentReceived(
-            channel, pending.method, pending.properties, b"".join(pending.pieces)
+            channel,
+            pending.method,
+            pending.properties,
+            b"".join(pending.pieces),
+            pending.properties_raw,
         )
 
     # Frame type -> handler (spec 4.2.3 frame types).
@@ -515,8 +522,93 @@ class FrameDecoder:
     }
 
 
+_BODY_SIZE: Final = struct.Struct(">Q")
+_PROPERTIES_CACHE_SIZE: Final = 1024
+_properties_cache: dict[bytes, tuple[commands.Basic.Properties, bytes | None]] = {}
+
+
+def _decode_content_header(
+    payload: bytes,
+) -> tuple[commands.Basic.Properties, bytes | None, int]:
+    """A content header's properties, their canonical encoding, and the body size.
+
+    Most publishers send the same few property sets over and over, so decoded
+    properties are cached by their bytes (a bounded cache shared by every
+    connection): a hit skips pamqp's decoding here and its re-encoding for
+    each delivery. The cached `Properties` object is shared: treat it as
+    read-only. Raises what pamqp raises for a malformed header.
+    """
+    raw = payload[12:]
+    cached = _properties_cache.get(raw) if len(raw) >= 2 else None
+    if cached is None:
+        content_header = header.ContentHeader()
+        content_header.unmarshal(payload)
+        properties = content_header.properties
+        try:
+            canonical: bytes | None = properties.marshal()
+        except (ValueError, TypeError):
+            canonical = None  # e.g. a cluster_id pamqp will not send again
+        if len(_properties_cache) >= _PROPERTIES_CACHE_SIZE:
+            _properties_cache.clear()
+        _properties_cache[raw] = cached = (properties, canonical)
+        return properties, canonical, content_header.body_size
+    return cached[0], cached[1], _BODY_SIZE.unpack_from(payload, 4)[0]
+
+
+_PUBLISH_INDEX: Final = commands.Basic.Publish.index
+_ACK_INDEX: Final = commands.Basic.Ack.index
+_ACK_ARGS: Final = struct.Struct(">qB")  # signed, as pamqp decodes a longlong
+_TICKET: Final = struct.Struct(">H")
+
+
+def _fast_publish(payload: bytes) -> base.Frame | None:
+    """basic.publish decoded by hand; None when the general path must decide.
+
+    Gives exactly what pamqp's generic unmarshal gives for a well-formed
+    frame (checked by tests/amqp091/test_wire.py); anything unusual (short,
+    trailing bytes, bad UTF-8) goes to the general path and its errors.
+    """
+    try:
+        ex_end = 7 + payload[6]
+        rk_end = ex_end + 1 + payload[ex_end]
+        bits = payload[rk_end]
+        if len(payload) != rk_end + 1:
+            return None
+        exchange = payload[7:ex_end].decode()
+        routing_key = payload[ex_end + 1 : rk_end].decode()
+    except (IndexError, UnicodeDecodeError):
+        return None
+    method = commands.Basic.Publish.__new__(commands.Basic.Publish)
+    method.ticket = _TICKET.unpack_from(payload, 4)[0]
+    method.exchange = exchange
+    method.routing_key = routing_key
+    method.mandatory = bool(bits & 1)
+    method.immediate = bool(bits & 2)
+    return method
+
+
+def _fast_ack(payload: bytes) -> base.Frame | None:
+    """basic.ack decoded by hand; None when the general path must decide."""
+    if len(payload) != 13:
+        return None
+    method = commands.Basic.Ack.__new__(commands.Basic.Ack)
+    method.delivery_tag, bits = _ACK_ARGS.unpack_from(payload, 4)
+    method.multiple = bool(bits & 1)
+    return method
+
+
+_FAST_METHODS: Final[dict[int, Callable[[bytes], base.Frame | None]]] = {
+    _PUBLISH_INDEX: _fast_publish,
+    _ACK_INDEX: _fast_ack,
+}
+
+
 def _decode_method(payload: bytes) -> base.Frame:
     """Decode a method frame payload (spec 4.2.4): class-id, method-id, arguments.
+
+    The two methods a busy client sends most, basic.publish and basic.ack, take
+    a hand-written path; every other method, and any frame the fast path does
+    not recognise as well-formed, goes through pamqp.
 
     Raises:
         FrameError: 502 when the payload is malformed, 503 for an unknown method.
@@ -526,6 +618,11 @@ def _decode_method(payload: bytes) -> base.Frame:
             ReplyCode.SYNTAX_ERROR, f"SYNTAX_ERROR - method frame of {len(payload)} octets"
         )
     (index,) = _METHOD_INDEX.unpack_from(payload)
+    fast_decode = _FAST_METHODS.get(index)
+    if fast_decode is not None:
+        fast = fast_decode(payload)
+        if fast is not None:
+            return fast
     class_id, method_id = index >> 16, index & 0xFFFF
     method_class: type[base.Frame] | None = commands.INDEX_MAPPING.get(index)
     if method_class is None:
