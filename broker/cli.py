@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", metavar="DIR", help="where durable state is kept")
     s.add_argument("--bind", metavar="ADDR", help="address every listener binds to")
     for name in DEFAULT_PORTS:
-        s.add_argument(f"--{name}-port", type=int, metavar="N", help=f"{name} port (0 disables)")
+        flag = name.replace("_", "-")
+        s.add_argument(f"--{flag}-port", type=int, metavar="N", help=f"{flag} port (0 disables)")
     s.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity"
     )

@@ -22,6 +22,8 @@ DEFAULT_PORTS: dict[str, int] = {
     "mqtt": 1883,
     "stomp": 61613,
     "http": 15672,
+    "mqtt_ws": 15675,  # MQTT over WebSocket, path /ws
+    "stomp_ws": 15674,  # STOMP over WebSocket, path /ws
 }
 
 
