@@ -14,7 +14,10 @@ import pika
 from tests.durability.broker_process import BrokerProcess, free_port
 
 SERVE = [sys.executable, "-m", "broker.cli", "serve"]
-NO_OTHER_LISTENERS = ["--mqtt-port", "0", "--stomp-port", "0", "--http-port", "0"]
+NO_OTHER_LISTENERS = [
+    *("--mqtt-port", "0", "--stomp-port", "0", "--http-port", "0"),
+    *("--mqtt-ws-port", "0", "--stomp-ws-port", "0"),
+]
 
 
 def run_serve(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:

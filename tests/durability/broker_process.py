@@ -42,6 +42,7 @@ class BrokerProcess:
             "--config", str(self.config), "--data-dir", str(self.data_dir),
             "--amqp-port", str(self.port),
             "--mqtt-port", "0", "--stomp-port", "0", "--http-port", "0",
+            "--mqtt-ws-port", "0", "--stomp-ws-port", "0",
         ]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=os.environ.copy())
