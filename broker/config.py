@@ -51,6 +51,8 @@ class Limits:
     max_connections: int = 0  # 0 = unlimited
     queue_memory_limit: int = 16 * 1024 * 1024  # ready bytes a stored queue keeps in RAM
     store_backlog: int = 32 * 1024 * 1024  # unwritten bytes before publishers are paused
+    consumer_timeout: int = 0  # ms a delivery may stay unacked (0 = off; x-consumer-timeout)
+    consumer_timeout_action: str = "requeue"  # or "close": RabbitMQ's channel close (406)
 
 
 @dataclass(slots=True)
@@ -204,5 +206,8 @@ def _user(value: Any) -> User:
     for vhost, perm in _table(table.get("permissions", {}), f"users.{name}.permissions").items():
         perm = _table(perm, f"users.{name}.permissions.{vhost}")
         _check_keys(perm, {"configure", "write", "read"}, f"users.{name}.permissions.{vhost}")
-        permissions[vhost] = Permission(**{k: str(v) for k, v in perm.items()})
+        # A pattern left out grants nothing (as an empty pattern does in RabbitMQ).
+        permissions[vhost] = Permission(
+            str(perm.get("configure", "")), str(perm.get("write", "")), str(perm.get("read", ""))
+        )
     return User(name, password_hash, tuple(str(t) for t in table.get("tags", [])), permissions)

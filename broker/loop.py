@@ -15,5 +15,5 @@ def loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
             if name == "uvloop":
                 raise
         else:
-            return uvloop.new_event_loop  # type: ignore[no-any-return]
+            return uvloop.new_event_loop
     return asyncio.new_event_loop

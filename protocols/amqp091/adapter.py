@@ -209,10 +209,31 @@ class AMQPChannel:
                 self.number, commands.Basic.Cancel(consumer_tag, nowait=True)
             )
 
+    def closed_by_broker(self, error: BrokerError) -> None:
+        """The core ends this channel (consumer ack timeout with RabbitMQ's behaviour)."""
+        if not self.closing and self.connection.channels.get(self.number) is self:
+            self.connection.channel_error(self, error, None)
+
     # -- confirms ------------------------------------------------------------------------
 
-    def confirm_published(self, stored: bool) -> None:
-        """Note one more publish in confirm mode; it is confirmed at end of input."""
+    def confirm_published(self, stored: bool, rejected: bool = False) -> None:
+        """Note one more publish in confirm mode; it is confirmed at end of input.
+
+        A publish that a queue refused (`x-overflow: reject-publish`) is
+        nacked on its own, after everything published before it is confirmed.
+        """
+        if rejected:
+            self.flush_confirms()
+            self.publish_seq += 1
+            seq = self.publish_seq
+            if self.deferred:  # keep order behind the confirms that wait for the store
+                self.deferred += 1
+                self.connection.broker.store.when_durable(
+                    lambda _error: self._confirmed(seq, _RejectedPublish(), True)
+                )
+            else:
+                self._confirmed(seq, _RejectedPublish(), False)
+            return
         self.publish_seq += 1
         self.unconfirmed = self.publish_seq
         self.confirm_needs_sync |= stored
@@ -274,6 +295,10 @@ class AMQPChannel:
                 after()
 
 
+class _RejectedPublish(Exception):
+    """A queue refused the message (x-overflow reject-publish): confirm it with a nack."""
+
+
 class InternalStoreError(BrokerError):
     """The store could not write what a reply would have promised."""
 
@@ -316,7 +341,7 @@ class AMQPConnection:
         decoder = self.decoder
         decoder.receive_data(data)
         try:
-            while self.state is not State.CLOSED:
+            while not self.closed:
                 event = decoder.next_event()
                 if event is NEED_DATA:
                     break
@@ -339,6 +364,11 @@ class AMQPConnection:
             for channel in self._confirming:
                 channel.flush_confirms()
             self._confirming.clear()
+
+    @property
+    def closed(self) -> bool:
+        """The connection accepts no more input (it may still be flushing output)."""
+        return self.state is State.CLOSED
 
     def next_deadline(self) -> float:
         """When `handle_timer` must run next (monotonic seconds)."""
@@ -559,7 +589,7 @@ class AMQPConnection:
             self.channel_error(channel, e, method)
 
     def _on_connection_method(self, method: Frame) -> None:
-        expected = {
+        expected: type[Frame] | None = {
             State.START_OK: commands.Connection.StartOk,
             State.TUNE_OK: commands.Connection.TuneOk,
             State.OPEN: commands.Connection.Open,
@@ -621,12 +651,12 @@ class AMQPConnection:
             )
             if event.properties_raw is not None:
                 message.wire_cache = {"amqp": event.properties_raw}
-            stored = channel.session.publish(method.exchange, message, mandatory=method.mandatory)
+            result = channel.session.publish(method.exchange, message, mandatory=method.mandatory)
         except BrokerError as e:
             self.channel_error(channel, e, method)
             return
         if channel.confirm:
-            channel.confirm_published(stored)
+            channel.confirm_published(result.stored, rejected=result.rejected > 0)
             self._confirming.add(channel)
 
     # -- channel methods -------------------------------------------------------------------
@@ -643,9 +673,10 @@ class AMQPConnection:
         raise ChannelError("unexpected 'channel.close-ok'")
 
     def _channel_flow(self, channel: AMQPChannel, method: commands.Channel.Flow) -> None:
-        channel.client_flow = method.active
-        channel.session.set_flow(method.active and self.writable)
-        channel.reply(commands.Channel.FlowOk(method.active))
+        active = bool(method.active)
+        channel.client_flow = active
+        channel.session.set_flow(active and self.writable)
+        channel.reply(commands.Channel.FlowOk(active))
 
     def _channel_open(self, channel: AMQPChannel, method: Frame) -> None:
         raise ChannelError(f"second 'channel.open' seen on channel {channel.number}")
@@ -738,8 +769,9 @@ class AMQPConnection:
             channel.reply(commands.Basic.ConsumeOk(consumer.tag), after=consumer.start)
 
     def _basic_cancel(self, channel: AMQPChannel, m: commands.Basic.Cancel) -> None:
-        channel.session.cancel(m.consumer_tag)
-        channel._tags.pop(m.consumer_tag, None)
+        tag = m.consumer_tag or ""
+        channel.session.cancel(tag)
+        channel._tags.pop(tag, None)
         if not m.nowait:
             channel.reply(commands.Basic.CancelOk(m.consumer_tag))
 
@@ -765,7 +797,7 @@ class AMQPConnection:
         channel.session.nack(m.delivery_tag, multiple=m.multiple, requeue=m.requeue)
 
     def _basic_reject(self, channel: AMQPChannel, m: commands.Basic.Reject) -> None:
-        channel.session.nack(m.delivery_tag, multiple=False, requeue=m.requeue)
+        channel.session.nack(int(m.delivery_tag or 0), multiple=False, requeue=m.requeue)
 
     def _basic_recover(self, channel: AMQPChannel, m: commands.Basic.Recover) -> None:
         if not m.requeue:

@@ -32,7 +32,7 @@ def properties_payload(message: Message) -> bytes:
         # cluster_id is deprecated in 0-9-1 and pamqp refuses to send one
         values = {n: getattr(props, n) for n in PROPERTY_NAMES if n != "cluster_id"}
         raw = cache["amqp"] = commands.Basic.Properties(**values).marshal()
-    return raw  # type: ignore[no-any-return]
+    return raw
 
 
 def content_frames(channel: int, message: Message, frame_max: int) -> bytes:
