@@ -10,14 +10,15 @@ import itertools
 from collections.abc import Iterable
 from typing import Any
 
+from broker.arguments import QueueOptions, parse_queue_arguments
 from broker.auth import User, UserDirectory
 from broker.config import Limits
 from broker.connection import ClientConnection
-from broker.errors import NotAllowed
+from broker.errors import NotAllowed, PreconditionFailed
 from broker.flow import WriteFlow
 from broker.queue import Queue
 from broker.serialization import decode_arguments
-from broker.vhost import Exchange, VirtualHost
+from broker.vhost import HIDDEN_QUEUE_PREFIX, Exchange, VirtualHost
 from storage import MemoryStore, Store, Topology
 
 
@@ -56,6 +57,12 @@ class Broker:
         """Close every connection's core state and close the store."""
         for connection in list(self.connections):
             connection.close()
+        for vhost in self.vhosts.values():
+            for scheduler in vhost.delay_schedulers.values():
+                scheduler.close(delete=False)
+            for queue in vhost.queues.values():
+                if queue.delays is not None:
+                    queue.delays.close(delete=False)
         await self.store.close()
 
     def next_message_id(self) -> int:
@@ -85,14 +92,22 @@ class Broker:
                     arguments=decode_arguments(x.arguments),
                 )
         for q in topology.queues:
+            if q.name.startswith(HIDDEN_QUEUE_PREFIX):
+                continue  # the core's own store queues (delayed messages, dedup ids)
             vhost = self.vhosts[q.vhost]
+            arguments = decode_arguments(q.arguments)
+            try:
+                options = parse_queue_arguments(arguments, queue=q.name, vhost=q.vhost)
+            except PreconditionFailed:
+                options = QueueOptions()  # stored before validation existed: keep it plain
             vhost.queues[q.name] = Queue(
                 vhost,
                 q.name,
                 durable=True,
                 exclusive_owner=None,
                 auto_delete=q.auto_delete,
-                arguments=decode_arguments(q.arguments),
+                arguments=arguments,
+                options=options,
             )
         for b in topology.bindings:
             vhost = self.vhosts[b.vhost]
@@ -114,6 +129,9 @@ class Broker:
                 count, _size, max_seq = await self.store.queue_stats(vhost.name, queue.name)
                 queue.recover(count, max_seq)
                 await queue.preload()
+            for exchange in list(vhost.exchanges.values()):
+                if exchange.delayed and exchange.durable:
+                    await vhost.delay_scheduler(exchange).recover()
 
     # -- clients --------------------------------------------------------------------
 

@@ -8,11 +8,15 @@ object sits in every queue it was routed to, so fan-out costs no copies.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 PERSISTENT = 2
+
+EXPIRES_AT_ANNOTATION = "x-expires-at"
+"""Annotation: an absolute expiry (wall-clock UNIX seconds) that every queue honours,
+like a per-message TTL (MQTT's message expiry interval maps onto it)."""
 
 
 @dataclass(slots=True)
@@ -45,6 +49,13 @@ class Message:
     `store_id` is the id under which the store keeps the body once the message
     has been written (0 = not stored). `wire_cache` lets an adapter keep its
     encoded form of the properties so that fan-out encodes them once.
+
+    `annotations` hold protocol facts that no AMQP property carries (MQTT's
+    publisher client id, retain flag, absolute expiry...). They are stored
+    with the message and survive a restart, but no adapter sends them as
+    headers. Keys are namespaced by their owner (`"mqtt.retain"`); values are
+    what an AMQP field table holds (str, int, float, bool, bytes, nested dict
+    or list).
     """
 
     exchange: str
@@ -53,6 +64,7 @@ class Message:
     body: bytes
     store_id: int = 0
     wire_cache: dict[str, Any] | None = None
+    annotations: dict[str, Any] = field(default_factory=dict)
 
     @property
     def persistent(self) -> bool:
@@ -62,3 +74,34 @@ class Message:
     @property
     def size(self) -> int:
         return len(self.body)
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        """The headers table, or an empty dict (never None)."""
+        return self.properties.headers or {}
+
+    def header(self, name: str, default: Any = None) -> Any:
+        """One header's value, or `default` when absent."""
+        headers = self.properties.headers
+        return headers.get(name, default) if headers else default
+
+    def copy(self, **changes: Any) -> Message:
+        """A new message with the same content and some fields replaced (never stored yet).
+
+        `properties` may be given whole; headers and annotations are copied so
+        the new message can change them without touching this one.
+        """
+        properties = changes.pop("properties", None)
+        if properties is None:
+            properties = replace(self.properties)
+            if properties.headers is not None:
+                properties.headers = dict(properties.headers)
+        fields_ = {
+            "exchange": self.exchange,
+            "routing_key": self.routing_key,
+            "properties": properties,
+            "body": self.body,
+            "annotations": dict(self.annotations),
+        }
+        fields_.update(changes)
+        return Message(**fields_)

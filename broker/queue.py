@@ -21,6 +21,26 @@ its length); transient entries keep their place in `tail` as themselves, so
 order is kept. When `ready` falls under half the limit, `_refill` reads the
 next batch back from the store, ahead of the consumers. Recovery after a
 restart is the same mechanism: each stored queue starts as one DiskRange.
+
+Features (docs/queue-arguments.md): a queue's validated arguments are its
+`options` (`broker.arguments.QueueOptions`). They cost only when set:
+
+- `publish` takes the original path unless the queue has a feature that acts
+  on publish (TTL, limits, FIFO, priorities, delivery delay) or the message
+  carries an `expiration` or annotations (`_plain_publish`).
+- `dispatch` takes the original round-robin loop unless something changes
+  who gets what: single active consumer, consumer priorities or filters,
+  priorities, FIFO groups, or entries that may expire (`_plain_dispatch`).
+  The other path (`_dispatch_featured`) asks the ready structure
+  (`broker.ready`) for the next entry and picks a consumer for it.
+- Priority, FIFO and length-limited queues keep every ready entry in memory
+  (they need to see all of them to choose or drop one): they never page.
+  TTL, dead-lettering, delivery limits, SAC and consumer timeouts page as
+  plain queues do; entries read back keep their expiry time.
+
+Expiry follows RabbitMQ: an entry expires when it reaches the head of the
+queue past its time (a timer drops heads even without consumers); an expired
+entry behind a live one waits for it. Dead-lettering is `broker.dead_letter`.
 """
 
 from __future__ import annotations
@@ -28,8 +48,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,12 +58,25 @@ if TYPE_CHECKING:
     from broker.session import Session
     from broker.vhost import VirtualHost
 
-from broker.message import Message
+from broker.arguments import QueueOptions, message_ttl_ms
+from broker.dead_letter import dead_letter
+from broker.fifo import Deduplicator, FifoReady, deduplication_id, group_of
+from broker.message import EXPIRES_AT_ANNOTATION, Message
+from broker.ready import PlainReady, PriorityReady, ReadyEntries, sorted_by_seq
 from broker.serialization import decode_message
 
 log = logging.getLogger("moorage.queue")
 
 REFILL_BATCH = 1000  # entries read back from the store at a time
+
+# What `Queue.publish` says happened to a message.
+ENQUEUED = 0  # queued, not written to the store
+STORED = 1  # queued and written: a confirm must wait for `when_durable`
+REJECTED = 2  # refused by `x-overflow: reject-publish(-dlx)`: the publisher gets a nack
+DUPLICATE = 3  # FIFO deduplication: accepted, confirmed, not queued again
+DELAYED_STORED = 4  # held by `x-delivery-delay` and written to the store
+DELAYED = 5  # held by `x-delivery-delay` in memory
+WRITTEN = frozenset({STORED, DELAYED_STORED})
 
 
 class DiskRange:
@@ -57,17 +91,29 @@ class DiskRange:
 
 
 class QueueEntry:
-    """One message's place in one queue."""
+    """One message's place in one queue.
 
-    __slots__ = ("delivery_count", "message", "persisted", "seq")
+    `expires_at` is a wall-clock time (0: never); `group` the FIFO message
+    group and `priority` the level in a priority queue (set only there).
+    """
+
+    __slots__ = ("delivery_count", "expires_at", "group", "message", "persisted", "priority", "seq")
 
     def __init__(
-        self, seq: int, message: Message, persisted: bool, delivery_count: int = 0
+        self,
+        seq: int,
+        message: Message,
+        persisted: bool,
+        delivery_count: int = 0,
+        expires_at: float = 0.0,
     ) -> None:
         self.seq = seq
         self.message = message
         self.persisted = persisted
         self.delivery_count = delivery_count
+        self.expires_at = expires_at
+        self.group = ""
+        self.priority = 0
 
 
 class Consumer:
@@ -76,8 +122,10 @@ class Consumer:
     __slots__ = (
         "arguments",
         "exclusive",
+        "filter",
         "no_ack",
         "prefetch",
+        "priority",
         "queue",
         "session",
         "tag",
@@ -94,6 +142,8 @@ class Consumer:
         prefetch: int,
         exclusive: bool = False,
         arguments: dict[str, Any] | None = None,
+        priority: int = 0,
+        filter: Callable[[Message], bool] | None = None,
     ) -> None:
         self.tag = tag
         self.queue = queue
@@ -102,6 +152,8 @@ class Consumer:
         self.prefetch = prefetch  # 0 = unlimited
         self.exclusive = exclusive
         self.arguments = arguments or {}
+        self.priority = priority  # x-priority: higher goes first while it has credit
+        self.filter = filter  # None accepts everything
         self.unacked = 0
 
     def has_credit(self) -> bool:
@@ -127,6 +179,7 @@ class Queue:
         exclusive_owner: ClientConnection | None,
         auto_delete: bool,
         arguments: dict[str, Any],
+        options: QueueOptions | None = None,
     ) -> None:
         self.vhost = vhost
         self.name = name
@@ -134,12 +187,21 @@ class Queue:
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
         self.arguments = arguments
-        self.ready: deque[QueueEntry] = deque()
+        self.options = options = options if options is not None else QueueOptions()
+        self.ready: ReadyEntries
+        if options.fifo:
+            self.ready = FifoReady()
+        elif options.max_priority is not None:
+            self.ready = PriorityReady(options.max_priority)
+        else:
+            self.ready = PlainReady()
         self.ready_bytes = 0
         self.tail: deque[QueueEntry | DiskRange] = deque()
         self.tail_count = 0
         self.stored = durable and exclusive_owner is None
         self.memory_limit = vhost.broker.limits.queue_memory_limit
+        if options.in_memory:
+            self.memory_limit = 1 << 62  # never page (see the module docstring)
         self.consumers: list[Consumer] = []
         self.unacked = 0
         self.deleted = False
@@ -151,6 +213,30 @@ class Queue:
         self._generation = 0  # bumped by purge/delete so an in-flight refill is dropped
         # exchanges that hold a binding to this queue, for cleanup on delete
         self.sources: set[Any] = set()
+        # features
+        self._may_expire = options.message_ttl is not None
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._expiry_due = 0.0
+        self._unused_timer: asyncio.TimerHandle | None = None
+        self._filters = 0  # consumers with a filter
+        self._prioritised = False  # some consumer has a non-zero x-priority
+        self._plain_publish = not (
+            options.message_ttl is not None
+            or options.limited
+            or options.fifo
+            or options.max_priority is not None
+            or options.delivery_delay
+        )
+        self._plain_dispatch = True
+        self._update_dispatch_mode()
+        self.dedup: Deduplicator | None = None
+        if options.fifo:
+            self.dedup = Deduplicator(vhost, name, stored=self.stored)
+        self.delays: Any = None  # DelayScheduler for x-delivery-delay, made on first use
+        self.consumer_timeout: float = (options.consumer_timeout or 0) / 1000.0
+        if not self.consumer_timeout:
+            self.consumer_timeout = getattr(vhost.broker.limits, "consumer_timeout", 0) / 1000.0
+        self.touch()
 
     def __repr__(self) -> str:
         return f"<Queue {self.vhost.name!r}/{self.name!r}>"
@@ -164,26 +250,143 @@ class Queue:
         """Continue numbering after `seq` (used by recovery)."""
         self._next_seq = itertools.count(seq + 1).__next__
 
+    def _update_dispatch_mode(self) -> None:
+        options = self.options
+        self._plain_dispatch = not (
+            self._may_expire
+            or options.single_active_consumer
+            or options.fifo
+            or options.max_priority is not None
+            or self._filters
+            or self._prioritised
+        )
+
     # -- publishing -------------------------------------------------------------
 
-    def publish(self, message: Message) -> bool:
+    def publish(self, message: Message, *, delayed: bool = False) -> int:
         """Append a message and deliver it if a consumer has credit.
 
-        Returns True when the entry was written to the store: a confirm for it
-        must then wait for the store's `when_durable`.
+        Returns what happened (module constants): ENQUEUED, STORED (a confirm
+        must then wait for the store's `when_durable`), REJECTED (a full
+        queue with `reject-publish`), DUPLICATE (FIFO deduplication),
+        DELAYED/DELAYED_STORED (held by `x-delivery-delay`). `delayed` is
+        True when a delay scheduler releases the message.
         """
+        if (
+            not self._plain_publish
+            or message.properties.expiration is not None
+            or (message.annotations)
+        ):
+            return self._publish_featured(message, delayed)
         persisted = self.stored and message.persistent
         entry = QueueEntry(self._next_seq(), message, persisted)
         if persisted:
             self.vhost.store_entry(self.name, entry)
         if self.tail or (persisted and self.ready_bytes > self.memory_limit):
             self._page_out(entry)
-            return persisted
+            return STORED if persisted else ENQUEUED
         self.ready.append(entry)
         self.ready_bytes += len(message.body)
         if self.consumers:
             self.dispatch()
-        return persisted
+        return STORED if persisted else ENQUEUED
+
+    def _publish_featured(self, message: Message, delayed: bool) -> int:
+        options = self.options
+        if options.delivery_delay and not delayed:
+            return self._delay(message, options.delivery_delay)
+        dedup_key = None
+        if self.dedup is not None:
+            dedup_key = deduplication_id(message, options.content_based_deduplication)
+            if dedup_key is not None and self.dedup.is_duplicate(dedup_key):
+                return DUPLICATE
+        size = len(message.body)
+        if options.limited and options.overflow != "drop-head" and self._full(size):
+            if options.overflow == "reject-publish-dlx":
+                dead_letter(self, message, "maxlen")
+            return REJECTED
+        persisted = self.stored and message.persistent
+        expires_at = self._expiry_of(message)
+        entry = QueueEntry(self._next_seq(), message, persisted, 0, expires_at)
+        if options.fifo:
+            entry.group = group_of(message)
+        elif options.max_priority is not None:
+            entry.priority = min(message.properties.priority or 0, options.max_priority)
+        if persisted:
+            self.vhost.store_entry(self.name, entry)
+        if dedup_key is not None and self.dedup is not None:
+            self.dedup.record(dedup_key)
+        if expires_at and not self._may_expire:
+            self._may_expire = True
+            self._update_dispatch_mode()
+        if self.tail or (persisted and self.ready_bytes > self.memory_limit):
+            self._page_out(entry)
+        else:
+            self.ready.append(entry)
+            self.ready_bytes += size
+            if self.consumers:
+                self.dispatch()
+        if expires_at:
+            self._schedule_expiry()
+        if options.limited:
+            self._enforce_limits()
+        return STORED if persisted else ENQUEUED
+
+    def _expiry_of(self, message: Message) -> float:
+        """When an entry for `message` published now expires (0: never)."""
+        ttl = self.options.message_ttl
+        per_message = message_ttl_ms(message.properties.expiration)
+        if per_message is not None and (ttl is None or per_message < ttl):
+            ttl = per_message
+        expires_at = time.time() + ttl / 1000.0 if ttl is not None else 0.0
+        absolute = message.annotations.get(EXPIRES_AT_ANNOTATION) if message.annotations else None
+        if isinstance(absolute, int | float) and absolute > 0:
+            expires_at = min(expires_at, float(absolute)) if expires_at else float(absolute)
+        return expires_at
+
+    def _delay(self, message: Message, delay_ms: int) -> int:
+        return DELAYED_STORED if self._delay_scheduler().schedule(message, delay_ms) else DELAYED
+
+    def _delay_scheduler(self) -> Any:
+        """The scheduler holding this queue's `x-delivery-delay` messages (made on first use)."""
+        if self.delays is None:
+            from broker.delayed import DELAY_STORE_PREFIX, DelayScheduler
+
+            def release(message: Message) -> None:
+                if not self.deleted:
+                    self.publish(message, delayed=True)
+
+            self.delays = DelayScheduler(
+                self.vhost.broker,
+                self.vhost.name,
+                DELAY_STORE_PREFIX + "q." + self.name,
+                release,
+                stored=self.stored,
+            )
+        return self.delays
+
+    def _full(self, size: int) -> bool:
+        """Would one more message of `size` bytes go past a length limit?"""
+        options = self.options
+        if options.max_length is not None and self.message_count >= options.max_length:
+            return True
+        return (
+            options.max_length_bytes is not None
+            and self.ready_bytes + size > options.max_length_bytes
+        )
+
+    def _enforce_limits(self) -> None:
+        """drop-head: drop (dead-letter `maxlen`) the oldest entries while over a limit."""
+        options = self.options
+        max_length, max_bytes = options.max_length, options.max_length_bytes
+        while self.ready and (
+            (max_length is not None and self.message_count > max_length)
+            or (max_bytes is not None and self.ready_bytes > max_bytes)
+        ):
+            head = self.ready.peek()
+            if head is None:
+                break
+            self._drop(head, "maxlen")
 
     def _page_out(self, entry: QueueEntry) -> None:
         """Keep an entry out of memory (persistent) or behind the paged ones (transient)."""
@@ -199,6 +402,14 @@ class Queue:
         else:
             tail.append(DiskRange(entry.seq, entry.seq, 1))
 
+    def _classify(self, entry: QueueEntry) -> None:
+        """Set the FIFO group or priority level of an entry read back from the store."""
+        options = self.options
+        if options.fifo:
+            entry.group = group_of(entry.message)
+        elif options.max_priority is not None:
+            entry.priority = min(entry.message.properties.priority or 0, options.max_priority)
+
     def recover(self, count: int, max_seq: int) -> None:
         """After a restart: `count` stored entries up to `max_seq` wait in the store."""
         self.set_next_seq(max_seq)
@@ -208,6 +419,10 @@ class Queue:
 
     async def preload(self) -> None:
         """Read the first batch of a recovered queue before clients connect."""
+        if self.dedup is not None and self.stored:
+            await self.dedup.recover()
+        if self.options.delivery_delay and self.stored:
+            await self._delay_scheduler().recover()
         self._refill()
         if self._refill_task is not None:
             await self._refill_task
@@ -246,12 +461,20 @@ class Queue:
         if generation != self._generation or not self.tail or self.tail[0] is not head:
             return
         loaded = 0
+        featured = not (self._plain_publish and self._plain_dispatch)
+        expiring = False
         for item in stored:
             if item.seq > head.last:
                 break
             message = decode_message(item.data)
             message.store_id = item.message_id
-            self.ready.append(QueueEntry(item.seq, message, True, item.delivery_count))
+            entry = QueueEntry(
+                item.seq, message, True, item.delivery_count, getattr(item, "expires_at", 0.0)
+            )
+            if featured:
+                self._classify(entry)
+            expiring |= entry.expires_at > 0
+            self.ready.append(entry)
             self.ready_bytes += len(message.body)
             head.first = item.seq + 1
             loaded += 1
@@ -261,7 +484,12 @@ class Queue:
             # exhausted (entries may have expired on disk: trust the store, not the count)
             self.tail.popleft()
             self.tail_count -= max(head.count, 0)
+        if expiring and not self._may_expire:
+            self._may_expire = True
+            self._update_dispatch_mode()
         self.dispatch()
+        if self._may_expire:
+            self._schedule_expiry()
         self._refill()
 
     # -- delivering -------------------------------------------------------------
@@ -270,25 +498,112 @@ class Queue:
         """Deliver ready entries to consumers with credit, in turn."""
         if self._dispatching or self.deleted:
             return
-        self._dispatching = True
-        try:
-            ready, consumers = self.ready, self.consumers
-            while ready and consumers:
-                count = len(consumers)
-                for _ in range(count):
-                    consumer = consumers[self._turn % count]
-                    self._turn += 1
-                    if consumer.has_credit():
-                        entry = ready.popleft()
-                        self.ready_bytes -= len(entry.message.body)
-                        consumer.session.deliver(consumer, entry)
-                        break
-                else:
-                    break  # nobody has credit
-        finally:
-            self._dispatching = False
+        if not self._plain_dispatch:
+            self._dispatching = True
+            try:
+                self._dispatch_featured()
+            finally:
+                self._dispatching = False
+        else:
+            self._dispatching = True
+            try:
+                ready, consumers = self.ready, self.consumers
+                while ready and consumers:
+                    count = len(consumers)
+                    for _ in range(count):
+                        consumer = consumers[self._turn % count]
+                        self._turn += 1
+                        if consumer.has_credit():
+                            entry = ready.popleft()  # type: ignore[attr-defined]
+                            self.ready_bytes -= len(entry.message.body)
+                            consumer.session.deliver(consumer, entry)
+                            break
+                    else:
+                        break  # nobody has credit
+            finally:
+                self._dispatching = False
         if self.tail and self.ready_bytes < self.memory_limit // 2:
             self._refill()
+
+    def _dispatch_featured(self) -> None:
+        ready = self.ready
+        if self._filters:
+            self._dispatch_filtered()
+            return
+        may_expire = self._may_expire
+        now = time.time() if may_expire else 0.0
+        while self.consumers:
+            entry = ready.peek()
+            if entry is None:
+                break
+            if may_expire and entry.expires_at and entry.expires_at <= now:
+                self._drop(entry, "expired")
+                continue
+            consumer = self._pick_consumer(None)
+            if consumer is None:
+                break
+            ready.remove_entry(entry, True)
+            self.ready_bytes -= len(entry.message.body)
+            consumer.session.deliver(consumer, entry)
+
+    def _dispatch_filtered(self) -> None:
+        """Each ready entry goes to the next consumer with credit that accepts it."""
+        ready = self.ready
+        now = time.time() if self._may_expire else 0.0
+        for entry in ready.candidates():
+            if not any(c.has_credit() for c in self._eligible()):
+                break
+            if now and entry.expires_at and entry.expires_at <= now:
+                if entry is ready.peek():
+                    self._drop(entry, "expired")
+                continue
+            consumer = self._pick_consumer(entry)
+            if consumer is None:
+                continue  # nobody wants it now: it stays ready
+            ready.remove_entry(entry, True)
+            self.ready_bytes -= len(entry.message.body)
+            consumer.session.deliver(consumer, entry)
+
+    def _eligible(self) -> list[Consumer]:
+        consumers = self.consumers
+        if self.options.single_active_consumer:
+            return consumers[:1]
+        return consumers
+
+    def _pick_consumer(self, entry: QueueEntry | None) -> Consumer | None:
+        """The next consumer with credit (and whose filter accepts `entry`), or None.
+
+        Single active consumer: only the first consumer. Consumer priorities:
+        the highest priority level with a willing consumer, round-robin
+        within the level (`consumers` is kept sorted by priority).
+        """
+        consumers = self.consumers
+        if not consumers:
+            return None
+        if self.options.single_active_consumer:
+            active = consumers[0]
+            if active.has_credit() and (
+                entry is None or active.filter is None or active.filter(entry.message)
+            ):
+                return active
+            return None
+        n = len(consumers)
+        start = 0
+        while start < n:
+            level = consumers[start].priority
+            end = start
+            while end < n and consumers[end].priority == level:
+                end += 1
+            width = end - start
+            for k in range(width):
+                consumer = consumers[start + (self._turn + k) % width]
+                if consumer.has_credit() and (
+                    entry is None or consumer.filter is None or consumer.filter(entry.message)
+                ):
+                    self._turn += k + 1
+                    return consumer
+            start = end
+        return None
 
     def get(self) -> QueueEntry | None:
         """Take the next ready entry for basic.get, or None when none is in memory.
@@ -296,33 +611,131 @@ class Queue:
         Right after a restart or under heavy paging, entries still being read
         back from the store are not yet visible to basic.get.
         """
-        if not self.ready:
+        self.touch()
+        ready = self.ready
+        entry = ready.peek()
+        if self._may_expire:
+            now = time.time()
+            while entry is not None and entry.expires_at and entry.expires_at <= now:
+                self._drop(entry, "expired")
+                entry = ready.peek()
+        if entry is None:
             if self.tail:
                 self._refill()
             return None
-        entry = self.ready.popleft()
+        ready.remove_entry(entry, True)
         self.ready_bytes -= len(entry.message.body)
         if self.tail and self.ready_bytes < self.memory_limit // 2:
             self._refill()
         return entry
 
     def requeue(self, entries: Iterable[QueueEntry]) -> None:
-        """Put delivered entries back in seq order, to be delivered again."""
-        back = sorted(entries, key=lambda e: e.seq)
+        """Put delivered entries back in seq order, to be delivered again.
+
+        An entry delivered `x-delivery-limit` times goes to the dead-letter
+        exchange (reason `delivery_limit`) instead.
+        """
+        back = sorted_by_seq(entries)
         if not back or self.deleted:
             return
-        if not self.ready or back[-1].seq < self.ready[0].seq:
-            self.ready.extendleft(reversed(back))
-        else:
-            merged = sorted(itertools.chain(self.ready, back), key=lambda e: e.seq)
-            self.ready = deque(merged)
+        limit = self.options.delivery_limit
+        if limit is not None:
+            keep = []
+            for entry in back:
+                if entry.delivery_count >= limit:
+                    self.ready.released(entry)
+                    dead_letter(self, entry.message, "delivery_limit")
+                    self.settle(entry)
+                else:
+                    keep.append(entry)
+            back = keep
+            if not back:
+                self.dispatch()
+                return
+        self.ready.requeue(back)
         self.ready_bytes += sum(len(e.message.body) for e in back)
         self.dispatch()
+        if self._may_expire:
+            self._schedule_expiry()
 
     def settle(self, entry: QueueEntry) -> None:
-        """Forget an entry for good: acked, or rejected without requeue."""
+        """Forget a delivered entry for good: acked, or rejected without requeue."""
+        if not self._plain_dispatch:
+            self.ready.released(entry)
         if entry.persisted and not self.deleted:
             self.vhost.remove_entry(self.name, entry)
+
+    def reject(self, entry: QueueEntry) -> None:
+        """A delivered entry was rejected without requeue: dead-letter it, then forget it."""
+        if self.options.dead_letter_exchange is not None and not self.deleted:
+            dead_letter(self, entry.message, "rejected")
+        self.settle(entry)
+
+    def _drop(self, entry: QueueEntry, reason: str) -> None:
+        """Remove a ready entry without delivering it (expired, maxlen): dead-letter it."""
+        self.ready.remove_entry(entry, False)
+        self.ready_bytes -= len(entry.message.body)
+        if self.options.dead_letter_exchange is not None:
+            dead_letter(self, entry.message, reason)
+        if entry.persisted:
+            self.vhost.remove_entry(self.name, entry)
+
+    # -- expiry -------------------------------------------------------------------
+
+    def _schedule_expiry(self) -> None:
+        """Arm the timer for the head entry's expiry, if it has one."""
+        head = self.ready.peek()
+        if head is None or not head.expires_at or self.deleted:
+            return
+        due = head.expires_at
+        if self._expiry_timer is not None:
+            if self._expiry_due <= due:
+                return
+            self._expiry_timer.cancel()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._expiry_due = due
+        self._expiry_timer = loop.call_at(
+            loop.time() + max(due - time.time(), 0.0) + 0.001, self._expire_heads
+        )
+
+    def _expire_heads(self) -> None:
+        self._expiry_timer = None
+        if self.deleted:
+            return
+        now = time.time()
+        ready = self.ready
+        head = ready.peek()
+        while head is not None and head.expires_at and head.expires_at <= now:
+            self._drop(head, "expired")
+            head = ready.peek()
+        if self.tail and self.ready_bytes < self.memory_limit // 2:
+            self._refill()
+        self._schedule_expiry()
+
+    def touch(self) -> None:
+        """The queue was used (declared, consumed from, read): restart its `x-expires` clock."""
+        expires = self.options.expires
+        if not expires or self.deleted:
+            return
+        if self._unused_timer is not None:
+            self._unused_timer.cancel()
+            self._unused_timer = None
+        if self.consumers:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._unused_timer = loop.call_later(expires / 1000.0, self._expire_queue)
+
+    def _expire_queue(self) -> None:
+        self._unused_timer = None
+        if not self.deleted and not self.consumers and self.name in self.vhost.queues:
+            log.info("queue %s expired after %d ms unused", self.name, self.options.expires)
+            self.vhost.delete_queue(self.name)
 
     def purge(self) -> int:
         """Drop every ready entry, in memory or paged out; returns how many."""
@@ -340,15 +753,48 @@ class Queue:
         self.ready_bytes = self.tail_count = 0
         return count
 
+    def deleted_now(self) -> None:
+        """Called by `VirtualHost.delete_queue`: stop timers, drop delayed and dedup state."""
+        for timer in (self._expiry_timer, self._unused_timer):
+            if timer is not None:
+                timer.cancel()
+        self._expiry_timer = self._unused_timer = None
+        if self.delays is not None:
+            self.delays.close(delete=True)
+        if self.dedup is not None:
+            self.dedup.delete()
+
     # -- consumers --------------------------------------------------------------
 
     def add_consumer(self, consumer: Consumer) -> None:
         self.consumers.append(consumer)
         self._had_consumers = True
+        if consumer.filter is not None:
+            self._filters += 1
+        if consumer.priority:
+            self._prioritised = True
+        if self._prioritised:
+            first = self.consumers[0] if self.options.single_active_consumer else None
+            self.consumers.sort(key=lambda c: -c.priority)
+            if first is not None:  # the active consumer stays active
+                self.consumers.remove(first)
+                self.consumers.insert(0, first)
+        self._update_dispatch_mode()
+        self.touch()
 
     def remove_consumer(self, consumer: Consumer) -> None:
         """Remove a consumer; an auto-delete queue goes with its last one."""
         if consumer in self.consumers:
+            active = self.consumers[0] is consumer
             self.consumers.remove(consumer)
+            if consumer.filter is not None:
+                self._filters -= 1
+            if self.options.single_active_consumer and active and self._prioritised:
+                self.consumers.sort(key=lambda c: -c.priority)  # the next active: highest
+            self._update_dispatch_mode()
+            if self.options.single_active_consumer and active and self.consumers:
+                self.dispatch()  # fail over to the next consumer
         if self.auto_delete and self._had_consumers and not self.consumers and not self.deleted:
             self.vhost.delete_queue(self.name)
+        elif not self.consumers:
+            self.touch()

@@ -6,7 +6,8 @@ JSON would not (bytes, timestamps, nested tables).
 
 Message layout, version 1::
 
-    0x01 | field table {"x": exchange, "k": routing key, property: value...} | body
+    0x01 | field table {"x": exchange, "k": routing key, property: value...,
+                        "a": annotations (only when not empty)} | body
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def encode_message(message: Message) -> bytes:
         value = getattr(props, name)
         if value is not None:
             table[name] = value
+    if message.annotations:
+        table["a"] = message.annotations
     return bytes((_VERSION,)) + encode.field_table(table) + message.body
 
 
@@ -55,5 +58,9 @@ def decode_message(data: bytes) -> Message:
     used, table = decode.field_table(data[1:])
     exchange = str(table.pop("x"))
     routing_key = str(table.pop("k"))
+    annotations = table.pop("a", None)
     properties = Properties(**{k: v for k, v in table.items() if k in PROPERTY_NAMES})
-    return Message(exchange, routing_key, properties, data[1 + used :])
+    message = Message(exchange, routing_key, properties, data[1 + used :])
+    if isinstance(annotations, dict) and annotations:
+        message.annotations = dict(annotations)
+    return message

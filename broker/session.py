@@ -12,14 +12,27 @@ Ordering constraints:
   that the sink's client sends back at once always finds it.
 - In a transaction, publishes and acks are held until `tx_commit`, then
   applied in the order they were made.
+
+Consumer timeout (`x-consumer-timeout`, or the broker-wide
+`limits.consumer_timeout`): a delivery not settled in time is taken out of
+`unacked` and returned to its queue for another consumer, as SQS's
+visibility timeout does (it counts towards `x-delivery-limit`). A late ack
+or nack of its tag is ignored instead of being an unknown-tag error. With
+`limits.consumer_timeout_action = "close"` the session is closed with 406
+instead, as RabbitMQ does (through the sink's optional `closed_by_broker`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import itertools
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from broker.delayed import delay_of
 from broker.errors import (
     AccessRefused,
     BrokerError,
@@ -27,7 +40,7 @@ from broker.errors import (
     PreconditionFailed,
 )
 from broker.message import Message
-from broker.queue import Consumer, Queue, QueueEntry
+from broker.queue import DUPLICATE, REJECTED, WRITTEN, Consumer, Queue, QueueEntry
 
 if TYPE_CHECKING:
     from broker.connection import ClientConnection
@@ -49,6 +62,37 @@ class DeliverySink(Protocol):
 
     def cancelled(self, consumer_tag: str, error: BrokerError | None) -> None:
         """The broker ended a consumer (its queue was deleted)."""
+
+
+@dataclass(slots=True)
+class PublishResult:
+    """What `Session.publish` did with a message.
+
+    Attributes:
+        routed: queues the message was routed to (0: unroutable). A message
+            held by a delayed exchange counts as routed to 1.
+        stored: some copy was written to the store: a confirm (PUBACK,
+            RECEIPT) must wait for `store.when_durable`.
+        rejected: queues that refused it (`x-overflow: reject-publish`): the
+            publisher should get a negative confirm (AMQP `basic.nack`).
+        duplicates: FIFO queues that had already seen its deduplication id
+            (accepted and confirmed, not queued again).
+        delayed: held for later delivery (`x-delay`, `x-delivery-delay`).
+        deferred: inside a transaction; nothing is known until `tx_commit`.
+
+    For callers written when `publish` returned a bool, the result is truthy
+    exactly when `stored` is.
+    """
+
+    routed: int = 0
+    stored: bool = False
+    rejected: int = 0
+    duplicates: int = 0
+    delayed: bool = False
+    deferred: bool = False
+
+    def __bool__(self) -> bool:
+        return self.stored
 
 
 class _Unacked:
@@ -77,6 +121,10 @@ class Session:
         self._next_tag = itertools.count(1).__next__
         self._tx: list[Callable[[], Any]] | None = None
         self._permitted: dict[tuple[str, str, str], bool] = {}
+        # consumer timeouts: (deadline, delivery tag), armed only when a queue has one
+        self._deadlines: list[tuple[float, int]] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._timed_out: set[int] = set()
 
     # -- permissions ------------------------------------------------------------------
 
@@ -205,13 +253,17 @@ class Session:
 
     # -- publishing -----------------------------------------------------------------
 
-    def publish(self, exchange_name: str, message: Message, *, mandatory: bool = False) -> bool:
+    def publish(
+        self, exchange_name: str, message: Message, *, mandatory: bool = False
+    ) -> PublishResult:
         """Route a message to its queues.
 
-        Returns True when the message was written to the store (the caller must
-        wait for `store.when_durable` before confirming it). An unroutable
-        mandatory message is handed back through `sink.returned`. Inside a
-        transaction nothing happens until `tx_commit`.
+        Returns a `PublishResult`: `stored` when the message was written to
+        the store (the caller must wait for `store.when_durable` before
+        confirming it), `rejected` when a full queue refused it (nack it),
+        `routed` how many queues it reached. An unroutable mandatory message
+        is handed back through `sink.returned`. Inside a transaction nothing
+        happens until `tx_commit` (the result has `deferred` set).
         Raises NotFound (no such exchange), AccessRefused (no write permission,
         internal exchange).
         """
@@ -224,19 +276,34 @@ class Session:
             )
         if self._tx is not None:
             self._tx.append(lambda: self._route(exchange, message, mandatory))
-            return False
+            return PublishResult(deferred=True)
         return self._route(exchange, message, mandatory)
 
-    def _route(self, exchange: Exchange, message: Message, mandatory: bool) -> bool:
+    def _route(self, exchange: Exchange, message: Message, mandatory: bool) -> PublishResult:
+        if exchange.delayed:
+            delay = delay_of(message)
+            if delay:
+                stored = self.vhost.delay_scheduler(exchange).schedule(message, delay)
+                return PublishResult(routed=1, stored=stored, delayed=True)
         queues = self.vhost.route(exchange, message)
         if not queues:
             if mandatory:
                 self.sink.returned(message, 312, "NO_ROUTE")
-            return False
-        stored = False
+            return PublishResult()
+        result = PublishResult(routed=len(queues))
         for queue in queues:
-            stored |= queue.publish(message)
-        return stored
+            outcome = queue.publish(message)
+            if outcome in WRITTEN:
+                result.stored = True
+                result.delayed |= outcome != 1
+            elif outcome == REJECTED:
+                result.rejected += 1
+            elif outcome == DUPLICATE:
+                result.duplicates += 1
+                result.stored |= message.persistent and queue.stored
+            elif outcome:
+                result.delayed = True
+        return result
 
     # -- consuming --------------------------------------------------------------------
 
@@ -248,11 +315,17 @@ class Session:
         no_ack: bool = False,
         exclusive: bool = False,
         arguments: Mapping[str, Any] | None = None,
+        filter: Callable[[Message], bool] | None = None,
     ) -> Consumer:
         """Subscribe to a queue; call `Consumer.start()` once the client knows the tag.
 
+        `arguments` may hold `x-priority` (an integer; higher-priority
+        consumers get messages while they have credit). `filter`, when
+        given, chooses the messages this consumer accepts; a ready message
+        no consumer accepts stays ready (STOMP selectors).
         Raises NotFound, AccessRefused (permission, or an exclusive consumer
-        already there), ResourceLocked, NotAllowed (tag in use on this channel).
+        already there), ResourceLocked, NotAllowed (tag in use on this channel),
+        PreconditionFailed (a malformed `x-priority`).
         """
         queue = self._queue_for("read", queue_name)
         if not consumer_tag:
@@ -263,6 +336,12 @@ class Session:
             raise AccessRefused(
                 f"queue '{queue_name}' in vhost '{self.vhost.name}' in exclusive use"
             )
+        arguments = dict(arguments or {})
+        priority = arguments.get("x-priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise PreconditionFailed(
+                f"invalid arg 'x-priority' for consumer '{consumer_tag}': must be an integer"
+            )
         consumer = Consumer(
             consumer_tag,
             queue,
@@ -270,7 +349,9 @@ class Session:
             no_ack=no_ack,
             prefetch=self.consumer_prefetch,
             exclusive=exclusive,
-            arguments=dict(arguments or {}),
+            arguments=arguments,
+            priority=priority,
+            filter=filter,
         )
         self.consumers[consumer_tag] = consumer
         queue.add_consumer(consumer)
@@ -308,6 +389,8 @@ class Session:
                 queue.vhost.broker.store.mark_delivered(
                     queue.vhost.name, queue.name, entry.seq, entry.delivery_count
                 )
+            if queue.consumer_timeout:
+                self._watch(tag, queue.consumer_timeout)
         self.sink.deliver(consumer.tag, tag, redelivered, entry.message)
 
     def get(
@@ -325,6 +408,8 @@ class Session:
             queue.settle(entry)
         else:
             self.unacked[tag] = _Unacked(entry, queue, None)
+            if queue.consumer_timeout:
+                self._watch(tag, queue.consumer_timeout)
         return tag, redelivered, entry.message, queue.message_count
 
     def qos(self, prefetch_count: int, *, global_: bool = False) -> None:
@@ -357,6 +442,9 @@ class Session:
                 unacked.clear()
                 return taken
             if delivery_tag not in unacked and not any(t <= delivery_tag for t in unacked):
+                if self._timed_out and any(t <= delivery_tag for t in self._timed_out):
+                    self._timed_out = {t for t in self._timed_out if t > delivery_tag}
+                    return []
                 raise PreconditionFailed(f"unknown delivery tag {delivery_tag}")
             taken = []
             for tag in list(unacked):
@@ -366,6 +454,9 @@ class Session:
             return taken
         item = unacked.pop(delivery_tag, None)
         if item is None:
+            if delivery_tag in self._timed_out:
+                self._timed_out.discard(delivery_tag)
+                return []  # returned to its queue by the consumer timeout: nothing to do
             raise PreconditionFailed(f"unknown delivery tag {delivery_tag}")
         return [item]
 
@@ -388,6 +479,8 @@ class Session:
         self._settle(self._take(delivery_tag, multiple), requeue=requeue)
 
     def _validate_tag(self, delivery_tag: int, multiple: bool) -> None:
+        if delivery_tag in self._timed_out:
+            return
         if delivery_tag not in self.unacked and not (
             multiple and (delivery_tag == 0 or self.unacked)
         ):
@@ -401,8 +494,11 @@ class Session:
                 item.consumer.unacked -= 1
             if requeue:
                 touched.setdefault(item.queue, []).append(item.entry)
-            else:
+            elif requeue is None:
                 item.queue.settle(item.entry)
+                touched.setdefault(item.queue, [])
+            else:
+                item.queue.reject(item.entry)
                 touched.setdefault(item.queue, [])
         for queue, entries in touched.items():
             if entries:
@@ -453,6 +549,10 @@ class Session:
             return
         self.closed = True
         self._tx = None
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self._deadlines.clear()
         for tag in list(self.consumers):
             self.cancel(tag)
         items = list(self.unacked.values())
@@ -464,3 +564,49 @@ class Session:
             by_queue.setdefault(item.queue, []).append(item.entry)
         for queue, entries in by_queue.items():
             queue.requeue(entries)
+
+    # -- consumer timeout ------------------------------------------------------------------
+
+    def _watch(self, tag: int, timeout: float) -> None:
+        """Return delivery `tag` to its queue unless it is settled within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        heapq.heappush(self._deadlines, (deadline, tag))
+        if self._deadline_timer is None or self._deadlines[0][1] == tag:
+            self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        if not self._deadlines or self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(self._deadlines[0][0] - time.monotonic(), 0.0)
+        self._deadline_timer = loop.call_later(delay + 0.001, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._deadline_timer = None
+        now = time.monotonic()
+        deadlines = self._deadlines
+        limits = self.vhost.broker.limits
+        closer = getattr(self.sink, "closed_by_broker", None)
+        rabbit_mode = getattr(limits, "consumer_timeout_action", "requeue") == "close"
+        if (
+            rabbit_mode
+            and closer is not None
+            and any(tag in self.unacked for d, tag in deadlines if d <= now)
+        ):
+            deadlines.clear()
+            # RabbitMQ's behaviour: the channel closes, which requeues everything
+            closer(PreconditionFailed("delivery acknowledgement timed out"))
+            return
+        expired: list[_Unacked] = []
+        while deadlines and deadlines[0][0] <= now:
+            _deadline, tag = heapq.heappop(deadlines)
+            item = self.unacked.pop(tag, None)
+            if item is not None:
+                self._timed_out.add(tag)
+                expired.append(item)
+        if expired:
+            self._settle(expired, requeue=True)
+        self._arm_deadline()

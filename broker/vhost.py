@@ -5,6 +5,10 @@ named by the routing key; other exchanges ask their type plug-in
 (`broker.exchange_types`) for destinations, following exchange-to-exchange
 bindings (each exchange visited once) and an exchange's `alternate-exchange`
 when it routes the message nowhere.
+
+An `x-delayed-message` exchange routes with the table of its `x-delayed-type`;
+a message published to it with a positive `x-delay` header is first held by
+the exchange's `DelayScheduler` (`broker.delayed`) and routed when due.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from broker.arguments import parse_queue_arguments
+from broker.delayed import DELAY_STORE_PREFIX, DelayScheduler
 from broker.errors import (
     AccessRefused,
     CommandInvalid,
@@ -21,7 +27,7 @@ from broker.errors import (
     PreconditionFailed,
     ResourceLocked,
 )
-from broker.exchange_types import ExchangeType, exchange_type
+from broker.exchange_types import EXCHANGE_TYPES, ExchangeType, exchange_type
 from broker.message import Message
 from broker.queue import Queue, QueueEntry
 from broker.serialization import encode_arguments, encode_message
@@ -54,14 +60,29 @@ EQUIVALENT_QUEUE_ARGS = frozenset(
         "x-queue-type",
         "x-single-active-consumer",
         "x-delivery-limit",
+        "x-consumer-timeout",
+        "x-delivery-delay",
+        "x-content-based-deduplication",
     }
 )
+
+DELAYED_EXCHANGE_TYPE = "x-delayed-message"
+HIDDEN_QUEUE_PREFIX = "amq.moorage."  # store queues the core keeps for itself
 
 
 class Exchange:
     """An exchange: a named router of one type. Hashable by identity."""
 
-    __slots__ = ("arguments", "auto_delete", "durable", "internal", "name", "router", "type_name")
+    __slots__ = (
+        "arguments",
+        "auto_delete",
+        "delayed",
+        "durable",
+        "internal",
+        "name",
+        "router",
+        "type_name",
+    )
 
     def __init__(
         self,
@@ -79,6 +100,9 @@ class Exchange:
         self.auto_delete = auto_delete
         self.internal = internal
         self.arguments = arguments or {}
+        self.delayed = type_name == DELAYED_EXCHANGE_TYPE
+        if self.delayed:
+            type_name = str(self.arguments.get("x-delayed-type", ""))
         self.router: ExchangeType = exchange_type(type_name)
 
     def __repr__(self) -> str:
@@ -126,6 +150,7 @@ class VirtualHost:
         self.exchanges[""] = Exchange("", "direct", durable=True)
         for xname, xtype in STANDARD_EXCHANGES:
             self.exchanges[xname] = Exchange(xname, xtype, durable=True)
+        self.delay_schedulers: dict[str, DelayScheduler] = {}  # delayed exchanges, by name
 
     # -- exchanges ----------------------------------------------------------------
 
@@ -157,6 +182,12 @@ class VirtualHost:
         if existing is None:
             if name.startswith("amq."):
                 raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+            if type_name == DELAYED_EXCHANGE_TYPE:
+                inner = (arguments or {}).get("x-delayed-type")
+                if inner not in EXCHANGE_TYPES:  # the plugin's check and text
+                    raise PreconditionFailed(
+                        "Invalid argument, 'x-delayed-type' must be an existing exchange type"
+                    )
             try:
                 exchange = Exchange(
                     name,
@@ -202,6 +233,9 @@ class VirtualHost:
 
     def _remove_exchange(self, exchange: Exchange) -> None:
         del self.exchanges[exchange.name]
+        scheduler = self.delay_schedulers.pop(exchange.name, None)
+        if scheduler is not None:
+            scheduler.close(delete=True)
         for dest, _key, _args in exchange.router.bindings():
             if isinstance(dest, Queue):
                 dest.sources.discard(exchange)
@@ -236,7 +270,11 @@ class VirtualHost:
         if existing is not None:
             self.check_exclusive(existing, owner)
             if passive:
+                existing.touch()
                 return existing, False
+            parse_queue_arguments(
+                arguments, queue=name, vhost=self.name, durable=durable, exclusive=exclusive
+            )
             for arg, received, current in (
                 ("durable", durable, existing.durable),
                 ("exclusive", exclusive, existing.exclusive_owner is not None),
@@ -254,6 +292,7 @@ class VirtualHost:
                         arguments.get(arg),
                         existing.arguments.get(arg),
                     )
+            existing.touch()
             return existing, False
         if passive:
             raise NotFound(f"no queue '{name}' in vhost '{self.name}'")
@@ -261,6 +300,9 @@ class VirtualHost:
             name = server_queue_name()
         elif name.startswith("amq."):
             raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
+        options = parse_queue_arguments(
+            arguments, queue=name, vhost=self.name, durable=durable, exclusive=exclusive
+        )
         queue = Queue(
             self,
             name,
@@ -268,6 +310,7 @@ class VirtualHost:
             exclusive_owner=owner if exclusive else None,
             auto_delete=auto_delete,
             arguments=arguments,
+            options=options,
         )
         self.queues[name] = queue
         if exclusive and owner is not None:
@@ -297,6 +340,7 @@ class VirtualHost:
         count = queue.message_count
         del self.queues[name]
         queue.deleted = True
+        queue.deleted_now()
         for exchange in list(queue.sources):
             exchange.router.unbind_all(queue)
             self._maybe_auto_delete(exchange)
@@ -421,7 +465,66 @@ class VirtualHost:
             data = encode_message(message)
             store.put_message(message.store_id, data)
             self.broker.flow.wrote(len(data))
-        store.enqueue(self.name, queue, entry.seq, message.store_id)
+        if entry.expires_at:
+            store.enqueue(self.name, queue, entry.seq, message.store_id, entry.expires_at)
+        else:
+            store.enqueue(self.name, queue, entry.seq, message.store_id)
 
     def remove_entry(self, queue: str, entry: QueueEntry) -> None:
         self.broker.store.ack(self.name, queue, entry.seq)
+
+    # -- delayed delivery -----------------------------------------------------------
+
+    def delay_scheduler(self, exchange: Exchange) -> DelayScheduler:
+        """The scheduler of a delayed exchange (made on first use)."""
+        scheduler = self.delay_schedulers.get(exchange.name)
+        if scheduler is None:
+            name = exchange.name
+
+            def release(message: Message) -> None:
+                current = self.exchanges.get(name)
+                if current is not None:
+                    for queue in self.route(current, message):
+                        queue.publish(message)
+
+            scheduler = self.delay_schedulers[name] = DelayScheduler(
+                self.broker,
+                self.name,
+                DELAY_STORE_PREFIX + "x." + name,
+                release,
+                stored=exchange.durable,
+            )
+        return scheduler
+
+    # -- redrive ----------------------------------------------------------------------
+
+    def redrive(self, source: str, destination: str | None = None, limit: int = 0) -> int:
+        """Move ready dead letters from queue `source` back to where they died (SQS redrive).
+
+        Each message goes to `destination` when given, else to the queue named
+        by its most recent `x-death` entry (messages without one stay).
+        Messages keep their `x-death` history. Only entries in memory are
+        moved (call again for a paged-out backlog); `limit` > 0 caps the count.
+        Returns how many moved. Raises NotFound for a missing queue.
+        """
+        dlq = self.lookup_queue(source)
+        target = self.lookup_queue(destination) if destination is not None else None
+        moved = 0
+        for entry in list(dlq.ready):
+            if limit and moved >= limit:
+                break
+            to = target
+            if to is None:
+                deaths = entry.message.header("x-death") or ()
+                last = deaths[0] if deaths and isinstance(deaths[0], dict) else None
+                to = self.queues.get(str(last.get("queue"))) if last else None
+            if to is None or to is dlq:
+                continue
+            dlq.ready.remove_entry(entry, False)
+            dlq.ready_bytes -= len(entry.message.body)
+            message = entry.message.copy()
+            to.publish(message)
+            if entry.persisted:
+                self.remove_entry(dlq.name, entry)
+            moved += 1
+        return moved

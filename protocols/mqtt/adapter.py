@@ -781,7 +781,7 @@ class MQTTConnection:
         message = to_message(packet, self.client_id, self.registry.clock())
         session = self.core_session()
         try:
-            stored = session.publish(EXCHANGE, message)
+            stored = session.publish(EXCHANGE, message).stored
         except AccessRefused as e:
             log.info("publish to %r by %s refused: %s", packet.topic, self.client_id, e.text)
             if not v5:

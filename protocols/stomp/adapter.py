@@ -507,10 +507,10 @@ class StompConnection:
         session.vhost.lookup_exchange(exchange)  # NotFound now, not at COMMIT
         tx = self._transaction(frame)
         if tx is not None:
-            tx.append(lambda: session.publish(exchange, message))
+            tx.append(lambda: session.publish(exchange, message).stored)
             self._receipt(frame)
             return
-        stored = session.publish(exchange, message)
+        stored = session.publish(exchange, message).stored
         self._receipt(frame, durable=stored)
 
     def _publish_target(self, destination: Destination) -> tuple[str, str]:

@@ -1,0 +1,36 @@
+"""Small pika helpers shared by the queue feature tests."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pika
+
+
+def get_all(channel: Any, queue: str, timeout: float = 3.0, expect: int | None = None) -> list:
+    """basic.get (auto-ack) until the queue is empty, or until `expect` messages arrived."""
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        method, props, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            if expect is None or len(got) >= expect:
+                break
+            time.sleep(0.02)
+            continue
+        got.append((method, props, body))
+        if expect is not None and len(got) >= expect:
+            break
+    return got
+
+
+def wait_get(channel: Any, queue: str, timeout: float = 3.0) -> tuple[Any, Any, bytes]:
+    """basic.get until one message comes (auto-ack). Fails after `timeout`."""
+    got = get_all(channel, queue, timeout, expect=1)
+    assert got, f"nothing arrived on {queue!r} within {timeout}s"
+    return got[0]
+
+
+def persistent(**kwargs: Any) -> pika.BasicProperties:
+    return pika.BasicProperties(delivery_mode=2, **kwargs)
