@@ -82,6 +82,9 @@ CLOSE_TIMEOUT: Final = 3.0  # seconds for connection.close-ok during teardown
 MIN_SLEEP: Final = 0.001  # seconds; the shortest rate-limit pause
 SPAWN_READY_TIMEOUT: Final = 30.0  # seconds a spawned broker gets to start listening
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+# Every listener of `moorage serve` (broker.config.DEFAULT_PORTS); a spawned broker
+# opens only the one under test, so runs never collide with a broker on default ports.
+LISTENERS: Final = ("amqp", "mqtt", "stomp", "http", "mqtt_ws", "stomp_ws")
 CLIENT_PROPERTIES: Final[dict[str, Any]] = {
     "product": "moorage-bench",
     "platform": f"Python {sys.version.split()[0]}",
@@ -1428,8 +1431,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def spawned_broker(store: str) -> Iterator[SpawnedBroker]:
-    """Start ``moorage serve`` on a free loopback port with a temp data dir; stop it after."""
+def spawned_broker(store: str, protocol: str = "amqp") -> Iterator[SpawnedBroker]:
+    """Start ``moorage serve`` with only ``protocol`` listening on a free loopback port.
+
+    It gets a temp data dir (removed afterwards) and is stopped with SIGTERM after.
+    """
     tmp = Path(tempfile.mkdtemp(prefix="moorage-bench-"))
     try:
         port = free_port()
@@ -1440,14 +1446,15 @@ def spawned_broker(store: str) -> Iterator[SpawnedBroker]:
             "serve",
             "--bind",
             "127.0.0.1",
-            "--amqp-port",
-            str(port),
             "--data-dir",
             str(tmp / "data"),
             "--log-level",
             "warning",
         ]
-        cmd += [f"--{name}-port=0" for name in ("mqtt", "stomp", "http")]
+        cmd += [
+            f"--{name.replace('_', '-')}-port={port if name == protocol else 0}"
+            for name in LISTENERS
+        ]
         if store == "memory":
             config = tmp / "moorage.toml"
             config.write_text('[storage]\nbackend = "memory"\n')
@@ -1573,12 +1580,19 @@ def run(opts: Options, loop: str) -> Result:
 
 
 def _run_spawned(opts: Options, loop: str, store: str) -> Result:
-    with spawned_broker(store) as broker:
+    return run_spawned_with(opts, loop, store, "amqp", run)
+
+
+def run_spawned_with(
+    opts: Any, loop: str, store: str, protocol: str, run_fn: Callable[[Any, str], Result]
+) -> Result:
+    """``run_fn(opts, loop)`` against a Moorage spawned for it; adds its CPU and log."""
+    with spawned_broker(store, protocol) as broker:
         opts.host, opts.port = "127.0.0.1", broker.port
         cpu0 = broker.cpu_seconds()
         wall0 = time.perf_counter()
         try:
-            result = run(opts, loop)
+            result = run_fn(opts, loop)
         except BenchError as e:
             tail = broker.log_tail()
             raise BenchError(
@@ -1587,6 +1601,8 @@ def _run_spawned(opts: Options, loop: str, store: str) -> Result:
         cpu1 = broker.cpu_seconds()
         if cpu0 is not None and cpu1 is not None:
             result.broker_cpu_pct = round(100 * (cpu1 - cpu0) / (time.perf_counter() - wall0), 1)
+        if protocol != "amqp":  # only AMQP names its product in the handshake
+            result.broker = "Moorage"
         result.broker += f" (spawned, {store} store)"
         if broker.process.poll() is not None:
             result.complete = False

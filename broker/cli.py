@@ -1,9 +1,10 @@
-"""The `moorage` command line: `moorage serve` runs the broker."""
+"""The `moorage` command line: `moorage serve` runs the broker; `moorage bench` measures one."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import sys
 
@@ -30,14 +31,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--loop", choices=["auto", "uvloop", "asyncio"], default="auto", help=argparse.SUPPRESS
     )
+    b = commands.add_parser(
+        "bench", help="throughput/latency benchmark (bench/README.md)", add_help=False
+    )
+    b.add_argument("args", nargs=argparse.REMAINDER, help="see `moorage bench --help`")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def _bench(argv: list[str]) -> int:
+    """`moorage bench ...`: the tool lives in the `bench` package, imported only here."""
+    try:
+        # By name, so that neither the core nor its type check depends on the tool.
+        tool = importlib.import_module("bench.cli")
+    except ImportError as e:
+        print(f"moorage: the benchmark tool is not installed ({e})", file=sys.stderr)
+        return 2
+    status: int = tool.main(argv)
+    return status
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -1,0 +1,69 @@
+"""`moorage bench` works end to end: self-tests and tiny runs against a spawned broker.
+
+These check the tool, not performance: nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.cli import main as bench_main
+from broker.cli import main as moorage_main
+
+PROTOCOLS = ["amqp", "mqtt", "stomp"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_self_test_runs(protocol, capsys):
+    assert moorage_main(["bench", protocol, "--self-test", "--count", "2000", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["messages"] == 2000
+    assert report["one_core_1to1_ceiling_per_s"] > 0
+
+
+@pytest.mark.parametrize(
+    ("protocol", "extra"),
+    [
+        ("amqp", []),
+        ("mqtt", ["--qos", "1"]),
+        ("mqtt", ["--qos", "2", "--producers", "2"]),
+        ("stomp", ["--ack", "client-individual"]),
+    ],
+)
+def test_spawned_run_reports_a_rate(protocol, extra, capsys):
+    argv = [protocol, "--spawn", "--spawn-store", "memory", "--count", "300", "--json"]
+    argv += ["--quiet", "--timeout", "30", *extra]
+    assert bench_main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["complete"]
+    assert result["delivered"] == 300
+    assert result["delivered_per_s"] > 0
+    assert result["latency_ms"]["p99"] >= result["latency_ms"]["p50"]
+
+
+def test_protocol_switch_is_a_subcommand(capsys):
+    assert bench_main(["--protocol", "mqtt", "--self-test", "--count", "500", "--json"]) == 0
+    assert "mqtt self-test" in json.loads(capsys.readouterr().out)["scenario"]
+
+
+def test_non_loopback_host_is_refused(capsys):
+    assert bench_main(["mqtt", "--host", "192.0.2.1", "--count", "10", "--quiet"]) == 2
+    assert "loopback" in capsys.readouterr().err
+
+
+def test_idle_connections_on_spawned_broker(capsys):
+    argv = ["conn", "--spawn", "--spawn-store", "memory", "--connections", "20", "--json"]
+    assert bench_main([*argv, "--settle", "0", "--rate-of", "10"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["connections_opened"] == 20
+    assert "kib_per_connection" in report
+
+
+def test_stomp_duration_run_ends_with_a_receipt(capsys):
+    argv = ["stomp", "--spawn", "--spawn-store", "memory", "--duration", "0.5", "--rate", "400"]
+    assert bench_main([*argv, "--json", "--quiet", "--idle-timeout", "3"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["complete"]
+    assert result["delivered"] == result["sent"] > 0
