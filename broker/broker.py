@@ -17,6 +17,7 @@ from broker.connection import ClientConnection
 from broker.errors import NotAllowed, PreconditionFailed
 from broker.flow import WriteFlow
 from broker.queue import Queue
+from broker.retention import RetentionSweeper
 from broker.serialization import decode_arguments
 from broker.vhost import HIDDEN_QUEUE_PREFIX, Exchange, VirtualHost
 from storage import MemoryStore, Store, Topology
@@ -32,11 +33,14 @@ class Broker:
         users: UserDirectory | None = None,
         vhosts: Iterable[str] = ("/",),
         limits: Limits | None = None,
+        retention: float = 0.0,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.users = users if users is not None else UserDirectory()
         self.limits = limits or Limits()
         self.flow = WriteFlow(self.store, self.limits.store_backlog)
+        self.retention = retention  # seconds a message may stay queued; 0 = forever
+        self.sweeper = RetentionSweeper(self)
         self.vhosts: dict[str, VirtualHost] = {}
         self.connections: set[ClientConnection] = set()
         self._configured_vhosts = list(vhosts)
@@ -52,9 +56,11 @@ class Broker:
             if name not in self.vhosts:
                 self.add_vhost(name)
         self._message_ids = itertools.count(await self.store.max_message_id() + 1).__next__
+        self.sweeper.start()
 
     async def stop(self) -> None:
         """Close every connection's core state and close the store."""
+        await self.sweeper.stop()
         for connection in list(self.connections):
             connection.close()
         for vhost in self.vhosts.values():

@@ -61,6 +61,7 @@ class StorageConfig:
 
     backend: str = "sqlite"  # "sqlite" or "memory"
     durability: str = "fsync"  # "fsync" or "nosync"
+    retention: float = 0.0  # seconds a message may stay queued (0 = no limit)
 
 
 @dataclass(slots=True)

@@ -60,6 +60,7 @@ class Daemon:
             users=UserDirectory(config.users, config.loopback_users),
             vhosts=config.vhosts,
             limits=config.limits,
+            retention=config.storage.retention,
         )
         try:
             await broker.start()

@@ -222,6 +222,7 @@ class Queue:
         self._prioritised = False  # some consumer has a non-zero x-priority
         self._plain_publish = not (
             options.message_ttl is not None
+            or vhost.broker.retention
             or options.limited
             or options.fifo
             or options.max_priority is not None
@@ -342,6 +343,10 @@ class Queue:
         absolute = message.annotations.get(EXPIRES_AT_ANNOTATION) if message.annotations else None
         if isinstance(absolute, int | float) and absolute > 0:
             expires_at = min(expires_at, float(absolute)) if expires_at else float(absolute)
+        retention = self.vhost.broker.retention
+        if retention:
+            limit = time.time() + retention
+            expires_at = min(expires_at, limit) if expires_at else limit
         return expires_at
 
     def _delay(self, message: Message, delay_ms: int) -> int:
@@ -450,6 +455,12 @@ class Queue:
                 )
                 store.when_durable(lambda error: done.done() or done.set_result(error))
                 await done
+            if self._may_expire and self.options.dead_letter_exchange is None:
+                # Due entries would only be read to be dropped: delete them on disk.
+                expired = await store.expire(self.vhost.name, self.name, time.time())
+                if expired:
+                    head.count -= expired
+                    self.tail_count = max(0, self.tail_count - expired)
             stored = await store.read_queue(
                 self.vhost.name, self.name, head.first - 1, REFILL_BATCH
             )
