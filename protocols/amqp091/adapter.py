@@ -26,6 +26,7 @@ fire in registration order, so a channel's replies keep their order.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import platform
 from collections.abc import Callable
@@ -114,6 +115,15 @@ def server_properties(cluster_name: str = "moorage") -> dict[str, Any]:
             "per_consumer_qos": True,
         },
     }
+
+
+@functools.cache
+def _start_frame() -> bytes:
+    """connection.start is the same for every client: encode it once."""
+    start = commands.Connection.Start(
+        server_properties=server_properties(), mechanisms="PLAIN AMQPLAIN", locales="en_US"
+    )
+    return encode_method(0, start)
 
 
 def to_properties(p: commands.Basic.Properties) -> Properties:
@@ -477,12 +487,8 @@ class AMQPConnection:
     def _on_protocol_header(self) -> None:
         if self.state is not State.HEADER:
             raise UnexpectedFrame("protocol header received twice")
-        self.send_method(
-            0,
-            commands.Connection.Start(
-                server_properties=server_properties(), mechanisms="PLAIN AMQPLAIN", locales="en_US"
-            ),
-        )
+        self._sent_since_timer = True
+        self.shell.send(_start_frame())
         self.state = State.START_OK
 
     def _on_start_ok(self, method: commands.Connection.StartOk) -> None:
