@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from broker.flow import until_durable
 from broker.message import Message
 from broker.serialization import decode_message, encode_message
 
@@ -241,17 +242,7 @@ class DelayScheduler:
         store = self.broker.store
         after = self.horizon if self.horizon != float("inf") else -1
         try:
-            if store.pending:
-                done: asyncio.Future[BaseException | None] = (
-                    asyncio.get_running_loop().create_future()
-                )
-
-                def written(error: BaseException | None) -> None:
-                    if not done.done():
-                        done.set_result(error)
-
-                store.when_durable(written)
-                await done
+            await until_durable(store)
             batch = await store.read_queue(self.vhost, self.store_name, int(after), REFILL_BATCH)
         except Exception:
             self._refilling = False

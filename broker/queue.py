@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 from broker.arguments import QueueOptions, message_ttl_ms
 from broker.dead_letter import dead_letter
 from broker.fifo import Deduplicator, FifoReady, deduplication_id, group_of
+from broker.flow import until_durable
 from broker.message import EXPIRES_AT_ANNOTATION, Message
 from broker.ready import PlainReady, PriorityReady, ReadyEntries, sorted_by_seq
 from broker.serialization import decode_message
@@ -449,12 +450,7 @@ class Queue:
         generation = self._generation
         store = self.vhost.broker.store
         try:
-            if store.pending:  # the range may still sit in an unwritten batch
-                done: asyncio.Future[BaseException | None] = (
-                    asyncio.get_running_loop().create_future()
-                )
-                store.when_durable(lambda error: done.done() or done.set_result(error))
-                await done
+            await until_durable(store)  # the range may still sit in an unwritten batch
             if self._may_expire and self.options.dead_letter_exchange is None:
                 # Due entries would only be read to be dropped: delete them on disk.
                 expired = await store.expire(self.vhost.name, self.name, time.time())

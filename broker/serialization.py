@@ -59,7 +59,8 @@ def decode_message(data: bytes) -> Message:
     exchange = str(table.pop("x"))
     routing_key = str(table.pop("k"))
     annotations = table.pop("a", None)
-    properties = Properties(**{k: v for k, v in table.items() if k in PROPERTY_NAMES})
+    fields: dict[str, Any] = {k: v for k, v in table.items() if k in PROPERTY_NAMES}
+    properties = Properties(**fields)
     message = Message(exchange, routing_key, properties, data[1 + used :])
     if isinstance(annotations, dict) and annotations:
         message.annotations = dict(annotations)

@@ -449,7 +449,7 @@ class VirtualHost:
             for dest in destinations:
                 if isinstance(dest, Queue):
                     found[dest] = None
-                elif dest not in seen:
+                elif isinstance(dest, Exchange) and dest not in seen:
                     seen.add(dest)
                     pending.append(dest)
         return list(found)
