@@ -158,6 +158,12 @@ class Broker:
         vhost = self.vhosts.get(vhost_name)
         if vhost is None or not self.users.may_open(user, vhost_name):
             raise NotAllowed(f"access to vhost '{vhost_name}' refused for user '{user.name}'")
+        limit = self.limits.max_connections
+        if limit and len(self.connections) >= limit:
+            raise NotAllowed(
+                f"access to vhost '{vhost_name}' refused for user '{user.name}': "
+                f"connection limit ({limit}) is reached"
+            )
         connection = ClientConnection(
             self, vhost, user, protocol=protocol, peer=peer, client_properties=client_properties
         )

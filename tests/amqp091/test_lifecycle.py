@@ -12,7 +12,7 @@ import pika
 import pytest
 from pamqp import commands, heartbeat
 from pamqp import header as pamqp_header
-from pika.exceptions import ConnectionClosedByBroker
+from pika.exceptions import AMQPConnectionError, ConnectionClosedByBroker
 
 from tests.helpers import RawClient, RunningBroker, make_config, pump_until
 
@@ -118,3 +118,17 @@ def test_fixture_reports_loop_errors(tmp_path: Path) -> None:
     running.call(lambda: None)  # the callback ran before this
     running.stop()
     assert any("boom in a callback" in e for e in running.errors)
+
+
+def test_connection_limit_refuses_the_next_client(start_broker, tmp_path):
+    running = start_broker(make_config(tmp_path, max_connections=2))
+    first = pika.BlockingConnection(pika.URLParameters(running.url))
+    second = pika.BlockingConnection(pika.URLParameters(running.url))
+    with pytest.raises(AMQPConnectionError) as refused:
+        pika.BlockingConnection(pika.URLParameters(running.url))
+    assert "connection limit (2)" in str(refused.value)
+    first.close()
+    third = pika.BlockingConnection(pika.URLParameters(running.url))  # a slot is free again
+    assert third.is_open
+    third.close()
+    second.close()
