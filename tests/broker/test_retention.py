@@ -35,7 +35,7 @@ async def test_due_paged_entries_are_deleted_on_disk_not_read(tmp_path):
     broker = await _broker(tmp_path)
     _conn, session = session_for(broker, Sink())
     queue, _, _ = session.declare_queue("ttl", durable=True)
-    head = Properties(delivery_mode=2, expiration="60")  # fills the memory window
+    head = Properties(delivery_mode=2, expiration="400")  # fills the memory window
     for i in range(30):
         session.publish("", Message("", "ttl", head, b"h%03d" % i + b"h" * 96))
     paged = Properties(delivery_mode=2, expiration="20")  # due first, but on disk
@@ -44,7 +44,7 @@ async def test_due_paged_entries_are_deleted_on_disk_not_read(tmp_path):
     assert queue.tail_count >= 900
     # When the head expires the queue refills from disk: by then every paged
     # entry is due, so the store deletes them instead of returning them.
-    for _ in range(100):
+    for _ in range(300):
         await asyncio.sleep(0.01)
         if queue.message_count == 0:
             break
