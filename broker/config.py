@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from broker.auth import Permission, User, hash_password
+from broker.auth import Permission, User, UserDirectory, hash_password
 
 _T = TypeVar("_T")
 
@@ -53,6 +53,8 @@ class Limits:
     store_backlog: int = 32 * 1024 * 1024  # unwritten bytes before publishers are paused
     consumer_timeout: int = 0  # ms a delivery may stay unacked (0 = off; x-consumer-timeout)
     consumer_timeout_action: str = "requeue"  # or "close": RabbitMQ's channel close (406)
+    mqtt_session_queue_limit: int = 100_000  # messages queued per persistent MQTT session
+    mqtt_sys_interval: float = 10.0  # seconds between MQTT $SYS updates (0 = none)
 
 
 @dataclass(slots=True)
@@ -74,6 +76,7 @@ class Config:
     vhosts: list[str] = field(default_factory=lambda: ["/"])
     users: list[User] = field(default_factory=list)
     loopback_users: frozenset[str] = frozenset({"guest"})
+    anonymous_user: str = ""  # user of clients that send no credentials ("" = refuse them)
     limits: Limits = field(default_factory=Limits)
     storage: StorageConfig = field(default_factory=StorageConfig)
     log_level: str = "info"
@@ -127,13 +130,23 @@ class Config:
             )
 
         auth = _table(data.pop("auth", {}), "auth")
-        _check_keys(auth, {"loopback_users"}, "auth")
+        _check_keys(auth, {"loopback_users", "anonymous_user"}, "auth")
         if "loopback_users" in auth:
             config.loopback_users = frozenset(str(u) for u in auth["loopback_users"])
+        config.anonymous_user = str(auth.get("anonymous_user", ""))
         config.users = [_user(u) for u in data.pop("users", [])]
         if data:
             raise ConfigError(f"unknown section '{next(iter(data))}'")
+        names = {u.name for u in config.users} or {"guest"}
+        if config.anonymous_user and config.anonymous_user not in names:
+            raise ConfigError(f"auth.anonymous_user '{config.anonymous_user}' is not a user")
         return config
+
+    def user_directory(self) -> UserDirectory:
+        """The `UserDirectory` of these users, with the anonymous user resolved."""
+        users = {u.name: u for u in self.users}
+        anonymous = users.get(self.anonymous_user) if self.anonymous_user else None
+        return UserDirectory(self.users, self.loopback_users, anonymous)
 
     def apply_overrides(
         self,

@@ -19,6 +19,8 @@ from storage.store import (
     DurabilityCallback,
     ExchangeRecord,
     QueueRecord,
+    RetainedRecord,
+    SessionRecord,
     StoredEntry,
     StoreError,
     Topology,
@@ -47,6 +49,8 @@ class MemoryStore:
         self._entries: dict[tuple[str, str], dict[int, _Entry]] = {}
         # (vhost, queue) -> seq -> expires_at, for the entries that have one
         self._expiring: dict[tuple[str, str], dict[int, float]] = {}
+        self._sessions: dict[tuple[str, str, str], bytes] = {}
+        self._retained: dict[tuple[str, str], int] = {}  # (vhost, topic) -> message id
 
     async def open(self) -> None:
         self._open = True
@@ -69,6 +73,10 @@ class MemoryStore:
             self.delete_exchange(*key)
         for key in [k for k in self._queues if k[0] == name]:
             self.delete_queue(*key)
+        for skey in [k for k in self._sessions if k[0] == name]:
+            del self._sessions[skey]
+        for rkey in [k for k in self._retained if k[0] == name]:
+            self.delete_retained(*rkey)
 
     def put_exchange(self, record: ExchangeRecord) -> None:
         self._check()
@@ -177,6 +185,44 @@ class MemoryStore:
         for _, seq in heapq.nsmallest(limit, due):
             self._remove(key, seq)
         return min(len(due), limit)
+
+    def put_session(self, vhost: str, protocol: str, client_id: str, state: bytes) -> None:
+        self._check()
+        self._sessions[(vhost, protocol, client_id)] = bytes(state)
+
+    def delete_session(self, vhost: str, protocol: str, client_id: str) -> None:
+        self._check()
+        self._sessions.pop((vhost, protocol, client_id), None)
+
+    async def load_sessions(self, protocol: str) -> list[SessionRecord]:
+        self._check()
+        return [
+            SessionRecord(v, p, c, state)
+            for (v, p, c), state in self._sessions.items()
+            if p == protocol
+        ]
+
+    def put_retained(self, vhost: str, topic: str, message_id: int) -> None:
+        self._check()
+        if message_id not in self._messages:
+            raise StoreError(f"message {message_id} was never put")
+        self._refs[message_id] += 1  # before dropping the old one: it may be the same
+        previous = self._retained.get((vhost, topic))
+        self._retained[(vhost, topic)] = message_id
+        if previous is not None:
+            self._drop_entry(previous)
+
+    def delete_retained(self, vhost: str, topic: str) -> None:
+        self._check()
+        previous = self._retained.pop((vhost, topic), None)
+        if previous is not None:
+            self._drop_entry(previous)
+
+    async def load_retained(self) -> list[RetainedRecord]:
+        self._check()
+        return [
+            RetainedRecord(v, t, mid, self._messages[mid]) for (v, t), mid in self._retained.items()
+        ]
 
     def when_durable(self, callback: DurabilityCallback) -> None:
         callback(None)

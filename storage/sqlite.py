@@ -93,7 +93,8 @@ many seconds first, trading confirm latency for bigger batches.
 
 Schema: a `schema_version` table holds the number of migrations applied;
 `MIGRATIONS[i]` upgrades version i to i + 1, each in one transaction
-(version 2 added `entries.expires_at` and its partial index). Message
+(version 2 added `entries.expires_at` and its partial index; version 3 the
+`sessions` and `retained` tables, see the `Store` docs). Message
 bodies are stored once (`messages`) and referenced by queue `entries`; a
 trigger deletes a message when its last entry goes (acked, purged, or its
 queue deleted by the `ON DELETE CASCADE`), using an index on
@@ -134,6 +135,8 @@ from storage.store import (
     DurabilityCallback,
     ExchangeRecord,
     QueueRecord,
+    RetainedRecord,
+    SessionRecord,
     StoredEntry,
     StoreError,
     Topology,
@@ -213,6 +216,46 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE entries ADD COLUMN expires_at REAL NOT NULL DEFAULT 0",
         "CREATE INDEX entries_by_expiry ON entries (queue_id, expires_at) WHERE expires_at > 0",
     ),
+    # 3: protocol sessions and retained messages. A retained row references a
+    # message body like an entry does, so the orphan rule becomes "no entry
+    # and no retained row": the entries trigger is replaced, and deleting or
+    # repointing a retained row drops the body it leaves without references.
+    (
+        """CREATE TABLE sessions (
+            vhost TEXT NOT NULL,
+            protocol TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            state BLOB NOT NULL,
+            PRIMARY KEY (vhost, protocol, client_id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE retained (
+            vhost TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            message_id INTEGER NOT NULL,
+            PRIMARY KEY (vhost, topic)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX retained_by_message ON retained (message_id)",
+        "DROP TRIGGER entries_drop_orphan_message",
+        """CREATE TRIGGER entries_drop_orphan_message AFTER DELETE ON entries
+        BEGIN
+            DELETE FROM messages WHERE id = OLD.message_id
+                AND NOT EXISTS (SELECT 1 FROM entries WHERE message_id = OLD.message_id)
+                AND NOT EXISTS (SELECT 1 FROM retained WHERE message_id = OLD.message_id);
+        END""",
+        """CREATE TRIGGER retained_drop_orphan_message AFTER DELETE ON retained
+        BEGIN
+            DELETE FROM messages WHERE id = OLD.message_id
+                AND NOT EXISTS (SELECT 1 FROM entries WHERE message_id = OLD.message_id)
+                AND NOT EXISTS (SELECT 1 FROM retained WHERE message_id = OLD.message_id);
+        END""",
+        """CREATE TRIGGER retained_drop_replaced_message AFTER UPDATE OF message_id ON retained
+        WHEN OLD.message_id <> NEW.message_id
+        BEGIN
+            DELETE FROM messages WHERE id = OLD.message_id
+                AND NOT EXISTS (SELECT 1 FROM entries WHERE message_id = OLD.message_id)
+                AND NOT EXISTS (SELECT 1 FROM retained WHERE message_id = OLD.message_id);
+        END""",
+    ),
 )
 """`MIGRATIONS[i]` takes the schema from version i to i + 1. Append only; never edit."""
 
@@ -233,6 +276,10 @@ _PURGE: Final = 11
 _COLLECT_MESSAGE: Final = 12
 _ACK_RANGE: Final = 13
 _EXPIRE: Final = 14  # params: (queue_id, now, limit, _ExpireResult); see `_execute_kind`
+_PUT_SESSION: Final = 15
+_DELETE_SESSION: Final = 16
+_PUT_RETAINED: Final = 17
+_DELETE_RETAINED: Final = 18
 
 _Params = tuple[Any, ...]
 _Op = tuple[int, _Params]
@@ -277,6 +324,8 @@ _STATEMENTS: Final[dict[int, tuple[tuple[_Sql, _Picker], ...]]] = {
         ("DELETE FROM bindings WHERE vhost = ?", None),
         ("DELETE FROM exchanges WHERE vhost = ?", None),
         ("DELETE FROM queues WHERE vhost = ?", None),  # entries by cascade
+        ("DELETE FROM sessions WHERE vhost = ?", None),
+        ("DELETE FROM retained WHERE vhost = ?", None),
         ("DELETE FROM vhosts WHERE name = ?", None),
     ),
     _PUT_EXCHANGE: (
@@ -328,6 +377,29 @@ _STATEMENTS: Final[dict[int, tuple[tuple[_Sql, _Picker], ...]]] = {
         ),
     ),
     _PURGE: (("DELETE FROM entries WHERE queue_id = ?", None),),
+    _PUT_SESSION: (
+        (
+            "INSERT INTO sessions (vhost, protocol, client_id, state) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (vhost, protocol, client_id) DO UPDATE SET state = excluded.state",
+            None,
+        ),
+    ),
+    _DELETE_SESSION: (
+        ("DELETE FROM sessions WHERE vhost = ? AND protocol = ? AND client_id = ?", None),
+    ),
+    # Like an enqueue, a reference to a message that no longer exists is not
+    # written (the topic keeps its previous one). The upsert's UPDATE fires
+    # `retained_drop_replaced_message`; INSERT OR REPLACE would not fire the
+    # delete trigger (recursive triggers are off) and would leak the old body.
+    _PUT_RETAINED: (
+        (
+            "INSERT INTO retained (vhost, topic, message_id)"
+            " SELECT ?1, ?2, id FROM messages WHERE id = ?3"
+            " ON CONFLICT (vhost, topic) DO UPDATE SET message_id = excluded.message_id",
+            None,
+        ),
+    ),
+    _DELETE_RETAINED: (("DELETE FROM retained WHERE vhost = ? AND topic = ?", None),),
     # Not a hot kind, so a barrier in `_execute_ops`: enqueues queued after it
     # are applied after it, even when their seq is in the range.
     _ACK_RANGE: (  # params: (queue_id, first_seq, last_seq); a primary key range
@@ -369,7 +441,8 @@ _STATEMENTS: Final[dict[int, tuple[tuple[_Sql, _Picker], ...]]] = {
         (
             _multi_row(
                 "DELETE FROM messages WHERE id IN (VALUES {rows})"
-                " AND NOT EXISTS (SELECT 1 FROM entries WHERE message_id = messages.id)",
+                " AND NOT EXISTS (SELECT 1 FROM entries WHERE message_id = messages.id)"
+                " AND NOT EXISTS (SELECT 1 FROM retained WHERE message_id = messages.id)",
                 "(?)",
             ),
             None,
@@ -412,6 +485,8 @@ _DELETE_WEIGHT: Final = {
     _ACK_RANGE: 1_000_000,
     _DELETE_QUEUE: 1_000_000,
     _DELETE_VHOST: 1_000_000,
+    _PUT_RETAINED: 1,
+    _DELETE_RETAINED: 1,
 }
 
 
@@ -832,6 +907,72 @@ class SQLiteStore:
             return
         self._cancel_queue_entries(queue_id)
         self._append(_PURGE, (queue_id,))
+
+    # -- protocol sessions and retained messages ----------------------------
+
+    def put_session(self, vhost: str, protocol: str, client_id: str, state: bytes) -> None:
+        """Queue the creation or replacement of a protocol session's state."""
+        self._check_open()
+        self._append(_PUT_SESSION, (vhost, protocol, client_id, bytes(state)))
+
+    def delete_session(self, vhost: str, protocol: str, client_id: str) -> None:
+        """Queue the deletion of a protocol session's state."""
+        self._check_open()
+        self._append(_DELETE_SESSION, (vhost, protocol, client_id))
+
+    async def load_sessions(self, protocol: str) -> list[SessionRecord]:
+        """Every stored session of `protocol`."""
+        self._check_readable()
+
+        def load(conn: sqlite3.Connection) -> list[SessionRecord]:
+            return [
+                SessionRecord(r[0], r[1], r[2], bytes(r[3]))
+                for r in conn.execute(
+                    "SELECT vhost, protocol, client_id, state FROM sessions WHERE protocol = ?",
+                    (protocol,),
+                )
+            ]
+
+        return await self._submit(load)
+
+    def put_retained(self, vhost: str, topic: str, message_id: int) -> None:
+        """Queue making a stored message the retained message of `topic`.
+
+        A put of the message still in the gathering batch is pinned: an ack
+        of one of its entries can no longer cancel it.
+
+        Raises:
+            StoreError: the message was never put (the same partial check as
+                `enqueue`'s).
+        """
+        self._check_open()
+        put = self._batch_puts.get(message_id)
+        if put is None:
+            if message_id > self._max_put_id or message_id in self._dropped:
+                raise StoreError(f"message {message_id} was never put")
+        else:
+            put[1] += 1  # never decremented: the reference is not cancellable
+        self._append(_PUT_RETAINED, (vhost, topic, message_id))
+
+    def delete_retained(self, vhost: str, topic: str) -> None:
+        """Queue forgetting a topic's retained message (its body goes if unreferenced)."""
+        self._check_open()
+        self._append(_DELETE_RETAINED, (vhost, topic))
+
+    async def load_retained(self) -> list[RetainedRecord]:
+        """Every retained message with its body."""
+        self._check_readable()
+
+        def load(conn: sqlite3.Connection) -> list[RetainedRecord]:
+            return [
+                RetainedRecord(r[0], r[1], r[2], bytes(r[3]))
+                for r in conn.execute(
+                    "SELECT r.vhost, r.topic, r.message_id, m.data FROM retained AS r"
+                    " JOIN messages AS m ON m.id = r.message_id"
+                )
+            ]
+
+        return await self._submit(load)
 
     # -- the gathering batch -----------------------------------------------
 

@@ -23,6 +23,15 @@ range), `purge_queue` all of a queue's. Each is an ordinary queued change,
 ordered with the others: an entry enqueued *after* an `ack_range` that
 covers its seq is kept.
 
+Protocol state: `put_session` / `delete_session` / `load_sessions` keep an
+opaque blob per (vhost, protocol, client id), for the protocol adapters'
+sessions that outlive a connection (MQTT persistent sessions).
+`put_retained` / `delete_retained` / `load_retained` keep one message per
+(vhost, topic) (MQTT retained messages): the body is stored with
+`put_message` first, and a retained reference keeps it alive like a queue
+entry does, so a body goes only when no entry and no retained reference is
+left. Both are ordinary queued changes, covered by `when_durable`.
+
 Retention: `enqueue` may give an entry an `expires_at`, a wall-clock UNIX
 time in seconds (0: never). The store never drops an entry by itself; the
 core calls `expire(vhost, queue, now)` (typically from a timer), which
@@ -108,6 +117,26 @@ class StoredEntry:
     """Wall-clock UNIX time (seconds) after which `expire` may remove it; 0: never."""
 
 
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A protocol session's state, as the adapter encoded it."""
+
+    vhost: str
+    protocol: str
+    client_id: str
+    state: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RetainedRecord:
+    """A retained message of a topic, with its stored body."""
+
+    vhost: str
+    topic: str
+    message_id: int
+    data: bytes
+
+
 @dataclass(slots=True)
 class Topology:
     """Every durable entity, as loaded at start-up."""
@@ -139,7 +168,7 @@ class Store(Protocol):
 
     def put_vhost(self, name: str) -> None: ...
     def delete_vhost(self, name: str) -> None:
-        """Delete a vhost with every exchange, queue, binding and entry in it."""
+        """Delete a vhost with its exchanges, queues, bindings, entries, sessions, retained."""
         ...
 
     def put_exchange(self, record: ExchangeRecord) -> None: ...
@@ -227,6 +256,40 @@ class Store(Protocol):
 
     async def max_message_id(self) -> int:
         """The highest message id stored, or 0: ids continue from it after a restart."""
+        ...
+
+    def put_session(self, vhost: str, protocol: str, client_id: str, state: bytes) -> None:
+        """Create or replace the state of a protocol session (opaque to the store)."""
+        ...
+
+    def delete_session(self, vhost: str, protocol: str, client_id: str) -> None:
+        """Forget a protocol session's state (no-op if there is none)."""
+        ...
+
+    async def load_sessions(self, protocol: str) -> list[SessionRecord]:
+        """Every stored session of `protocol`, in no particular order."""
+        ...
+
+    def put_retained(self, vhost: str, topic: str, message_id: int) -> None:
+        """Make the stored message `message_id` the retained message of `topic`.
+
+        It replaces (and may drop the body of) the topic's previous one. The
+        body must have been put with `put_message`; the reference keeps it
+        alive until `delete_retained`, a later `put_retained` of the topic or
+        the vhost's deletion.
+
+        Raises:
+            StoreError: the message was never put (checked as far as
+                `enqueue` checks it).
+        """
+        ...
+
+    def delete_retained(self, vhost: str, topic: str) -> None:
+        """Forget a topic's retained message (its body goes if nothing else uses it)."""
+        ...
+
+    async def load_retained(self) -> list[RetainedRecord]:
+        """Every retained message of every vhost, with its body."""
         ...
 
     async def expire(self, vhost: str, queue: str, now: float, limit: int = 10000) -> int:

@@ -35,7 +35,16 @@ Mapping onto the core (see README.md):
 
 MQTT-only metadata that has no AMQP property (the publisher's client id for
 no-local, the RETAIN flag for retain-as-published, the absolute expiry) rides
-on the message as an annotation (`message.wire_cache["mqtt"]`).
+on the message as annotations (`message.annotations`, stored with it).
+
+Persistence: a persistent session's state (protocol version, expiry,
+subscriptions with their options and identifiers, QoS 2 packet ids in both
+directions, when it was left) is written to the store with `put_session`
+whenever it changes, and read back by `SessionRegistry.recover` when the
+first listener starts; its queue and messages are the core's durable queue.
+Retained messages are stored with `put_retained` (their own body). A PUBREC
+or PUBCOMP that follows a session change is sent only after the store has
+it, so QoS 2 exactly-once holds across a broker restart.
 
 Ordering constraints:
 - SUBACK is written before retained messages are put into the session's
@@ -51,6 +60,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import itertools
+import json
 import logging
 import time
 import uuid
@@ -59,10 +69,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from broker import __version__
+from broker.auth import Permission, User
 from broker.broker import Broker
 from broker.connection import ClientConnection
 from broker.errors import AccessRefused, BrokerError, NotFound
-from broker.message import PERSISTENT, Message, Properties
+from broker.message import EXPIRES_AT_ANNOTATION, PERSISTENT, Message, Properties
+from broker.serialization import decode_message, encode_message
 from broker.session import Session
 from protocols.mqtt.codec import (
     MQTT_5,
@@ -98,6 +111,7 @@ from protocols.mqtt.topics import (
     split_shared,
     topic_to_routing_key,
 )
+from storage import StoreError
 
 log = logging.getLogger("moorage.mqtt")
 
@@ -112,6 +126,14 @@ QOS_HEADER = "x-mqtt-publish-qos"  # as RabbitMQ names it
 CORRELATION_HEADER = "x-mqtt-correlation-data"  # correlation data that is not UTF-8
 SESSION_CONSUMER = "mqtt-session"
 SHARED_CONSUMER_PREFIX = "mqtt-shared:"
+STORE_PROTOCOL = "mqtt"  # the `protocol` of our Store sessions
+DEAD_LETTER_EXCHANGE = "mqtt.dead-letter"  # where a full session queue's oldest message goes
+DEAD_LETTER_COUNTER = "mqtt-dead-letter-counter"  # transient queue counting them
+INTERNAL_USER = "mqtt-internal"
+ANN_PUBLISHER = "mqtt.publisher"
+ANN_RETAIN = "mqtt.retain"
+ANN_PAYLOAD_FORMAT = "mqtt.payload-format"
+ANN_RETAINED_COPY = "mqtt.retained-copy"
 
 
 class Shell(Protocol):
@@ -142,12 +164,35 @@ class Annotation:
 
 
 def annotation(message: Message) -> Annotation | None:
-    cache = message.wire_cache
-    return cache.get("mqtt") if cache else None
+    """The MQTT facts in a message's annotations (None when it has none)."""
+    a = message.annotations
+    if not a:
+        return None
+    expires_at = a.get(EXPIRES_AT_ANNOTATION)
+    payload_format = a.get(ANN_PAYLOAD_FORMAT)
+    return Annotation(
+        publisher=a.get(ANN_PUBLISHER),
+        retain=bool(a.get(ANN_RETAIN, False)),
+        expires_at=float(expires_at) if isinstance(expires_at, int | float) else None,
+        payload_format=payload_format if isinstance(payload_format, int) else None,
+        retained_copy=bool(a.get(ANN_RETAINED_COPY, False)),
+    )
 
 
 def _annotate(message: Message, note: Annotation) -> Message:
-    message.wire_cache = {"mqtt": note}
+    """Write `note` into the message's annotations (only what differs from the default)."""
+    a: dict[str, Any] = {}
+    if note.publisher is not None:
+        a[ANN_PUBLISHER] = note.publisher
+    if note.retain:
+        a[ANN_RETAIN] = True
+    if note.expires_at is not None:
+        a[EXPIRES_AT_ANNOTATION] = float(note.expires_at)  # every queue honours it
+    if note.payload_format is not None:
+        a[ANN_PAYLOAD_FORMAT] = note.payload_format
+    if note.retained_copy:
+        a[ANN_RETAINED_COPY] = True
+    message.annotations = a
     return message
 
 
@@ -185,10 +230,55 @@ class SessionState:
     expiry_timer: Any = None
     will: PendingWill | None = None
     queue_declared: bool = False
+    version: int = 4
+    saved: bool = False  # a record of it is in the store
+    disconnected_at: float | None = None  # wall clock, while no connection owns it
 
     @property
     def queue_name(self) -> str:
         return f"mqtt-subscription-{self.client_id}qos1"
+
+    @property
+    def persistent(self) -> bool:
+        return self.expiry_interval != 0
+
+    def encode(self) -> bytes:
+        """The state kept in the store (JSON; pending wills are not kept)."""
+        return json.dumps(
+            {
+                "version": self.version,
+                "expiry": self.expiry_interval,
+                "disconnected_at": self.disconnected_at,
+                "subscriptions": [
+                    [
+                        name,
+                        sub.options.qos,
+                        sub.options.no_local,
+                        sub.options.retain_as_published,
+                        sub.options.retain_handling,
+                        sub.identifier,
+                    ]
+                    for name, sub in self.subscriptions.items()
+                ],
+                "incoming_qos2": sorted(self.incoming_qos2),
+                "outgoing_pubrel": sorted(self.outgoing_pubrel),
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, vhost: str, client_id: str, data: bytes) -> SessionState:
+        """Inverse of `encode`. Raises ValueError (or KeyError/TypeError) on a bad record."""
+        d = json.loads(data)
+        state = cls(vhost, client_id, int(d["expiry"]), version=int(d["version"]))
+        state.disconnected_at = d.get("disconnected_at")
+        for name, qos, no_local, rap, rh, identifier in d["subscriptions"]:
+            group, topic_filter = split_shared(name)
+            options = Subscription(name, int(qos), bool(no_local), bool(rap), int(rh))
+            state.subscriptions[name] = SubscriptionState(options, identifier, group, topic_filter)
+        state.incoming_qos2 = {int(i) for i in d["incoming_qos2"]}
+        state.outgoing_pubrel = {int(i) for i in d["outgoing_pubrel"]}
+        return state
 
 
 @dataclass(slots=True)
@@ -196,6 +286,16 @@ class RetainedMessage:
     topic: str
     message: Message
     qos: int
+    store_id: int = 0  # its body in the store (0: not stored, e.g. $SYS)
+
+
+@dataclass(slots=True)
+class Statistics:
+    """Broker-wide MQTT counters, published under $SYS/broker/."""
+
+    received: int = 0  # PUBLISH packets from clients
+    sent: int = 0  # PUBLISH packets to clients
+    dead_lettered: int = 0  # dropped by a session queue's limit (dead-lettered)
 
 
 class SessionRegistry:
@@ -208,6 +308,11 @@ class SessionRegistry:
         self.retained: dict[tuple[str, str], RetainedMessage] = {}
         self.call_later: Callable[[float, Callable[[], None]], Any] | None = None
         self.clock: Callable[[], float] = time.time
+        self.stats = Statistics()
+        self.started_at = time.time()
+        self.recovered = False
+        self._sys_timer: Any = None
+        self._internal: dict[str, ClientConnection] = {}  # vhost -> dead-letter counter
 
     def schedule(self, delay: float, callback: Callable[[], None]) -> Any:
         if self.call_later is None:
@@ -216,12 +321,34 @@ class SessionRegistry:
 
     # -- retained messages -------------------------------------------------------------
 
-    def retain(self, vhost: str, topic: str, message: Message, qos: int) -> None:
-        """Keep (or with an empty payload, clear) a topic's retained message [MQTT-3.3.1-5..7]."""
-        if message.body:
-            self.retained[(vhost, topic)] = RetainedMessage(topic, message, qos)
-        else:
-            self.retained.pop((vhost, topic), None)
+    def retain(
+        self, vhost: str, topic: str, message: Message, qos: int, *, persist: bool = True
+    ) -> bool:
+        """Keep (or with an empty payload, clear) a topic's retained message [MQTT-3.3.1-5..7].
+
+        The message is written to the store (its own body, `put_retained`)
+        unless `persist` is False. Returns True when something was queued to
+        the store, so that a PUBACK/PUBREC must wait for `when_durable`.
+        """
+        store = self.broker.store
+        key = (vhost, topic)
+        if not message.body:
+            old = self.retained.pop(key, None)
+            if old is not None and old.store_id:
+                store.delete_retained(vhost, topic)
+                return True
+            return False
+        item = RetainedMessage(topic, message, qos)
+        self.retained[key] = item
+        if not persist:
+            return False
+        copy = message.copy()
+        item.store_id = self.broker.next_message_id()
+        data = encode_message(copy)
+        store.put_message(item.store_id, data)
+        store.put_retained(vhost, topic, item.store_id)
+        self.broker.flow.wrote(len(data))
+        return True
 
     def retained_for(self, vhost: str, topic_filter: str) -> list[RetainedMessage]:
         now = self.clock()
@@ -232,6 +359,8 @@ class SessionRegistry:
             note = annotation(item.message)
             if note is not None and note.expires_at is not None and note.expires_at <= now:
                 del self.retained[(v, topic)]  # [MQTT-3.3.2-5]
+                if item.store_id:
+                    self.broker.store.delete_retained(v, topic)
                 continue
             found.append(item)
         return found
@@ -245,6 +374,9 @@ class SessionRegistry:
         if state.expiry_timer is not None:
             state.expiry_timer.cancel()
             state.expiry_timer = None
+        if state.saved:
+            state.saved = False
+            self.broker.store.delete_session(state.vhost, STORE_PROTOCOL, state.client_id)
         vhost = self.broker.vhosts.get(state.vhost)
         if vhost is not None:
             for sub in state.subscriptions.values():
@@ -267,15 +399,189 @@ class SessionRegistry:
             if vhost is not None and queue in vhost.queues:
                 vhost.delete_queue(queue)
 
+    def save(self, state: SessionState) -> bool:
+        """Write a persistent session's state to the store; True if something was queued."""
+        if not state.persistent or self.sessions.get((state.vhost, state.client_id)) is not state:
+            return False
+        self.broker.store.put_session(state.vhost, STORE_PROTOCOL, state.client_id, state.encode())
+        state.saved = True
+        return True
+
     def detached(self, state: SessionState) -> None:
         """Its connection is gone: expire it now or after its expiry interval."""
         state.owner = None
         if state.expiry_interval == 0:
             self.end_session(state)
-        elif state.expiry_interval != SESSION_NEVER_EXPIRES:
+            return
+        state.disconnected_at = self.clock()
+        with contextlib.suppress(StoreError):  # a closed store at shutdown: nothing to do
+            self.save(state)
+        if state.expiry_interval != SESSION_NEVER_EXPIRES:
             state.expiry_timer = self.schedule(
                 state.expiry_interval, lambda: self.end_session(state)
             )
+
+    # -- recovery after a restart ------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Read sessions and retained messages back from the store (once per broker).
+
+        A session whose expiry passed while the broker was down (counted from
+        when it was left, or from now for one that was connected when the
+        broker died) is removed with its queue [MQTT-3.1.2-23].
+        """
+        if self.recovered:
+            return
+        self.recovered = True
+        store = self.broker.store
+        now = self.clock()
+        for record in await store.load_sessions(STORE_PROTOCOL):
+            try:
+                state = SessionState.decode(record.vhost, record.client_id, record.state)
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("dropping unreadable MQTT session %r: %s", record.client_id, e)
+                store.delete_session(record.vhost, STORE_PROTOCOL, record.client_id)
+                continue
+            state.saved = True
+            self.sessions[(state.vhost, state.client_id)] = state
+            for sub in state.subscriptions.values():
+                if sub.group is not None:
+                    queue = shared_queue_name(sub.group, sub.topic_filter)
+                    self.shared_members.setdefault((state.vhost, queue), set()).add(state)
+            left = state.disconnected_at if state.disconnected_at is not None else now
+            if state.disconnected_at is None:
+                state.disconnected_at = now
+                self.save(state)
+            if state.expiry_interval == SESSION_NEVER_EXPIRES:
+                continue
+            remaining = left + state.expiry_interval - now
+            if remaining <= 0 or record.vhost not in self.broker.vhosts:
+                self.end_session(state)
+            else:
+                state.expiry_timer = self.schedule(remaining, self._ender(state))
+        for item in await store.load_retained():
+            try:
+                message = decode_message(item.data)
+            except ValueError as e:
+                log.warning("dropping unreadable retained message of %r: %s", item.topic, e)
+                store.delete_retained(item.vhost, item.topic)
+                continue
+            self.retained[(item.vhost, item.topic)] = RetainedMessage(
+                item.topic, message, published_qos(message), item.message_id
+            )
+        for name in self.broker.vhosts:
+            self.watch_dead_letters(name)
+        self.start_sys()
+
+    def _ender(self, state: SessionState) -> Callable[[], None]:
+        return lambda: self.end_session(state)
+
+    # -- the session queue limit -------------------------------------------------------
+
+    def session_queue_arguments(self) -> dict[str, Any]:
+        """x-arguments of a persistent session's queue: the configured length limit."""
+        limit = getattr(self.broker.limits, "mqtt_session_queue_limit", 0)
+        if not limit:
+            return {}
+        return {
+            "x-max-length": limit,
+            "x-overflow": "drop-head",
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+        }
+
+    def watch_dead_letters(self, vhost_name: str) -> None:
+        """Declare the vhost's dead-letter exchange and count what reaches it (`stats`)."""
+        if vhost_name in self._internal or not getattr(
+            self.broker.limits, "mqtt_session_queue_limit", 0
+        ):
+            return
+        user = User(INTERNAL_USER, None, (), {vhost_name: Permission(".*", ".*", ".*")})
+        try:
+            core = self.broker.connect(vhost_name, user, protocol="mqtt", peer="internal")
+        except BrokerError as e:
+            log.warning("no MQTT dead-letter counter in %r: %s", vhost_name, e.text)
+            return
+        self._internal[vhost_name] = core
+        session = core.open_session(_DeadLetterCounter(self.stats))
+        session.declare_exchange(DEAD_LETTER_EXCHANGE, "topic", durable=True)
+        session.declare_queue(DEAD_LETTER_COUNTER, durable=False, auto_delete=False)
+        session.bind_queue(DEAD_LETTER_COUNTER, DEAD_LETTER_EXCHANGE, "#", {})
+        session.consume(DEAD_LETTER_COUNTER, "count", no_ack=True).start()
+
+    # -- $SYS ------------------------------------------------------------------------------
+
+    def start_sys(self) -> None:
+        interval = float(getattr(self.broker.limits, "mqtt_sys_interval", 0))
+        if interval > 0 and self._sys_timer is None and self.call_later is not None:
+            self.publish_sys()
+            self._sys_timer = self.schedule(interval, self._sys_tick)
+
+    def _sys_tick(self) -> None:
+        interval = float(getattr(self.broker.limits, "mqtt_sys_interval", 0))
+        self.publish_sys()
+        self._sys_timer = self.schedule(interval, self._sys_tick)
+
+    def sys_values(self) -> dict[str, str]:
+        """The $SYS/broker/... topics and their current values (as Mosquitto names them)."""
+        connected = sum(1 for s in self.sessions.values() if s.owner is not None)
+        stats = self.stats
+        return {
+            "$SYS/broker/version": f"moorage {__version__}",
+            "$SYS/broker/uptime": f"{int(self.clock() - self.started_at)} seconds",
+            "$SYS/broker/clients/connected": str(connected),
+            "$SYS/broker/clients/disconnected": str(len(self.sessions) - connected),
+            "$SYS/broker/clients/total": str(len(self.sessions)),
+            "$SYS/broker/messages/received": str(stats.received),
+            "$SYS/broker/messages/sent": str(stats.sent),
+            "$SYS/broker/publish/messages/received": str(stats.received),
+            "$SYS/broker/publish/messages/sent": str(stats.sent),
+            "$SYS/broker/publish/messages/dropped": str(stats.dead_lettered),
+            "$SYS/broker/retained messages/count": str(len(self.retained)),
+            "$SYS/broker/subscriptions/count": str(
+                sum(len(s.subscriptions) for s in self.sessions.values())
+            ),
+        }
+
+    def publish_sys(self) -> None:
+        """Retain the $SYS values (in memory only) and send them to connected subscribers.
+
+        They go straight to the queues of connected sessions with a matching
+        subscription (not through `amq.topic`), so offline sessions and `#`
+        subscribers [MQTT-4.7.2-1] do not collect them.
+        """
+        for vhost_name, vhost in self.broker.vhosts.items():
+            owners = [
+                s
+                for s in self.sessions.values()
+                if s.vhost == vhost_name and s.owner is not None and s.subscriptions
+            ]
+            for topic, value in self.sys_values().items():
+                message = Message(
+                    EXCHANGE,
+                    topic_to_routing_key(topic),
+                    Properties(headers={QOS_HEADER: 0}, delivery_mode=1),
+                    value.encode(),
+                )
+                _annotate(message, Annotation(retain=True))
+                self.retain(vhost_name, topic, message, 0, persist=False)
+                for state in owners:
+                    if not any(
+                        s.group is None and matches(s.topic_filter, topic)
+                        for s in state.subscriptions.values()
+                    ):
+                        continue
+                    queue = vhost.queues.get(state.queue_name)
+                    if queue is not None:
+                        queue.publish(message)
+
+    def close(self) -> None:
+        """Stop the $SYS timer and the internal connections (broker shutdown)."""
+        if self._sys_timer is not None:
+            self._sys_timer.cancel()
+            self._sys_timer = None
+        for core in self._internal.values():
+            core.close()
+        self._internal.clear()
 
     def schedule_will(self, state: SessionState, pending: PendingWill) -> None:
         """Publish a will now, or after its delay unless the session is resumed first."""
@@ -315,6 +621,23 @@ class SessionRegistry:
             log.info("will of %s not published: %s", pending.client_id, e.text)
         finally:
             core.close()
+
+
+class _DeadLetterCounter:
+    """Counts what the session queues' length limit dead-lettered (reason maxlen)."""
+
+    def __init__(self, stats: Statistics) -> None:
+        self.stats = stats
+
+    def deliver(self, consumer_tag: str, delivery_tag: int, redelivered: bool, m: Message) -> None:
+        if m.header("x-last-death-reason") == "maxlen":
+            self.stats.dead_lettered += 1
+
+    def returned(self, message: Message, reply_code: int, reply_text: str) -> None:
+        pass
+
+    def cancelled(self, consumer_tag: str, error: BrokerError | None) -> None:
+        pass
 
 
 class _NullSink:
@@ -688,8 +1011,11 @@ class MQTTConnection:
                     state.will.timer.cancel()
                 state.will = None  # resumed before the will delay [MQTT-3.1.3-9]
         state.expiry_interval = expiry
+        state.version = self.version
         state.owner = self
+        state.disconnected_at = None
         self.mqtt = state
+        registry.save(state)
         self.state = State.CONNECTED
         if self.keep_alive:
             self._deadline = self._now + self.keep_alive * 1.5
@@ -730,12 +1056,21 @@ class MQTTConnection:
 
     def _ensure_queue(self, state: SessionState) -> None:
         session = self.core_session()
-        persistent = state.expiry_interval != 0
+        persistent = state.persistent
         vhost = session.vhost
         existing = vhost.queues.get(state.queue_name)
         if existing is None:
+            arguments: dict[str, Any] = {}
+            if persistent:
+                arguments = self.registry.session_queue_arguments()
+                if arguments:
+                    self.registry.watch_dead_letters(self.vhost)
             session.declare_queue(
-                state.queue_name, durable=persistent, exclusive=False, auto_delete=False
+                state.queue_name,
+                durable=persistent,
+                exclusive=False,
+                auto_delete=False,
+                arguments=arguments,
             )
         if SESSION_CONSUMER not in session.consumers:
             self._consume(state.queue_name, SESSION_CONSUMER)
@@ -778,6 +1113,7 @@ class MQTTConnection:
         if qos and self._inflight_in() >= SERVER_RECEIVE_MAXIMUM and v5:
             self._disconnect(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, publish_will=True)
             return
+        self.registry.stats.received += 1
         message = to_message(packet, self.client_id, self.registry.clock())
         session = self.core_session()
         try:
@@ -794,10 +1130,12 @@ class MQTTConnection:
                 ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, publish_will=True, text=e.text
             )
             return
-        if packet.retain:
-            self.registry.retain(self.vhost, packet.topic, message, qos)
+        if packet.retain and self.registry.retain(self.vhost, packet.topic, message, qos):
+            stored = True  # PUBACK/PUBREC once the retained message is on disk
         if qos == 2:
             state.incoming_qos2.add(packet_id)  # type: ignore[arg-type]
+            if self.registry.save(state):
+                stored = True  # PUBREC sent => the packet id survives a restart
         if qos:
             self._ack_publish(packet, ReasonCode.SUCCESS, stored=stored)
 
@@ -832,13 +1170,17 @@ class MQTTConnection:
     def _on_pubrel(self, packet: PubRel) -> None:
         state = self.mqtt
         assert state is not None
+        saved = False
         if packet.packet_id in state.incoming_qos2:
             state.incoming_qos2.discard(packet.packet_id)
+            saved = self.registry.save(state)
             reason = ReasonCode.SUCCESS
         else:
             reason = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND  # [MQTT-4.3.3-12]
         comp = PubComp(packet.packet_id, reason)
-        if self._deferred:
+        # PUBCOMP only once the store forgot the packet id: else a restart
+        # would take a new PUBLISH reusing it for a duplicate
+        if self._deferred or saved:
             self._deferred += 1
 
             def send(_error: BaseException | None) -> None:
@@ -871,13 +1213,16 @@ class MQTTConnection:
             return  # the client refused it; the exchange ends here [MQTT-4.3.3-4]
         if known or packet.packet_id in state.outgoing_pubrel:
             state.outgoing_pubrel.add(packet.packet_id)
+            self.registry.save(state)
             self.send(PubRel(packet.packet_id))
         else:
             self.send(PubRel(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
 
     def _on_pubcomp(self, packet: PubComp) -> None:
         assert self.mqtt is not None
-        self.mqtt.outgoing_pubrel.discard(packet.packet_id)
+        if packet.packet_id in self.mqtt.outgoing_pubrel:
+            self.mqtt.outgoing_pubrel.discard(packet.packet_id)
+            self.registry.save(self.mqtt)
 
     # -- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------------------
 
@@ -918,6 +1263,7 @@ class MQTTConnection:
             codes.append(sub.qos)  # QoS 2 is granted as asked [MQTT-3.9.3-1]
             if group is None:
                 retained.append((sub, existed))
+        self.registry.save(state)
         self.send(SubAck(packet.packet_id, codes))
         # retained messages go after SUBACK (section 3.3.1.3)
         for sub, existed in retained:
@@ -973,6 +1319,7 @@ class MQTTConnection:
             except (NotFound, AccessRefused):
                 pass
             codes.append(ReasonCode.SUCCESS)
+        self.registry.save(state)
         self.send(UnsubAck(packet.packet_id, codes))
 
     # -- DISCONNECT from the client ----------------------------------------------------------------
@@ -1051,6 +1398,7 @@ class MQTTConnection:
             session.ack(delivery_tag)
             return
         self.shell.send(data)
+        self.registry.stats.sent += 1
         if not qos:
             session.ack(delivery_tag)
 

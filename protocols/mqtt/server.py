@@ -2,7 +2,10 @@
 
 It owns the transport, arms one timer (the CONNECT deadline, then
 keep-alive), and turns transport back-pressure (pause_writing /
-resume_writing) into delivery flow control in the adapter. The broker-wide
+resume_writing) into delivery flow control in the adapter. Like the AMQP
+shell it reads fairly (after a read of `FAIR_READ_SIZE` bytes or more it
+pauses reading until the next loop tick) and honours publisher flow control
+(`broker.flow`: reading stops while the store's backlog is over its limit). The broker-wide
 `SessionRegistry` gets the loop's `call_later` for session expiry and will
 delays the first time a listener starts.
 """
@@ -21,6 +24,8 @@ if TYPE_CHECKING:
     from broker.broker import Broker
 
 log = logging.getLogger("moorage.mqtt")
+
+FAIR_READ_SIZE = 32 * 1024  # reads this large yield to other connections (as the AMQP shell)
 
 
 def _peer(transport: asyncio.BaseTransport) -> tuple[str, bool]:
@@ -93,6 +98,25 @@ class MQTTServerProtocol(asyncio.Protocol):
             mqtt.data_received(data, self.loop.time())
             if mqtt.next_deadline() != self._timer_when:
                 self._arm_timer()
+            transport = self.transport
+            if transport is None or mqtt.closed:
+                return
+            flow = self.listener.broker.flow
+            if flow.blocked:
+                # publisher flow control: the store lags behind, stop reading
+                # until it has caught up (broker/flow.py)
+                transport.pause_reading()
+                flow.on_resume(self._resume_reading)
+            elif len(data) >= FAIR_READ_SIZE:
+                # A big read means more is waiting (a QoS 0 flood). Let the
+                # other sockets (subscribers' PUBACKs, say) be read before this
+                # one again: uvloop would otherwise read it 32 times in a row.
+                transport.pause_reading()
+                self.loop.call_soon(self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         if self.mqtt is not None:
@@ -147,6 +171,7 @@ class MQTTListener:
         for conn in list(self.connections):
             if conn.mqtt is not None:
                 conn.mqtt.shutdown(reason)
+        registry_for(self.broker).close()
 
     def connection_count(self) -> int:
         return len(self.connections)
@@ -164,6 +189,7 @@ class MQTTPlugin:
         loop = asyncio.get_running_loop()
         registry = registry_for(broker)
         registry.call_later = loop.call_later
+        await registry.recover()  # persistent sessions and retained messages (once)
         listener = MQTTListener(broker)
         listener.server = await loop.create_server(
             lambda: MQTTServerProtocol(listener), host, port, ssl=ssl_context, backlog=1024

@@ -59,7 +59,9 @@ class MQTTWebSocketPlugin(WebSocketPlugin):
     async def start(
         self, broker: Broker, host: str, port: int, ssl_context: ssl.SSLContext | None = None
     ) -> WebSocketListener:
-        registry_for(broker).call_later = asyncio.get_running_loop().call_later
+        registry = registry_for(broker)
+        registry.call_later = asyncio.get_running_loop().call_later
+        await registry.recover()  # persistent sessions and retained messages (once)
         return await super().start(broker, host, port, ssl_context)
 
 

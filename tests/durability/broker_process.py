@@ -22,11 +22,24 @@ def free_port() -> int:
 class BrokerProcess:
     """`moorage serve` with its own data directory; start, kill, stop, restart."""
 
-    def __init__(self, data_dir: Path, *, durability: str = "fsync") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        durability: str = "fsync",
+        stomp: bool = False,
+        mqtt: bool = False,
+        extra_config: str = "",
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
+        # stomp=True: a STOMP listener on its own free port too (`stomp_port`), waited for
+        self.stomp_port = free_port() if stomp else 0
+        # mqtt=True: an MQTT listener on its own free port too (`mqtt_port`), waited for
+        self.mqtt_port = free_port() if mqtt else 0
         self.config = data_dir.parent / f"{data_dir.name}.toml"
-        self.config.write_text(f'[storage]\ndurability = "{durability}"\n')
+        # extra_config: more TOML appended to the config file (e.g. a [limits] table)
+        self.config.write_text(f'[storage]\ndurability = "{durability}"\n{extra_config}')
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"{data_dir.name}.log"
 
@@ -41,7 +54,8 @@ class BrokerProcess:
             sys.executable, "-m", "broker.cli", "serve",
             "--config", str(self.config), "--data-dir", str(self.data_dir),
             "--amqp-port", str(self.port),
-            "--mqtt-port", "0", "--stomp-port", "0", "--http-port", "0",
+            "--mqtt-port", str(self.mqtt_port), "--stomp-port", str(self.stomp_port),
+            "--http-port", "0",
             "--mqtt-ws-port", "0", "--stomp-ws-port", "0",
         ]  # fmt: skip
         with open(self.log, "ab") as log:
@@ -53,8 +67,11 @@ class BrokerProcess:
                     f"broker exited with {self.proc.returncode}: {self.log.read_text()}"
                 )
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
+                for port in (self.port, self.stomp_port, self.mqtt_port):
+                    if port:
+                        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                            pass
+                return self
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"broker did not start: {self.log.read_text()}")

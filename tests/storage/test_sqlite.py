@@ -1131,3 +1131,38 @@ async def test_random_workload_matches_memory_store(
     finally:
         await sqlite.close()
         await memory.close()
+
+
+async def test_a_version_2_file_is_migrated_to_sessions_and_retained(
+    db: Path, settle: Settle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 3 adds the session and retained tables; old entries and bodies behave as before."""
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite_module, "MIGRATIONS", sqlite_module.MIGRATIONS[:2])
+        store = await opened(db)
+        store.put_vhost(V)
+        store.put_queue(QueueRecord(V, "q"))
+        store.put_message(1, b"one")
+        store.enqueue(V, "q", 1, 1)
+        await settle(store)
+        await store.close()
+    assert raw_rows(db, "SELECT version FROM schema_version") == [(2,)]
+    store = await opened(db)
+    try:
+        store.put_retained(V, "t", 1)
+        store.put_session(V, "mqtt", "c", b"state")
+        store.ack(V, "q", 1)  # the body stays: it is retained now
+        await settle(store)
+    finally:
+        await store.close()
+    assert raw_rows(db, "SELECT version FROM schema_version") == [(len(sqlite_module.MIGRATIONS),)]
+    store = await opened(db)
+    try:
+        assert [(r.topic, r.data) for r in await store.load_retained()] == [("t", b"one")]
+        assert [r.state for r in await store.load_sessions("mqtt")] == [b"state"]
+        store.delete_retained(V, "t")
+        await settle(store)
+    finally:
+        await store.close()
+    assert raw_rows(db, "SELECT count(*) FROM messages") == [(0,)]
+    assert raw_rows(db, "PRAGMA integrity_check") == [("ok",)]

@@ -17,6 +17,8 @@ from storage.store import (
     BindingRecord,
     ExchangeRecord,
     QueueRecord,
+    RetainedRecord,
+    SessionRecord,
     Store,
     StoredEntry,
     StoreError,
@@ -617,3 +619,119 @@ async def test_changes_after_close_are_refused(store: Store) -> None:
     with pytest.raises(StoreError):
         store.put_message(1, b"x")
     await store.close()  # idempotent
+
+
+# -- protocol sessions ------------------------------------------------------------
+
+
+async def test_sessions_round_trip(store: Store, step: Settle) -> None:
+    declare(store)
+    store.put_vhost("other")
+    store.put_session(V, "mqtt", "c1", b"one")
+    store.put_session(V, "mqtt", "c2", b"two")
+    store.put_session("other", "mqtt", "c1", b"elsewhere")
+    store.put_session(V, "stomp", "c1", b"not mqtt")
+    await step(store)
+    store.put_session(V, "mqtt", "c1", b"one, replaced")
+    store.delete_session(V, "mqtt", "c2")
+    store.delete_session(V, "mqtt", "never there")
+    await step(store)
+    got = sorted(await store.load_sessions("mqtt"), key=lambda r: (r.vhost, r.client_id))
+    assert got == [
+        SessionRecord(V, "mqtt", "c1", b"one, replaced"),
+        SessionRecord("other", "mqtt", "c1", b"elsewhere"),
+    ]
+    assert await store.load_sessions("stomp") == [SessionRecord(V, "stomp", "c1", b"not mqtt")]
+    assert await store.load_sessions("amqp") == []
+
+
+async def test_delete_vhost_deletes_its_sessions_and_retained(store: Store, step: Settle) -> None:
+    declare(store)
+    store.put_vhost("gone")
+    store.put_session("gone", "mqtt", "c", b"s")
+    store.put_session(V, "mqtt", "c", b"kept")
+    store.put_message(1, b"r1")
+    store.put_message(2, b"r2")
+    store.put_retained("gone", "t", 1)
+    store.put_retained(V, "t", 2)
+    await step(store)
+    store.delete_vhost("gone")
+    await step(store)
+    assert await store.load_sessions("mqtt") == [SessionRecord(V, "mqtt", "c", b"kept")]
+    assert await store.load_retained() == [RetainedRecord(V, "t", 2, b"r2")]
+    assert await store.max_message_id() == 2  # body 1 went with its last reference
+
+
+# -- retained messages --------------------------------------------------------------
+
+
+async def test_retained_round_trip_and_replace(store: Store, step: Settle) -> None:
+    declare(store)
+    store.put_message(1, b"first")
+    store.put_retained(V, "a/b", 1)
+    store.put_message(2, b"other topic")
+    store.put_retained(V, "a/c", 2)
+    await step(store)
+    store.put_message(3, b"second")
+    store.put_retained(V, "a/b", 3)  # replaces 1, whose body goes
+    await step(store)
+    got = sorted(await store.load_retained(), key=lambda r: r.topic)
+    assert got == [
+        RetainedRecord(V, "a/b", 3, b"second"),
+        RetainedRecord(V, "a/c", 2, b"other topic"),
+    ]
+    store.delete_retained(V, "a/c")
+    store.delete_retained(V, "never")
+    await step(store)
+    assert await store.load_retained() == [RetainedRecord(V, "a/b", 3, b"second")]
+    store.delete_retained(V, "a/b")
+    await step(store)
+    assert await store.load_retained() == []
+    assert await store.max_message_id() == 0  # every body went with its reference
+
+
+async def test_retained_body_outlives_its_queue_entries(store: Store, step: Settle) -> None:
+    declare(store, "q")
+    publish(store, 1, b"both", ("q", 1))
+    store.put_retained(V, "t", 1)
+    await step(store)
+    store.ack(V, "q", 1)
+    await step(store)
+    assert await store.load_retained() == [RetainedRecord(V, "t", 1, b"both")]
+    assert await seqs(store, "q") == []
+    # and the entry's body stays while retained, then goes with the reference
+    store.delete_retained(V, "t")
+    await step(store)
+    assert await store.max_message_id() == 0
+
+
+async def test_retained_put_then_entry_acked_in_one_batch(store: Store, settle: Settle) -> None:
+    """An ack in the same loop iteration cancels the enqueue, not the retained body."""
+    declare(store, "q")
+    store.put_message(1, b"m")
+    store.put_retained(V, "t", 1)
+    store.enqueue(V, "q", 1, 1)
+    store.ack(V, "q", 1)
+    await settle(store)
+    assert await store.load_retained() == [RetainedRecord(V, "t", 1, b"m")]
+    assert await seqs(store, "q") == []
+
+
+async def test_retained_entry_of_a_message_kept_by_an_entry(store: Store, step: Settle) -> None:
+    declare(store, "q")
+    publish(store, 1, b"m", ("q", 1))
+    store.put_retained(V, "t", 1)
+    store.delete_retained(V, "t")
+    await step(store)
+    assert [e.data for e in await store.read_queue(V, "q", 0, 10)] == [b"m"]
+    store.put_retained(V, "t", 1)
+    store.put_retained(V, "t", 1)  # the same message again: still one reference kept
+    store.ack(V, "q", 1)
+    await step(store)
+    assert await store.load_retained() == [RetainedRecord(V, "t", 1, b"m")]
+
+
+async def test_put_retained_of_a_message_never_put_raises(store: Store) -> None:
+    declare(store)
+    with pytest.raises(StoreError):
+        store.put_retained(V, "t", 99)
