@@ -83,10 +83,16 @@ class UserDirectory:
     """The users the broker knows, and who may log in from where."""
 
     def __init__(
-        self, users: list[User] | None = None, loopback_users: frozenset[str] = frozenset()
+        self,
+        users: list[User] | None = None,
+        loopback_users: frozenset[str] = frozenset(),
+        anonymous: User | None = None,
     ) -> None:
         self.users: dict[str, User] = {u.name: u for u in users or []}
         self.loopback_users = loopback_users
+        # The user a client that gives no credentials acts as (ActiveMQ's
+        # anonymousAccess; `auth.anonymous_user`); None refuses such clients.
+        self.anonymous: User | None = anonymous
 
     def authenticate(self, username: str, password: str, *, from_loopback: bool) -> User:
         """Return the user whose credentials these are, or raise AccessRefused."""
@@ -97,6 +103,21 @@ class UserDirectory:
             raise AccessRefused(f"user '{username}' - invalid credentials")
         if username in self.loopback_users and not from_loopback:
             raise AccessRefused(f"user '{username}' can only connect via localhost")
+        return user
+
+    def authenticate_anonymous(self, *, from_loopback: bool) -> User:
+        """The user for a client that sent no credentials, or raise AccessRefused.
+
+        Only when `anonymous` is set; a loopback-only user stays loopback-only.
+        """
+        user = self.anonymous
+        if user is None:
+            raise AccessRefused(
+                "anonymous login refused: no credentials given and no anonymous user "
+                "configured (auth.anonymous_user)"
+            )
+        if user.name in self.loopback_users and not from_loopback:
+            raise AccessRefused(f"user '{user.name}' can only connect via localhost")
         return user
 
     def may_open(self, user: User, vhost: str) -> bool:

@@ -13,7 +13,6 @@ import signal
 from collections.abc import Callable
 from contextlib import suppress
 
-from broker.auth import UserDirectory
 from broker.broker import Broker
 from broker.config import Config, ConfigError
 from broker.listeners import Listener, discover
@@ -57,7 +56,7 @@ class Daemon:
         store = self.store if self.store is not None else make_store(config)
         broker = Broker(
             store=store,
-            users=UserDirectory(config.users, config.loopback_users),
+            users=config.user_directory(),
             vhosts=config.vhosts,
             limits=config.limits,
             retention=config.storage.retention,

@@ -530,7 +530,12 @@ class Queue:
             finally:
                 self._dispatching = False
         if self.tail and self.ready_bytes < self.memory_limit // 2:
+            before = len(self.ready)
             self._refill()
+            if len(self.ready) > before and self.consumers:
+                # transient entries kept in `tail` moved to `ready` synchronously:
+                # deliver them now (no later event may come to dispatch them)
+                self.dispatch()
 
     def _dispatch_featured(self) -> None:
         ready = self.ready

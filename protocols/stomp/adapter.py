@@ -42,12 +42,19 @@ SUBSCRIBE that declared a durable queue) it waits for `store.when_durable`.
 Receipts keep their order: once one waits, the later ones queue behind it
 (durability callbacks fire in registration order).
 
-Selectors: a subscription whose queue is its own (`/topic/`, `/exchange/`,
-durable subscriptions) evaluates its `selector` on each delivery and
-acknowledges away the copies that do not match. A queue shared by competing
-consumers (`/queue/`, `/amq/queue/`) cannot be filtered without the core
-(a skipped message must stay available to the others), so a selector there
-is refused with an ERROR until the core dispatches by filter.
+Selectors (`broker.selector`): on a queue shared by competing consumers
+(`/queue/`, `/amq/queue/`) the selector is the core consumer's filter, so a
+message one consumer skips stays ready for the others. A subscription whose
+queue is its own (`/topic/`, `/exchange/`, durable subscriptions) evaluates
+its selector on each delivery and acknowledges away the copies that do not
+match, so that its queue does not keep them forever.
+
+Message groups: `JMSXGroupID` on SEND is copied to the core's FIFO group
+header `x-message-group-id`; FIFO queues (declared with the `x-queue-type`
+queue argument header, see `QUEUE_ARGUMENT_HEADERS`) honour it.
+
+`client-id`: connected at most once per broker (`_client_ids`); it is
+registered at CONNECT and released in `_release`.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,8 +72,10 @@ from typing import Any, Protocol
 from broker import __version__
 from broker.broker import Broker
 from broker.connection import ClientConnection
-from broker.errors import AccessRefused, BrokerError, PreconditionFailed
+from broker.errors import BrokerError, PreconditionFailed
+from broker.fifo import GROUP_HEADER
 from broker.message import PERSISTENT, Message, Properties
+from broker.selector import Selector, SelectorError, message_lookup
 from broker.session import Session
 from protocols.stomp.codec import (
     NEED_DATA,
@@ -79,7 +89,6 @@ from protocols.stomp.codec import (
     parse_heartbeat,
 )
 from protocols.stomp.destinations import Destination, Kind, destination_of, parse_destination
-from protocols.stomp.selector import Selector, SelectorError
 
 log = logging.getLogger("moorage.stomp")
 
@@ -90,6 +99,35 @@ PRE_AUTH_MAX_HEADER = 8 * 1024
 PRE_AUTH_MAX_BODY = 64 * 1024
 MAX_HEADER_SIZE = 64 * 1024
 ACK_MODES = frozenset({"auto", "client", "client-individual"})
+
+# ActiveMQ's message group header, mapped onto the core's FIFO group header.
+JMSX_GROUP_ID = "JMSXGroupID"
+
+# SEND/SUBSCRIBE headers on /queue/ destinations that are queue arguments
+# (docs/queue-arguments.md), used when the adapter declares the queue, as
+# RabbitMQ's STOMP plugin does; never copied into message headers.
+QUEUE_ARGUMENT_HEADERS: dict[str, Callable[[str], Any]] = {
+    "x-queue-type": str,
+    "x-message-ttl": int,
+    "x-expires": int,
+    "x-dead-letter-exchange": str,
+    "x-dead-letter-routing-key": str,
+    "x-max-length": int,
+    "x-max-length-bytes": int,
+    "x-overflow": str,
+    "x-delivery-limit": int,
+    "x-max-priority": int,
+    "x-single-active-consumer": lambda v: v.lower() == "true",
+    "x-consumer-timeout": int,
+    "x-delivery-delay": int,
+    "x-content-based-deduplication": lambda v: v.lower() == "true",
+}
+
+# Connected STOMP clients by `client-id`, per broker (ActiveMQ: a client id is
+# connected at most once, so a durable subscription has one reader).
+_client_ids: weakref.WeakKeyDictionary[Broker, dict[str, StompConnection]] = (
+    weakref.WeakKeyDictionary()
+)
 
 # Headers that describe the frame, not the message: never copied into message headers.
 FRAME_HEADERS = frozenset(
@@ -205,10 +243,16 @@ def message_headers(message: Message) -> list[tuple[str, str]]:
         return headers
     headers = []
     p = message.properties
-    for name, value in (p.headers or {}).items():
+    raw_headers = p.headers or {}
+    for name, value in raw_headers.items():
         text = _header_text(value)
         if text is not None and name not in FRAME_HEADERS:
             headers.append((str(name), text))
+    group = raw_headers.get(GROUP_HEADER)
+    if group is not None and JMSX_GROUP_ID not in raw_headers:
+        text = _header_text(group)
+        if text is not None:
+            headers.append((JMSX_GROUP_ID, text))  # for JMS clients of an AMQP publisher
     reply_to = p.reply_to
     if reply_to is not None and not reply_to.startswith("/"):
         reply_to = "/reply-queue/" + reply_to
@@ -233,31 +277,15 @@ def message_headers(message: Message) -> list[tuple[str, str]]:
 
 
 def selector_view(message: Message) -> Callable[[str], Any]:
-    """Identifier lookup for selectors: JMS header names, then message headers."""
-    p = message.properties
-    jms: dict[str, Any] = {
-        "JMSCorrelationID": p.correlation_id,
-        "JMSType": p.message_type,
-        "JMSMessageID": p.message_id,
-        "JMSPriority": p.priority,
-        "JMSDeliveryMode": "PERSISTENT" if p.delivery_mode == PERSISTENT else "NON_PERSISTENT",
-        "JMSReplyTo": p.reply_to,
-        "JMSTimestamp": None if p.timestamp is None else int(p.timestamp.timestamp() * 1000),
-        "JMSExpiration": p.expiration,
-    }
-    headers = p.headers or {}
+    """Identifier lookup for selectors: JMS names, message headers, then STOMP's names."""
 
-    def lookup(name: str) -> Any:
-        if name in jms:
-            return jms[name]
-        if name in headers:
-            return headers[name]
-        for stomp_name, value in message_headers(message):
-            if stomp_name == name:
+    def stomp_name(name: str) -> Any:
+        for header, value in message_headers(message):
+            if header == name:
                 return value
         return None
 
-    return lookup
+    return message_lookup(message, stomp_name)
 
 
 class StompConnection:
@@ -372,6 +400,10 @@ class StompConnection:
         self.shell.close()
 
     def _release(self) -> None:
+        if self.client_id is not None:
+            owners = _client_ids.get(self.broker)
+            if owners is not None and owners.get(self.client_id) is self:
+                del owners[self.client_id]
         self.transactions.clear()
         self._acks.clear()
         self.subscriptions.clear()
@@ -462,11 +494,24 @@ class StompConnection:
         self.version = self.codec.version = version
         cx, cy = parse_heartbeat(frame.get("heart-beat"))
         login = frame.get("login")
-        if login is None:
-            raise AccessRefused("login required: send 'login' and 'passcode' headers")
-        user = self.broker.authenticate(
-            login, frame.get("passcode") or "", from_loopback=self.shell.from_loopback
-        )
+        if login is None:  # anonymous: refused unless `auth.anonymous_user` is set
+            user = self.broker.users.authenticate_anonymous(from_loopback=self.shell.from_loopback)
+            login = user.name
+        else:
+            user = self.broker.authenticate(
+                login, frame.get("passcode") or "", from_loopback=self.shell.from_loopback
+            )
+        client_id = frame.get("client-id")
+        if client_id is not None:
+            owners = _client_ids.setdefault(self.broker, {})
+            holder = owners.get(client_id)
+            if holder is not None and holder.state is not State.CLOSED:
+                raise ProtocolError(
+                    "InvalidClientIDException - client-id already connected",
+                    f"Client '{client_id}' is already connected (from {holder.shell.peer}); "
+                    "a client-id may be connected only once (ActiveMQ's rule), so that a "
+                    "durable subscription has one reader.",
+                )
         host = frame.get("host")
         vhost = host if host is not None and host in self.broker.vhosts else "/"
         self.core = self.broker.connect(
@@ -478,7 +523,9 @@ class StompConnection:
         )
         self.session = self.core.open_session(self)
         self.user_name = login
-        self.client_id = frame.get("client-id")
+        self.client_id = client_id
+        if client_id is not None:
+            _client_ids.setdefault(self.broker, {})[client_id] = self
         # We agree to what the client asks, with a floor (RabbitMQ mirrors the client).
         send_ms = max(cy, MIN_HEARTBEAT_MS) if cy else 0
         recv_ms = max(cx, MIN_HEARTBEAT_MS) if cx else 0
@@ -502,7 +549,7 @@ class StompConnection:
     def _on_send(self, frame: Frame) -> None:
         session = self._session()
         destination = parse_destination(frame.get("destination"))
-        exchange, routing_key = self._publish_target(destination)
+        exchange, routing_key = self._publish_target(destination, _queue_arguments(frame))
         message = Message(exchange, routing_key, self._properties(frame), frame.body)
         session.vhost.lookup_exchange(exchange)  # NotFound now, not at COMMIT
         tx = self._transaction(frame)
@@ -513,11 +560,13 @@ class StompConnection:
         stored = session.publish(exchange, message).stored
         self._receipt(frame, durable=stored)
 
-    def _publish_target(self, destination: Destination) -> tuple[str, str]:
+    def _publish_target(
+        self, destination: Destination, arguments: dict[str, Any]
+    ) -> tuple[str, str]:
         if destination.kind is Kind.TEMP_QUEUE:
             return "", self._temp_queue(destination.name)
         if destination.kind is Kind.QUEUE:
-            self._ensure_queue(destination.name)
+            self._ensure_queue(destination.name, arguments)
         return destination.publish_target()
 
     def _properties(self, frame: Frame) -> Properties:
@@ -525,13 +574,15 @@ class StompConnection:
 
         Headers named in `_PROPERTY_SETTERS` set a property; every other header
         that does not describe the frame becomes a message header. The first
-        occurrence of a header wins (1.2 "Repeated Header Entries").
+        occurrence of a header wins (1.2 "Repeated Header Entries"). Queue
+        argument headers are left out; ActiveMQ's `JMSXGroupID` is also set
+        as the core's FIFO group header `x-message-group-id` (unless given).
         """
         p = Properties()
         headers: dict[str, Any] = {}
         seen: set[str] = set()
         for name, value in frame.headers:
-            if name in FRAME_HEADERS or name in seen:
+            if name in FRAME_HEADERS or name in seen or name in QUEUE_ARGUMENT_HEADERS:
                 continue
             seen.add(name)
             setter = _PROPERTY_SETTERS.get(name)
@@ -539,6 +590,9 @@ class StompConnection:
                 headers[name] = value
             elif setter(self, p, value):
                 headers[name] = value  # also kept as a header (ActiveMQ's `expires`)
+        group = headers.get(JMSX_GROUP_ID)
+        if group is not None and GROUP_HEADER not in headers:
+            headers[GROUP_HEADER] = group
         if headers:
             p.headers = headers
         return p
@@ -568,13 +622,29 @@ class StompConnection:
         assert self.session is not None
         return self.session
 
-    def _ensure_queue(self, name: str) -> bool:
-        """Declare /queue/<name> as a durable queue unless it exists; True if declared."""
+    def _ensure_queue(self, name: str, arguments: dict[str, Any] | None = None) -> bool:
+        """Declare /queue/<name> as a durable queue unless it exists; True if declared.
+
+        `arguments` (from queue argument headers) are used to declare it; an
+        existing queue must have the same value for each one given (else
+        PreconditionFailed, as an inequivalent AMQP redeclare); the others
+        are not checked.
+        """
         session = self._session()
-        if name in session.vhost.queues:
+        existing = session.vhost.queues.get(name)
+        if existing is not None:
             session.declare_queue(name, passive=True)  # exclusive-owner check
+            for arg, value in (arguments or {}).items():
+                current = existing.arguments.get(arg)
+                if arg == "x-queue-type":
+                    current = existing.options.queue_type
+                if current != value:
+                    raise PreconditionFailed(
+                        f"inequivalent arg '{arg}' for queue '{name}' in vhost "
+                        f"'{session.vhost.name}': received {value!r} but current is {current!r}"
+                    )
             return False
-        session.declare_queue(name, durable=True)
+        session.declare_queue(name, durable=True, arguments=arguments)
         return True
 
     def _temp_queue(self, name: str, *, subscribe: bool = False) -> str:
@@ -612,19 +682,17 @@ class StompConnection:
             )
         selector_text = frame.get("selector")
         selector = Selector(selector_text) if selector_text else None
+        core_filter: Callable[[Message], bool] | None = None
         durable = False
         kind = destination.kind
         if kind is Kind.QUEUE or kind is Kind.AMQ_QUEUE:
             if selector is not None:
-                raise ProtocolError(
-                    "selectors on queues are not supported",
-                    "A selector on a /queue/ or /amq/queue/ destination needs the broker core "
-                    "to skip messages for one consumer while keeping them for the others; "
-                    "this broker does not do that yet. Selectors work on /topic/ and "
-                    "/exchange/ subscriptions, durable ones included.",
-                )
+                # Competing consumers: the queue skips what this one does not
+                # accept, leaving it ready for others (the core's consumer filter).
+                core_filter = _selector_filter(selector)
+                selector = None
             if kind is Kind.QUEUE:
-                durable = self._ensure_queue(destination.name)
+                durable = self._ensure_queue(destination.name, _queue_arguments(frame))
             queue = destination.name
         elif kind is Kind.TEMP_QUEUE:
             queue = self._temp_queue(destination.name)
@@ -649,6 +717,7 @@ class StompConnection:
             sub,
             prefetch=_int_header("prefetch-count", prefetch, 0, 2**31) if prefetch else 0,
             exclusive=(frame.get("exclusive") or "").lower() == "true",
+            core_filter=core_filter,
         )
         self._receipt(frame, durable=durable)
 
@@ -671,10 +740,21 @@ class StompConnection:
             return f"stomp-subscription-{self.client_id or ''}-{sub_id}"
         return None
 
-    def _consume(self, sub: Subscription, *, prefetch: int, exclusive: bool) -> None:
+    def _consume(
+        self,
+        sub: Subscription,
+        *,
+        prefetch: int,
+        exclusive: bool,
+        core_filter: Callable[[Message], bool] | None = None,
+    ) -> None:
         session = self._session()
         consumer = session.consume(
-            sub.queue, sub.id, no_ack=sub.ack_mode == "auto", exclusive=exclusive
+            sub.queue,
+            sub.id,
+            no_ack=sub.ack_mode == "auto",
+            exclusive=exclusive,
+            filter=core_filter,
         )
         consumer.prefetch = prefetch
         self.subscriptions[sub.id] = sub
@@ -844,6 +924,31 @@ class StompConnection:
             f"The queue '{sub.queue}' of subscription '{sub.id}' was deleted.",
             None,
         )
+
+
+def _selector_filter(selector: Selector) -> Callable[[Message], bool]:
+    """A core consumer filter evaluating a selector on each message."""
+
+    def accepts(message: Message) -> bool:
+        return selector.matches(selector_view(message))
+
+    return accepts
+
+
+def _queue_arguments(frame: Frame) -> dict[str, Any]:
+    """Queue arguments from a frame's `x-` queue argument headers (first occurrence wins)."""
+    arguments: dict[str, Any] = {}
+    for name, value in frame.headers:
+        convert = QUEUE_ARGUMENT_HEADERS.get(name)
+        if convert is None or name in arguments:
+            continue
+        try:
+            arguments[name] = convert(value)
+        except ValueError:
+            raise ProtocolError(
+                f"invalid '{name}' header", f"'{name}' must be an integer, not {value!r}."
+            ) from None
+    return arguments
 
 
 def _missing(command: str, header: str) -> ProtocolError:

@@ -179,13 +179,6 @@ def test_topic_selectors(stomp_client: ClientFactory, version: str) -> None:
     assert by_sub == {"red": ["big-red"], "all": ["small-red", "big-red", "big-blue"]}
 
 
-def test_selector_on_queue_is_refused(stomp_client: ClientFactory) -> None:
-    c = stomp_client("1.2")
-    c.subscribe("/queue/sel", id="s", headers={"selector": "a = 1"})
-    assert c.collector.wait(lambda: bool(c.collector.errors))
-    assert "selectors on queues" in c.collector.errors[0].headers["message"]
-
-
 @pytest.mark.parametrize("version", VERSIONS)
 def test_durable_topic_subscription(
     stomp_client: ClientFactory, stomp_broker: StompBroker, version: str

@@ -6,7 +6,9 @@ Theory of operation
 descent, grammar below) into a tree of small closures; `matches(lookup)`
 evaluates it against one message, where `lookup(identifier)` returns the
 value of a header or JMS field, or None when the message has none. Nothing
-here knows about STOMP: the core can adopt this module as is.
+here knows about any protocol: queues evaluate selectors as consumer filters
+(`Session.consume(..., filter=...)`), and `message_lookup` gives the JMS view
+of a core `Message` that every adapter can start from.
 
 Grammar (JMS 1.1 3.8.1.1, precedence from low to high)::
 
@@ -38,9 +40,12 @@ import operator
 import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Selector", "SelectorError"]
+if TYPE_CHECKING:
+    from broker.message import Message
+
+__all__ = ["Selector", "SelectorError", "message_lookup"]
 
 Lookup = Callable[[str], Any]
 Node = Callable[[Lookup], Any]
@@ -58,6 +63,7 @@ _KEYWORDS = frozenset(
     {"AND", "OR", "NOT", "BETWEEN", "IN", "LIKE", "ESCAPE", "IS", "NULL", "TRUE", "FALSE"}
 )
 MAX_SELECTOR_LENGTH = 4096
+PERSISTENT = 2  # delivery mode (broker.message.PERSISTENT)
 
 
 class SelectorError(ValueError):
@@ -401,3 +407,40 @@ class Selector:
     def matches(self, lookup: Lookup) -> bool:
         """True only when the expression evaluates to TRUE for this message."""
         return self._root(lookup) is True
+
+
+def message_lookup(message: Message, fallback: Lookup | None = None) -> Lookup:
+    """Identifier lookup over a core message: JMS header fields, then message headers.
+
+    JMS names (JMS 1.1 3.8.1.1): `JMSCorrelationID`, `JMSType`, `JMSMessageID`,
+    `JMSPriority`, `JMSDeliveryMode` (`PERSISTENT` / `NON_PERSISTENT`),
+    `JMSReplyTo`, `JMSTimestamp` (ms), `JMSExpiration`. Any other name is a
+    message header; `fallback` (a protocol's own names for properties, such as
+    STOMP's `content-type`) is asked last. Returns None for a missing name.
+    """
+    p = message.properties
+    headers = p.headers or {}
+    jms: dict[str, Callable[[], Any]] = {
+        "JMSCorrelationID": lambda: p.correlation_id,
+        "JMSType": lambda: p.message_type,
+        "JMSMessageID": lambda: p.message_id,
+        "JMSPriority": lambda: p.priority,
+        "JMSDeliveryMode": lambda: (
+            "PERSISTENT" if p.delivery_mode == PERSISTENT else "NON_PERSISTENT"
+        ),
+        "JMSReplyTo": lambda: p.reply_to,
+        "JMSTimestamp": lambda: (
+            None if p.timestamp is None else int(p.timestamp.timestamp() * 1000)
+        ),
+        "JMSExpiration": lambda: p.expiration,
+    }
+
+    def lookup(name: str) -> Any:
+        field = jms.get(name)
+        if field is not None:
+            return field()
+        if name in headers:
+            return headers[name]
+        return fallback(name) if fallback is not None else None
+
+    return lookup
