@@ -1420,7 +1420,28 @@ class SpawnedBroker:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+        kept = [line for line in text.splitlines() if "statistics: " not in line]
+        return "\n".join(kept[-lines:])
+
+    def statistics(self, timeout: float = 3.0) -> dict[str, int]:
+        """Ask the broker for its counters (SIGUSR1) and read them from its log."""
+        try:
+            before = self.log_path.read_text(errors="replace").count("statistics: ")
+        except OSError:
+            return {}
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = [
+                line
+                for line in self.log_path.read_text(errors="replace").splitlines()
+                if "statistics: " in line
+            ]
+            if len(lines) > before:
+                pairs = lines[-1].split("statistics: ", 1)[1].split()
+                return {k: int(v) for k, v in (p.split("=", 1) for p in pairs)}
+            time.sleep(0.02)
+        return {}
 
 
 def free_port() -> int:
@@ -1589,6 +1610,7 @@ def run_spawned_with(
     """``run_fn(opts, loop)`` against a Moorage spawned for it; adds its CPU and log."""
     with spawned_broker(store, protocol) as broker:
         opts.host, opts.port = "127.0.0.1", broker.port
+        stats0 = broker.statistics()
         cpu0 = broker.cpu_seconds()
         wall0 = time.perf_counter()
         try:
@@ -1599,8 +1621,17 @@ def run_spawned_with(
                 f"{e}\nbroker log (warnings and errors):\n{tail}" if tail else e
             ) from e
         cpu1 = broker.cpu_seconds()
+        wall = time.perf_counter() - wall0
         if cpu0 is not None and cpu1 is not None:
-            result.broker_cpu_pct = round(100 * (cpu1 - cpu0) / (time.perf_counter() - wall0), 1)
+            result.broker_cpu_pct = round(100 * (cpu1 - cpu0) / wall, 1)
+        stats1 = broker.statistics()
+        if "store_fsyncs" in stats0 and "store_fsyncs" in stats1:
+            fsyncs = stats1["store_fsyncs"] - stats0["store_fsyncs"]
+            batches = stats1["store_batches"] - stats0["store_batches"]
+            result.notes.append(
+                f"store: {fsyncs / wall:,.0f} fsyncs/s, {batches / wall:,.0f} batches/s "
+                f"({fsyncs} fsyncs over the run)"
+            )
         if protocol != "amqp":  # only AMQP names its product in the handshake
             result.broker = "Moorage"
         result.broker += f" (spawned, {store} store)"

@@ -109,6 +109,28 @@ class Daemon:
             self.broker = None
 
 
+def statistics(daemon: Daemon) -> dict[str, int]:
+    """Counters of a running daemon: clients, queues, messages and store work."""
+    stats: dict[str, int] = {}
+    broker = daemon.broker
+    if broker is not None:
+        queues = [q for v in broker.vhosts.values() for q in v.queues.values()]
+        stats["connections"] = len(broker.connections)
+        stats["queues"] = len(queues)
+        stats["messages"] = sum(q.message_count for q in queues)
+        store_stats = getattr(broker.store, "stats", None)
+        for name in ("batches", "fsyncs", "messages_written", "ops_cancelled", "expired"):
+            value = getattr(store_stats, name, None)
+            if isinstance(value, int):
+                stats[f"store_{name}"] = value
+    return stats
+
+
+def format_statistics(daemon: Daemon) -> str:
+    """`name=value` pairs of `statistics`, one line."""
+    return " ".join(f"{k}={v}" for k, v in statistics(daemon).items())
+
+
 async def serve(config: Config, on_ready: Callable[[Daemon], None] | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down cleanly."""
     daemon = Daemon(config)
@@ -117,6 +139,11 @@ async def serve(config: Config, on_ready: Callable[[Daemon], None] | None = None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Operators (and `moorage bench --spawn`) ask for a snapshot with SIGUSR1. It
+    # is logged at WARNING so that it shows at every log level.
+    loop.add_signal_handler(
+        signal.SIGUSR1, lambda: log.warning("statistics: %s", format_statistics(daemon))
+    )
     if on_ready is not None:
         on_ready(daemon)
     log.info("moorage ready")

@@ -93,3 +93,26 @@ def test_sigterm_closes_clients_and_exits_zero(tmp_path: Path):
         assert "amqp listener accepting connections on 127.0.0.1:" in log
     finally:
         process.kill()
+
+
+def test_sigusr1_logs_statistics(tmp_path: Path):
+    process = BrokerProcess(tmp_path / "data").start()
+    try:
+        connection = pika.BlockingConnection(process.params)
+        channel = connection.channel()
+        channel.queue_declare("counted", durable=True)
+        channel.basic_publish("", "counted", b"x", pika.BasicProperties(delivery_mode=2))
+        channel.queue_declare("counted", durable=True, passive=True)  # publish processed
+        assert process.proc is not None
+        process.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        line = ""
+        while time.monotonic() < deadline and not line:
+            line = next((x for x in process.log.read_text().splitlines() if "statistics:" in x), "")
+            time.sleep(0.02)
+        assert "connections=1" in line
+        assert "messages=1" in line
+        assert "store_fsyncs=" in line
+        connection.close()
+    finally:
+        process.kill()
