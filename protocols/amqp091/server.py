@@ -14,13 +14,12 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 from protocols.amqp091.adapter import AMQPConnection
+from protocols.reading import pace_reading
 
 if TYPE_CHECKING:
     from broker.broker import Broker
 
 log = logging.getLogger("moorage.amqp")
-
-FAIR_READ_SIZE = 32 * 1024  # reads this large yield to other connections
 
 
 def _peer(transport: asyncio.BaseTransport) -> tuple[str, bool]:
@@ -93,23 +92,8 @@ class AMQPServerProtocol(asyncio.Protocol):
             amqp.data_received(data, self.loop.time())
             if amqp.next_deadline() < self._timer_when:
                 self._arm_timer()  # e.g. a close-ok deadline earlier than the heartbeat
-            transport = self.transport
-            if transport is None:
-                return
-            flow = self.listener.broker.flow
-            if flow.blocked:
-                transport.pause_reading()
-                flow.on_resume(self._resume_reading)
-            elif len(data) >= FAIR_READ_SIZE:
-                # A big read means more is waiting. Let the other sockets (a
-                # consumer's acks, say) be read before this one again: uvloop
-                # would otherwise read this socket up to 32 times in a row.
-                transport.pause_reading()
-                self.loop.call_soon(self._resume_reading)
-
-    def _resume_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+            if self.transport is not None:
+                pace_reading(self.transport, self.loop, self.listener.broker.flow, len(data))
 
     def eof_received(self) -> bool | None:
         return None  # close our side too

@@ -2,10 +2,9 @@
 
 It owns the transport, arms one timer (the CONNECT deadline, then
 keep-alive), and turns transport back-pressure (pause_writing /
-resume_writing) into delivery flow control in the adapter. Like the AMQP
-shell it reads fairly (after a read of `FAIR_READ_SIZE` bytes or more it
-pauses reading until the next loop tick) and honours publisher flow control
-(`broker.flow`: reading stops while the store's backlog is over its limit). The broker-wide
+resume_writing) into delivery flow control in the adapter. Like every TCP
+shell it paces its reads with `protocols.reading.pace_reading` (fairness
+between sockets, publisher flow control). The broker-wide
 `SessionRegistry` gets the loop's `call_later` for session expiry and will
 delays the first time a listener starts.
 """
@@ -19,13 +18,12 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 from protocols.mqtt.adapter import MQTTConnection, registry_for
+from protocols.reading import pace_reading
 
 if TYPE_CHECKING:
     from broker.broker import Broker
 
 log = logging.getLogger("moorage.mqtt")
-
-FAIR_READ_SIZE = 32 * 1024  # reads this large yield to other connections (as the AMQP shell)
 
 
 def _peer(transport: asyncio.BaseTransport) -> tuple[str, bool]:
@@ -98,25 +96,8 @@ class MQTTServerProtocol(asyncio.Protocol):
             mqtt.data_received(data, self.loop.time())
             if mqtt.next_deadline() != self._timer_when:
                 self._arm_timer()
-            transport = self.transport
-            if transport is None or mqtt.closed:
-                return
-            flow = self.listener.broker.flow
-            if flow.blocked:
-                # publisher flow control: the store lags behind, stop reading
-                # until it has caught up (broker/flow.py)
-                transport.pause_reading()
-                flow.on_resume(self._resume_reading)
-            elif len(data) >= FAIR_READ_SIZE:
-                # A big read means more is waiting (a QoS 0 flood). Let the
-                # other sockets (subscribers' PUBACKs, say) be read before this
-                # one again: uvloop would otherwise read it 32 times in a row.
-                transport.pause_reading()
-                self.loop.call_soon(self._resume_reading)
-
-    def _resume_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+            if self.transport is not None and not mqtt.closed:
+                pace_reading(self.transport, self.loop, self.listener.broker.flow, len(data))
 
     def eof_received(self) -> bool | None:
         if self.mqtt is not None:

@@ -14,6 +14,7 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, Any
 
+from protocols.reading import pace_reading
 from protocols.stomp.adapter import StompConnection
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ class StompServerProtocol(asyncio.Protocol):
             stomp.data_received(data, self.loop.time())
             if stomp.next_deadline() != self._timer_when:
                 self._arm_timer()
+            if self.transport is not None:
+                pace_reading(self.transport, self.loop, self.listener.broker.flow, len(data))
 
     def eof_received(self) -> bool | None:
         if self.stomp is not None:
