@@ -43,14 +43,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import ipaddress
 import logging
 import ssl
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
+
+from protocols.tcp import peer_of
 
 if TYPE_CHECKING:
     from broker.broker import Broker
@@ -88,15 +89,7 @@ class Adapter(Protocol):
 
 
 def _peer(transport: asyncio.BaseTransport | None) -> tuple[str, bool]:
-    info: Any = transport.get_extra_info("peername") if transport is not None else None
-    if not info:
-        return "unknown", True  # unix sockets and the like: local by definition
-    host = str(info[0])
-    try:
-        loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
-        loopback = False
-    return f"{host}:{info[1]}", loopback
+    return peer_of(transport) if transport is not None else ("unknown", True)
 
 
 def offered_subprotocols(request: web.BaseRequest) -> list[str]:

@@ -343,6 +343,11 @@ class StompConnection:
         except BrokerError as e:
             self._fatal(e.reply_text, _broker_error_detail(e, frame), frame)
 
+    @property
+    def closed(self) -> bool:
+        """No more input is accepted (output may still be flushing)."""
+        return self.state is State.CLOSED
+
     def next_deadline(self) -> float:
         """When `handle_timer` must run next (monotonic seconds)."""
         return self._timer_due

@@ -1,154 +1,15 @@
-"""The asyncio shell of a STOMP connection: bytes in, one coalesced write per tick out.
-
-It owns the transport, arms one timer (heart-beats and the CONNECT deadline,
-whichever is due first, as `StompConnection.next_deadline` reports), and
-turns transport back-pressure (pause_writing/resume_writing) into delivery
-flow control. All protocol state lives in `adapter.StompConnection`.
-"""
+"""The STOMP listener: the shared TCP shell (`protocols.tcp`) around `StompConnection`."""
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import logging
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from protocols.reading import pace_reading
 from protocols.stomp.adapter import StompConnection
+from protocols.tcp import TCPListener, listen
 
 if TYPE_CHECKING:
     from broker.broker import Broker
-
-log = logging.getLogger("moorage.stomp")
-
-
-def _peer(transport: asyncio.BaseTransport) -> tuple[str, bool]:
-    info: Any = transport.get_extra_info("peername")
-    if not info:
-        return "unknown", True  # unix sockets and the like: local by definition
-    host = str(info[0])
-    try:
-        loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
-        loopback = False
-    return f"{host}:{info[1]}", loopback
-
-
-class StompServerProtocol(asyncio.Protocol):
-    """One client connection; `StompConnection` holds its protocol state."""
-
-    def __init__(self, listener: StompListener) -> None:
-        self.listener = listener
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self.peer = "unknown"
-        self.from_loopback = False
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
-        self._closing = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_when = float("inf")
-        self.stomp: StompConnection | None = None
-
-    # -- Shell ---------------------------------------------------------------------------
-
-    def send(self, data: bytes) -> None:
-        self._out.append(data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
-
-    def close(self) -> None:
-        self._closing = True
-        if not self._flush_scheduled:
-            self._flush()
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        transport = self.transport
-        if transport is None:
-            self._out.clear()
-            return
-        if self._out:
-            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-            self._out.clear()
-            if not transport.is_closing():
-                transport.write(data)
-        if self._closing and not transport.is_closing():
-            transport.close()
-
-    # -- asyncio.Protocol ----------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.peer, self.from_loopback = _peer(transport)
-        self.listener.connections.add(self)
-        self.stomp = StompConnection(self.listener.broker, self, self.loop.time())
-        self._arm_timer()
-
-    def data_received(self, data: bytes) -> None:
-        stomp = self.stomp
-        if stomp is not None:
-            stomp.data_received(data, self.loop.time())
-            if stomp.next_deadline() != self._timer_when:
-                self._arm_timer()
-            if self.transport is not None:
-                pace_reading(self.transport, self.loop, self.listener.broker.flow, len(data))
-
-    def eof_received(self) -> bool | None:
-        if self.stomp is not None:
-            self.stomp.data_received(b"", self.loop.time())
-        return None  # close our side too
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.listener.connections.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
-        if self.stomp is not None:
-            self.stomp.connection_lost()
-        self.transport = None
-
-    def pause_writing(self) -> None:
-        if self.stomp is not None:
-            self.stomp.set_writable(False)
-
-    def resume_writing(self) -> None:
-        if self.stomp is not None:
-            self.stomp.set_writable(True)
-
-    # -- timer -----------------------------------------------------------------------------
-
-    def _arm_timer(self) -> None:
-        if self.stomp is None or self.transport is None:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_when = self.stomp.next_deadline()
-        self._timer = self.loop.call_at(self._timer_when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        if self.stomp is None or self.transport is None:
-            return
-        self.stomp.handle_timer(self.loop.time())
-        self._arm_timer()
-
-
-class StompListener:
-    """A listening socket and the connections it accepted."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.connections: set[StompServerProtocol] = set()
-        self.server: asyncio.base_events.Server
-
-    def shutdown_connections(self, reason: str) -> None:
-        for conn in list(self.connections):
-            if conn.stomp is not None:
-                conn.stomp.shutdown(reason)
-
-    def connection_count(self) -> int:
-        return len(self.connections)
 
 
 class StompPlugin:
@@ -158,10 +19,5 @@ class StompPlugin:
 
     async def start(
         self, broker: Broker, host: str, port: int, ssl_context: ssl.SSLContext | None = None
-    ) -> StompListener:
-        listener = StompListener(broker)
-        loop = asyncio.get_running_loop()
-        listener.server = await loop.create_server(
-            lambda: StompServerProtocol(listener), host, port, ssl=ssl_context, backlog=1024
-        )
-        return listener
+    ) -> TCPListener:
+        return await listen(broker, host, port, StompConnection, ssl_context=ssl_context)

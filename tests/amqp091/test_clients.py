@@ -20,7 +20,7 @@ import pika
 import pytest
 from pamqp import commands
 
-from protocols.amqp091.server import AMQPServerProtocol
+from protocols.tcp import TCPShell
 from tests.helpers import Inbox, RunningBroker
 
 pytestmark = pytest.mark.timeout(15)
@@ -288,13 +288,13 @@ def test_slow_consumer_gets_everything_in_order(
 ) -> None:
     """Far more than the socket buffers hold: the broker must pause and resume writing."""
     pauses: list[object] = []
-    original = AMQPServerProtocol.pause_writing
+    original = TCPShell.pause_writing
 
-    def counting_pause_writing(self: AMQPServerProtocol) -> None:
+    def counting_pause_writing(self: TCPShell) -> None:
         pauses.append(self)
         original(self)
 
-    monkeypatch.setattr(AMQPServerProtocol, "pause_writing", counting_pause_writing)
+    monkeypatch.setattr(TCPShell, "pause_writing", counting_pause_writing)
     publisher = connect().channel()
     publisher.queue_declare("bulk")
     consumer_connection = connect()

@@ -1,0 +1,227 @@
+"""The asyncio shell every TCP protocol adapter runs in: bytes in, one write per tick out.
+
+A protocol's connection state machine (its adapter) never touches a socket
+or a clock. This shell owns the transport and does that part for all of
+them: it feeds received bytes in with the current time, coalesces the
+adapter's output into one `transport.write` per loop tick, arms a single
+timer at the adapter's next deadline (heartbeats, keep-alive, handshake and
+close timeouts), turns transport back-pressure (`pause_writing` /
+`resume_writing`) into the adapter's delivery flow control, and paces its
+reads (`protocols.reading`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from protocols.reading import pace_reading
+
+if TYPE_CHECKING:
+    from broker.broker import Broker
+
+
+class ConnectionAdapter(Protocol):
+    """What a protocol's connection state machine offers its shell."""
+
+    @property
+    def closed(self) -> bool:
+        """No more input is accepted (output may still be flushing)."""
+        ...
+
+    def data_received(self, data: bytes, now: float) -> None:
+        """Bytes from the socket; b"" is the end of the stream."""
+
+    def next_deadline(self) -> float:
+        """When `handle_timer` must run next (loop time; inf: never)."""
+        ...
+
+    def handle_timer(self, now: float) -> None: ...
+    def set_writable(self, writable: bool) -> None: ...
+    def connection_lost(self) -> None: ...
+    def shutdown(self, reason: str) -> None:
+        """Broker shutdown: send the protocol's goodbye and close."""
+
+
+class Shell(Protocol):
+    """What an adapter writes through (implemented here and by the WebSocket shell)."""
+
+    peer: str
+    from_loopback: bool
+
+    def send(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+
+
+AdapterFactory = Callable[["Broker", Shell, float], ConnectionAdapter]
+"""Builds a connection's adapter: (broker, shell, now)."""
+
+
+def peer_of(transport: asyncio.BaseTransport) -> tuple[str, bool]:
+    """("host:port", is it a loopback address?) of a transport's peer."""
+    info: Any = transport.get_extra_info("peername")
+    if not info:
+        return "unknown", True  # unix sockets and the like: local by definition
+    host = str(info[0])
+    try:
+        loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        loopback = False
+    return f"{host}:{info[1]}", loopback
+
+
+class TCPShell(asyncio.Protocol):
+    """One client connection; its adapter holds the protocol state."""
+
+    def __init__(self, listener: TCPListener) -> None:
+        self.listener = listener
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.peer = "unknown"
+        self.from_loopback = False
+        self.adapter: ConnectionAdapter | None = None
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._closing = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = float("inf")
+
+    # -- Shell ------------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def close(self) -> None:
+        self._closing = True
+        if not self._flush_scheduled:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        transport = self.transport
+        if transport is None:
+            self._out.clear()
+            return
+        if self._out:
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out.clear()
+            if not transport.is_closing():
+                transport.write(data)
+        if self._closing and not transport.is_closing():
+            transport.close()
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = transport  # type: ignore[assignment]
+        self.peer, self.from_loopback = peer_of(transport)
+        self.listener.connections.add(self)
+        self.adapter = self.listener.adapter_factory(self.listener.broker, self, self.loop.time())
+        self._arm_timer()
+
+    def data_received(self, data: bytes) -> None:
+        adapter = self.adapter
+        if adapter is None:
+            return
+        adapter.data_received(data, self.loop.time())
+        if adapter.next_deadline() != self._timer_when:
+            self._arm_timer()
+        if self.transport is not None and not adapter.closed:
+            pace_reading(self.transport, self.loop, self.listener.broker.flow, len(data))
+
+    def eof_received(self) -> bool | None:
+        if self.adapter is not None and not self.adapter.closed:
+            self.adapter.data_received(b"", self.loop.time())
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.listener.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.adapter is not None:
+            self.adapter.connection_lost()
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        if self.adapter is not None:
+            self.adapter.set_writable(False)
+
+    def resume_writing(self) -> None:
+        if self.adapter is not None:
+            self.adapter.set_writable(True)
+
+    # -- timer --------------------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        if self.adapter is None or self.transport is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_when = self.adapter.next_deadline()
+        if self._timer_when != float("inf"):
+            self._timer = self.loop.call_at(self._timer_when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.adapter is None or self.transport is None:
+            return
+        self.adapter.handle_timer(self.loop.time())
+        self._arm_timer()
+
+    def shutdown(self, reason: str) -> None:
+        """Ask the adapter to say goodbye; its close deadline may need the timer sooner."""
+        if self.adapter is not None:
+            self.adapter.shutdown(reason)
+            self._arm_timer()
+
+
+class TCPListener:
+    """A listening socket, the connections it accepted, and how to build their adapters."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        adapter_factory: AdapterFactory,
+        on_shutdown: Callable[[], None] | None = None,
+    ) -> None:
+        self.broker = broker
+        self.adapter_factory = adapter_factory
+        self.on_shutdown = on_shutdown
+        self.connections: set[TCPShell] = set()
+        self.server: asyncio.base_events.Server
+
+    def shutdown_connections(self, reason: str) -> None:
+        for shell in list(self.connections):
+            shell.shutdown(reason)
+        if self.on_shutdown is not None:
+            self.on_shutdown()
+
+    def connection_count(self) -> int:
+        return len(self.connections)
+
+
+async def listen(
+    broker: Broker,
+    host: str,
+    port: int,
+    adapter_factory: AdapterFactory,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    on_shutdown: Callable[[], None] | None = None,
+) -> TCPListener:
+    """Listen on host:port. Raises OSError when the address cannot be bound."""
+    listener = TCPListener(broker, adapter_factory, on_shutdown)
+    loop = asyncio.get_running_loop()
+    listener.server = await loop.create_server(
+        lambda: TCPShell(listener), host, port, ssl=ssl_context, backlog=1024
+    )
+    return listener
