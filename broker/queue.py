@@ -27,7 +27,8 @@ Features (docs/queue-arguments.md): a queue's validated arguments are its
 
 - `publish` takes the original path unless the queue has a feature that acts
   on publish (TTL, limits, FIFO, priorities, delivery delay) or the message
-  carries an `expiration` or annotations (`_plain_publish`).
+  carries an `expiration` or an `x-expires-at` annotation (`_plain_publish`);
+  other annotations (MQTT's publisher id, retain flag) do not affect a queue.
 - `dispatch` takes the original round-robin loop unless something changes
   who gets what: single active consumer, consumer priorities or filters,
   priorities, FIFO groups, or entries that may expire (`_plain_dispatch`).
@@ -274,10 +275,11 @@ class Queue:
         DELAYED/DELAYED_STORED (held by `x-delivery-delay`). `delayed` is
         True when a delay scheduler releases the message.
         """
+        annotations = message.annotations
         if (
             not self._plain_publish
             or message.properties.expiration is not None
-            or (message.annotations)
+            or (annotations and EXPIRES_AT_ANNOTATION in annotations)
         ):
             return self._publish_featured(message, delayed)
         persisted = self.stored and message.persistent

@@ -102,6 +102,7 @@ from protocols.mqtt.codec import (
     UnsubAck,
     Unsubscribe,
     Will,
+    encode_publish_fast,
 )
 from protocols.mqtt.codec import Properties as MQTTProperties
 from protocols.mqtt.topics import (
@@ -672,7 +673,7 @@ def shared_queue_name(group: str, topic_filter: str) -> str:
 def to_message(packet: Publish, client_id: str | None, now: float) -> Message:
     """An MQTT PUBLISH as a core message (README.md, "Message mapping")."""
     p = packet.properties
-    headers: dict[str, Any] = dict(p.user_property)
+    headers: dict[str, Any] = dict(p.user_property) if p.user_property else {}
     headers[QOS_HEADER] = packet.qos
     correlation_id = None
     if p.correlation_data is not None:
@@ -693,14 +694,18 @@ def to_message(packet: Publish, client_id: str | None, now: float) -> Message:
         reply_to=p.response_topic,
         expiration=str(expiry * 1000) if expiry is not None else None,
     )
-    note = Annotation(
-        publisher=client_id,
-        retain=packet.retain,
-        expires_at=now + expiry if expiry is not None else None,
-        payload_format=p.payload_format_indicator,
-    )
-    return _annotate(
-        Message(EXCHANGE, topic_to_routing_key(packet.topic), props, packet.payload), note
+    # What `_annotate(message, Annotation(...))` writes, without the Annotation.
+    a: dict[str, Any] = {}
+    if client_id is not None:
+        a[ANN_PUBLISHER] = client_id
+    if packet.retain:
+        a[ANN_RETAIN] = True
+    if expiry is not None:
+        a[EXPIRES_AT_ANNOTATION] = float(now + expiry)
+    if p.payload_format_indicator is not None:
+        a[ANN_PAYLOAD_FORMAT] = p.payload_format_indicator
+    return Message(
+        EXCHANGE, topic_to_routing_key(packet.topic), props, packet.payload, annotations=a
     )
 
 
@@ -741,6 +746,13 @@ def published_qos(message: Message) -> int:
 
 
 # -- the connection ---------------------------------------------------------------------------
+
+# `Message.wire_cache` keys of an encoded QoS 0 PUBLISH, per (3.x version, retain).
+_QOS0_CACHE_KEYS = {
+    (version, retain): f"mqtt-publish-{version}-{int(retain)}"
+    for version in (3, 4)
+    for retain in (False, True)
+}
 
 
 class State(enum.Enum):
@@ -791,9 +803,10 @@ class MQTTConnection:
         if self.state is State.CONNECTED and self.keep_alive:
             self._deadline = now + self.keep_alive * 1.5  # [MQTT-3.1.2-24]
         self.codec.receive_data(data)
+        next_event = self.codec.next_event
         try:
             while not self.closed:
-                event = self.codec.next_event()
+                event = next_event()
                 if event is NEED_DATA:
                     break
                 if isinstance(event, ConnectionClosed):
@@ -1150,7 +1163,10 @@ class MQTTConnection:
             self.mqtt.incoming_qos2.discard(pid)
         ack: Packet = PubAck(pid, reason) if packet.qos == 1 else PubRec(pid, reason)
         if not stored and not self._deferred:
-            self.send(ack)
+            if packet.qos == 1 and reason == ReasonCode.SUCCESS and self.codec.version != MQTT_5:
+                self.shell.send(b"\x40\x02" + pid.to_bytes(2, "big"))  # == encode(ack)
+            else:
+                self.send(ack)
             return
         self._deferred += 1
         self.incoming_unacked += packet.qos == 1
@@ -1347,14 +1363,14 @@ class MQTTConnection:
         if session is None or state is None or self.state is not State.CONNECTED:
             return
         topic = routing_key_to_topic(message.routing_key)
-        note = annotation(message)
+        a = message.annotations  # read directly: what `annotation(message)` would say
         if consumer_tag == SESSION_CONSUMER:
             subs = [
                 s
                 for s in state.subscriptions.values()
                 if s.group is None and matches(s.topic_filter, topic)
             ]
-            if note is not None and note.publisher == self.client_id:
+            if a and a.get(ANN_PUBLISHER) == self.client_id:
                 subs = [s for s in subs if not s.options.no_local]  # [MQTT-3.8.3-3]
         else:
             queue = consumer_tag[len(SHARED_CONSUMER_PREFIX) :]
@@ -1364,8 +1380,9 @@ class MQTTConnection:
                 if s.group is not None and shared_queue_name(s.group, s.topic_filter) == queue
             ]
         remaining: int | None = None
-        if note is not None and note.expires_at is not None:
-            left = note.expires_at - self.registry.clock()
+        expires_at = a.get(EXPIRES_AT_ANNOTATION) if a else None
+        if isinstance(expires_at, int | float):
+            left = float(expires_at) - self.registry.clock()
             if left <= 0:
                 subs = []  # expired [MQTT-3.3.2-5]
             else:
@@ -1378,29 +1395,56 @@ class MQTTConnection:
             return
         qos = min(published_qos(message), max(s.options.qos for s in subs))
         retain = False
-        if note is not None:
-            retain = note.retained_copy or (
-                note.retain and any(s.options.retain_as_published for s in subs)
+        if a:
+            retain = bool(a.get(ANN_RETAINED_COPY, False)) or (
+                bool(a.get(ANN_RETAIN, False)) and any(s.options.retain_as_published for s in subs)
             )
-        packet = Publish(topic, message.body, qos, retain, redelivered and qos > 0)
-        if self.version == MQTT_5:
+        packet_id = None
+        if qos:
+            packet_id = self._next_packet_id(state)
+            self.inflight[packet_id] = delivery_tag
+        version = self.codec.version
+        if version != MQTT_5:
+            # Fast path: no properties to carry, so the bytes come from the cached
+            # topic (and, for QoS 0, from the message's cache when fanned out).
+            if qos:
+                data = encode_publish_fast(
+                    topic, message.body, qos, retain, redelivered, packet_id, version
+                )
+            else:
+                data = self._qos0_bytes(message, topic, retain, version)
+        else:
+            packet = Publish(topic, message.body, qos, retain, redelivered and qos > 0, packet_id)
             packet.properties = publish_properties(message, remaining)
             packet.properties.subscription_identifier = sorted(
                 {s.identifier for s in subs if s.identifier is not None}
             )
-        if qos:
-            packet.packet_id = self._next_packet_id(state)
-            self.inflight[packet.packet_id] = delivery_tag
-        data = self.codec.send(packet)
+            data = self.codec.send(packet)
         if len(data) > self.client_max_packet_size:
             # [MQTT-3.1.2-25]: too large for the client: discard as if delivered
-            self.inflight.pop(packet.packet_id or 0, None)
+            self.inflight.pop(packet_id or 0, None)
             session.ack(delivery_tag)
             return
         self.shell.send(data)
         self.registry.stats.sent += 1
         if not qos:
             session.ack(delivery_tag)
+
+    @staticmethod
+    def _qos0_bytes(message: Message, topic: str, retain: bool, version: int) -> bytes:
+        """A QoS 0 PUBLISH of `message` (3.x), encoded once per message for fan-out."""
+        key = _QOS0_CACHE_KEYS[version, retain]
+        cache = message.wire_cache
+        if cache is None:
+            cache = message.wire_cache = {}
+        else:
+            data: bytes | None = cache.get(key)
+            if data is not None:
+                return data
+        data = cache[key] = encode_publish_fast(
+            topic, message.body, 0, retain, False, None, version
+        )
+        return data
 
     def _next_packet_id(self, state: SessionState) -> int:
         for _ in range(65535):

@@ -16,15 +16,27 @@ from __future__ import annotations
 
 _SWAP = str.maketrans({"/": ".", ".": "/"})
 
+# The swap is its own inverse, so one cache serves both directions. Caches on
+# the hot path are bounded: cleared when full (topics are usually few).
+_SWAPPED: dict[str, str] = {}
+_MATCHES: dict[tuple[str, str], bool] = {}
+CACHE_LIMIT = 4096
+
 
 def topic_to_routing_key(topic: str) -> str:
     """`a/b.c` -> `a.b/c` (RabbitMQ's swap of `/` and `.`)."""
-    return topic.translate(_SWAP)
+    swapped = _SWAPPED.get(topic)
+    if swapped is None:
+        swapped = topic.translate(_SWAP)
+        if len(_SWAPPED) >= CACHE_LIMIT:
+            _SWAPPED.clear()
+        _SWAPPED[topic] = swapped
+    return swapped
 
 
 def routing_key_to_topic(routing_key: str) -> str:
     """The inverse of `topic_to_routing_key`."""
-    return routing_key.translate(_SWAP)
+    return topic_to_routing_key(routing_key)
 
 
 def filter_to_binding_key(topic_filter: str) -> str:
@@ -43,6 +55,18 @@ def split_shared(topic_filter: str) -> tuple[str | None, str]:
 
 
 def matches(topic_filter: str, topic: str) -> bool:
+    """Does `topic` match `topic_filter` (section 4.7)? (`match_uncached`, cached)."""
+    key = (topic_filter, topic)
+    result = _MATCHES.get(key)
+    if result is None:
+        result = match_uncached(topic_filter, topic)
+        if len(_MATCHES) >= CACHE_LIMIT:
+            _MATCHES.clear()
+        _MATCHES[key] = result
+    return result
+
+
+def match_uncached(topic_filter: str, topic: str) -> bool:
     """Does `topic` match `topic_filter` (section 4.7)?
 
     `+` matches one level, `#` the parent and any number of levels below
