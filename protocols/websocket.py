@@ -47,10 +47,11 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from protocols.tcp import ConnectionAdapter as Adapter
 from protocols.tcp import peer_of
 
 if TYPE_CHECKING:
@@ -70,22 +71,6 @@ class Framing(enum.Enum):
 
     BINARY = "binary"  # coalesce into binary messages (MQTT: packets need not align)
     TEXT = "text"  # one message per send(): text when UTF-8, else binary (STOMP)
-
-
-class Adapter(Protocol):
-    """What the shell drives: `MQTTConnection` and `StompConnection` both fit."""
-
-    def data_received(self, data: bytes, now: float) -> None: ...
-
-    def next_deadline(self) -> float: ...
-
-    def handle_timer(self, now: float) -> None: ...
-
-    def set_writable(self, writable: bool) -> None: ...
-
-    def connection_lost(self) -> None: ...
-
-    def shutdown(self, reason: str = "shutdown") -> None: ...
 
 
 def _peer(transport: asyncio.BaseTransport | None) -> tuple[str, bool]:

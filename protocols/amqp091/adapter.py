@@ -30,7 +30,7 @@ import functools
 import logging
 import platform
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from pamqp import commands
 from pamqp.base import Frame
@@ -66,24 +66,12 @@ from protocols.amqp091.codec import (
     ProtocolHeaderReceived,
     encode_method,
 )
+from protocols.tcp import Shell
 
 log = logging.getLogger("moorage.amqp")
 
 FRAME_MIN_SIZE = 4096
 CLOSE_OK_TIMEOUT = 3.0  # seconds a client gets to answer our connection.close
-
-
-class Shell(Protocol):
-    """What the adapter needs from its transport."""
-
-    peer: str
-    from_loopback: bool
-
-    def send(self, data: bytes) -> None:
-        """Queue bytes; the shell writes them out once per loop tick."""
-
-    def close(self) -> None:
-        """Write what is queued, then close the transport."""
 
 
 class State(enum.Enum):

@@ -67,7 +67,7 @@ import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from broker import __version__
 from broker.auth import Permission, User
@@ -112,6 +112,7 @@ from protocols.mqtt.topics import (
     split_shared,
     topic_to_routing_key,
 )
+from protocols.tcp import Shell
 from storage import StoreError
 
 log = logging.getLogger("moorage.mqtt")
@@ -135,19 +136,6 @@ ANN_PUBLISHER = "mqtt.publisher"
 ANN_RETAIN = "mqtt.retain"
 ANN_PAYLOAD_FORMAT = "mqtt.payload-format"
 ANN_RETAINED_COPY = "mqtt.retained-copy"
-
-
-class Shell(Protocol):
-    """What the adapter needs from its transport."""
-
-    peer: str
-    from_loopback: bool
-
-    def send(self, data: bytes) -> None:
-        """Queue bytes; the shell writes them once per loop tick."""
-
-    def close(self) -> None:
-        """Write what is queued, then close the transport."""
 
 
 # -- message annotations -------------------------------------------------------------------

@@ -67,7 +67,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from broker import __version__
 from broker.broker import Broker
@@ -89,6 +89,7 @@ from protocols.stomp.codec import (
     parse_heartbeat,
 )
 from protocols.stomp.destinations import Destination, Kind, destination_of, parse_destination
+from protocols.tcp import Shell
 
 log = logging.getLogger("moorage.stomp")
 
@@ -143,19 +144,6 @@ FRAME_HEADERS = frozenset(
         "receipt-id",
     }
 )
-
-
-class Shell(Protocol):
-    """What the adapter needs from its transport."""
-
-    peer: str
-    from_loopback: bool
-
-    def send(self, data: bytes) -> None:
-        """Queue bytes; the shell writes them out once per loop tick."""
-
-    def close(self) -> None:
-        """Write what is queued, then close the transport."""
 
 
 class State(enum.Enum):
