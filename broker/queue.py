@@ -245,6 +245,11 @@ class Queue:
         return f"<Queue {self.vhost.name!r}/{self.name!r}>"
 
     @property
+    def may_expire(self) -> bool:
+        """Can any entry of this queue expire (queue TTL, or one published with an expiry)?"""
+        return self._may_expire
+
+    @property
     def message_count(self) -> int:
         """Messages ready for delivery, in memory or paged out (queue.declare-ok)."""
         return len(self.ready) + self.tail_count

@@ -62,8 +62,8 @@ class RetentionSweeper:
         removed = 0
         for vhost in list(self.broker.vhosts.values()):
             for queue in list(vhost.queues.values()):
-                if not queue.stored or queue.deleted or not queue.tail:
-                    continue
+                if not queue.stored or queue.deleted or not queue.tail or not queue.may_expire:
+                    continue  # nothing of it on disk can be due: spare the store a barrier
                 if queue.options.dead_letter_exchange is not None:
                     continue  # expired entries must be read to be dead-lettered
                 count = await store.expire(vhost.name, queue.name, now)
