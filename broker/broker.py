@@ -16,6 +16,7 @@ from broker.config import Limits
 from broker.connection import ClientConnection
 from broker.errors import NotAllowed, PreconditionFailed
 from broker.flow import WriteFlow
+from broker.memory import MemoryMonitor, watermark_bytes
 from broker.queue import Queue
 from broker.retention import RetentionSweeper
 from broker.serialization import decode_arguments
@@ -41,6 +42,7 @@ class Broker:
         self.flow = WriteFlow(self.store, self.limits.store_backlog)
         self.retention = retention  # seconds a message may stay queued; 0 = forever
         self.sweeper = RetentionSweeper(self)
+        self.memory = MemoryMonitor(self, watermark_bytes(self.limits.memory_high_watermark))
         self.vhosts: dict[str, VirtualHost] = {}
         self.connections: set[ClientConnection] = set()
         self._configured_vhosts = list(vhosts)
@@ -57,10 +59,12 @@ class Broker:
                 self.add_vhost(name)
         self._message_ids = itertools.count(await self.store.max_message_id() + 1).__next__
         self.sweeper.start()
+        self.memory.start()
 
     async def stop(self) -> None:
         """Close every connection's core state and close the store."""
         await self.sweeper.stop()
+        await self.memory.stop()
         for connection in list(self.connections):
             connection.close()
         for vhost in self.vhosts.values():

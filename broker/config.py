@@ -51,6 +51,7 @@ class Limits:
     max_connections: int = 0  # 0 = unlimited
     queue_memory_limit: int = 16 * 1024 * 1024  # ready bytes a stored queue keeps in RAM
     store_backlog: int = 32 * 1024 * 1024  # unwritten bytes before publishers are paused
+    memory_high_watermark: float = 0.4  # queued-message RAM that blocks publishers (broker.memory)
     consumer_timeout: int = 0  # ms a delivery may stay unacked (0 = off; x-consumer-timeout)
     consumer_timeout_action: str = "requeue"  # or "close": RabbitMQ's channel close (406)
     mqtt_session_queue_limit: int = 100_000  # messages queued per persistent MQTT session

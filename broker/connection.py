@@ -39,6 +39,7 @@ class ClientConnection:
         self.sessions: set[Session] = set()
         self.exclusive_queues: list[Queue] = []
         self.closed = False
+        self.published = False  # the memory alarm pauses only connections that publish
 
     def open_session(self, sink: DeliverySink) -> Session:
         """A new session whose deliveries go to `sink`."""

@@ -200,6 +200,8 @@ class Queue:
         self.ready_bytes = 0
         self.tail: deque[QueueEntry | DiskRange] = deque()
         self.tail_count = 0
+        self.tail_bytes = 0  # bodies of the transient entries kept in `tail`
+        self.tail_entries = 0  # how many those are
         self.stored = durable and exclusive_owner is None
         self.memory_limit = vhost.broker.limits.queue_memory_limit
         if options.in_memory:
@@ -253,6 +255,11 @@ class Queue:
     def message_count(self) -> int:
         """Messages ready for delivery, in memory or paged out (queue.declare-ok)."""
         return len(self.ready) + self.tail_count
+
+    def memory_bytes(self, entry_overhead: int) -> int:
+        """RAM held by ready messages: bodies + `entry_overhead` each (broker.memory)."""
+        in_memory = len(self.ready) + self.tail_entries
+        return self.ready_bytes + self.tail_bytes + in_memory * entry_overhead
 
     def set_next_seq(self, seq: int) -> None:
         """Continue numbering after `seq` (used by recovery)."""
@@ -407,6 +414,8 @@ class Queue:
         tail = self.tail
         if not entry.persisted:
             tail.append(entry)
+            self.tail_bytes += len(entry.message.body)
+            self.tail_entries += 1
             return
         last = tail[-1] if tail else None
         if isinstance(last, DiskRange):
@@ -448,8 +457,11 @@ class Queue:
             if isinstance(head, QueueEntry):
                 tail.popleft()
                 self.tail_count -= 1
+                size = len(head.message.body)
+                self.tail_bytes -= size
+                self.tail_entries -= 1
                 self.ready.append(head)
-                self.ready_bytes += len(head.message.body)
+                self.ready_bytes += size
             else:
                 self._refill_task = asyncio.get_running_loop().create_task(self._read_range(head))
 
@@ -769,7 +781,7 @@ class Queue:
                 store.ack_range(self.vhost.name, self.name, item.first, item.last)
         self.ready.clear()
         self.tail.clear()
-        self.ready_bytes = self.tail_count = 0
+        self.ready_bytes = self.tail_count = self.tail_bytes = self.tail_entries = 0
         return count
 
     def deleted_now(self) -> None:

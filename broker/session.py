@@ -269,6 +269,7 @@ class Session:
         """
         exchange = self.vhost.lookup_exchange(exchange_name)
         self._check("write", exchange_name, "exchange")
+        self.connection.published = True
         if exchange.internal:
             raise AccessRefused(
                 f"cannot publish to internal exchange '{exchange_name}' "

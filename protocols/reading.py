@@ -1,14 +1,21 @@
 """Read pacing shared by the TCP shells: fairness between sockets and publisher flow control.
 
-After handling one read, a shell calls `pace_reading`. Two things may pause
-reading from its socket:
+After handling one read, a shell calls `ReadPacer.after_read`. Three things
+may pause reading from its socket:
 
 - the store lags behind (`broker.flow.blocked`, see `broker/flow.py`): reading
   resumes once everything handed to the store is on disk;
+- the memory alarm is set (`broker.memory`) and this connection has
+  published: reading resumes when the alarm clears. Connections that only
+  consume are never paused for memory, so their acks keep draining queues;
 - the read was large (`FAIR_READ_SIZE` or more), so more is probably waiting:
   reading resumes on the next loop tick, after every other ready socket has
   been read. Without this, uvloop reads a busy socket up to 32 times in a row
   and a flooding publisher starves consumers of their acks.
+
+While paused by flow control (`held`) the peer's silence is the broker's
+doing: the shell tells its adapter so that heartbeat and keep-alive
+timeouts do not close a client that is only waiting to be read.
 """
 
 from __future__ import annotations
@@ -20,23 +27,38 @@ from broker.flow import WriteFlow
 FAIR_READ_SIZE = 32 * 1024
 
 
-def pace_reading(
-    transport: asyncio.Transport,
-    loop: asyncio.AbstractEventLoop,
-    flow: WriteFlow,
-    read_size: int,
-) -> None:
-    """Pause `transport` after a read when flow control or fairness asks for it."""
-    if transport.is_closing():
-        return
+class ReadPacer:
+    """Pauses and resumes one transport's reading for fairness and flow control."""
 
-    def resume() -> None:
-        if not transport.is_closing():
-            transport.resume_reading()
+    __slots__ = ("flow", "held", "loop", "transport")
 
-    if flow.blocked:
-        transport.pause_reading()
-        flow.on_resume(resume)
-    elif read_size >= FAIR_READ_SIZE:
-        transport.pause_reading()
-        loop.call_soon(resume)
+    def __init__(
+        self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, flow: WriteFlow
+    ) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.flow = flow
+        self.held = False  # paused by flow control (store lag or memory alarm)
+
+    def after_read(self, read_size: int, publisher: bool) -> None:
+        """Pause reading after a read when flow control or fairness asks for it."""
+        transport = self.transport
+        if transport.is_closing():
+            return
+        flow = self.flow
+        if flow.blocked:
+            transport.pause_reading()
+            self.held = True
+            flow.on_resume(self._resume)
+        elif publisher and flow.memory_alarm:
+            transport.pause_reading()
+            self.held = True
+            flow.on_memory_clear(self._resume)
+        elif read_size >= FAIR_READ_SIZE:
+            transport.pause_reading()
+            self.loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        self.held = False
+        if not self.transport.is_closing():
+            self.transport.resume_reading()

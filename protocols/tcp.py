@@ -18,7 +18,7 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from protocols.reading import pace_reading
+from protocols.reading import ReadPacer
 
 if TYPE_CHECKING:
     from broker.broker import Broker
@@ -38,6 +38,14 @@ class ConnectionAdapter(Protocol):
     def next_deadline(self) -> float:
         """When `handle_timer` must run next (loop time; inf: never)."""
         ...
+
+    @property
+    def publisher(self) -> bool:
+        """Has this client published? (The memory alarm pauses only publishers.)"""
+        ...
+
+    def peer_held(self, now: float) -> None:
+        """The shell is not reading this peer (flow control): its silence so far is excused."""
 
     def handle_timer(self, now: float) -> None: ...
     def set_writable(self, writable: bool) -> None: ...
@@ -88,6 +96,7 @@ class TCPShell(asyncio.Protocol):
         self._closing = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = float("inf")
+        self._pacer: ReadPacer | None = None
 
     # -- Shell ------------------------------------------------------------------------------
 
@@ -120,7 +129,9 @@ class TCPShell(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
-        self.transport = transport  # type: ignore[assignment]
+        stream: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport = stream
+        self._pacer = ReadPacer(stream, self.loop, self.listener.broker.flow)
         self.peer, self.from_loopback = peer_of(transport)
         self.listener.connections.add(self)
         self.adapter = self.listener.adapter_factory(self.listener.broker, self, self.loop.time())
@@ -133,8 +144,8 @@ class TCPShell(asyncio.Protocol):
         adapter.data_received(data, self.loop.time())
         if adapter.next_deadline() != self._timer_when:
             self._arm_timer()
-        if self.transport is not None and not adapter.closed:
-            pace_reading(self.transport, self.loop, self.listener.broker.flow, len(data))
+        if self._pacer is not None and not adapter.closed:
+            self._pacer.after_read(len(data), adapter.publisher)
 
     def eof_received(self) -> bool | None:
         if self.adapter is not None and not self.adapter.closed:
@@ -149,6 +160,7 @@ class TCPShell(asyncio.Protocol):
         if self.adapter is not None:
             self.adapter.connection_lost()
         self.transport = None
+        self._pacer = None
 
     def pause_writing(self) -> None:
         if self.adapter is not None:
@@ -174,7 +186,10 @@ class TCPShell(asyncio.Protocol):
         self._timer = None
         if self.adapter is None or self.transport is None:
             return
-        self.adapter.handle_timer(self.loop.time())
+        now = self.loop.time()
+        if self._pacer is not None and self._pacer.held:
+            self.adapter.peer_held(now)
+        self.adapter.handle_timer(now)
         self._arm_timer()
 
     def shutdown(self, reason: str) -> None:

@@ -328,6 +328,7 @@ class AMQPConnection:
         self._timer_due = now + limits.handshake_timeout
         self._confirming: set[AMQPChannel] = set()
         self._username = ""
+        self._blocked_sent = False  # connection.blocked is out, connection.unblocked owed
 
     # -- driven by the shell -----------------------------------------------------------
 
@@ -362,11 +363,33 @@ class AMQPConnection:
             for channel in self._confirming:
                 channel.flush_confirms()
             self._confirming.clear()
+        if self.broker.flow.memory_alarm and not self._blocked_sent:
+            self._on_memory_alarm(True)
 
     @property
     def closed(self) -> bool:
         """The connection accepts no more input (it may still be flushing output)."""
         return self.state is State.CLOSED
+
+    @property
+    def publisher(self) -> bool:
+        """Has this client published? (The memory alarm pauses only publishers.)"""
+        return self.core is not None and self.core.published
+
+    def peer_held(self, now: float) -> None:
+        """The shell is not reading us (flow control): missing heartbeats are not the client's."""
+        self._last_recv = now
+
+    def _on_memory_alarm(self, on: bool) -> None:
+        """connection.blocked / unblocked, to publishers that announced the capability."""
+        if self.state is not State.RUNNING or not self.capabilities.get("connection.blocked"):
+            return
+        if on and not self._blocked_sent and self.publisher:
+            self._blocked_sent = True
+            self.send_method(0, commands.Connection.Blocked("low on memory"))
+        elif not on and self._blocked_sent:
+            self._blocked_sent = False
+            self.send_method(0, commands.Connection.Unblocked())
 
     def next_deadline(self) -> float:
         """When `handle_timer` must run next (monotonic seconds)."""
@@ -434,6 +457,7 @@ class AMQPConnection:
         self.shell.close()
 
     def _release(self) -> None:
+        self.broker.flow.alarm_listeners.discard(self._on_memory_alarm)
         for channel in self.channels.values():
             channel.closing = True
         self.channels.clear()
@@ -541,6 +565,7 @@ class AMQPConnection:
             raise
         self.send_method(0, commands.Connection.OpenOk())
         self.state = State.RUNNING
+        self.broker.flow.alarm_listeners.add(self._on_memory_alarm)
         self._timer_due = self._last_recv + (self.heartbeat / 2 if self.heartbeat else 3600.0)
 
     # -- dispatch ------------------------------------------------------------------------

@@ -808,6 +808,15 @@ class MQTTConnection:
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
+    @property
+    def publisher(self) -> bool:
+        """Has this client published? (The memory alarm pauses only publishers.)"""
+        return self.core is not None and self.core.published
+
+    def peer_held(self, now: float) -> None:
+        """The shell is not reading us (flow control): its silence is no missed keep-alive."""
+        self._last_recv = now
+
     def next_deadline(self) -> float:
         """When `handle_timer` must run next (loop time; inf = never)."""
         return self._deadline

@@ -336,6 +336,15 @@ class StompConnection:
         """No more input is accepted (output may still be flushing)."""
         return self.state is State.CLOSED
 
+    @property
+    def publisher(self) -> bool:
+        """Has this client published? (The memory alarm pauses only publishers.)"""
+        return self.core is not None and self.core.published
+
+    def peer_held(self, now: float) -> None:
+        """The shell is not reading us (flow control): its silence is no missed heart-beat."""
+        self._last_recv = now
+
     def next_deadline(self) -> float:
         """When `handle_timer` must run next (monotonic seconds)."""
         return self._timer_due

@@ -1,0 +1,101 @@
+"""The memory alarm: block publishers while queued messages hold too much RAM.
+
+RabbitMQ's `vm_memory_high_watermark` in Moorage's terms. Persistent
+messages in durable queues page to disk (`limits.queue_memory_limit`), but
+transient ones, and every message of a non-durable queue, stay in RAM: a
+publisher that outruns its consumers would grow the daemon without bound.
+
+Every `INTERVAL` seconds the monitor adds up what queued messages hold:
+their bodies plus `ENTRY_OVERHEAD` bytes for the objects around each one
+(measured: ~680 bytes per queued AMQP message). Past the watermark the alarm
+is set: connections that publish stop being read (see `protocols.reading`)
+and AMQP clients that asked for it get `connection.blocked`. Connections
+that only consume go on, so consumers drain the queues; once the total is
+below the watermark again, the alarm clears and every paused reader resumes.
+Unacked deliveries are not counted: prefetch bounds them, and the shells
+stop delivering to a socket that does not keep up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from broker.broker import Broker
+
+log = logging.getLogger("moorage.memory")
+
+INTERVAL = 0.1  # seconds between two measurements
+ENTRY_OVERHEAD = 700  # bytes a queued message costs beyond its body
+
+
+def physical_memory() -> int:
+    """Bytes of RAM of this machine (0 when the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def watermark_bytes(setting: float, total: int | None = None) -> int:
+    """`limits.memory_high_watermark` in bytes: a fraction of RAM (≤ 1), bytes (> 1), 0 off."""
+    if setting <= 0:
+        return 0
+    if setting <= 1:
+        return int(setting * (physical_memory() if total is None else total))
+    return int(setting)
+
+
+def queued_memory(broker: Broker) -> int:
+    """Bytes held by the messages queued in every queue of `broker` (an estimate)."""
+    total = 0
+    for vhost in broker.vhosts.values():
+        for queue in vhost.queues.values():
+            total += queue.memory_bytes(ENTRY_OVERHEAD)
+    return total
+
+
+class MemoryMonitor:
+    """Measures queued memory periodically and sets or clears the broker's memory alarm."""
+
+    def __init__(self, broker: Broker, watermark: int) -> None:
+        self.broker = broker
+        self.watermark = watermark
+        self.used = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.watermark and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(INTERVAL)
+            self.check()
+
+    def check(self) -> None:
+        """Measure now and set or clear the alarm."""
+        self.used = used = queued_memory(self.broker)
+        flow = self.broker.flow
+        if used > self.watermark and not flow.memory_alarm:
+            log.warning(
+                "memory alarm set: queued messages hold %d MiB, over the high watermark "
+                "of %d MiB; publishers are blocked until consumers drain the queues",
+                used >> 20,
+                self.watermark >> 20,
+            )
+            flow.set_memory_alarm(True)
+        elif used <= self.watermark and flow.memory_alarm:
+            log.warning("memory alarm cleared: queued messages hold %d MiB", used >> 20)
+            flow.set_memory_alarm(False)
