@@ -75,6 +75,7 @@ from broker.connection import ClientConnection
 from broker.errors import BrokerError, PreconditionFailed
 from broker.fifo import GROUP_HEADER
 from broker.message import PERSISTENT, Message, Properties
+from broker.queue import Queue
 from broker.selector import Selector, SelectorError, message_lookup
 from broker.session import Session
 from protocols.stomp.codec import (
@@ -85,6 +86,7 @@ from protocols.stomp.codec import (
     ProtocolError,
     encode,
     header_encodable,
+    header_line,
     negotiate_version,
     parse_heartbeat,
 )
@@ -100,6 +102,9 @@ PRE_AUTH_MAX_HEADER = 8 * 1024
 PRE_AUTH_MAX_BODY = 64 * 1024
 MAX_HEADER_SIZE = 64 * 1024
 ACK_MODES = frozenset({"auto", "client", "client-individual"})
+PREFIX_CACHE_LIMIT = 64  # cached MESSAGE prefixes per subscription (destinations seen)
+SEND_TARGET_CACHE_LIMIT = 256  # cached SEND destinations per connection
+_WIRE_KEYS = {version: f"stomp-wire-{version}" for version in ("1.0", "1.1", "1.2")}
 
 # ActiveMQ's message group header, mapped onto the core's FIFO group header.
 JMSX_GROUP_ID = "JMSXGroupID"
@@ -191,6 +196,9 @@ class Subscription:
     selector: Selector | None = None
     durable_queue: bool = False
     outstanding: OrderedDict[int, None] = field(default_factory=OrderedDict)
+    # MESSAGE frames up to the message-id value, per (exchange, routing key): see
+    # `StompConnection._message_bytes`. False: a header cannot be encoded.
+    prefixes: dict[tuple[str, str], bytes | bool] = field(default_factory=dict)
 
 
 def _ack_id(delivery_tag: int) -> str:
@@ -295,6 +303,9 @@ class StompConnection:
         self.transactions: dict[str, list[Callable[[], bool]]] = {}
         self.temp_queues: dict[str, str] = {}  # /temp-queue/<name> -> core queue name
         self._acks: dict[str, tuple[Subscription, int]] = {}
+        # Simple SENDs' destinations already checked: text -> (exchange, routing
+        # key, the /queue/'s Queue object or None); see `_send_fast`.
+        self._send_targets: dict[str, tuple[str, str, Queue | None]] = {}
         self._deferred = 0  # receipts waiting for the store
         self._send_interval = 0.0  # seconds; 0 = we send no heart-beats
         self._recv_interval = 0.0  # seconds; 0 = we expect none
@@ -463,6 +474,10 @@ class StompConnection:
 
     def _on_frame(self, frame: Frame) -> None:
         command = frame.command
+        if self.state is State.CONNECTED:
+            fast = _FAST_HANDLERS.get(command)
+            if fast is not None and fast(self, frame):
+                return
         allowed = _ALLOWED.get(self.state, frozenset())
         if command not in allowed:
             if self.state is State.CONNECTING:
@@ -560,7 +575,51 @@ class StompConnection:
             self._receipt(frame)
             return
         stored = session.publish(exchange, message).stored
+        if destination.kind is not Kind.TEMP_QUEUE and _simple_send(frame) is not None:
+            text = frame.get("destination") or ""
+            self._remember_target(text, destination.kind, exchange, routing_key)
         self._receipt(frame, durable=stored)
+
+    def _send_fast(self, frame: Frame) -> bool:
+        """A simple SEND (`_simple_send`) to a destination seen before; False: general path.
+
+        It does what `_on_send` does for such a frame, minus the work whose
+        answer cannot have changed: parsing the destination, and for /queue/
+        the declare (the same Queue object is still there, so the passive
+        declare's exclusive-owner check passes again; `touch` restarts its
+        `x-expires` clock as that declare would). No property is set, so
+        the message gets empty properties; `Session.publish` raises
+        NotFound, as `lookup_exchange` would, when the exchange has gone.
+        """
+        simple = _simple_send(frame)
+        if simple is None:
+            return False
+        target = self._send_targets.get(simple[0])
+        if target is None:
+            return False
+        exchange, routing_key, queue = target
+        session = self._session()
+        if queue is not None:
+            if session.vhost.queues.get(routing_key) is not queue:
+                del self._send_targets[simple[0]]
+                return False
+            queue.touch()
+        message = Message(exchange, routing_key, Properties(), frame.body)
+        stored = session.publish(exchange, message).stored
+        if simple[1]:
+            self._receipt(frame, durable=stored)
+        return True
+
+    def _remember_target(self, text: str, kind: Kind, exchange: str, routing_key: str) -> None:
+        """Cache a destination a simple SEND reached (see `_send_fast`)."""
+        queue = None
+        if kind is Kind.QUEUE:
+            queue = self._session().vhost.queues.get(routing_key)
+            if queue is None:  # published, then gone (e.g. an exclusive auto-delete)
+                return
+        if len(self._send_targets) >= SEND_TARGET_CACHE_LIMIT:
+            self._send_targets.clear()
+        self._send_targets[text] = (exchange, routing_key, queue)
 
     def _publish_target(
         self, destination: Destination, arguments: dict[str, Any]
@@ -789,6 +848,30 @@ class StompConnection:
     def _on_ack(self, frame: Frame) -> None:
         self._settle_frame(frame, nack=False)
 
+    def _ack_fast(self, frame: Frame) -> bool:
+        """An ACK of one client-individual delivery, naming it as this version must
+        and carrying no other header; False: the general path (`_settle_frame`)."""
+        ack_id = None
+        subscription = False
+        id_header = "id" if self.version == "1.2" else "message-id"
+        for name, value in frame.headers:
+            if name == id_header and ack_id is None:
+                ack_id = value
+            elif name == "subscription" and self.version == "1.1" and not subscription:
+                subscription = True
+            else:
+                return False
+        if ack_id is None or (self.version == "1.1" and not subscription):
+            return False
+        found = self._acks.get(ack_id)
+        if found is None or found[0].ack_mode != "client-individual":
+            return False
+        sub, tag = found
+        del self._acks[ack_id]
+        sub.outstanding.pop(tag, None)
+        self._session().ack(tag)
+        return True
+
     def _on_nack(self, frame: Frame) -> None:
         self._settle_frame(frame, nack=True)
 
@@ -894,16 +977,33 @@ class StompConnection:
                 self._session().ack(delivery_tag)  # this subscription's own copy
             return
         ack_id = _ack_id(delivery_tag)
+        if sub.ack_mode != "auto":
+            sub.outstanding[delivery_tag] = None
+            self._acks[ack_id] = (sub, delivery_tag)
+        data = self._message_bytes(sub, ack_id, redelivered, message)
+        if data is not None:
+            self._sent_since_tick = True
+            self.shell.send(data)
+            return
+        self._send(
+            Frame(
+                "MESSAGE",
+                self.message_frame_headers(sub, ack_id, redelivered, message),
+                message.body,
+            )
+        )
+
+    def message_frame_headers(
+        self, sub: Subscription, ack_id: str, redelivered: bool, message: Message
+    ) -> tuple[tuple[str, str], ...]:
+        """The headers of the MESSAGE for one delivery (the general path; see `deliver`)."""
         headers = [
             ("subscription", sub.id),
             ("destination", destination_of(message.exchange, message.routing_key)),
             ("message-id", ack_id),
         ]
-        if sub.ack_mode != "auto":
-            sub.outstanding[delivery_tag] = None
-            self._acks[ack_id] = (sub, delivery_tag)
-            if self.version == "1.2":
-                headers.append(("ack", ack_id))
+        if sub.ack_mode != "auto" and self.version == "1.2":
+            headers.append(("ack", ack_id))
         if redelivered:
             headers.append(("redelivered", "true"))
         version = self.version
@@ -911,7 +1011,43 @@ class StompConnection:
             (n, v) for n, v in message_headers(message) if header_encodable(n, v, version)
         )
         headers.append(("content-length", str(len(message.body))))
-        self._send(Frame("MESSAGE", tuple(headers), message.body))
+        return tuple(headers)
+
+    def _message_bytes(
+        self, sub: Subscription, ack_id: str, redelivered: bool, message: Message
+    ) -> bytes | None:
+        """`encode(Frame("MESSAGE", message_frame_headers(...), body))`, hand-made.
+
+        The start of the frame (subscription, destination, the `message-id:`
+        name) is cached per subscription and (exchange, routing key); the
+        message's own headers are encoded once per message and version
+        (`message_wire_headers`); only the ids, `redelivered` and
+        `content-length` are formatted per delivery. None when the
+        subscription id or the destination cannot be encoded in this version:
+        the general path then decides (`encode` raises ValueError).
+        """
+        key = (message.exchange, message.routing_key)
+        prefixes = sub.prefixes
+        prefix = prefixes.get(key)
+        if prefix is None:
+            prefix = _message_prefix(sub.id, destination_of(*key), self.version)
+            if len(prefixes) >= PREFIX_CACHE_LIMIT:
+                prefixes.clear()
+            prefixes[key] = prefix
+        if prefix is False:
+            return None
+        body = message.body
+        ids = ack_id.encode()
+        if sub.ack_mode != "auto" and self.version == "1.2":
+            ids += b"\nack:" + ids
+        return b"%s%s\n%s%scontent-length:%d\n\n%s\x00" % (
+            prefix,
+            ids,
+            b"redelivered:true\n" if redelivered else b"",
+            message_wire_headers(message, self.version),
+            len(body),
+            body,
+        )
 
     def returned(self, message: Message, reply_code: int, reply_text: str) -> None:
         """Never called: STOMP publishes are not mandatory."""
@@ -926,6 +1062,50 @@ class StompConnection:
             f"The queue '{sub.queue}' of subscription '{sub.id}' was deleted.",
             None,
         )
+
+
+def _message_prefix(sub_id: str, destination: str, version: str) -> bytes | bool:
+    """``MESSAGE``, the subscription and destination headers and ``message-id:``,
+    escaped for `version`; False when one of them cannot be encoded there."""
+    subscription = header_line("subscription", sub_id, version)
+    target = header_line("destination", destination, version)
+    if subscription is None or target is None:
+        return False
+    return b"MESSAGE\n" + subscription + target + b"message-id:"
+
+
+def message_wire_headers(message: Message, version: str) -> bytes:
+    """The encodable `message_headers` of a message as header lines for `version`.
+
+    Cached on the message (fan-out encodes them once per version).
+    """
+    cache = message.wire_cache
+    key = _WIRE_KEYS.get(version, version)
+    if cache is not None:
+        wire: bytes | None = cache.get(key)
+        if wire is not None:
+            return wire
+    lines = [header_line(n, v, version) for n, v in message_headers(message)]
+    wire = b"".join(line for line in lines if line is not None)
+    cache = message.wire_cache
+    assert cache is not None  # message_headers made it
+    cache[key] = wire
+    return wire
+
+
+def _simple_send(frame: Frame) -> tuple[str, bool] | None:
+    """(destination, asks for a receipt) of a SEND carrying nothing but `destination`,
+    `content-length` and `receipt` (each of the first and last once); else None."""
+    destination = None
+    receipt = False
+    for name, value in frame.headers:
+        if name == "destination" and destination is None:
+            destination = value
+        elif name == "receipt" and not receipt:
+            receipt = True
+        elif name != "content-length":
+            return None
+    return None if destination is None else (destination, receipt)
 
 
 def _selector_filter(selector: Selector) -> Callable[[Message], bool]:
@@ -1013,6 +1193,13 @@ _PROPERTY_SETTERS: dict[str, Callable[[StompConnection, Properties, str], bool]]
     "timestamp": _set("timestamp", _timestamp),
     "user-id": StompConnection._set_user_id,
     "app-id": _set("app_id"),
+}
+
+# The hot path: handlers that deal with the simple, frequent shape of a frame
+# and return False for anything else, which then takes `_HANDLERS`' path.
+_FAST_HANDLERS: dict[str, Callable[[StompConnection, Frame], bool]] = {
+    "SEND": StompConnection._send_fast,
+    "ACK": StompConnection._ack_fast,
 }
 
 _HANDLERS: dict[str, Callable[[StompConnection, Frame], None]] = {

@@ -1,0 +1,462 @@
+"""The STOMP fast paths give exactly what the general paths give (issue 7).
+
+- `decode_fast` returns the same frame and size as the general decoder, or
+  None where the general path must decide (errors included); a whole stream
+  decodes to the same events, in any chunking, with the fast path on or off;
+- `header_line` writes a header as `encode` does;
+- `_message_bytes` (the hand-made MESSAGE) is byte for byte
+  `encode(Frame("MESSAGE", message_frame_headers(...)))`;
+- the adapter's SEND and ACK fast handlers leave the broker and the client
+  with the same frames and the same queue contents as the general handlers,
+  including when a cached destination has gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable
+from typing import Any
+from unittest import mock
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.auth import UserDirectory
+from broker.broker import Broker
+from broker.config import default_guest
+from broker.message import Message, Properties
+from protocols.stomp import adapter, codec
+from protocols.stomp.adapter import StompConnection, Subscription
+from protocols.stomp.codec import (
+    CLIENT_COMMANDS,
+    NEED_DATA,
+    SERVER_COMMANDS,
+    ConnectionClosed,
+    Frame,
+    FrameCodec,
+    ProtocolError,
+    Role,
+    decode_fast,
+    encode,
+    header_encodable,
+    header_line,
+)
+from storage import MemoryStore
+from tests.stomp.test_adapter import FakeShell
+
+VERSIONS = st.sampled_from(["1.0", "1.1", "1.2"])
+
+# Header text: mostly plain, sometimes with what forces the general path
+# (escapes, CR, ':' in values, non-ASCII, NUL).
+_plain = st.text(st.sampled_from("abc-/.:_ 1"), max_size=10)
+_any = st.text(st.characters(codec="utf-8"), max_size=10)
+_header_text = st.one_of(_plain, _plain, _any, st.sampled_from(["a\\cb", "x\ry", "é", ""]))
+
+
+def general_events(chunks: list[bytes], role: Role = Role.SERVER, **limits: int) -> list[Any]:
+    """Events of a codec with the fast path switched off."""
+    with mock.patch.object(codec, "decode_fast", return_value=None):
+        return events(chunks, role, **limits)
+
+
+def events(chunks: list[bytes], role: Role = Role.SERVER, **limits: int) -> list[Any]:
+    """Feed `chunks` then EOF; collect frames, then ConnectionClosed or the error's message."""
+    decoder = FrameCodec(role, **limits)
+    decoder.version = "1.2"
+    out: list[Any] = []
+    for chunk in [*chunks, b""]:
+        decoder.receive_data(chunk)
+        while True:
+            try:
+                event = decoder.next_event()
+            except ProtocolError as e:
+                out.append(("error", e.message))
+                return out
+            if event is NEED_DATA:
+                break
+            out.append(event)
+            if isinstance(event, ConnectionClosed):
+                return out
+    return out
+
+
+@st.composite
+def client_frames(draw: st.DrawFn, commands: frozenset[str] = CLIENT_COMMANDS) -> Frame:
+    command = draw(st.sampled_from(sorted(commands)))
+    headers = draw(st.lists(st.tuples(_header_text, _header_text), max_size=5))
+    headers = [
+        (n, v)
+        for n, v in headers
+        if n != "content-length" and header_encodable(n, v, "1.2", command)
+    ]
+    shape = draw(st.sampled_from(["length", "no-length", "odd-length"]))
+    body = draw(st.binary(max_size=60))
+    if shape == "length":
+        headers.insert(draw(st.integers(0, len(headers))), ("content-length", str(len(body))))
+    elif shape == "no-length":
+        body = body.replace(b"\x00", b"")
+    else:  # a content-length the fast path leaves alone (the general path decides)
+        value = draw(st.sampled_from(["+1", " 1", "1 ", "x", "", "٣", "01"]))
+        headers.insert(0, ("content-length", value))
+        body = body.replace(b"\x00", b"")
+    return Frame(command, tuple(headers), body)
+
+
+def first_frame_general(data: bytes, role: Role = Role.SERVER) -> tuple[Frame, int] | None:
+    """The general decoder's first frame in `data` and how many octets it took."""
+    with mock.patch.object(codec, "decode_fast", return_value=None):
+        decoder = FrameCodec(role)
+        decoder.version = "1.2"
+        decoder.receive_data(data)
+        try:
+            event = decoder.next_event()
+        except ProtocolError:
+            return None
+        if not isinstance(event, Frame):
+            return None
+        return event, len(data) - len(decoder._buf)
+
+
+def check_same(data: bytes, accept: frozenset[str] = CLIENT_COMMANDS) -> tuple[Frame, int] | None:
+    """decode_fast agrees with the general path on `data`; returns the fast result."""
+    fast = decode_fast(data, accept)
+    assert fast == decode_fast(bytearray(data), accept)
+    if fast is not None:
+        role = Role.SERVER if accept is CLIENT_COMMANDS else Role.CLIENT
+        assert fast == first_frame_general(data, role)
+    return fast
+
+
+@settings(max_examples=500, deadline=None)
+@given(client_frames(), st.binary(max_size=12))
+def test_fast_decode_equals_general(frame: Frame, trailer: bytes) -> None:
+    try:
+        wire = encode(frame, "1.2")
+    except ValueError:
+        return
+    fast = check_same(wire + trailer)
+    text = "".join(n + v for n, v in frame.headers)
+    common = (
+        not any(c in text for c in "\\\r\n:\x00")
+        and all(n != "content-length" or v == str(len(frame.body)) for n, v in frame.headers)
+        and not any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+    )
+    if common:
+        assert fast == (frame, len(wire))  # the common shape really takes the fast path
+
+
+def test_fast_decode_takes_the_frames_a_busy_connection_carries() -> None:
+    send = b"SEND\ndestination:/queue/a\ncontent-length:3\nreceipt:7\n\nabc\x00"
+    ack = b"ACK\nid:T_s@@1\n\n\x00"
+    message = b"MESSAGE\nsubscription:s\ndestination:/queue/a\nmessage-id:1\n\nhi\x00"
+    assert decode_fast(send + ack, CLIENT_COMMANDS) == (
+        Frame(
+            "SEND", (("destination", "/queue/a"), ("content-length", "3"), ("receipt", "7")), b"abc"
+        ),
+        len(send),
+    )
+    assert decode_fast(ack, CLIENT_COMMANDS) == (Frame("ACK", (("id", "T_s@@1"),)), len(ack))
+    assert decode_fast(message, SERVER_COMMANDS) is not None
+    assert decode_fast(message, CLIENT_COMMANDS) is None  # not a client command
+    for cut in range(len(send)):
+        assert decode_fast(send[:cut], CLIENT_COMMANDS) is None  # incomplete: general path
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.sampled_from([b"SEND\n", b"ACK\n", b"NACK\n", b"SEND\ncontent-length:", b"SEND", b"X\n"]),
+    st.binary(max_size=60),
+)
+def test_fast_decode_of_garbage_agrees(prefix: bytes, rest: bytes) -> None:
+    """Arbitrary bytes: a frame from the fast path is the general one; errors go general."""
+    check_same(prefix + rest)
+    check_same(prefix + rest.replace(b"\r", b""))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 30))
+def test_fast_decode_respects_limits(header_size: int, body_size: int) -> None:
+    wire = b"SEND\ndestination:/queue/abc\ncontent-length:20\n\n" + b"b" * 20 + b"\x00"
+    fast = decode_fast(wire, CLIENT_COMMANDS, max_header_size=header_size, max_body_size=body_size)
+    assert fast is None  # every limit above is too small for this frame
+    assert events([wire], max_header_size=header_size, max_body_size=body_size) == (
+        general_events([wire], max_header_size=header_size, max_body_size=body_size)
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(client_frames(), max_size=5),
+    st.lists(st.integers(1, 40), max_size=8),
+    st.sampled_from([b"", b"\n", b"\r\n", b"\n\n"]),
+    st.binary(max_size=6),
+)
+def test_stream_decodes_the_same_with_and_without_fast_path(
+    frames: list[Frame], cuts: list[int], heartbeat: bytes, tail: bytes
+) -> None:
+    data = b""
+    for frame in frames:
+        with contextlib.suppress(ValueError):
+            data += heartbeat + encode(frame, "1.2")
+    data += tail
+    chunks, pos = [], 0
+    for size in cuts:
+        if pos < len(data):
+            chunks.append(data[pos : pos + size])
+            pos += size
+    if pos < len(data):
+        chunks.append(data[pos:])
+    assert events(chunks) == general_events(chunks)
+    assert events([data]) == general_events([data])
+
+
+@settings(max_examples=500, deadline=None)
+@given(_header_text, _header_text, VERSIONS, st.sampled_from(["MESSAGE", "CONNECTED", "ERROR"]))
+def test_header_line_equals_encode(name: str, value: str, version: str, command: str) -> None:
+    line = header_line(name, value, version, command)
+    try:
+        wire = encode(Frame(command, ((name, value),)), version)
+    except ValueError:
+        assert line is None
+        return
+    assert line is not None
+    assert wire == command.encode() + b"\n" + line + b"\n\x00"
+
+
+# -- MESSAGE frames -------------------------------------------------------------------------
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> Message:
+    p = Properties()
+    if draw(st.booleans()):
+        p.headers = dict(draw(st.lists(st.tuples(_header_text, _header_text), max_size=4)))
+        if draw(st.booleans()):
+            p.headers["x-message-group-id"] = draw(_header_text)
+    p.content_type = draw(st.none() | _plain)
+    p.delivery_mode = draw(st.sampled_from([None, 1, 2]))
+    p.priority = draw(st.none() | st.integers(0, 9))
+    p.correlation_id = draw(st.none() | _header_text)
+    p.reply_to = draw(st.none() | st.sampled_from(["q", "/queue/r", "/temp-queue/t"]))
+    p.message_id = draw(st.none() | _plain)
+    exchange = draw(st.sampled_from(["", "amq.topic", "amq.direct", "ex:1"]))
+    return Message(exchange, draw(_header_text), p, draw(st.binary(max_size=80)))
+
+
+def _connection(version: str) -> StompConnection:
+    broker = Broker(store=MemoryStore(), users=UserDirectory([default_guest()]))
+    conn = StompConnection(broker, FakeShell(), now=0.0)
+    conn.version = version
+    return conn
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    messages(),
+    _header_text,
+    st.sampled_from(sorted(adapter.ACK_MODES)),
+    st.integers(1, 10**9),
+    st.booleans(),
+    VERSIONS,
+)
+def test_message_bytes_equal_encode(
+    message: Message, sub_id: str, ack_mode: str, tag: int, redelivered: bool, version: str
+) -> None:
+    conn = _connection(version)
+    sub = Subscription(sub_id, "/queue/q", "q", ack_mode)
+    ack_id = adapter._ack_id(tag)
+    headers = conn.message_frame_headers(sub, ack_id, redelivered, message)
+    try:
+        expected = encode(Frame("MESSAGE", headers, message.body), version)
+    except ValueError:
+        assert conn._message_bytes(sub, ack_id, redelivered, message) is None
+        return
+    # twice: the second takes the prefix and the message's headers from the caches
+    assert conn._message_bytes(sub, ack_id, redelivered, message) == expected
+    assert conn._message_bytes(sub, ack_id, redelivered, message) == expected
+    other = _connection("1.2" if version != "1.2" else "1.0")  # one message, two versions
+    sub = Subscription(sub_id, "/queue/q", "q", ack_mode)  # a subscription has one version
+    headers = other.message_frame_headers(sub, ack_id, redelivered, message)
+    with contextlib.suppress(ValueError):
+        expected = encode(Frame("MESSAGE", headers, message.body), other.version)
+        assert other._message_bytes(sub, ack_id, redelivered, message) == expected
+
+
+# -- SEND and ACK in the adapter -------------------------------------------------------------
+
+Step = bytes | Callable[[StompConnection], object]
+
+
+def connect_frame(version: str) -> bytes:
+    return (
+        f"CONNECT\naccept-version:{version}\nhost:/\nlogin:guest\npasscode:guest\n\n\x00"
+    ).encode()
+
+
+def send(destination: str, body: bytes = b"m", *extra: str) -> bytes:
+    headers = "".join(f"{h}\n" for h in (f"destination:{destination}", *extra))
+    return f"SEND\n{headers}content-length:{len(body)}\n\n".encode() + body + b"\x00"
+
+
+def ack(version: str, tag: int, *extra: str) -> bytes:
+    ids = {"1.2": f"id:T_{tag}", "1.1": f"message-id:T_{tag}\nsubscription:s"}
+    headers = "".join(f"{h}\n" for h in (ids.get(version, f"message-id:T_{tag}"), *extra))
+    return f"ACK\n{headers}\n\x00".encode()
+
+
+def subscribe(destination: str, ack_mode: str, sub_id: str = "s") -> bytes:
+    return f"SUBSCRIBE\nid:{sub_id}\ndestination:{destination}\nack:{ack_mode}\n\n\x00".encode()
+
+
+def _queues(broker: Broker) -> dict[str, list[tuple[str, str, Properties, bytes]]]:
+    """Each queue's ready messages, in order (server-named queues as `amq.gen-N`)."""
+    names = itertools.count()
+    return {
+        f"amq.gen-{next(names)}" if name.startswith("amq.gen-") else name: [
+            (e.message.exchange, e.message.routing_key, e.message.properties, e.message.body)
+            for e in queue.ready
+        ]
+        for name, queue in sorted(broker.vhosts["/"].queues.items())
+    }
+
+
+async def run_steps(steps: list[Step], *, fast: bool) -> tuple[list[Frame], Any, list[str]]:
+    """Drive one connection of a fresh broker through `steps` (bytes, or calls on it).
+
+    Returns the frames the client got, the queues' ready messages and the
+    commands the fast handlers took (none when `fast` is off).
+    """
+    broker = Broker(store=MemoryStore(), users=UserDirectory([default_guest()]))
+    await broker.start()
+    try:
+        shell = FakeShell()
+        conn = StompConnection(broker, shell, now=0.0)
+        taken: list[str] = []
+
+        def spy(handler: Callable[[StompConnection, Frame], bool]) -> Any:
+            def handle(self: StompConnection, frame: Frame) -> bool:
+                done = handler(self, frame)
+                if done:
+                    taken.append(frame.command)
+                return done
+
+            return handle
+
+        handlers = {c: spy(h) for c, h in adapter._FAST_HANDLERS.items()} if fast else {}
+        with mock.patch.dict(adapter._FAST_HANDLERS, handlers, clear=True):
+            for step in steps:
+                if isinstance(step, bytes):
+                    conn.data_received(step, now=0.0)
+                else:
+                    step(conn)
+                for _ in range(3):
+                    await asyncio.sleep(0)  # deliveries and receipts run on the loop
+        decoder = FrameCodec(Role.CLIENT)
+        decoder.version = conn.version
+        decoder.receive_data(bytes(shell.out))
+        frames = []
+        while (event := decoder.next_event()) is not NEED_DATA:
+            assert isinstance(event, Frame)
+            headers = tuple((n, v) for n, v in event.headers if n != "session")  # a counter
+            frames.append(Frame(event.command, headers, event.body))
+        return frames, _queues(broker), taken
+    finally:
+        await broker.stop()
+
+
+def _delete_queue(name: str) -> Callable[[StompConnection], object]:
+    return lambda conn: conn._session().delete_queue(name)
+
+
+def _delete_exchange(name: str) -> Callable[[StompConnection], object]:
+    return lambda conn: conn._session().delete_exchange(name)
+
+
+def _declare_exchange(name: str) -> Callable[[StompConnection], object]:
+    return lambda conn: conn._session().declare_exchange(name, "direct")
+
+
+SCENARIOS: dict[str, Callable[[str], list[Step]]] = {
+    "queue, repeated, receipts": lambda v: [
+        connect_frame(v),
+        *(send("/queue/a", bytes([i])) for i in range(3)),
+        send("/queue/a", b"r", "receipt:1"),
+        send("/queue/a", b"r2", "receipt:2"),
+    ],
+    "topic and exchange destinations": lambda v: [
+        connect_frame(v),
+        subscribe("/topic/t.x", "auto"),
+        *(send("/topic/t.x", b"t%d" % i) for i in range(3)),
+        *(send("/exchange/amq.direct/k", b"e%d" % i, f"receipt:e{i}") for i in range(2)),
+    ],
+    "headers keep the general path": lambda v: [
+        connect_frame(v),
+        send("/queue/a", b"1"),
+        send("/queue/a", b"2", "persistent:true"),
+        send("/queue/a", b"3", "content-type:text/plain"),
+        send("/queue/a", b"4", "destination:/queue/other"),  # repeated: first wins
+        send("/queue/a", b"5"),
+    ],
+    "a cached queue deleted, then declared again": lambda v: [
+        connect_frame(v),
+        send("/queue/gone", b"1"),
+        send("/queue/gone", b"2"),
+        _delete_queue("gone"),
+        send("/queue/gone", b"3"),
+        send("/queue/gone", b"4"),
+    ],
+    "a cached exchange deleted": lambda v: [
+        connect_frame(v),
+        _declare_exchange("ex"),
+        send("/exchange/ex/k", b"1"),
+        send("/exchange/ex/k", b"2"),
+        _delete_exchange("ex"),
+        send("/exchange/ex/k", b"3", "receipt:x"),  # NotFound: ERROR, connection closed
+    ],
+    "client-individual acks": lambda v: [
+        connect_frame(v),
+        *(send("/queue/w", b"w%d" % i) for i in range(4)),
+        subscribe("/queue/w", "client-individual"),
+        ack(v, 2),
+        ack(v, 1, "receipt:a1"),
+        ack(v, 3),
+        ack(v, 3),  # twice: unknown message-id, ERROR
+    ],
+    "client acks are cumulative (general path)": lambda v: [
+        connect_frame(v),
+        *(send("/queue/c", b"c%d" % i) for i in range(4)),
+        subscribe("/queue/c", "client"),
+        ack(v, 2),
+        ack(v, 4),
+    ],
+    "acks in a transaction (general path)": lambda v: [
+        connect_frame(v),
+        *(send("/queue/x", b"x%d" % i) for i in range(3)),
+        subscribe("/queue/x", "client-individual"),
+        b"BEGIN\ntransaction:t\n\n\x00",
+        ack(v, 1, "transaction:t"),
+        b"ABORT\ntransaction:t\n\n\x00",
+        ack(v, 1),
+    ],
+}
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1", "1.2"])
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+async def test_fast_handlers_equal_general(scenario: str, version: str) -> None:
+    steps = SCENARIOS[scenario](version)
+    frames, queues, taken = await run_steps(steps, fast=True)
+    general_frames, general_queues, none = await run_steps(steps, fast=False)
+    assert none == []
+    assert frames == general_frames
+    assert queues == general_queues
+    if scenario != "headers keep the general path":
+        assert taken, "the fast path was never taken"
+    if scenario == "client-individual acks":
+        assert taken.count("ACK") == 2  # not the one with a receipt, nor the repeated one
+        assert frames[-1].command == "ERROR"
+    if scenario == "a cached exchange deleted":
+        assert frames[-1].command == "ERROR"
