@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import sys
 import time
@@ -38,6 +39,15 @@ def rss_kib(pid: int) -> int:
     raise BenchError(f"no VmRSS for pid {pid}")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of process ``pid`` so far (``/proc/<pid>/stat``), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def raise_nofile(needed: int) -> int:
     """Raise the soft RLIMIT_NOFILE towards the hard limit; returns the new soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -47,13 +57,18 @@ def raise_nofile(needed: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-async def _open_one(protocol: str, host: str, port: int, i: int, failures: list[Any]) -> Any:
+async def _open_one(
+    protocol: str, host: str, port: int, i: int, failures: list[Any], persistent: bool
+) -> Any:
     if protocol == "mqtt":
         from bench.mqtt_bench import MqttConnection
         from bench.mqtt_bench import Options as MqttOptions
 
         return await MqttConnection.open(
-            MqttOptions(host=host, port=port), f"idle-{i}", failures.append
+            MqttOptions(host=host, port=port),
+            f"idle-{i}",
+            failures.append,
+            clean_start=not persistent,
         )
     opts = amqp_bench.Options(host=host, port=port)
     return await amqp_bench.RawConnection.open(opts, f"idle-{i}", failures.append)
@@ -68,6 +83,7 @@ async def measure(
     rate_of: int,
     settle: float,
     pid: int | None,
+    persistent: bool = False,
 ) -> dict[str, Any]:
     """Open ``n`` connections, measure, close them all."""
     failures: list[Any] = []
@@ -75,11 +91,13 @@ async def measure(
     sem = asyncio.Semaphore(concurrency)
     before = rss_kib(pid) if pid else None
     first_done: list[float] = []
+    broker_cpu0 = cpu_seconds(pid) if pid else None
+    client_cpu0 = time.process_time()
     started = time.perf_counter()
 
     async def one(i: int) -> None:
         async with sem:
-            conn = await _open_one(protocol, host, port, i, failures)
+            conn = await _open_one(protocol, host, port, i, failures, persistent)
             conns.append(conn)
             if len(conns) == rate_of:
                 first_done.append(time.perf_counter() - started)
@@ -87,6 +105,8 @@ async def measure(
     try:
         results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
         elapsed = time.perf_counter() - started
+        client_cpu = time.process_time() - client_cpu0
+        broker_cpu1 = cpu_seconds(pid) if pid else None
         errors = [r for r in results if isinstance(r, BaseException)]
         await asyncio.sleep(settle)
         after = rss_kib(pid) if pid else None
@@ -105,7 +125,12 @@ async def measure(
         "open_per_s": round(opened / elapsed) if elapsed else 0,
         f"first_{rate_of}_s": round(first_done[0], 3) if first_done else None,
         "concurrency": concurrency,
+        "client_cpu_s": round(client_cpu, 3),
     }
+    if broker_cpu0 is not None and broker_cpu1 is not None:
+        report["broker_cpu_s"] = round(broker_cpu1 - broker_cpu0, 3)
+    if protocol == "mqtt":
+        report["sessions"] = "persistent" if persistent else "clean"
     if errors:
         report["first_error"] = str(errors[0])
     if before is not None and after is not None:
@@ -132,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pid", type=int, help="broker process id, for its RSS")
     p.add_argument("--spawn", action="store_true", help="run a Moorage broker for this run")
     p.add_argument("--spawn-store", choices=["sqlite", "memory"], default="sqlite")
+    p.add_argument(
+        "--persistent",
+        action="store_true",
+        help="MQTT: persistent sessions (cleanSession=0; they stay in the broker)",
+    )
     p.add_argument("--connections", type=int, default=10_000, metavar="N")
     p.add_argument("--concurrency", type=int, default=500, help="handshakes in flight")
     p.add_argument("--rate-of", type=int, default=5000, metavar="K", help="time the first K")
@@ -173,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.rate_of,
                         args.settle,
                         pid,
+                        args.persistent,
                     )
 
             with asyncio.Runner(loop_factory=amqp_bench._new_loop(args.loop)) as runner:

@@ -215,13 +215,19 @@ class MqttConnection(StreamConnection):
         self.on_ack: Any = None  # (packet, now) -> None: PubAck, PubRec, PubComp
 
     @classmethod
-    async def open(cls, opts: Options, label: str, on_failure: Any) -> MqttConnection:
-        """TCP connect, CONNECT, wait for a successful CONNACK."""
+    async def open(
+        cls, opts: Options, label: str, on_failure: Any, *, clean_start: bool = True
+    ) -> MqttConnection:
+        """TCP connect, CONNECT, wait for a successful CONNACK.
+
+        ``clean_start=False`` asks for a persistent session (3.1.1 cleanSession=0).
+        """
         conn: MqttConnection = await open_connection(
             lambda: cls(label, on_failure), opts.host, opts.port, label
         )
         connect = Connect(
             client_id=f"bench-{os.getpid()}-{label}",
+            clean_start=clean_start,
             keep_alive=KEEP_ALIVE,
             username=opts.user,
             password=opts.password.encode() if opts.password is not None else None,

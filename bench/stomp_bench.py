@@ -11,6 +11,18 @@ every ``--window``/2 messages and keeps at most ``--window`` messages unreceipte
 Consumers subscribe to ``/queue/<name>`` with ``--ack`` auto, client-individual (one
 ACK per MESSAGE) or client (a cumulative ACK every ``--prefetch``/2), and ask for a
 prefetch with both ``activemq.prefetchSize`` and ``prefetch-count``.
+
+Two options exist for brokers with a weaker STOMP implementation (CoilMQ 1.1.0);
+in a ``--compare`` run they apply to both brokers, so both get the same frames:
+
+* ``--stomp-version 1.1`` (or 1.0) offers only that version in CONNECT: ACKs then
+  name the message by ``subscription`` + ``message-id`` (CoilMQ reads a 1.2 ACK's
+  ``id`` as a subscription id and wants a ``host`` equal to its own FQDN).
+* ``--align-frames`` pads every SEND and ACK with a ``pad`` header to the next power
+  of two in bytes (at most 4096). A broker that reads its socket in 4096-byte blocks
+  and cannot parse a frame header cut by the end of a block (CoilMQ's
+  ``FrameBuffer``) then never sees such a cut: the stream after the SUBSCRIBE
+  (answered before anything else is sent) is whole frames of power-of-two sizes.
 """
 
 from __future__ import annotations
@@ -31,6 +43,8 @@ from protocols.stomp.codec import encode as encode_frame
 
 DEFAULT_PORT: Final = 61613
 ACK_MODES: Final = ("auto", "client-individual", "client")
+VERSIONS: Final = ("1.2", "1.1", "1.0")
+ALIGN_LIMIT: Final = 4096  # --align-frames: a frame is padded to a power of two up to this
 _MARK: Final = "\x01ACK-ID\x01"
 
 
@@ -43,6 +57,8 @@ class Options:
     user: str = "guest"
     password: str = "guest"  # noqa: S105 - the well-known loopback default
     vhost: str = "/"
+    version: str = "1.2"
+    align: bool = False
     ack: str = "client-individual"
     producers: int = 1
     consumers: int = 1
@@ -67,7 +83,7 @@ class Options:
     def scenario(self) -> str:
         """E.g. ``stomp 1->1 128B ack=client-individual prefetch=1000 count=100000``."""
         parts = [
-            "stomp",
+            "stomp" if self.version == "1.2" else f"stomp{self.version}",
             f"{self.producers}->{self.consumers}",
             f"{self.size}B",
             "persistent" if self.persistent else "transient",
@@ -77,6 +93,8 @@ class Options:
         ]
         if self.rate:
             parts.append(f"rate={self.rate:g}/s")
+        if self.align:
+            parts.append("aligned")
         parts.append(f"count={self.count}" if self.count is not None else f"{self.duration:g}s")
         return " ".join(parts)
 
@@ -97,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--user", default="guest", help="login (default guest)")
     target.add_argument("--password", default="guest", help="passcode (default guest)")
     target.add_argument("--vhost", default="/", help="CONNECT host header (default /)")
+    target.add_argument(
+        "--stomp-version",
+        choices=VERSIONS,
+        default="1.2",
+        help="the only version offered in CONNECT (default 1.2; CoilMQ: 1.1)",
+    )
     target.add_argument("--spawn", action="store_true", help="run a Moorage broker for this run")
     target.add_argument("--spawn-store", choices=["sqlite", "memory"], default="sqlite")
     load = p.add_argument_group("scenario")
@@ -113,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--rate", type=float, default=0.0, metavar="R", help="total msg/s limit")
     load.add_argument("--batch", type=int, default=200, metavar="N", help="SENDs per write")
     load.add_argument("--timeout", type=float, metavar="S", help="hard limit (default 120)")
+    load.add_argument(
+        "--align-frames",
+        action="store_true",
+        help="pad SEND and ACK frames to a power of two in bytes (for CoilMQ, see README)",
+    )
     load.add_argument("--idle-timeout", type=float, default=5.0, metavar="S")
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="one JSON object")
@@ -133,6 +162,8 @@ def options_from(args: argparse.Namespace) -> Options:
         user=args.user,
         password=args.password,
         vhost=args.vhost,
+        version=args.stomp_version,
+        align=args.align_frames,
         ack=args.ack,
         producers=args.producers,
         consumers=args.consumers,
@@ -155,6 +186,10 @@ def options_from(args: argparse.Namespace) -> Options:
         (o.count is None or o.count >= 1, "--count must be >= 1"),
         (o.window >= 2 and o.prefetch >= 2, "--window and --prefetch must be >= 2"),
         (o.rate >= 0 and o.batch >= 1 and o.timeout > 0, "bad --rate, --batch or --timeout"),
+        (
+            not o.align or o.size <= ALIGN_LIMIT // 2,
+            f"--align-frames needs --size of at most {ALIGN_LIMIT // 2}",
+        ),
     ]
     for ok, why in checks:
         if not ok:
@@ -163,6 +198,20 @@ def options_from(args: argparse.Namespace) -> Options:
 
 
 # -- the raw client ------------------------------------------------------------------------
+
+
+def pad_frame(wire: bytes) -> bytes:
+    """``wire`` (one encoded frame) with a ``pad`` header making it a power of two long.
+
+    The header goes last, before the blank line ending the headers. See
+    ``--align-frames``; raises BenchError above :data:`ALIGN_LIMIT` bytes.
+    """
+    end = wire.index(b"\n\n")
+    size = len(wire) + len(b"\npad:")
+    target = 1 << (size - 1).bit_length()
+    if target > ALIGN_LIMIT:
+        raise BenchError(f"--align-frames: a frame of {size} bytes exceeds {ALIGN_LIMIT}")
+    return wire[:end] + b"\npad:" + b"x" * (target - size) + wire[end:]
 
 
 class StompConnection(StreamConnection):
@@ -185,7 +234,7 @@ class StompConnection(StreamConnection):
         connect = Frame(
             "CONNECT",
             (
-                ("accept-version", "1.2"),
+                ("accept-version", opts.version),
                 ("host", opts.vhost),
                 ("login", opts.user),
                 ("passcode", opts.password),
@@ -259,6 +308,8 @@ class Producer:
         if self.opts.persistent:
             headers.append(("persistent", "true"))
         wire = encode_frame(Frame("SEND", tuple(headers), bytes(self.opts.size)), "1.2")
+        if self.opts.align:
+            wire = pad_frame(wire)
         self.template = wire
         self.stamp_at = len(wire) - 1 - self.opts.size  # body, then NUL
         self.every = max(1, self.opts.window // 2)
@@ -307,7 +358,8 @@ class Producer:
         ]
         body = bytearray(self.opts.size)
         STAMP.pack_into(body, 0, time.perf_counter_ns())
-        return encode_frame(Frame("SEND", tuple(headers), bytes(body)), "1.2")
+        wire = encode_frame(Frame("SEND", tuple(headers), bytes(body)), "1.2")
+        return pad_frame(wire) if self.opts.align else wire
 
     async def run(self, deadline_ns: int | None) -> None:
         conn, opts, stats = self.conn, self.opts, self.run_.stats
@@ -378,10 +430,7 @@ class Consumer:
         opts = self.run_.opts
         self.conn = await StompConnection.open(opts, f"consumer-{self.index}", self.run_.fail)
         self.conn.on_message = self.on_message
-        # The ACK frame is the codec's, with the id spliced in (no escaping needed when
-        # the id has no ':', '\\', CR or LF; other ids go through the codec).
-        wire = self.conn.codec.send(Frame("ACK", (("id", _MARK),)))
-        self.ack_prefix, self.ack_suffix = wire.split(_MARK.encode())
+        self.ack_prefix, self.ack_suffix = ack_template(self.conn.codec, f"sub-{self.index}")
         headers = [
             ("id", f"sub-{self.index}"),
             ("destination", self.run_.destination),
@@ -397,23 +446,40 @@ class Consumer:
         self.run_.progressed()
 
     def ack_frame(self, frame: Frame) -> bytes:
-        """The ACK for ``frame`` (1.2 ``id`` = its ``ack`` header; 1.1 message-id)."""
+        """The ACK for ``frame``: 1.2 ``id`` (its ``ack`` header); 1.1 ``subscription``
+        and ``message-id``; 1.0 ``message-id``. Padded with ``--align-frames``."""
         assert self.conn is not None
         codec = self.conn.codec
-        if codec.version == "1.2":
-            ack_id = frame.get("ack") or ""
-            if not any(c in ack_id for c in ":\\\r\n"):
-                return self.ack_prefix + ack_id.encode() + self.ack_suffix
-            return codec.send(Frame("ACK", (("id", ack_id),)))
-        headers = (
-            ("subscription", frame.get("subscription") or ""),
-            ("message-id", frame.get("message-id") or ""),
-        )
-        return codec.send(Frame("ACK", headers))
+        ack_id = (frame.get("ack") if codec.version == "1.2" else frame.get("message-id")) or ""
+        if not any(c in ack_id for c in ":\\\r\n"):
+            wire = self.ack_prefix + ack_id.encode() + self.ack_suffix
+        else:
+            wire = codec.send(Frame("ACK", _ack_headers(codec.version, frame, ack_id)))
+        return pad_frame(wire) if self.run_.opts.align else wire
 
     async def close(self) -> None:
         if self.conn is not None:
             await self.conn.close()
+
+
+def _ack_headers(version: str, frame: Frame, ack_id: str) -> tuple[tuple[str, str], ...]:
+    if version == "1.2":
+        return (("id", ack_id),)
+    if version == "1.1":
+        return (("subscription", frame.get("subscription") or ""), ("message-id", ack_id))
+    return (("message-id", ack_id),)
+
+
+def ack_template(codec: FrameCodec, subscription: str) -> tuple[bytes, bytes]:
+    """The codec's ACK frame split around the message's id (spliced in per MESSAGE).
+
+    No escaping is needed when the id has no ':', '\\', CR or LF; other ids go
+    through the codec (:meth:`Consumer.ack_frame`).
+    """
+    message = Frame("MESSAGE", (("subscription", subscription),))
+    wire = codec.send(Frame("ACK", _ack_headers(codec.version, message, _MARK)))
+    prefix, suffix = wire.split(_MARK.encode())
+    return prefix, suffix
 
 
 def handle_message(consumer: Consumer, frame: Frame, now: int) -> None:
@@ -519,8 +585,8 @@ def self_test(count: int, opts: Options) -> dict[str, Any]:
     consumer = Consumer(run_, 0)
     sink = _SinkConnection()
     consumer.conn = sink  # type: ignore[assignment]
-    wire = sink.codec.send(Frame("ACK", (("id", _MARK),)))
-    consumer.ack_prefix, consumer.ack_suffix = wire.split(_MARK.encode())
+    sink.codec.version = opts.version
+    consumer.ack_prefix, consumer.ack_suffix = ack_template(sink.codec, "sub-0")
     codec = FrameCodec(CodecRole.CLIENT)
     codec.version = "1.2"
     t0 = time.perf_counter()

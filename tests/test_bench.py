@@ -67,3 +67,43 @@ def test_stomp_duration_run_ends_with_a_receipt(capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["complete"]
     assert result["delivered"] == result["sent"] > 0
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_stomp_older_version_and_aligned_frames(version, capsys):
+    argv = ["stomp", "--spawn", "--spawn-store", "memory", "--count", "300", "--json", "--quiet"]
+    argv += ["--stomp-version", version, "--align-frames", "--ack", "client-individual"]
+    assert bench_main([*argv, "--timeout", "30"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["complete"]
+    assert result["delivered"] == 300
+    assert f"stomp{version}" in result["scenario"]
+    assert "aligned" in result["scenario"]
+
+
+@pytest.mark.parametrize("size", [40, 100, 1000, 4000])
+def test_pad_frame_makes_a_power_of_two_that_still_decodes(size):
+    from bench.stomp_bench import pad_frame
+    from protocols.stomp.codec import Frame, FrameCodec, encode
+
+    headers = (("destination", "/queue/q"), ("receipt", "1"))
+    wire = encode(Frame("SEND", headers, b"x" * size), "1.2")
+    padded = pad_frame(wire)
+    assert len(padded) & (len(padded) - 1) == 0
+    assert len(padded) >= len(wire)
+    codec = FrameCodec()
+    codec.receive_data(padded)
+    decoded = codec.next_event()
+    assert isinstance(decoded, Frame)
+    assert decoded.body == b"x" * size
+    assert decoded.headers[:2] == headers
+
+
+def test_persistent_mqtt_idle_connections(capsys):
+    argv = ["conn", "--protocol", "mqtt", "--spawn", "--spawn-store", "memory", "--json"]
+    argv += ["--connections", "20", "--persistent", "--settle", "0", "--rate-of", "10"]
+    assert bench_main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["connections_opened"] == 20
+    assert report["sessions"] == "persistent"
+    assert report["broker_cpu_s"] >= 0
