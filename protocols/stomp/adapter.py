@@ -575,38 +575,50 @@ class StompConnection:
             self._receipt(frame)
             return
         stored = session.publish(exchange, message).stored
-        if destination.kind is not Kind.TEMP_QUEUE and _simple_send(frame) is not None:
+        if destination.kind is not Kind.TEMP_QUEUE and _plain_send(frame) is not None:
             text = frame.get("destination") or ""
             self._remember_target(text, destination.kind, exchange, routing_key)
         self._receipt(frame, durable=stored)
 
     def _send_fast(self, frame: Frame) -> bool:
-        """A simple SEND (`_simple_send`) to a destination seen before; False: general path.
+        """A plain SEND (`_plain_send`) to a destination seen before; False: general path.
 
         It does what `_on_send` does for such a frame, minus the work whose
         answer cannot have changed: parsing the destination, and for /queue/
         the declare (the same Queue object is still there, so the passive
         declare's exclusive-owner check passes again; `touch` restarts its
-        `x-expires` clock as that declare would). No property is set, so
-        the message gets empty properties; `Session.publish` raises
+        `x-expires` clock as that declare would). Properties come from the
+        headers as in `_on_send`; a SEND with no other header gets empty
+        properties and the caches saying so. `Session.publish` raises
         NotFound, as `lookup_exchange` would, when the exchange has gone.
         """
-        simple = _simple_send(frame)
-        if simple is None:
+        shape = _plain_send(frame)
+        if shape is None:
             return False
-        target = self._send_targets.get(simple[0])
+        text, receipt, other_headers = shape
+        target = self._send_targets.get(text)
         if target is None:
             return False
         exchange, routing_key, queue = target
         session = self._session()
         if queue is not None:
             if session.vhost.queues.get(routing_key) is not queue:
-                del self._send_targets[simple[0]]
+                del self._send_targets[text]
                 return False
             queue.touch()
-        message = Message(exchange, routing_key, Properties(), frame.body)
+        if other_headers:
+            message = Message(exchange, routing_key, self._properties(frame), frame.body)
+        else:
+            message = Message(exchange, routing_key, Properties(), frame.body)
+            # no property: no header for a STOMP consumer (`message_headers`) in any version
+            message.wire_cache = {
+                "stomp-headers": [],
+                "stomp-wire-1.0": b"",
+                "stomp-wire-1.1": b"",
+                "stomp-wire-1.2": b"",
+            }
         stored = session.publish(exchange, message).stored
-        if simple[1]:
+        if receipt:
             self._receipt(frame, durable=stored)
         return True
 
@@ -849,17 +861,21 @@ class StompConnection:
         self._settle_frame(frame, nack=False)
 
     def _ack_fast(self, frame: Frame) -> bool:
-        """An ACK of one client-individual delivery, naming it as this version must
-        and carrying no other header; False: the general path (`_settle_frame`)."""
+        """An ACK of one client-individual delivery outside a transaction, naming it
+        as this version must; False: the general path (`_settle_frame`), which
+        also raises every error. Headers the general path ignores are ignored."""
         ack_id = None
-        subscription = False
+        subscription = receipt = False
         id_header = "id" if self.version == "1.2" else "message-id"
         for name, value in frame.headers:
-            if name == id_header and ack_id is None:
-                ack_id = value
-            elif name == "subscription" and self.version == "1.1" and not subscription:
+            if name == id_header:
+                if ack_id is None:
+                    ack_id = value
+            elif name == "subscription":
                 subscription = True
-            else:
+            elif name == "receipt":
+                receipt = True
+            elif name == "transaction":
                 return False
         if ack_id is None or (self.version == "1.1" and not subscription):
             return False
@@ -870,6 +886,8 @@ class StompConnection:
         del self._acks[ack_id]
         sub.outstanding.pop(tag, None)
         self._session().ack(tag)
+        if receipt:
+            self._receipt(frame)
         return True
 
     def _on_nack(self, frame: Frame) -> None:
@@ -1093,19 +1111,25 @@ def message_wire_headers(message: Message, version: str) -> bytes:
     return wire
 
 
-def _simple_send(frame: Frame) -> tuple[str, bool] | None:
-    """(destination, asks for a receipt) of a SEND carrying nothing but `destination`,
-    `content-length` and `receipt` (each of the first and last once); else None."""
+def _plain_send(frame: Frame) -> tuple[str, bool, bool] | None:
+    """(destination, asks for a receipt, has other headers) of a SEND outside a
+    transaction whose headers declare nothing (no queue argument header); else None."""
     destination = None
     receipt = False
+    others = False
     for name, value in frame.headers:
-        if name == "destination" and destination is None:
-            destination = value
-        elif name == "receipt" and not receipt:
+        if name == "destination":
+            if destination is None:
+                destination = value
+        elif name == "receipt":
             receipt = True
-        elif name != "content-length":
+        elif name == "content-length":
+            continue
+        elif name == "transaction" or name in QUEUE_ARGUMENT_HEADERS:
             return None
-    return None if destination is None else (destination, receipt)
+        else:
+            others = True
+    return None if destination is None else (destination, receipt, others)
 
 
 def _selector_filter(selector: Selector) -> Callable[[Message], bool]:

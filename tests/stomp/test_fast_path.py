@@ -392,13 +392,22 @@ SCENARIOS: dict[str, Callable[[str], list[Step]]] = {
         *(send("/topic/t.x", b"t%d" % i) for i in range(3)),
         *(send("/exchange/amq.direct/k", b"e%d" % i, f"receipt:e{i}") for i in range(2)),
     ],
-    "headers keep the general path": lambda v: [
+    "headers become properties": lambda v: [
         connect_frame(v),
         send("/queue/a", b"1"),
-        send("/queue/a", b"2", "persistent:true"),
-        send("/queue/a", b"3", "content-type:text/plain"),
-        send("/queue/a", b"4", "destination:/queue/other"),  # repeated: first wins
-        send("/queue/a", b"5"),
+        send("/queue/a", b"2", "persistent:true", "priority:3", "custom:h\\cx"),
+        send("/queue/a", b"3", "content-type:text/plain", "JMSXGroupID:g", "reply-to:r"),
+        send("/queue/a", b"4", "destination:/queue/other", "receipt:1", "receipt:2"),
+        send("/queue/a", b"5", "user-id:someone-else"),  # PreconditionFailed: ERROR
+    ],
+    "queue arguments and transactions keep the general path": lambda v: [
+        connect_frame(v),
+        send("/queue/args", b"1", "x-max-length:2"),
+        send("/queue/args", b"2", "x-max-length:2"),
+        b"BEGIN\ntransaction:t\n\n\x00",
+        send("/queue/args", b"3", "transaction:t"),
+        b"COMMIT\ntransaction:t\n\n\x00",
+        send("/queue/args", b"4", "x-max-length:3"),  # another argument: refused
     ],
     "a cached queue deleted, then declared again": lambda v: [
         connect_frame(v),
@@ -422,6 +431,7 @@ SCENARIOS: dict[str, Callable[[str], list[Step]]] = {
         subscribe("/queue/w", "client-individual"),
         ack(v, 2),
         ack(v, 1, "receipt:a1"),
+        ack(v, 4, "pad:xx", "id:T_1", "message-id:T_2"),  # repeated: the first counts
         ack(v, 3),
         ack(v, 3),  # twice: unknown message-id, ERROR
     ],
@@ -453,10 +463,24 @@ async def test_fast_handlers_equal_general(scenario: str, version: str) -> None:
     assert none == []
     assert frames == general_frames
     assert queues == general_queues
-    if scenario != "headers keep the general path":
+    if scenario == "queue arguments and transactions keep the general path":
+        assert taken == []
+        assert frames[-1].command == "ERROR"
+    else:
         assert taken, "the fast path was never taken"
+    if scenario == "headers become properties":
+        assert taken.count("SEND") == 3  # the last raises (user-id) before it is counted
+        assert frames[-1].command == "ERROR"
     if scenario == "client-individual acks":
-        assert taken.count("ACK") == 2  # not the one with a receipt, nor the repeated one
+        assert taken.count("ACK") == 4  # not the repeated one
         assert frames[-1].command == "ERROR"
     if scenario == "a cached exchange deleted":
         assert frames[-1].command == "ERROR"
+
+
+def test_fast_send_seeds_the_header_caches_with_what_they_would_hold() -> None:
+    """`_send_fast` stores "no header" for a message without properties: it must be so."""
+    plain = Message("", "q", Properties(), b"x")
+    assert adapter.message_headers(plain) == []
+    for version in ("1.0", "1.1", "1.2"):
+        assert adapter.message_wire_headers(Message("", "q", Properties(), b"x"), version) == b""
