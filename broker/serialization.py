@@ -12,6 +12,7 @@ Message layout, version 1::
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,7 +49,44 @@ def encode_message(message: Message) -> bytes:
             table[name] = value
     if message.annotations:
         table["a"] = message.annotations
-    return bytes((_VERSION,)) + encode.field_table(table) + message.body
+    encoded = _flat_table(table)
+    if encoded is None:
+        encoded = encode.field_table(table)
+    return _VERSION_OCTET + encoded + message.body
+
+
+# -- the hot path: a table of short text and small numbers, encoded by hand ----------------
+#
+# Persistent messages are encoded once each on their way to the store, and nearly
+# all of them carry only text properties and a delivery mode: `_flat_table` writes
+# such a table exactly as pamqp's `field_table` does (keys sorted, text as a long
+# string `S`, an int in -128..127 as `b`) and leaves everything else (headers,
+# timestamps, annotations, other numbers) to pamqp. tests/broker/test_serialization.py
+# checks that both give the same bytes.
+
+_VERSION_OCTET = bytes((_VERSION,))
+_TABLE_SIZE = struct.Struct(">I")
+_KEYS = {name: bytes((len(name),)) + name.encode() for name in ("x", "k", *PROPERTY_NAMES)}
+
+
+def _flat_table(table: dict[str, Any]) -> bytes | None:
+    """pamqp's `field_table(table)` for keys of `_KEYS` and str or small int values; else None."""
+    parts = []
+    for key in sorted(table):
+        value = table[key]
+        kind = type(value)
+        name = _KEYS.get(key)
+        if name is None:
+            return None
+        if kind is str:
+            text = value.encode()
+            parts.append(b"%sS%s%s" % (name, _TABLE_SIZE.pack(len(text)), text))
+        elif kind is int and -128 <= value <= 127:
+            parts.append(b"%sb%s" % (name, value.to_bytes(1, "big", signed=True)))
+        else:
+            return None
+    data = b"".join(parts)
+    return _TABLE_SIZE.pack(len(data)) + data
 
 
 def decode_message(data: bytes) -> Message:

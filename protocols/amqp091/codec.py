@@ -69,6 +69,8 @@ from typing import ClassVar, Final, Literal
 
 from pamqp import base, commands, constants, encode, exceptions, frame, header, heartbeat
 
+from protocols.buffers import copy_out
+
 __all__ = [
     "CONTENT_METHODS",
     "HEARTBEAT_FRAME",
@@ -407,8 +409,7 @@ class FrameDecoder:
                     ReplyCode.FRAME_ERROR,
                     f"FRAME_ERROR - bad frame end octet {buf[end]:#04x}",
                 )
-            with memoryview(buf) as view:
-                payload = bytes(view[start + _FRAME_HEADER_SIZE : end])
+            payload = copy_out(buf, start + _FRAME_HEADER_SIZE, end)
             self._pos = end + 1
             event = handler(self, channel, payload)
             if event is not None:

@@ -59,6 +59,8 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
+from protocols.buffers import copy_out
+
 __all__ = [
     "CLIENT_COMMANDS",
     "NEED_DATA",
@@ -405,7 +407,7 @@ class FrameCodec:
                 return NEED_DATA
             if end - start > self.max_body_size:
                 raise _body_too_large(self.max_body_size)
-        frame = Frame(self._command, self._headers, _copy(buf, start, end))
+        frame = Frame(self._command, self._headers, copy_out(buf, start, end))
         del buf[: end + 1]
         self._reset_scan()
         return frame
@@ -483,16 +485,7 @@ def decode_fast(
             return None
     else:
         return None
-    return Frame(command, tuple(headers), _copy(buf, start, stop)), stop + 1
-
-
-def _copy(buf: bytes | bytearray, start: int, stop: int) -> bytes:
-    """``bytes(buf[start:stop])`` with one copy for large bodies (a bytearray slice
-    copies, then bytes() copies again; a memoryview costs more for small ones)."""
-    if stop - start < 4096 or type(buf) is bytes:
-        return bytes(buf[start:stop])
-    with memoryview(buf) as view:
-        return bytes(view[start:stop])
+    return Frame(command, tuple(headers), copy_out(buf, start, stop)), stop + 1
 
 
 def header_line(name: str, value: str, version: str, command: str = "MESSAGE") -> bytes | None:
