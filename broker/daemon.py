@@ -8,6 +8,7 @@ points, so no adapter is imported by name).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -21,6 +22,15 @@ from storage import MemoryStore, Store, StoreError
 log = logging.getLogger("moorage")
 
 SHUTDOWN_GRACE = 5.0  # seconds clients get to answer connection.close
+
+# Every queued message is a few container objects (Message, Properties,
+# QueueEntry, dicts) that CPython's cyclic collector scans again and again
+# while they wait in a queue; with the default threshold (700) it ran every
+# few hundred messages and took a quarter of the broker's time under load.
+# Reference counting frees nearly all of the broker's garbage anyway, so the
+# young generation is collected every 50,000 allocations instead (measured:
+# 1.3x AMQP transient and 1.1-1.3x MQTT QoS 1 deliveries, in one run each).
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 class StartupError(Exception):
@@ -131,12 +141,24 @@ def format_statistics(daemon: Daemon) -> str:
     return " ".join(f"{k}={v}" for k, v in statistics(daemon).items())
 
 
+def tune_gc() -> None:
+    """Collect cycles less often (`GC_THRESHOLDS`) and never rescan what start-up made.
+
+    Process-wide, so only `serve` (the daemon's own process) calls it.
+    """
+    gc.collect()
+    gc.freeze()  # modules, configuration, listeners: alive until exit
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def serve(config: Config, on_ready: Callable[[Daemon], None] | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down cleanly."""
     daemon = Daemon(config)
-    await daemon.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Handlers go in before the listeners open: a client (or `moorage bench
+    # --spawn`) may signal as soon as a port answers, and SIGUSR1's default
+    # action would end the process.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Operators (and `moorage bench --spawn`) ask for a snapshot with SIGUSR1. It
@@ -144,6 +166,8 @@ async def serve(config: Config, on_ready: Callable[[Daemon], None] | None = None
     loop.add_signal_handler(
         signal.SIGUSR1, lambda: log.warning("statistics: %s", format_statistics(daemon))
     )
+    await daemon.start()
+    tune_gc()
     if on_ready is not None:
         on_ready(daemon)
     log.info("moorage ready")

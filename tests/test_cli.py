@@ -116,3 +116,43 @@ def test_sigusr1_logs_statistics(tmp_path: Path):
         connection.close()
     finally:
         process.kill()
+
+
+def test_tune_gc_sets_the_thresholds_and_freezes_startup_objects():
+    import gc
+
+    from broker.daemon import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_sigusr1_as_soon_as_the_port_answers_does_not_end_the_broker(tmp_path: Path):
+    """`moorage bench --spawn` signals right away: the handler must already be there."""
+    port = free_port()
+    args = [*SERVE, "--data-dir", str(tmp_path / "data"), "--amqp-port", str(port)]
+    log = tmp_path / "log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([*args, *NO_OTHER_LISTENERS], stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "not listening"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.01)
+        process.send_signal(signal.SIGUSR1)
+        pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port)).close()
+        assert process.poll() is None, log.read_text()
+    finally:
+        process.terminate()
+        assert process.wait(10) == 0
