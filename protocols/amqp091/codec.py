@@ -116,6 +116,7 @@ _FRAME_OVERHEAD: Final = _FRAME_HEADER_SIZE + 1  # header + frame-end octet
 _METHOD_INDEX: Final = struct.Struct(">I")  # class-id:short method-id:short
 _CONTENT_CLASS: Final = struct.Struct(">H")  # first field of a content header
 _BASIC_CLASS_ID: Final = commands.Basic.frame_id  # 60
+_CONTENT_HEADER_MIN: Final = 14  # class, weight, body size, property flags (spec 4.2.6.1)
 _SHORTSTR_MAX: Final = 255
 
 # Start compacting the receive buffer once this many consumed octets sit in front.
@@ -409,11 +410,84 @@ class FrameDecoder:
                     ReplyCode.FRAME_ERROR,
                     f"FRAME_ERROR - bad frame end octet {buf[end]:#04x}",
                 )
+            if (
+                frame_type == constants.FRAME_METHOD
+                and channel
+                and size >= _METHOD_INDEX.size
+                and _METHOD_INDEX.unpack_from(buf, start + _FRAME_HEADER_SIZE)[0] == _PUBLISH_INDEX
+            ):
+                content = self._whole_publish(buf, start, channel, end)
+                if content is not None:
+                    return content
             payload = copy_out(buf, start + _FRAME_HEADER_SIZE, end)
             self._pos = end + 1
             event = handler(self, channel, payload)
             if event is not None:
                 return event
+
+    def _whole_publish(
+        self, buf: bytearray, start: int, channel: int, end: int
+    ) -> ContentReceived | None:
+        """A basic.publish whose header and single body frame are in `buf` too, in one go.
+
+        The hot path for publishers: what the general path (`_on_method`,
+        `_on_header`, `_on_body`) gives for the same three frames, without
+        copying each payload and assembling the content piece by piece. The
+        method frame at `start` (ending at `end`) has passed the general
+        checks; anything else unusual (another channel's frame between, a
+        body in several frames, a limit reached, a malformed header) returns
+        None and the general path decides, errors included. Never raises.
+        tests/amqp091/test_codec.py checks that both paths give the same events.
+        """
+        if channel in self._pending:
+            return None
+        frame_max = self.frame_max
+        header_at = end + 1
+        if len(buf) - header_at < _FRAME_HEADER_SIZE:
+            return None
+        kind, header_channel, size = _FRAME_HEADER.unpack_from(buf, header_at)
+        header_end = header_at + _FRAME_HEADER_SIZE + size
+        if (
+            kind != constants.FRAME_HEADER
+            or header_channel != channel
+            or size < _CONTENT_HEADER_MIN
+            or (frame_max and size + _FRAME_OVERHEAD > frame_max)
+            or len(buf) <= header_end
+            or buf[header_end] != _FRAME_END
+            or _CONTENT_CLASS.unpack_from(buf, header_at + _FRAME_HEADER_SIZE)[0] != _BASIC_CLASS_ID
+        ):
+            return None
+        method = _fast_publish(bytes(buf[start + _FRAME_HEADER_SIZE : end]))
+        if method is None:
+            return None
+        try:
+            properties, raw, body_size = _decode_content_header(
+                bytes(buf[header_at + _FRAME_HEADER_SIZE : header_end])
+            )
+        except _DECODE_ERRORS:
+            return None
+        if body_size > self.max_body_size:
+            return None
+        last = header_end
+        body = b""
+        if body_size:
+            body_at = header_end + 1
+            if len(buf) - body_at < _FRAME_HEADER_SIZE:
+                return None
+            kind, body_channel, size = _FRAME_HEADER.unpack_from(buf, body_at)
+            last = body_at + _FRAME_HEADER_SIZE + size
+            if (
+                kind != constants.FRAME_BODY
+                or body_channel != channel
+                or size != body_size
+                or (frame_max and size + _FRAME_OVERHEAD > frame_max)
+                or len(buf) <= last
+                or buf[last] != _FRAME_END
+            ):
+                return None
+            body = copy_out(buf, body_at + _FRAME_HEADER_SIZE, last)
+        self._pos = last + 1
+        return ContentReceived(channel, method, properties, body, raw)
 
     # -- per frame type ----------------------------------------------------
 

@@ -13,6 +13,7 @@ import datetime
 import itertools
 import struct
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -809,3 +810,94 @@ def test_pamqp_frame_builder_agrees_with_hand_built_frames() -> None:
         ),
         0,
     )
+
+
+# -- the whole-publish fast path ------------------------------------------------------------
+
+
+def events_or_error(chunks: list[bytes], *, fast: bool, **limits: int) -> list[Any]:
+    """Decode `chunks` with the whole-publish path on or off: events, then the error if any."""
+    decoder = FrameDecoder(expect_protocol_header=False, **limits)
+    out: list[Any] = []
+    patch = (
+        contextlib.nullcontext()
+        if fast
+        else mock.patch.object(FrameDecoder, "_whole_publish", return_value=None)
+    )
+    with patch:
+        for chunk in chunks:
+            decoder.receive_data(chunk)
+            try:
+                while (event := decoder.next_event()) is not NEED_DATA:
+                    raw = event.properties_raw if isinstance(event, ContentReceived) else None
+                    out.append((norm(event), raw))
+            except FrameError as e:
+                out.append(("error", e.reply_code, e.text))
+                return out
+    return out
+
+
+def _publish_frames(
+    channel: int, method: commands.Basic.Publish, props: Any, body: bytes, frame_max: int
+) -> list[bytes]:
+    """The frames of one publish, as `frame(...)` would write them."""
+    return [frame(*f) for f in frames_of(encode_content(channel, method, props, body, frame_max))]
+
+
+@st.composite
+def publish_streams(draw: st.DrawFn) -> tuple[bytes, int, int]:
+    """Streams of publishes, sometimes damaged or interleaved, and the decoder's limits."""
+    frame_max = draw(st.sampled_from([0, 4096, 131072]) | st.integers(200, 9000))
+    max_body = draw(st.sampled_from([128 * 1024 * 1024, 100, 5000]))
+    pieces: list[bytes] = []
+    for _ in range(draw(st.integers(1, 5))):
+        channel = draw(st.sampled_from([1, 2, 0, 65535]))
+        method = draw(PUBLISHES)
+        body = draw(st.binary(max_size=300) | st.sampled_from([b"", b"x" * 5000]))
+        try:
+            frames = _publish_frames(channel, method, draw(PROPERTIES), body, frame_max or 131072)
+        except ValueError:
+            continue
+        damage = draw(st.sampled_from(["none"] * 6 + ["end", "size", "other", "drop", "ack"]))
+        at = draw(st.integers(0, len(frames) - 1))
+        if damage == "end":
+            frames[at] = frames[at][:-1] + b"\x00"
+        elif damage == "size" and len(frames[at]) > 8:
+            frames[at] = frames[at][:3] + struct.pack(">I", len(frames[at]) - 9) + frames[at][7:]
+        elif damage == "other":
+            frames.insert(at + 1, frame(1, 3, encode_method_payload(commands.Channel.Open())))
+        elif damage == "drop":
+            del frames[at]
+        elif damage == "ack":
+            frames.insert(at, frame(1, channel, encode_method_payload(commands.Basic.Ack(1))))
+        pieces.extend(frames)
+    return b"".join(pieces), frame_max, max_body
+
+
+def encode_method_payload(method: Any) -> bytes:
+    return frames_of(encode_method(1, method))[0][2]
+
+
+@settings(max_examples=400, deadline=None)
+@given(publish_streams(), st.data())
+def test_whole_publish_path_gives_the_general_events(
+    case: tuple[bytes, int, int], data: st.DataObject
+) -> None:
+    wire, frame_max, max_body = case
+    limits = {"frame_max": frame_max, "max_body_size": max_body}
+    cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=6))
+    for chunks in ([wire], split(wire, cuts)):
+        assert events_or_error(chunks, fast=True, **limits) == events_or_error(
+            chunks, fast=False, **limits
+        )
+
+
+def test_whole_publish_path_is_taken_for_a_plain_publish() -> None:
+    props = commands.Basic.Properties(delivery_mode=2, content_type="text/plain")
+    wire = b"".join(_publish_frames(1, commands.Basic.Publish(routing_key="q"), props, b"hi", 4096))
+    decoder = FrameDecoder(expect_protocol_header=False)
+    decoder.receive_data(wire * 3)
+    with mock.patch.object(FrameDecoder, "_on_header", side_effect=AssertionError("general path")):
+        events = drain(decoder)
+    assert len(events) == 3
+    assert events[0][-1] == b"hi"
