@@ -506,8 +506,9 @@ class Session:
                 queue.requeue(entries)  # dispatches
             else:
                 queue.dispatch()
-        if self.prefetch_count:
-            # channel-wide credit came back: every queue we consume from may send
+        if self.prefetch_count and len(self.unacked) + len(items) >= self.prefetch_count:
+            # the channel-wide limit held every queue back and credit came back:
+            # every queue we consume from may send (below it, none was waiting on us)
             for queue in self._consumed_queues():
                 if queue not in touched:
                     queue.dispatch()

@@ -1390,7 +1390,8 @@ class MQTTConnection:
         if not subs:
             session.ack(delivery_tag)
             return
-        qos = min(published_qos(message), max(s.options.qos for s in subs))
+        granted = subs[0].options.qos if len(subs) == 1 else max(s.options.qos for s in subs)
+        qos = min(published_qos(message), granted)
         retain = False
         if a:
             retain = bool(a.get(ANN_RETAINED_COPY, False)) or (

@@ -128,6 +128,29 @@ def test_global_prefetch_is_shared_by_the_channel(
     assert broker.ready_count("g1") + broker.ready_count("g2") == 4
 
 
+def test_ack_on_one_queue_frees_global_credit_for_another(
+    conn: pika.BlockingConnection, publisher: Any, broker: RunningBroker
+) -> None:
+    publisher.queue_declare("one")
+    publisher.queue_declare("many")
+    publish(publisher, "one", 1, prefix="one")
+    publish(publisher, "many", 4, prefix="many")
+    channel = conn.channel()
+    channel.basic_qos(prefetch_count=2, global_qos=True)
+    inbox = Inbox(conn)
+    channel.basic_consume("one", inbox)
+    channel.basic_consume("many", inbox)
+    assert inbox.wait(2)
+    inbox.sync(channel)
+    assert len(inbox.messages) == 2
+    first = next(m for m in inbox.messages if m[0].routing_key == "one")
+    channel.basic_ack(first[0].delivery_tag)  # "one" is empty now: only "many" can use it
+    assert inbox.wait(3)
+    inbox.sync(channel)
+    assert len(inbox.messages) == 3
+    assert broker.ready_count("many") == 2
+
+
 def test_raising_prefetch_delivers_more(
     conn: pika.BlockingConnection, publisher: Any, broker: RunningBroker
 ) -> None:
