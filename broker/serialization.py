@@ -55,14 +55,15 @@ def encode_message(message: Message) -> bytes:
     return _VERSION_OCTET + encoded + message.body
 
 
-# -- the hot path: a table of short text and small numbers, encoded by hand ----------------
+# -- the hot path: a table of short text and small numbers, by hand -----------------------
 #
-# Persistent messages are encoded once each on their way to the store, and nearly
-# all of them carry only text properties and a delivery mode: `_flat_table` writes
-# such a table exactly as pamqp's `field_table` does (keys sorted, text as a long
-# string `S`, an int in -128..127 as `b`) and leaves everything else (headers,
-# timestamps, annotations, other numbers) to pamqp. tests/broker/test_serialization.py
-# checks that both give the same bytes.
+# Persistent messages are encoded once each on their way to the store (and decoded
+# when a queue pages them back in or recovers), and nearly all of them carry only
+# text properties and a delivery mode: `_flat_table` writes such a table exactly as
+# pamqp's `field_table` does (keys sorted, text as a long string `S`, an int in
+# -128..127 as `b`) and `_flat_untable` reads it back as pamqp would; everything
+# else (headers, timestamps, annotations, other numbers) is left to pamqp.
+# tests/broker/test_serialization.py checks that both give the same results.
 
 _VERSION_OCTET = bytes((_VERSION,))
 _TABLE_SIZE = struct.Struct(">I")
@@ -93,13 +94,51 @@ def decode_message(data: bytes) -> Message:
     """Inverse of `encode_message`. Raises ValueError on an unknown layout."""
     if not data or data[0] != _VERSION:
         raise ValueError(f"unknown stored message layout {data[:1]!r}")
-    used, table = decode.field_table(data[1:])
+    flat = _flat_untable(data, 1)
+    if flat is None:
+        used, table = decode.field_table(data[1:])
+        end = 1 + used
+    else:
+        end, table = flat
     exchange = str(table.pop("x"))
     routing_key = str(table.pop("k"))
     annotations = table.pop("a", None)
     fields: dict[str, Any] = {k: v for k, v in table.items() if k in PROPERTY_NAMES}
     properties = Properties(**fields)
-    message = Message(exchange, routing_key, properties, data[1 + used :])
+    message = Message(exchange, routing_key, properties, data[end:])
     if isinstance(annotations, dict) and annotations:
         message.annotations = dict(annotations)
     return message
+
+
+_INT8 = struct.Struct(">b")
+_TEXT, _SMALL_INT = ord("S"), ord("b")
+
+
+def _flat_untable(data: bytes, offset: int) -> tuple[int, dict[str, Any]] | None:
+    """pamqp's `field_table(data[offset:])` as (end offset, table) for a table of
+    `S` (UTF-8 text) and `b` values only; None otherwise, or when anything is off."""
+    try:
+        (size,) = _TABLE_SIZE.unpack_from(data, offset)
+        pos = offset + 4
+        end = pos + size
+        if end > len(data):
+            return None
+        table: dict[str, Any] = {}
+        while pos < end:
+            key_end = pos + 1 + data[pos]
+            key = data[pos + 1 : key_end].decode()
+            kind = data[key_end]
+            pos = key_end + 1
+            if kind == _TEXT:
+                (length,) = _TABLE_SIZE.unpack_from(data, pos)
+                pos += 4 + length
+                table[key] = data[pos - length : pos].decode()
+            elif kind == _SMALL_INT:
+                table[key] = _INT8.unpack_from(data, pos)[0]
+                pos += 1
+            else:
+                return None
+    except (IndexError, struct.error, UnicodeDecodeError):
+        return None
+    return (end, table) if pos == end else None
