@@ -41,6 +41,12 @@ def decode_arguments(data: bytes) -> dict[str, Any]:
 
 def encode_message(message: Message) -> bytes:
     """Serialize a message (routing information, properties, body) for the store."""
+    cache = message.wire_cache
+    raw = cache.get(_AMQP_PROPERTIES) if cache is not None else None
+    if raw is not None and not message.annotations:
+        fast = _encode_with_known_properties(message, raw)
+        if fast is not None:
+            return fast
     table: dict[str, Any] = {"x": message.exchange, "k": message.routing_key}
     props = message.properties
     for name in PROPERTY_NAMES:
@@ -72,6 +78,12 @@ _KEYS = {name: bytes((len(name),)) + name.encode() for name in ("x", "k", *PROPE
 
 def _flat_table(table: dict[str, Any]) -> bytes | None:
     """pamqp's `field_table(table)` for keys of `_KEYS` and str or small int values; else None."""
+    entries = _flat_entries(table)
+    return None if entries is None else _TABLE_SIZE.pack(len(entries)) + entries
+
+
+def _flat_entries(table: dict[str, Any]) -> bytes | None:
+    """`_flat_table` without the size in front."""
     parts = []
     for key in sorted(table):
         value = table[key]
@@ -86,8 +98,51 @@ def _flat_table(table: dict[str, Any]) -> bytes | None:
             parts.append(b"%sb%s" % (name, value.to_bytes(1, "big", signed=True)))
         else:
             return None
-    data = b"".join(parts)
-    return _TABLE_SIZE.pack(len(data)) + data
+    return b"".join(parts)
+
+
+# An AMQP publisher sends the same few property sets over and over, and the adapter
+# keeps their wire bytes on the message (`wire_cache["amqp"]`; equal bytes, equal
+# properties). Their share of the table is encoded once per property set: the
+# entries sorted before "k" and those between "k" and "x" (none sort after "x").
+_AMQP_PROPERTIES = "amqp"
+_PROPERTY_PARTS_LIMIT = 1024
+_property_parts: dict[bytes, tuple[bytes, bytes] | None] = {}
+
+
+def _encode_with_known_properties(message: Message, raw: bytes) -> bytes | None:
+    """`encode_message` for a message without annotations whose properties' AMQP
+    encoding is `raw`; None when they are not a flat table (pamqp decides)."""
+    try:
+        parts = _property_parts[raw]
+    except KeyError:
+        props = message.properties
+        values = {n: getattr(props, n) for n in PROPERTY_NAMES}
+        low = _flat_entries({n: v for n, v in values.items() if v is not None and n < "k"})
+        mid = _flat_entries({n: v for n, v in values.items() if v is not None and n > "k"})
+        parts = None if low is None or mid is None else (low, mid)
+        if len(_property_parts) >= _PROPERTY_PARTS_LIMIT:
+            _property_parts.clear()
+        _property_parts[raw] = parts
+    if parts is None:
+        return None
+    key = message.routing_key.encode()
+    exchange = message.exchange.encode()
+    low, mid = parts
+    size = len(low) + len(mid) + len(key) + len(exchange) + 2 * (len(_KEYS["k"]) + 5)
+    return b"%s%s%s%sS%s%s%s%sS%s%s%s" % (
+        _VERSION_OCTET,
+        _TABLE_SIZE.pack(size),
+        low,
+        _KEYS["k"],
+        _TABLE_SIZE.pack(len(key)),
+        key,
+        mid,
+        _KEYS["x"],
+        _TABLE_SIZE.pack(len(exchange)),
+        exchange,
+        message.body,
+    )
 
 
 def decode_message(data: bytes) -> Message:

@@ -142,3 +142,14 @@ def test_common_tables_are_decoded_by_hand() -> None:
     assert _flat_untable(encode_message(message), 1) is not None
     with_headers = Message("ex", "key", Properties(headers={"h": 1}), b"body")
     assert _flat_untable(encode_message(with_headers), 1) is None
+
+
+@settings(max_examples=500, deadline=None)
+@given(messages())
+def test_encoding_with_amqp_property_bytes_equals_pamqp(message: Message) -> None:
+    """The per-property-set cache (keyed by the AMQP bytes; equal bytes, equal properties)."""
+    message.wire_cache = {"amqp": repr(message.properties).encode()}
+    assert encode_message(message) == reference_encoding(message)
+    again = Message(message.exchange + "2", "k2", message.properties, b"other")
+    again.wire_cache = dict(message.wire_cache)
+    assert encode_message(again) == reference_encoding(again)  # from the cache
