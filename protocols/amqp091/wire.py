@@ -8,6 +8,7 @@ pamqp for any input, so the general path stays the reference.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from pamqp import commands
 
@@ -21,6 +22,16 @@ _END = b"\xce"
 _METHOD, _HEADER, _BODY = 1, 2, 3
 
 
+# cluster_id is deprecated in 0-9-1 and pamqp refuses to send one
+_SENT_NAMES = tuple(n for n in PROPERTY_NAMES if n != "cluster_id")
+_PAYLOAD_CACHE_LIMIT = 1024
+# Encoded properties by their values, for messages that arrive without their AMQP
+# bytes (read back from the store, published over MQTT or STOMP): they repeat
+# as much as publishers' property sets do. Only sets without headers (a dict) are
+# kept, so every key is hashable.
+_payloads: dict[tuple[Any, ...], bytes] = {}
+
+
 def properties_payload(message: Message) -> bytes:
     """The encoded basic properties of a message, cached on the message for fan-out."""
     cache = message.wire_cache
@@ -29,10 +40,23 @@ def properties_payload(message: Message) -> bytes:
     raw = cache.get("amqp")
     if raw is None:
         props = message.properties
-        # cluster_id is deprecated in 0-9-1 and pamqp refuses to send one
-        values = {n: getattr(props, n) for n in PROPERTY_NAMES if n != "cluster_id"}
-        raw = cache["amqp"] = commands.Basic.Properties(**values).marshal()
+        values = tuple(getattr(props, n) for n in _SENT_NAMES)
+        if props.headers is None:
+            raw = _payloads.get(values)
+            if raw is None:
+                raw = _marshal(values)
+                if len(_payloads) >= _PAYLOAD_CACHE_LIMIT:
+                    _payloads.clear()
+                _payloads[values] = raw
+        else:
+            raw = _marshal(values)
+        cache["amqp"] = raw
     return raw
+
+
+def _marshal(values: tuple[Any, ...]) -> bytes:
+    properties = commands.Basic.Properties(**dict(zip(_SENT_NAMES, values, strict=True)))
+    return properties.marshal()
 
 
 def content_frames(channel: int, message: Message, frame_max: int) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from datetime import UTC, datetime
 
@@ -86,6 +87,20 @@ def test_content_frames_match_pamqp(channel, props, body, frame_max):
     assert wire.content_frames(channel, message, frame_max) == pamqp_content(
         channel, message, frame_max
     )
+
+
+@settings(max_examples=150, deadline=None)
+@given(props=properties)
+def test_properties_by_value_cache_matches_pamqp(props):
+    """Two messages with equal properties (read back from the store, say): the second
+    takes the first one's bytes from the by-value cache."""
+    first = Message("x", "k", props, b"1")
+    again = Message("x", "k", dataclasses.replace(props), b"2")
+    names = [n for n in wire.PROPERTY_NAMES if n != "cluster_id"]
+    expected = commands.Basic.Properties(**{n: getattr(props, n) for n in names}).marshal()
+    assert wire.properties_payload(first) == expected
+    assert wire.properties_payload(again) == wire.properties_payload(first)
+    assert wire.content_frames(1, again, 4096) == pamqp_content(1, again, 4096)
 
 
 def test_body_exactly_filling_frames():
