@@ -18,11 +18,11 @@ stop delivering to a socket that does not keep up.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 from typing import TYPE_CHECKING
+
+from broker.periodic import Periodic
 
 if TYPE_CHECKING:
     from broker.broker import Broker
@@ -66,23 +66,18 @@ class MemoryMonitor:
         self.broker = broker
         self.watermark = watermark
         self.used = 0
-        self._task: asyncio.Task[None] | None = None
+        self.periodic = Periodic(INTERVAL, self._tick)
 
     def start(self) -> None:
-        if self.watermark and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        """Start measuring, unless the watermark is 0 (off)."""
+        if self.watermark:
+            self.periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self.periodic.stop()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(INTERVAL)
-            self.check()
+    async def _tick(self) -> None:
+        self.check()
 
     def check(self) -> None:
         """Measure now and set or clear the alarm."""

@@ -15,12 +15,11 @@ are left as they are, since reading back trusts the store, not the counts.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
 
+from broker.periodic import Periodic
 from storage import StoreError
 
 if TYPE_CHECKING:
@@ -34,26 +33,19 @@ class RetentionSweeper:
 
     def __init__(self, broker: Broker, interval: float = 5.0) -> None:
         self.broker = broker
-        self.interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self.periodic = Periodic(interval, self._tick)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self.periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self.periodic.stop()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.sweep()
-            except StoreError as e:
-                log.warning("retention sweep failed: %s", e)
+    async def _tick(self) -> None:
+        try:
+            await self.sweep()
+        except StoreError as e:
+            log.warning("retention sweep failed: %s", e)
 
     async def sweep(self, now: float | None = None) -> int:
         """Delete due entries of paged-out queues; returns how many went."""

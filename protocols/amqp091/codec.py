@@ -441,29 +441,20 @@ class FrameDecoder:
         """
         if channel in self._pending:
             return None
-        frame_max = self.frame_max
-        header_at = end + 1
-        if len(buf) - header_at < _FRAME_HEADER_SIZE:
+        header = self._frame_at(buf, end + 1, constants.FRAME_HEADER, channel)
+        if header is None:
             return None
-        kind, header_channel, size = _FRAME_HEADER.unpack_from(buf, header_at)
-        header_end = header_at + _FRAME_HEADER_SIZE + size
+        header_at, header_end = header
         if (
-            kind != constants.FRAME_HEADER
-            or header_channel != channel
-            or size < _CONTENT_HEADER_MIN
-            or (frame_max and size + _FRAME_OVERHEAD > frame_max)
-            or len(buf) <= header_end
-            or buf[header_end] != _FRAME_END
-            or _CONTENT_CLASS.unpack_from(buf, header_at + _FRAME_HEADER_SIZE)[0] != _BASIC_CLASS_ID
+            header_end - header_at < _CONTENT_HEADER_MIN
+            or _CONTENT_CLASS.unpack_from(buf, header_at)[0] != _BASIC_CLASS_ID
         ):
             return None
         method = _fast_publish(bytes(buf[start + _FRAME_HEADER_SIZE : end]))
         if method is None:
             return None
         try:
-            properties, raw, body_size = _decode_content_header(
-                bytes(buf[header_at + _FRAME_HEADER_SIZE : header_end])
-            )
+            properties, raw, body_size = _decode_content_header(bytes(buf[header_at:header_end]))
         except _DECODE_ERRORS:
             return None
         if body_size > self.max_body_size:
@@ -471,23 +462,32 @@ class FrameDecoder:
         last = header_end
         body = b""
         if body_size:
-            body_at = header_end + 1
-            if len(buf) - body_at < _FRAME_HEADER_SIZE:
+            found = self._frame_at(buf, header_end + 1, constants.FRAME_BODY, channel)
+            if found is None:
                 return None
-            kind, body_channel, size = _FRAME_HEADER.unpack_from(buf, body_at)
-            last = body_at + _FRAME_HEADER_SIZE + size
-            if (
-                kind != constants.FRAME_BODY
-                or body_channel != channel
-                or size != body_size
-                or (frame_max and size + _FRAME_OVERHEAD > frame_max)
-                or len(buf) <= last
-                or buf[last] != _FRAME_END
-            ):
+            body_at, last = found
+            if last - body_at != body_size:
                 return None
-            body = copy_out(buf, body_at + _FRAME_HEADER_SIZE, last)
+            body = copy_out(buf, body_at, last)
         self._pos = last + 1
         return ContentReceived(channel, method, properties, body, raw)
+
+    def _frame_at(self, buf: bytearray, at: int, kind: int, channel: int) -> tuple[int, int] | None:
+        """(payload start, frame-end index) of a whole, well-formed frame of `kind` on
+        `channel` starting at `at`, within frame_max; None for anything else."""
+        if len(buf) - at < _FRAME_HEADER_SIZE:
+            return None
+        frame_type, frame_channel, size = _FRAME_HEADER.unpack_from(buf, at)
+        last = at + _FRAME_HEADER_SIZE + size
+        if (
+            frame_type != kind
+            or frame_channel != channel
+            or (self.frame_max and size + _FRAME_OVERHEAD > self.frame_max)
+            or len(buf) <= last
+            or buf[last] != _FRAME_END
+        ):
+            return None
+        return at + _FRAME_HEADER_SIZE, last
 
     # -- per frame type ----------------------------------------------------
 

@@ -126,5 +126,5 @@ def test_queue_memory_counts_bodies_and_overhead(tmp_path, start_broker) -> None
         lambda: running.core.vhosts["/"].queues["m"].memory_bytes(ENTRY_OVERHEAD)
     )
     assert queue_bytes == 10 * (1000 + ENTRY_OVERHEAD)
-    assert running.call(lambda: running.core.memory._task) is None  # 0 = off
+    assert not running.call(lambda: running.core.memory.periodic.running)  # 0 = off
     connection.close()
