@@ -31,7 +31,10 @@ transport to drain. While more than `HIGH_WATER` bytes wait to be written
 the adapter is told `set_writable(False)` (its core session stops
 deliveries); once everything queued was written, `set_writable(True)`.
 Reading is naturally paced: the next message is read only after the
-adapter handled the last one.
+adapter handled the last one. Publisher flow control is the TCP shells'
+(`protocols.reading`): while the store lags, or while the memory alarm is
+set and this client has published, the next message is not read; the
+adapter is told its peer's silence is the broker's doing (`peer_held`).
 
 Closing: when the adapter calls `close()`, the writer sends what is queued,
 then a close frame (1000, or 1001 "going away" when the listener shuts down)
@@ -104,6 +107,7 @@ class WebSocketConnection:
         self._writable = True
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = float("inf")
+        self._held: asyncio.Future[None] | None = None  # reading paused by flow control
 
     # -- Shell ---------------------------------------------------------------------------
 
@@ -119,6 +123,7 @@ class WebSocketConnection:
         """Send what is queued, then close the WebSocket with `close_code`."""
         self._closing = True
         self._wakeup.set()
+        self._release_hold()
 
     # -- the connection's life -------------------------------------------------------------
 
@@ -160,7 +165,27 @@ class WebSocketConnection:
             adapter.data_received(data, self.loop.time())
             if adapter.next_deadline() != self._timer_when:
                 self._arm_timer()
+            await self._flow_control(adapter)
         return False
+
+    async def _flow_control(self, adapter: Adapter) -> None:
+        """Wait while the store lags, or while the memory alarm holds a publisher."""
+        flow = self.listener.broker.flow
+        while not self._closing and not adapter.closed:
+            if flow.blocked:
+                wait = flow.on_resume
+            elif flow.memory_alarm and adapter.publisher:
+                wait = flow.on_memory_clear
+            else:
+                return
+            self._held = held = self.loop.create_future()
+            wait(self._release_hold)
+            await held
+
+    def _release_hold(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not held.done():
+            held.set_result(None)
 
     async def _write_loop(self) -> None:
         ws = self.ws
@@ -234,7 +259,10 @@ class WebSocketConnection:
         self._timer = None
         if self.adapter is None or self._closing:
             return
-        self.adapter.handle_timer(self.loop.time())
+        now = self.loop.time()
+        if self._held is not None:
+            self.adapter.peer_held(now)
+        self.adapter.handle_timer(now)
         self._arm_timer()
 
 

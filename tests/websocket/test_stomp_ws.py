@@ -200,3 +200,39 @@ async def test_shutdown_sends_error_then_going_away(ws_broker):
             assert msg.data == aiohttp.WSCloseCode.GOING_AWAY
         finally:
             await ws.close()
+
+
+@pytest.mark.parametrize("ws_broker", [{"memory_high_watermark": 0}], indirect=True)
+async def test_memory_alarm_holds_a_publishing_websocket_until_it_clears(ws_broker):
+    """As on TCP: a client that published is not read while the alarm is set; one
+    that only consumes is, and the held one carries on once the alarm clears."""
+    flow = ws_broker.broker.flow
+    protocols = ["v12.stomp"]
+    async with aiohttp.ClientSession() as session:
+        publisher = await _open(session, ws_broker.stomp_port, protocols)
+        consumer = await _open(session, ws_broker.stomp_port, protocols)
+        try:
+            for ws in (publisher, consumer):
+                await ws.send_str(CONNECT.decode())
+                assert (await _frame(ws))[1].startswith(b"CONNECTED\n")
+            send = "SEND\ndestination:/queue/ws-alarm\nreceipt:{}\n\nm\x00"
+            await publisher.send_str(send.format("r0"))
+            assert b"receipt-id:r0" in (await _frame(publisher))[1]
+            ws_broker.call(flow.set_memory_alarm, True)
+            await publisher.send_str(send.format("r1"))  # read, then the shell holds
+            assert b"receipt-id:r1" in (await _frame(publisher))[1]
+            await publisher.send_str(send.format("r2"))
+            with pytest.raises(TimeoutError):
+                await publisher.receive(timeout=0.5)
+            await consumer.send_str(
+                "SUBSCRIBE\nid:0\ndestination:/queue/ws-alarm\nreceipt:s\n\n\x00"
+            )
+            got = [(await _frame(consumer))[1] for _ in range(3)]  # not held
+            assert sum(f.startswith(b"MESSAGE\n") for f in got) == 2  # r0's and r1's
+            assert any(b"receipt-id:s" in f for f in got)
+            ws_broker.call(flow.set_memory_alarm, False)
+            assert b"receipt-id:r2" in (await _frame(publisher))[1]
+            assert (await _frame(consumer))[1].startswith(b"MESSAGE\n")  # r2's
+        finally:
+            await publisher.close()
+            await consumer.close()
