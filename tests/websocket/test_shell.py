@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from aiohttp import WSCloseCode, WSMessage, WSMsgType
 
+from broker.flow import WriteFlow
 from protocols.websocket import (
     HIGH_WATER,
     Framing,
@@ -16,6 +17,7 @@ from protocols.websocket import (
     WebSocketPlugin,
     offered_subprotocols,
 )
+from storage import MemoryStore
 
 pytestmark = pytest.mark.timeout(5)
 
@@ -52,6 +54,9 @@ class FakeAdapter:
         self.received: list[bytes] = []
         self.writable: list[bool] = []
         self.lost = False
+        self.closed = False
+        self.publisher = True
+        self.held_at: list[float] = []
 
     def data_received(self, data: bytes, now: float) -> None:
         self.received.append(data)
@@ -67,6 +72,9 @@ class FakeAdapter:
 
     def handle_timer(self, now: float) -> None:
         pass
+
+    def peer_held(self, now: float) -> None:
+        self.held_at.append(now)
 
     def set_writable(self, writable: bool) -> None:
         self.writable.append(writable)
@@ -85,7 +93,8 @@ def make_connection(framing: Framing) -> tuple[WebSocketConnection, FakeWS]:
 
     plugin = Plugin()
     plugin.framing = framing
-    listener: Any = SimpleNamespace(plugin=plugin, broker=None)
+    flow = WriteFlow(MemoryStore(), 1 << 20)
+    listener: Any = SimpleNamespace(plugin=plugin, broker=SimpleNamespace(flow=flow))
     request: Any = SimpleNamespace(transport=None)
     ws = FakeWS()
     return WebSocketConnection(listener, request, ws), ws  # type: ignore[arg-type]
@@ -158,3 +167,23 @@ def test_offered_subprotocols_splits_every_header():
         headers=SimpleNamespace(getall=lambda _name, _default: ["mqtt, mqttv3.1", " v12.stomp ,"])
     )
     assert offered_subprotocols(request) == ["mqtt", "mqttv3.1", "v12.stomp"]
+
+
+async def test_memory_alarm_stops_reading_a_publisher_until_it_clears():
+    conn, ws = make_connection(Framing.BINARY)
+    flow = conn.listener.broker.flow
+    task = asyncio.create_task(conn.run())
+    ws.incoming.put_nowait(binary(b"first"))
+    await asyncio.sleep(0.01)
+    flow.set_memory_alarm(True)
+    ws.incoming.put_nowait(binary(b"second"))  # read: the alarm is checked after a message
+    ws.incoming.put_nowait(binary(b"third"))
+    await asyncio.sleep(0.05)
+    adapter = conn.adapter
+    assert adapter is not None
+    assert adapter.received == [b"first", b"second"]
+    flow.set_memory_alarm(False)
+    await asyncio.sleep(0.01)
+    assert adapter.received == [b"first", b"second", b"third"]
+    ws.incoming.put_nowait(binary(b"bye"))
+    await asyncio.wait_for(task, 2)
