@@ -108,6 +108,8 @@ def _flat_entries(table: dict[str, Any]) -> bytes | None:
 _AMQP_PROPERTIES = "amqp"
 _PROPERTY_PARTS_LIMIT = 1024
 _property_parts: dict[bytes, tuple[bytes, bytes] | None] = {}
+_TEXT_K = _KEYS["k"] + b"S"  # the routing key's entry up to its length
+_TEXT_X = _KEYS["x"] + b"S"  # the exchange's
 
 
 def _encode_with_known_properties(message: Message, raw: bytes) -> bytes | None:
@@ -129,16 +131,16 @@ def _encode_with_known_properties(message: Message, raw: bytes) -> bytes | None:
     key = message.routing_key.encode()
     exchange = message.exchange.encode()
     low, mid = parts
-    size = len(low) + len(mid) + len(key) + len(exchange) + 2 * (len(_KEYS["k"]) + 5)
-    return b"%s%s%s%sS%s%s%s%sS%s%s%s" % (
+    size = len(low) + len(mid) + len(_TEXT_K) + 4 + len(key) + len(_TEXT_X) + 4 + len(exchange)
+    return b"%s%s%s%s%s%s%s%s%s%s%s" % (
         _VERSION_OCTET,
         _TABLE_SIZE.pack(size),
         low,
-        _KEYS["k"],
+        _TEXT_K,
         _TABLE_SIZE.pack(len(key)),
         key,
         mid,
-        _KEYS["x"],
+        _TEXT_X,
         _TABLE_SIZE.pack(len(exchange)),
         exchange,
         message.body,
