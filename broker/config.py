@@ -65,6 +65,7 @@ class StorageConfig:
     backend: str = "sqlite"  # "sqlite" or "memory"
     durability: str = "fsync"  # "fsync" or "nosync"
     retention: float = 0.0  # seconds a message may stay queued (0 = no limit)
+    ack_window: float = 0.1  # seconds a delivered message may wait for its ack unwritten
 
 
 @dataclass(slots=True)
@@ -128,6 +129,10 @@ class Config:
         if config.storage.durability not in {"fsync", "nosync"}:
             raise ConfigError(
                 f"storage.durability must be 'fsync' or 'nosync', not {config.storage.durability!r}"
+            )
+        if not config.storage.ack_window >= 0:
+            raise ConfigError(
+                f"storage.ack_window must be >= 0 seconds, not {config.storage.ack_window!r}"
             )
 
         auth = _table(data.pop("auth", {}), "auth")

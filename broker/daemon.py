@@ -47,7 +47,11 @@ def make_store(config: Config) -> Store:
         config.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StartupError(f"cannot create data directory {config.data_dir}: {e.strerror}") from e
-    return SQLiteStore(config.data_dir / "moorage.db", durability=config.storage.durability)
+    return SQLiteStore(
+        config.data_dir / "moorage.db",
+        durability=config.storage.durability,
+        ack_window=config.storage.ack_window,
+    )
 
 
 class Daemon:

@@ -224,7 +224,7 @@ class MemoryStore:
             RetainedRecord(v, t, mid, self._messages[mid]) for (v, t), mid in self._retained.items()
         ]
 
-    def when_durable(self, callback: DurabilityCallback) -> None:
+    def when_durable(self, callback: DurabilityCallback, *, removals: bool = True) -> None:
         callback(None)
 
     @property

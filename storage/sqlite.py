@@ -91,6 +91,27 @@ Durability modes (`durability=`):
 (default) writes at the next loop iteration; a positive value waits that
 many seconds first, trading confirm latency for bigger batches.
 
+Ack window (`ack_window`, seconds, 0 = off): most persistent messages of a
+busy broker go straight to a consumer and are acked milliseconds later, so
+writing them only to delete them again is most of the disk work. RabbitMQ
+confirms such a message on the consumer's ack and never writes it. Here the
+batch is *held* while every live change in it is a message out to a
+consumer (its put and an enqueue that `mark_delivered` reported; the core
+reports every delivery of a persistent entry that awaits an ack) or an
+entry removal. An ack then cancels the write as above, and a `when_durable`
+callback fires as soon as every change queued before it is cancelled: the
+publisher's confirm follows the ack. Any other change (an enqueue nobody was
+given, topology, sessions, a read, an expire) ends the hold at the next
+loop iteration, and so does the oldest waiting callback turning
+`ack_window` old, the batch turning `held_max_age` old or holding
+`held_max_ops` live changes: then the batch is written as usual. A held
+callback only fires while no earlier batch is in flight or failed, so the
+callbacks keep their order and a confirm never overtakes an unwritten
+message. `when_durable(removals=False)` (publisher confirms) also passes
+over acks queued before it, which only decide whether a message is
+redelivered after a crash; every other caller waits for them. A crash
+during a hold loses only what no callback has reported durable.
+
 Schema: a `schema_version` table holds the number of migrations applied;
 `MIGRATIONS[i]` upgrades version i to i + 1, each in one transaction
 (version 2 added `entries.expires_at` and its partial index; version 3 the
@@ -451,6 +472,8 @@ _STATEMENTS: Final[dict[int, tuple[tuple[_Sql, _Picker], ...]]] = {
 }
 
 _HOT_KINDS: Final = (_PUT_MESSAGE, _ENQUEUE, _ACK, _COLLECT_MESSAGE)
+_REMOVAL_KINDS: Final = frozenset((_ACK, _COLLECT_MESSAGE))
+"""Removals of single entries: `when_durable(removals=False)` does not wait for them."""
 """Kinds regrouped within a segment, in this order (see `_execute_ops`)."""
 
 _SQL_MARKS: Final = _multi_row(  # rows: (queue_id, seq, delivery_count)
@@ -536,6 +559,18 @@ class _Batch:
 
 
 @dataclass(slots=True)
+class _Waiting:
+    """A `when_durable` callback of the gathering batch, and what it waits for."""
+
+    callback: DurabilityCallback
+    mark: int
+    """How many ops the batch had when it was registered: it waits for those."""
+    removals: bool
+    since: float
+    """loop.time() of the registration."""
+
+
+@dataclass(slots=True)
 class _Read:
     """A function to run on the writer's connection, its result sent to `future`."""
 
@@ -587,9 +622,12 @@ class SQLiteStore:
             auto-vacuum mode when the first table is created).
         flush_delay: group-commit window in seconds; 0 flushes at the next
             loop iteration.
+        ack_window: seconds a message delivered to a consumer may wait in
+            the gathering batch for that consumer's ack (which cancels its
+            write), see "Ack window" in the module docs; 0 writes at once.
 
     Raises:
-        ValueError: unknown `durability` or negative `flush_delay`.
+        ValueError: unknown `durability`, negative `flush_delay` or `ack_window`.
 
     All methods must be called from the event loop thread that ran `open()`;
     `when_durable` callbacks run on that loop. An instance is opened once: to
@@ -608,6 +646,10 @@ class SQLiteStore:
     """Free pages left in the file after a vacuum, for the next inserts."""
     vacuum_max_pages: int = 8192
     """At most this many pages returned per vacuum, to bound its duration."""
+    held_max_age: float = 1.0
+    """Seconds a batch held for acks may gather before it is written all the same."""
+    held_max_ops: int = 50_000
+    """Live operations past which a held batch is written all the same."""
 
     def __init__(
         self,
@@ -616,6 +658,7 @@ class SQLiteStore:
         durability: str = "fsync",
         vacuum: bool = True,
         flush_delay: float = 0.0,
+        ack_window: float = 0.0,
     ) -> None:
         if durability not in DURABILITY_MODES:
             raise ValueError(
@@ -623,10 +666,13 @@ class SQLiteStore:
             )
         if flush_delay < 0:
             raise ValueError(f"flush_delay must be >= 0, got {flush_delay!r}")
+        if not ack_window >= 0:
+            raise ValueError(f"ack_window must be >= 0, got {ack_window!r}")
         self.path = Path(os.fspath(path))
         self.durability = durability
         self.vacuum = vacuum
         self.flush_delay = flush_delay
+        self.ack_window = ack_window
         self.stats = SQLiteStats()
 
         self._state = "new"  # new -> open -> closing -> closed
@@ -637,9 +683,16 @@ class SQLiteStore:
         # Loop-thread state. The gathering batch:
         self._ops: list[_Op | None] = []
         self._marks: dict[tuple[int, int], int] = {}
-        self._callbacks: list[DurabilityCallback] = []
+        self._callbacks: list[_Waiting] = []
         self._reads: list[_Read] = []
         self._live = 0  # ops in self._ops that are not cancelled
+        # The ack window (see the module docs):
+        self._urgent = 0  # ops of kinds that are never held
+        self._undelivered: set[tuple[int, int]] = set()  # enqueues not out to a consumer
+        self._settled = 0  # ops before this index are cancelled or removals
+        self._cancelled_prefix = 0  # ops before this index are cancelled
+        self._held_since: float | None = None  # when this batch was first held
+        self._holding = False  # the flush handle is the end of a hold
         self._enqueued: dict[tuple[int, int], int] = {}  # (queue_id, seq) -> op index
         self._batch_puts: dict[int, list[int]] = {}  # message id -> [op index, enqueues]
         self._dropped: set[int] = set()  # messages whose put this batch cancelled
@@ -852,6 +905,8 @@ class SQLiteStore:
             put[1] += 1
         key = (queue_id, seq)
         self._enqueued[key] = len(self._ops)
+        if self.ack_window:
+            self._undelivered.add(key)
         self._append(_ENQUEUE, (queue_id, seq, message_id, expires_at))
 
     def ack(self, vhost: str, queue: str, seq: int) -> None:
@@ -895,7 +950,9 @@ class SQLiteStore:
         queue_id = self._queue_ids.get((vhost, queue))
         if queue_id is None:
             return
-        self._marks[(queue_id, seq)] = delivery_count
+        key = (queue_id, seq)
+        self._marks[key] = delivery_count
+        self._undelivered.discard(key)
         if len(self._marks) >= self.marks_flush_threshold:
             self._schedule_flush()
 
@@ -979,8 +1036,14 @@ class SQLiteStore:
     def _append(self, kind: int, params: _Params) -> None:
         self._ops.append((kind, params))
         self._live += 1
+        if kind not in _HOT_KINDS:
+            self._urgent += 1
         if self._flush_handle is None:
             self._schedule_flush()
+        elif self._holding and (kind == _ENQUEUE or kind not in _HOT_KINDS):
+            # Look again at the next iteration: an enqueue that is not
+            # delivered by then, or an urgent change, ends the hold.
+            self._schedule_flush(immediate=True)
 
     def _cancel_enqueue(self, key: tuple[int, int]) -> None:
         """Drop a not-yet-written enqueue, and its message's put if nothing else uses it."""
@@ -992,6 +1055,9 @@ class SQLiteStore:
         self._live -= 1
         self.stats.ops_cancelled += 1
         self._marks.pop(key, None)
+        self._undelivered.discard(key)
+        if self._holding and (self._callbacks or not self._live):
+            self._schedule_flush(immediate=True)  # callbacks may be settled now
         message_id: int = op[1][2]
         put = self._batch_puts.get(message_id)
         if put is None:
@@ -1022,6 +1088,7 @@ class SQLiteStore:
             if not (immediate and self._flush_is_delayed):
                 return
             self._flush_handle.cancel()
+        self._holding = False
         if self.flush_delay > 0 and not immediate:
             self._flush_handle = loop.call_later(self.flush_delay, self._flush)
             self._flush_is_delayed = True
@@ -1034,16 +1101,22 @@ class SQLiteStore:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        self._holding = False
         if self._inflight is not None or self._state == "closed":
             return
-        callbacks, reads = self._callbacks, self._reads
+        if self.ack_window and self._live and self._hold():
+            return
+        callbacks = [waiting.callback for waiting in self._callbacks]
+        reads = self._reads
         segments = list(self._retry)
         if self._live or self._marks:
             segments.append(_Segment(self._ops, self._marks))
         holds = bool(self._live or self._retry)
         self._ops, self._marks, self._callbacks, self._reads = [], {}, [], []
-        self._live = 0
+        self._live = self._urgent = self._settled = self._cancelled_prefix = 0
         self._enqueued, self._batch_puts, self._dropped = {}, {}, set()
+        self._undelivered = set()
+        self._held_since = None
         self._retry = []
         if segments:
             self._inflight = _Batch(segments, callbacks, holds)
@@ -1053,6 +1126,71 @@ class SQLiteStore:
         if not segments:
             # Everything was cancelled: nothing to wait for.
             self._fire(callbacks, None)
+
+    def _hold(self) -> bool:
+        """Fire the callbacks that cancellations settled; True if the rest may wait for acks.
+
+        A batch is held only while each of its live changes is a message
+        out to a consumer (its put and enqueue), or the removal of an entry,
+        and only until its oldest waiting callback is `ack_window` old, it
+        is `held_max_age` old, or it has `held_max_ops` live changes.
+        """
+        self._fire_settled()
+        if (
+            self._urgent
+            or self._undelivered
+            or self._reads
+            or self._retry
+            or self._state != "open"
+            or self._live >= self.held_max_ops
+        ):
+            return False
+        assert self._loop is not None
+        now = self._loop.time()
+        if self._held_since is None:
+            self._held_since = now
+        deadline = self._held_since + self.held_max_age
+        if self._callbacks:
+            deadline = min(deadline, self._callbacks[0].since + self.ack_window)
+        if now >= deadline:
+            return False
+        if self._flush_handle is not None:  # scheduled by a callback just fired
+            self._flush_handle.cancel()
+        self._flush_handle = self._loop.call_at(deadline, self._flush)
+        self._flush_is_delayed = self._holding = True
+        return True
+
+    def _fire_settled(self) -> None:
+        """Call, in order, the leading callbacks whose changes were all cancelled.
+
+        Only while nothing older is unwritten: no batch in flight that
+        callbacks wait for, no failed batch to retry. A callback registered
+        with `removals=False` also passes over entry removals (acks).
+        """
+        if not self._callbacks or self._retry or (self._inflight and self._inflight.holds):
+            return
+        ops = self._ops
+        end = len(ops)
+        cancelled = self._cancelled_prefix
+        while cancelled < end and ops[cancelled] is None:
+            cancelled += 1
+        self._cancelled_prefix = cancelled
+        settled = max(self._settled, cancelled)
+        while settled < end:
+            op = ops[settled]
+            if op is not None and op[0] not in _REMOVAL_KINDS:
+                break
+            settled += 1
+        self._settled = settled
+        ready = 0
+        for waiting in self._callbacks:
+            if waiting.mark > (cancelled if waiting.removals else settled):
+                break
+            ready += 1
+        if ready:
+            fired = self._callbacks[:ready]
+            del self._callbacks[:ready]
+            self._fire([waiting.callback for waiting in fired], None)
 
     def _batch_done(self, batch: _Batch, error: StoreError | None) -> None:
         """On the loop: a batch committed or failed. Run its callbacks, send the next."""
@@ -1095,17 +1233,21 @@ class SQLiteStore:
                     {"message": "exception in a when_durable callback", "exception": exc}
                 )
 
-    def when_durable(self, callback: DurabilityCallback) -> None:
-        """Call `callback(None)` once every change queued so far is committed.
+    def when_durable(self, callback: DurabilityCallback, *, removals: bool = True) -> None:
+        """Call `callback(None)` once every change queued so far is committed or cancelled.
 
-        Called synchronously when nothing is pending; with a `StoreError` if
-        the batch holding those changes fails. Callbacks run on the loop, in
-        registration order.
+        With `removals=False` the entry removals (acks) queued so far need
+        not be committed. Called synchronously when nothing is pending; with
+        a `StoreError` if the batch holding those changes fails. Callbacks
+        run on the loop, in registration order.
         """
         if self._live or self._retry or self._callbacks:
-            self._callbacks.append(callback)
+            assert self._loop is not None
+            self._callbacks.append(_Waiting(callback, len(self._ops), removals, self._loop.time()))
             if self._flush_handle is None:
                 self._schedule_flush()
+            elif self._holding and len(self._callbacks) == 1:
+                self._schedule_flush(immediate=True)  # the hold now ends sooner
         elif self._inflight is not None and self._inflight.holds:
             self._inflight.callbacks.append(callback)
         else:
@@ -1235,6 +1377,7 @@ class SQLiteStore:
         # nor a later put_message cancel an earlier put: start afresh, as if
         # the batch had been flushed here.
         self._enqueued, self._batch_puts = {}, {}
+        self._undelivered = set()
         future: asyncio.Future[int] = self._loop.create_future()
 
         def done(error: BaseException | None) -> None:

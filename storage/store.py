@@ -218,7 +218,10 @@ class Store(Protocol):
         """Record that an entry has been delivered `delivery_count` times.
 
         Such marks never hold up `when_durable`: losing one in a crash only
-        loses a `redelivered` flag, never a message.
+        loses a `redelivered` flag, never a message. The core calls it for
+        every delivery that awaits an ack, so it also tells the store that
+        the entry is out to a consumer: an implementation may wait a little
+        for that ack before writing an entry (SQLiteStore's ack window).
         """
         ...
 
@@ -226,12 +229,19 @@ class Store(Protocol):
         """Remove every entry of a queue."""
         ...
 
-    def when_durable(self, callback: DurabilityCallback) -> None:
-        """Call `callback` once every change queued so far is on disk.
+    def when_durable(self, callback: DurabilityCallback, *, removals: bool = True) -> None:
+        """Call `callback` once every change queued so far is on disk (or cancelled).
 
-        It may be called synchronously when nothing is pending. On a failed
-        write it is called with the error instead, and so is every later
-        callback until the store recovers.
+        A change cancelled before it was written counts as done: an entry
+        acked before its enqueue was written, with its message, is never
+        written at all. With `removals=False` the callback does not wait for
+        the entry removals (`ack`) queued before it either: publisher
+        confirms use it, since they promise that the published messages are
+        safe, not that earlier acks are. Callbacks are called in the order
+        they were registered, whatever they wait for. It may be called
+        synchronously when nothing is pending. On a failed write it is
+        called with the error instead, and so is every later callback until
+        the store recovers.
         """
         ...
 

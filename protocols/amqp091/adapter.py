@@ -227,7 +227,7 @@ class AMQPChannel:
             if self.deferred:  # keep order behind the confirms that wait for the store
                 self.deferred += 1
                 self.connection.broker.store.when_durable(
-                    lambda _error: self._confirmed(seq, _RejectedPublish(), True)
+                    lambda _error: self._confirmed(seq, _RejectedPublish(), True), removals=False
                 )
             else:
                 self._confirmed(seq, _RejectedPublish(), False)
@@ -244,8 +244,9 @@ class AMQPChannel:
         if self.confirm_needs_sync or self.deferred:
             self.confirm_needs_sync = False
             self.deferred += 1
+            # A confirm promises the messages are safe, not that earlier acks are.
             self.connection.broker.store.when_durable(
-                lambda error: self._confirmed(upto, error, True)
+                lambda error: self._confirmed(upto, error, True), removals=False
             )
         else:
             self._confirmed(upto, None, False)

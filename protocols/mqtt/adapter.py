@@ -1178,7 +1178,8 @@ class MQTTConnection:
                 return
             self.send(ack)
 
-        self.broker.store.when_durable(send)
+        # PUBACK/PUBREC promise the message is safe, not that earlier acks are.
+        self.broker.store.when_durable(send, removals=False)
 
     def _on_pubrel(self, packet: PubRel) -> None:
         state = self.mqtt

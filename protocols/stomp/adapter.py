@@ -441,8 +441,19 @@ class StompConnection:
         self._send(Frame("ERROR", tuple(headers), body))
         self._close_transport()
 
-    def _receipt(self, frame: Frame, *, durable: bool = False, then_close: bool = False) -> None:
-        """Answer a frame's `receipt` header, after the store when it wrote something."""
+    def _receipt(
+        self,
+        frame: Frame,
+        *,
+        durable: bool = False,
+        then_close: bool = False,
+        removals: bool = True,
+    ) -> None:
+        """Answer a frame's `receipt` header, after the store when it wrote something.
+
+        `removals=False` for a SEND: its receipt promises the message is
+        safe, not that the acks before it are (`Store.when_durable`).
+        """
         receipt = frame.get("receipt")
         if receipt is None:
             if then_close:
@@ -464,7 +475,7 @@ class StompConnection:
                 if then_close:
                     self._close_transport()
 
-            store.when_durable(send)
+            store.when_durable(send, removals=removals)
             return
         self._send(reply)
         if then_close:
@@ -578,7 +589,7 @@ class StompConnection:
         if destination.kind is not Kind.TEMP_QUEUE and _plain_send(frame) is not None:
             text = frame.get("destination") or ""
             self._remember_target(text, destination.kind, exchange, routing_key)
-        self._receipt(frame, durable=stored)
+        self._receipt(frame, durable=stored, removals=False)
 
     def _send_fast(self, frame: Frame) -> bool:
         """A plain SEND (`_plain_send`) to a destination seen before; False: general path.
@@ -619,7 +630,7 @@ class StompConnection:
             }
         stored = session.publish(exchange, message).stored
         if receipt:
-            self._receipt(frame, durable=stored)
+            self._receipt(frame, durable=stored, removals=False)
         return True
 
     def _remember_target(self, text: str, kind: Kind, exchange: str, routing_key: str) -> None:

@@ -1,0 +1,263 @@
+"""SQLiteStore's ack window: delivered messages wait unwritten for their ack.
+
+Each test drives the real store on a real file and looks at what reached
+the file (`stats`, the rows after close) and when the callbacks fired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from storage.sqlite import SQLiteStore
+from storage.store import ExchangeRecord, QueueRecord
+from tests.storage.conftest import Settle
+from tests.storage.test_sqlite import V, opened, raw_rows
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "store.db"
+
+
+LONG = 30.0  # an ack window no test waits for: firing before it proves the early path
+
+
+def recorder(fired: list[str], name: str, done: asyncio.Event | None = None) -> Callable[..., None]:
+    def callback(error: BaseException | None) -> None:
+        assert error is None
+        fired.append(name)
+        if done is not None:
+            done.set()
+
+    return callback
+
+
+async def holding(path: Path) -> SQLiteStore:
+    """A store that would hold a batch longer than any test waits."""
+    store = await opened(path, ack_window=LONG)
+    store.held_max_age = LONG
+    return store
+
+
+def deliver(store: SQLiteStore, seq: int, queue: str = "q") -> None:
+    """A persistent publish that went straight to a consumer awaiting an ack."""
+    store.put_message(seq, b"body %d" % seq)
+    store.enqueue(V, queue, seq, seq)
+    store.mark_delivered(V, queue, seq, 1)
+
+
+async def test_an_ack_within_the_window_confirms_without_a_write(db: Path, settle: Settle) -> None:
+    store = await holding(db)
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        await settle(store)
+        batches = store.stats.batches
+        fired: list[str] = []
+        done = asyncio.Event()
+        for seq in (1, 2, 3):
+            deliver(store, seq)
+        store.when_durable(recorder(fired, "confirm", done), removals=False)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert fired == []  # held: waiting for the acks, not written
+        assert store.pending
+        for seq in (1, 2, 3):
+            store.ack(V, "q", seq)
+        await asyncio.wait_for(done.wait(), 5)
+        assert fired == ["confirm"]
+        assert store.stats.batches == batches
+        assert store.stats.messages_written == 0
+    finally:
+        await store.close()
+    assert raw_rows(db, "SELECT count(*) FROM messages") == [(0,)]
+
+
+async def test_callbacks_fire_in_order_as_their_messages_are_acked(
+    db: Path, settle: Settle
+) -> None:
+    store = await holding(db)
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        await settle(store)
+        fired: list[str] = []
+        deliver(store, 1)
+        store.when_durable(recorder(fired, "first"), removals=False)
+        deliver(store, 2)
+        second = asyncio.Event()
+        store.when_durable(recorder(fired, "second", second), removals=False)
+        store.ack(V, "q", 2)  # the later message first: nothing may fire yet
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert fired == []
+        store.ack(V, "q", 1)
+        await asyncio.wait_for(second.wait(), 5)
+        assert fired == ["first", "second"]
+        assert store.stats.messages_written == 0
+    finally:
+        await store.close()
+
+
+async def test_an_undelivered_enqueue_is_written_at_once(db: Path, settle: Settle) -> None:
+    """A message nobody was given (a backlog) gains nothing from waiting."""
+    store = await holding(db)
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        await settle(store)
+        deliver(store, 1)
+        store.put_message(2, b"nobody took it")
+        store.enqueue(V, "q", 2, 2)
+        fired: list[str] = []
+        done = asyncio.Event()
+        store.when_durable(recorder(fired, "confirm", done), removals=False)
+        await asyncio.wait_for(done.wait(), 5)
+        assert store.stats.messages_written == 2  # the whole batch went
+    finally:
+        await store.close()
+    assert raw_rows(db, "SELECT seq FROM entries ORDER BY seq") == [(1,), (2,)]
+
+
+async def test_an_urgent_change_ends_the_hold(db: Path, settle: Settle) -> None:
+    store = await holding(db)
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        await settle(store)
+        deliver(store, 1)
+        for _ in range(3):
+            await asyncio.sleep(0)  # now held
+        store.put_exchange(ExchangeRecord(V, "x", "direct"))
+        await asyncio.wait_for(settle(store), 5)
+        assert store.stats.messages_written == 1
+    finally:
+        await store.close()
+
+
+async def test_an_unacked_delivery_is_written_after_the_window(db: Path, settle: Settle) -> None:
+    window = 0.2
+    store = await opened(db, ack_window=window)
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        await settle(store)
+        loop = asyncio.get_running_loop()
+        deliver(store, 1)
+        started = loop.time()
+        fired: list[str] = []
+        done = asyncio.Event()
+        store.when_durable(recorder(fired, "confirm", done), removals=False)
+        await asyncio.wait_for(done.wait(), 10)
+        assert loop.time() - started >= window * 0.9  # not before the window ended
+        assert store.stats.messages_written == 1
+        store.ack(V, "q", 1)  # written by then: an ordinary ack
+        await settle(store)
+    finally:
+        await store.close()
+    assert raw_rows(db, "SELECT count(*) FROM entries") == [(0,)]
+
+
+async def test_a_held_batch_without_callbacks_is_written_at_its_max_age(db: Path) -> None:
+    store = await opened(db, ack_window=LONG)
+    store.held_max_age = 0.2
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        deliver(store, 1)
+        deadline = asyncio.get_running_loop().time() + 10
+        while store.stats.messages_written == 0:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+    finally:
+        await store.close()
+
+
+async def test_a_confirm_does_not_wait_for_earlier_acks_but_others_do(
+    db: Path, settle: Settle
+) -> None:
+    """`removals=False` passes over an ack of a written entry; the default does not."""
+    store = await holding(db)
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        store.put_message(1, b"written")
+        store.enqueue(V, "q", 1, 1)
+        await settle(store)
+        batches = store.stats.batches
+        store.ack(V, "q", 1)  # a removal op in the gathering batch
+        deliver(store, 2)
+        fired: list[str] = []
+        confirm = asyncio.Event()
+        strict = asyncio.Event()
+        store.when_durable(recorder(fired, "confirm", confirm), removals=False)
+        store.when_durable(recorder(fired, "strict", strict))
+        store.ack(V, "q", 2)
+        await asyncio.wait_for(confirm.wait(), 5)
+        assert fired == ["confirm"]
+        assert store.stats.batches == batches  # fired on the ack, nothing written
+        # The strict callback waits for the removal: a read forces the batch out.
+        assert await store.queue_stats(V, "q") == (0, 0, 0)
+        await asyncio.wait_for(strict.wait(), 5)
+        assert fired == ["confirm", "strict"]
+    finally:
+        await store.close()
+
+
+async def test_a_strict_callback_holds_back_later_confirms(db: Path, settle: Settle) -> None:
+    """Callbacks keep their registration order whatever each waits for."""
+    store = await opened(db, ack_window=0.3)
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        store.put_message(1, b"written")
+        store.enqueue(V, "q", 1, 1)
+        await settle(store)
+        store.ack(V, "q", 1)
+        deliver(store, 2)
+        fired: list[str] = []
+        done = asyncio.Event()
+        store.when_durable(recorder(fired, "strict"))
+        store.when_durable(recorder(fired, "confirm", done), removals=False)
+        store.ack(V, "q", 2)
+        await asyncio.wait_for(done.wait(), 10)
+        assert fired == ["strict", "confirm"]
+        assert store.stats.messages_written == 1  # only message 1, before the window
+    finally:
+        await store.close()
+
+
+async def test_no_early_confirm_while_an_earlier_batch_is_in_flight(
+    db: Path, settle: Settle
+) -> None:
+    store = await holding(db)
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        await settle(store)
+        fired: list[str] = []
+        done = asyncio.Event()
+        store.put_exchange(ExchangeRecord(V, "x", "direct"))
+        store.when_durable(recorder(fired, "declare-ok"))
+        await asyncio.sleep(0)  # that batch is now with the writer
+        deliver(store, 1)
+        store.when_durable(recorder(fired, "confirm", done), removals=False)
+        store.ack(V, "q", 1)
+        await asyncio.wait_for(done.wait(), 5)
+        assert fired == ["declare-ok", "confirm"]
+        assert store.stats.messages_written == 0
+    finally:
+        await store.close()
+
+
+async def test_close_writes_a_held_batch(db: Path) -> None:
+    store = await holding(db)
+    store.put_queue(QueueRecord(V, "q"))
+    deliver(store, 1)
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(store.close(), 5)
+    assert raw_rows(db, "SELECT seq FROM entries") == [(1,)]
+
+
+async def test_a_negative_window_is_refused(db: Path) -> None:
+    for bad in (-1.0, float("nan")):
+        try:
+            SQLiteStore(db, ack_window=bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"ack_window={bad} accepted")
