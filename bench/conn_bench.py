@@ -22,11 +22,13 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from bench import amqp_bench
 from bench.amqp_bench import BenchError, require_loopback
+from bench.amqp_handshake import PipelinedConnection, handshake_frames
 
 DEFAULT_PORTS = {"mqtt": 1883, "amqp": 5672}
 
@@ -57,21 +59,31 @@ def raise_nofile(needed: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-async def _open_one(
-    protocol: str, host: str, port: int, i: int, failures: list[Any], persistent: bool
-) -> Any:
+def _opener(
+    protocol: str, host: str, port: int, failures: list[Any], persistent: bool
+) -> Callable[[int], Awaitable[Any]]:
+    """How to open connection ``i``: MQTT CONNECT, or the pipelined AMQP handshake."""
     if protocol == "mqtt":
         from bench.mqtt_bench import MqttConnection
         from bench.mqtt_bench import Options as MqttOptions
 
-        return await MqttConnection.open(
-            MqttOptions(host=host, port=port),
-            f"idle-{i}",
-            failures.append,
-            clean_start=not persistent,
+        opts = MqttOptions(host=host, port=port)
+
+        def open_mqtt(i: int) -> Awaitable[Any]:
+            return MqttConnection.open(
+                opts, f"idle-{i}", failures.append, clean_start=not persistent
+            )
+
+        return open_mqtt
+    defaults = amqp_bench.Options()
+    pipelined = handshake_frames(defaults.user, defaults.password, defaults.vhost)
+
+    def open_amqp(i: int) -> Awaitable[Any]:
+        return PipelinedConnection.open(
+            host, port, f"idle-{i}", pipelined, on_failure=failures.append
         )
-    opts = amqp_bench.Options(host=host, port=port)
-    return await amqp_bench.RawConnection.open(opts, f"idle-{i}", failures.append)
+
+    return open_amqp
 
 
 async def measure(
@@ -88,26 +100,33 @@ async def measure(
     """Open ``n`` connections, measure, close them all."""
     failures: list[Any] = []
     conns: list[Any] = []
-    sem = asyncio.Semaphore(concurrency)
+    errors: list[BaseException] = []
     before = rss_kib(pid) if pid else None
     first_done: list[float] = []
     broker_cpu0 = cpu_seconds(pid) if pid else None
     client_cpu0 = time.process_time()
+    open_one = _opener(protocol, host, port, failures, persistent)
+    indices = iter(range(n))
     started = time.perf_counter()
 
-    async def one(i: int) -> None:
-        async with sem:
-            conn = await _open_one(protocol, host, port, i, failures, persistent)
+    async def worker() -> None:
+        # `concurrency` of these share one iterator: that many handshakes in flight,
+        # without a task and a semaphore wait per connection.
+        for i in indices:
+            try:
+                conn = await open_one(i)
+            except (BenchError, OSError) as e:
+                errors.append(e)
+                continue
             conns.append(conn)
             if len(conns) == rate_of:
                 first_done.append(time.perf_counter() - started)
 
     try:
-        results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
         elapsed = time.perf_counter() - started
         client_cpu = time.process_time() - client_cpu0
         broker_cpu1 = cpu_seconds(pid) if pid else None
-        errors = [r for r in results if isinstance(r, BaseException)]
         await asyncio.sleep(settle)
         after = rss_kib(pid) if pid else None
     finally:

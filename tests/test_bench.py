@@ -107,3 +107,63 @@ def test_persistent_mqtt_idle_connections(capsys):
     assert report["connections_opened"] == 20
     assert report["sessions"] == "persistent"
     assert report["broker_cpu_s"] >= 0
+
+
+def test_pipelined_handshake_frames_are_the_codecs_encoding():
+    """start-ok, tune-ok, open and channel.open, in that order, as the codec decodes them."""
+    from pamqp import commands
+
+    from bench.amqp_handshake import FRAME_MAX, handshake_frames
+    from protocols.amqp091.codec import NEED_DATA, FrameDecoder, MethodReceived
+
+    decoder = FrameDecoder(expect_protocol_header=False)
+    decoder.receive_data(handshake_frames("user", "secret", "/v"))
+    events = []
+    while (event := decoder.next_event()) is not NEED_DATA:
+        assert isinstance(event, MethodReceived)
+        events.append((event.channel, type(event.method), event.method))
+    kinds = [(channel, kind) for channel, kind, _ in events]
+    assert kinds == [
+        (0, commands.Connection.StartOk),
+        (0, commands.Connection.TuneOk),
+        (0, commands.Connection.Open),
+        (1, commands.Channel.Open),
+    ]
+    start_ok, tune_ok, open_ = (method for _, _, method in events[:3])
+    assert (start_ok.mechanism, start_ok.response) == ("PLAIN", "\0user\0secret")
+    assert start_ok.client_properties["capabilities"]["authentication_failure_close"]
+    assert (tune_ok.channel_max, tune_ok.frame_max, tune_ok.heartbeat) == (1, FRAME_MAX, 0)
+    assert open_.virtual_host == "/v"
+    assert len(handshake_frames("u", "p", "/", channel=False)) < len(
+        handshake_frames("u", "p", "/")
+    )
+
+
+@pytest.mark.parametrize("channel", [True, False])
+async def test_pipelined_handshake_against_a_broker(broker, channel):
+    """Over a real socket: open (with or without channel 1), then connection.close/close-ok."""
+    from bench.amqp_handshake import PipelinedConnection, handshake_frames
+
+    frames = handshake_frames("guest", "guest", "/", channel=channel)
+    conns = [
+        await PipelinedConnection.open("127.0.0.1", broker.port, f"c{i}", frames, channel=channel)
+        for i in range(3)
+    ]
+    assert broker.call(lambda: len(broker.core.connections)) == 3
+    for conn in conns:
+        await conn.close()  # returns once close-ok arrived: the broker let go before it
+        assert conn.error is None
+    assert broker.call(lambda: len(broker.core.connections)) == 0
+
+
+@pytest.mark.parametrize(
+    ("password", "vhost", "reply"),
+    [("wrong", "/", "403 ACCESS_REFUSED"), ("guest", "/nowhere", "530 NOT_ALLOWED")],
+)
+async def test_pipelined_handshake_reports_the_brokers_refusal(broker, password, vhost, reply):
+    from bench.amqp_bench import BenchError
+    from bench.amqp_handshake import PipelinedConnection, handshake_frames
+
+    frames = handshake_frames("guest", password, vhost)
+    with pytest.raises(BenchError, match=f"broker closed the connection: {reply}"):
+        await PipelinedConnection.open("127.0.0.1", broker.port, "refused", frames)
