@@ -29,6 +29,7 @@ import enum
 import functools
 import logging
 import platform
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -112,6 +113,37 @@ def _start_frame() -> bytes:
         server_properties=server_properties(), mechanisms="PLAIN AMQPLAIN", locales="en_US"
     )
     return encode_method(0, start)
+
+
+@functools.lru_cache(maxsize=64)
+def _tune_frame(channel_max: int, frame_max: int, heartbeat: int) -> bytes:
+    """connection.tune depends only on the limits: encode it once per set of them."""
+    return encode_method(0, commands.Connection.Tune(channel_max, frame_max, heartbeat))
+
+
+# Replies without arguments that vary, encoded once (tests/amqp091/test_wire.py
+# checks them against the general encoder).
+_OPEN_OK_FRAME = encode_method(0, commands.Connection.OpenOk())
+_CLOSE_OK_FRAME = encode_method(0, commands.Connection.CloseOk())
+_CHANNEL_OPEN_OK_PAYLOAD = encode_method(0, commands.Channel.OpenOk())[7:-1]
+_CHANNEL_OPEN_OK_HEAD = struct.Struct(">BHI")  # type 1 (method), channel, payload size
+
+
+def channel_open_ok_frame(channel: int) -> bytes:
+    """channel.open-ok on `channel`: the one encoded payload behind that channel's header."""
+    return (
+        _CHANNEL_OPEN_OK_HEAD.pack(1, channel, len(_CHANNEL_OPEN_OK_PAYLOAD))
+        + _CHANNEL_OPEN_OK_PAYLOAD
+        + b"\xce"
+    )
+
+
+# What each handshake state accepts on channel 0 (spec 2.2.4).
+_HANDSHAKE_REPLY: dict[State, type[Frame]] = {
+    State.START_OK: commands.Connection.StartOk,
+    State.TUNE_OK: commands.Connection.TuneOk,
+    State.OPEN: commands.Connection.Open,
+}
 
 
 def to_properties(p: commands.Basic.Properties) -> Properties:
@@ -525,12 +557,8 @@ class AMQPConnection:
             self._close_transport()
             return
         self._user = user
-        self.send_method(
-            0,
-            commands.Connection.Tune(
-                self.channel_max, self.frame_max, self.broker.limits.heartbeat
-            ),
-        )
+        self._sent_since_timer = True
+        self.shell.send(_tune_frame(self.channel_max, self.frame_max, self.broker.limits.heartbeat))
         self.state = State.TUNE_OK
 
     def _on_tune_ok(self, method: commands.Connection.TuneOk) -> None:
@@ -564,7 +592,8 @@ class AMQPConnection:
                 e.text,
             )
             raise
-        self.send_method(0, commands.Connection.OpenOk())
+        self._sent_since_timer = True
+        self.shell.send(_OPEN_OK_FRAME)
         self.state = State.RUNNING
         self.broker.flow.alarm_listeners.add(self._on_memory_alarm)
         self._timer_due = self._last_recv + (self.heartbeat / 2 if self.heartbeat else 3600.0)
@@ -609,13 +638,10 @@ class AMQPConnection:
             self.channel_error(channel, e, method)
 
     def _on_connection_method(self, method: Frame) -> None:
-        expected: type[Frame] | None = {
-            State.START_OK: commands.Connection.StartOk,
-            State.TUNE_OK: commands.Connection.TuneOk,
-            State.OPEN: commands.Connection.Open,
-        }.get(self.state)
+        expected = _HANDSHAKE_REPLY.get(self.state)
         if isinstance(method, commands.Connection.Close):
-            self.send_method(0, commands.Connection.CloseOk())
+            self._sent_since_timer = True
+            self.shell.send(_CLOSE_OK_FRAME)
             self._close_transport()
             return
         if expected is not None:
@@ -642,7 +668,8 @@ class AMQPConnection:
         if not self.writable:
             channel.session.set_flow(False)
         self.channels[number] = channel
-        self.send_method(number, commands.Channel.OpenOk())
+        self._sent_since_timer = True
+        self.shell.send(channel_open_ok_frame(number))
 
     def _on_content(self, event: ContentReceived) -> None:
         if self.state is State.CLOSING:

@@ -67,7 +67,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Final, Literal
 
-from pamqp import base, commands, constants, encode, exceptions, frame, header, heartbeat
+from pamqp import (
+    base,
+    commands,
+    common,
+    constants,
+    decode,
+    encode,
+    exceptions,
+    frame,
+    header,
+    heartbeat,
+)
 
 from protocols.buffers import copy_out
 
@@ -672,18 +683,144 @@ def _fast_ack(payload: bytes) -> base.Frame | None:
     return method
 
 
+# -- the handshake: what every client sends once per connection (spec 2.2.4) --------------
+
+_LONG: Final = struct.Struct(">I")
+_TUNE_OK_ARGS: Final = struct.Struct(">HIH")  # channel_max, frame_max, heartbeat
+_CLOSE_HEAD: Final = struct.Struct(">H")  # reply_code, before reply_text
+_CLOSE_TAIL: Final = struct.Struct(">HH")  # class_id, method_id, after reply_text
+_TABLE_CACHE_SIZE: Final = 256
+# Decoded client-properties tables by their bytes: every client of one library
+# and version sends the same table. Shared objects: treat them as read-only.
+_tables: dict[bytes, common.FieldTable] = {}
+
+
+def _shortstr_end(payload: bytes, at: int) -> int:
+    """Where the shortstr at `at` ends; IndexError when its length octet is missing."""
+    return at + 1 + payload[at]
+
+
+def _fast_start_ok(payload: bytes) -> base.Frame | None:
+    """connection.start-ok decoded by hand (client properties cached by their bytes).
+
+    None when the general path must decide: anything short, trailing or not
+    UTF-8 where pamqp wants text, and any table pamqp cannot decode.
+    """
+    try:
+        table_end = 8 + _LONG.unpack_from(payload, 4)[0]
+        mechanism_end = _shortstr_end(payload, table_end)
+        response_end = mechanism_end + 4 + _LONG.unpack_from(payload, mechanism_end)[0]
+        locale_end = _shortstr_end(payload, response_end)
+        if locale_end != len(payload):
+            return None
+        mechanism = payload[table_end + 1 : mechanism_end].decode()
+        locale = payload[response_end + 1 : locale_end].decode()
+    except (IndexError, struct.error, UnicodeDecodeError):
+        return None
+    raw_table = payload[4:table_end]
+    table = _tables.get(raw_table)
+    if table is None:
+        # pamqp decodes the table from the rest of the payload. Only a table whose
+        # own bytes decode to the same is cached: nothing in it reads past its end,
+        # so its value cannot depend on what follows it.
+        try:
+            table = decode.field_table(raw_table)[1]
+            if decode.field_table(payload[4:])[1] != table:
+                return None
+        except _DECODE_ERRORS:
+            return None
+        if len(_tables) >= _TABLE_CACHE_SIZE:
+            _tables.clear()
+        _tables[raw_table] = table
+    raw_response = payload[mechanism_end + 4 : response_end]
+    try:  # pamqp's longstr: text when it is UTF-8, else the bytes
+        response: str | bytes = raw_response.decode()
+    except UnicodeDecodeError:
+        response = raw_response
+    method = commands.Connection.StartOk.__new__(commands.Connection.StartOk)
+    method.client_properties = table
+    method.mechanism = mechanism
+    method.response = response  # type: ignore[assignment]  # pamqp gives bytes too
+    method.locale = locale
+    return method
+
+
+def _fast_tune_ok(payload: bytes) -> base.Frame | None:
+    """connection.tune-ok decoded by hand; None unless exactly its 12 octets."""
+    if len(payload) != 12:
+        return None
+    method = commands.Connection.TuneOk.__new__(commands.Connection.TuneOk)
+    method.channel_max, method.frame_max, method.heartbeat = _TUNE_OK_ARGS.unpack_from(payload, 4)
+    return method
+
+
+def _fast_open(payload: bytes) -> base.Frame | None:
+    """connection.open decoded by hand; None when the general path must decide."""
+    try:
+        vhost_end = _shortstr_end(payload, 4)
+        capabilities_end = _shortstr_end(payload, vhost_end)
+        if capabilities_end + 1 != len(payload):
+            return None
+        virtual_host = payload[5:vhost_end].decode()
+        capabilities = payload[vhost_end + 1 : capabilities_end].decode()
+    except (IndexError, UnicodeDecodeError):
+        return None
+    method = commands.Connection.Open.__new__(commands.Connection.Open)
+    method.virtual_host = virtual_host
+    method.capabilities = capabilities
+    method.insist = bool(payload[capabilities_end] & 1)
+    return method
+
+
+def _fast_channel_open(payload: bytes) -> base.Frame | None:
+    """channel.open decoded by hand; None when the general path must decide."""
+    try:
+        end = _shortstr_end(payload, 4)
+        if end != len(payload):
+            return None
+        out_of_band = payload[5:end].decode()
+    except (IndexError, UnicodeDecodeError):
+        return None
+    method = commands.Channel.Open.__new__(commands.Channel.Open)
+    method.out_of_band = out_of_band
+    return method
+
+
+def _fast_close(payload: bytes) -> base.Frame | None:
+    """connection.close decoded by hand; None when the general path must decide."""
+    try:
+        text_end = _shortstr_end(payload, 6)
+        if text_end + 4 != len(payload):
+            return None
+        reply_text = payload[7:text_end].decode()
+    except (IndexError, UnicodeDecodeError):
+        return None
+    method = commands.Connection.Close.__new__(commands.Connection.Close)
+    method.reply_code = _CLOSE_HEAD.unpack_from(payload, 4)[0]
+    method.reply_text = reply_text
+    method.class_id, method.method_id = _CLOSE_TAIL.unpack_from(payload, text_end)
+    return method
+
+
 _FAST_METHODS: Final[dict[int, Callable[[bytes], base.Frame | None]]] = {
     _PUBLISH_INDEX: _fast_publish,
     _ACK_INDEX: _fast_ack,
+    commands.Connection.StartOk.index: _fast_start_ok,
+    commands.Connection.TuneOk.index: _fast_tune_ok,
+    commands.Connection.Open.index: _fast_open,
+    commands.Channel.Open.index: _fast_channel_open,
+    commands.Connection.Close.index: _fast_close,
 }
 
 
 def _decode_method(payload: bytes) -> base.Frame:
     """Decode a method frame payload (spec 4.2.4): class-id, method-id, arguments.
 
-    The two methods a busy client sends most, basic.publish and basic.ack, take
-    a hand-written path; every other method, and any frame the fast path does
-    not recognise as well-formed, goes through pamqp.
+    The two methods a busy client sends most, basic.publish and basic.ack, and
+    the handshake's (start-ok, tune-ok, connection.open, channel.open,
+    connection.close: every connection sends them once) take a hand-written
+    path; every other method, and any frame a fast path does not recognise as
+    well-formed, goes through pamqp.
 
     Raises:
         FrameError: 502 when the payload is malformed, 503 for an unknown method.

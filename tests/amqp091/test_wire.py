@@ -245,3 +245,182 @@ def test_cached_properties_forward_the_same_bytes(props, body):
         forwarded = Message("x", "k", props, body, wire_cache={"amqp": event.properties_raw})
         recomputed = Message("x", "k", props, body)
         assert wire.content_frames(3, forwarded, 4096) == wire.content_frames(3, recomputed, 4096)
+
+
+# -- the handshake: fast decoders and pre-encoded replies --------------------------------
+
+key = st.text(max_size=20).filter(lambda s: len(s.encode()) <= 255)
+table_value = st.recursive(
+    st.booleans() | st.integers(-(2**31), 2**31 - 1) | st.text(max_size=30),
+    lambda inner: st.dictionaries(key, inner, max_size=4),
+    max_leaves=12,
+)
+tables = st.dictionaries(key, table_value, max_size=6)
+
+
+def _shortstr(raw: bytes) -> bytes:
+    return bytes([len(raw)]) + raw
+
+
+def _longstr(raw: bytes) -> bytes:
+    return struct.pack(">I", len(raw)) + raw
+
+
+def _start_ok_payload(table, mechanism: bytes, response: bytes, locale: bytes) -> bytes:
+    from pamqp import encode
+
+    return (
+        struct.pack(">I", commands.Connection.StartOk.index)
+        + encode.field_table(table)
+        + _shortstr(mechanism) + _longstr(response) + _shortstr(locale)
+    )  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    table=tables,
+    mechanism=st.sampled_from([b"PLAIN", b"AMQPLAIN", b"EXTERNAL", b""]),
+    response=st.binary(max_size=40) | st.text(max_size=40).map(str.encode),
+    locale=st.sampled_from([b"en_US", b"", b"de_DE"]),
+)
+def test_fast_start_ok_decodes_like_pamqp(table, mechanism, response, locale):
+    """Decoded (twice: the second time the table comes from the cache) as pamqp does."""
+    from protocols.amqp091 import codec
+
+    payload = _start_ok_payload(table, mechanism, response, locale)
+    reference = _attrs(_generic_decode(payload))
+    for _ in range(2):
+        fast = codec._fast_start_ok(payload)
+        assert fast is not None
+        assert type(fast) is commands.Connection.StartOk
+        assert _attrs(fast) == reference
+
+
+@settings(max_examples=300, deadline=None)
+@given(table=tables, tail=st.binary(max_size=30))
+def test_fast_start_ok_defers_odd_payloads_to_the_general_path(table, tail):
+    """Whatever it accepts (a table followed by anything), pamqp decodes the same way."""
+    from pamqp import encode
+
+    from protocols.amqp091 import codec
+
+    payload = struct.pack(">I", commands.Connection.StartOk.index) + encode.field_table(table)
+    payload += tail
+    fast = codec._fast_start_ok(payload)
+    if fast is not None:
+        assert _attrs(fast) == _attrs(_generic_decode(payload))
+
+
+def test_fast_start_ok_does_not_cache_a_table_that_reads_past_its_end():
+    """A longstr in the table claiming more octets than the table holds: pamqp reads on."""
+    from protocols.amqp091 import codec
+
+    entry = b"\x01kS" + struct.pack(">I", 3) + b"ab"  # 'k': longstr of 3, 2 in the table
+    table = struct.pack(">I", len(entry)) + entry
+    payload = struct.pack(">I", commands.Connection.StartOk.index) + table
+    payload += _shortstr(b"PLAIN") + _longstr(b"\0guest\0guest") + _shortstr(b"en_US")
+    assert codec._fast_start_ok(payload) is None
+    assert table not in codec._tables
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    channel_max=st.integers(0, 65535),
+    frame_max=st.integers(0, 2**32 - 1),
+    heartbeat=st.integers(0, 65535),
+    extra=st.binary(max_size=3),
+)
+def test_fast_tune_ok_decodes_like_pamqp(channel_max, frame_max, heartbeat, extra):
+    from protocols.amqp091 import codec
+
+    index = commands.Connection.TuneOk.index
+    payload = struct.pack(">IHIH", index, channel_max, frame_max, heartbeat) + extra
+    fast = codec._fast_tune_ok(payload)
+    if extra:
+        assert fast is None
+    else:
+        assert fast is not None
+        assert _attrs(fast) == _attrs(_generic_decode(payload))
+
+
+@settings(max_examples=300, deadline=None)
+@given(vhost=any_short, capabilities=any_short, bits=st.integers(0, 255))
+def test_fast_open_decodes_like_pamqp(vhost, capabilities, bits):
+    from protocols.amqp091 import codec
+
+    payload = struct.pack(">I", commands.Connection.Open.index)
+    payload += _shortstr(vhost.encode()) + _shortstr(capabilities.encode()) + bytes([bits])
+    fast = codec._fast_open(payload)
+    assert fast is not None
+    assert _attrs(fast) == _attrs(_generic_decode(payload))
+
+
+@settings(max_examples=300, deadline=None)
+@given(out_of_band=any_short)
+def test_fast_channel_open_decodes_like_pamqp(out_of_band):
+    from protocols.amqp091 import codec
+
+    payload = struct.pack(">I", commands.Channel.Open.index) + _shortstr(out_of_band.encode())
+    fast = codec._fast_channel_open(payload)
+    assert fast is not None
+    assert _attrs(fast) == _attrs(_generic_decode(payload))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    code=st.integers(0, 65535),
+    text=any_short,
+    class_id=st.integers(0, 65535),
+    method_id=st.integers(0, 65535),
+)
+def test_fast_close_decodes_like_pamqp(code, text, class_id, method_id):
+    from protocols.amqp091 import codec
+
+    payload = struct.pack(">IH", commands.Connection.Close.index, code)
+    payload += _shortstr(text.encode()) + struct.pack(">HH", class_id, method_id)
+    fast = codec._fast_close(payload)
+    assert fast is not None
+    assert _attrs(fast) == _attrs(_generic_decode(payload))
+
+
+HANDSHAKE_INDEXES = [
+    commands.Connection.StartOk.index,
+    commands.Connection.TuneOk.index,
+    commands.Connection.Open.index,
+    commands.Channel.Open.index,
+    commands.Connection.Close.index,
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(index=st.sampled_from(HANDSHAKE_INDEXES), rest=st.binary(max_size=40))
+def test_fast_handshake_decoders_defer_odd_payloads(index, rest):
+    """Short, trailing or non-UTF-8 payloads: accepted only where pamqp agrees."""
+    from protocols.amqp091 import codec
+
+    payload = struct.pack(">I", index) + rest
+    fast = codec._FAST_METHODS[index](payload)
+    if fast is not None:
+        assert _attrs(fast) == _attrs(_generic_decode(payload))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    channel_max=st.integers(0, 65535),
+    frame_max=st.integers(0, 2**32 - 1),
+    heartbeat=st.integers(0, 65535),
+    channel=st.integers(0, 65535),
+)
+def test_pre_encoded_handshake_replies_match_the_general_encoder(
+    channel_max, frame_max, heartbeat, channel
+):
+    from protocols.amqp091 import adapter
+    from protocols.amqp091.codec import encode_method
+
+    tune = commands.Connection.Tune(channel_max, frame_max, heartbeat)
+    assert adapter._tune_frame(channel_max, frame_max, heartbeat) == encode_method(0, tune)
+    assert adapter._tune_frame(channel_max, frame_max, heartbeat) == frame.marshal(tune, 0)
+    assert frame.marshal(commands.Connection.OpenOk(), 0) == adapter._OPEN_OK_FRAME
+    assert frame.marshal(commands.Connection.CloseOk(), 0) == adapter._CLOSE_OK_FRAME
+    expected = frame.marshal(commands.Channel.OpenOk(), channel)
+    assert adapter.channel_open_ok_frame(channel) == expected
