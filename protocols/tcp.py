@@ -13,6 +13,7 @@ reads (`protocols.reading`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import ssl
 from collections.abc import Callable
@@ -74,11 +75,20 @@ def peer_of(transport: asyncio.BaseTransport) -> tuple[str, bool]:
     if not info:
         return "unknown", True  # unix sockets and the like: local by definition
     host = str(info[0])
+    return f"{host}:{info[1]}", _is_loopback(host)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_loopback(host: str) -> bool:
+    """Is `host` (a peer's address as the socket gives it) a loopback address?
+
+    Cached: parsing the address was a visible share of accepting a connection,
+    and the clients of a broker come from few addresses.
+    """
     try:
-        loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
     except ValueError:
-        loopback = False
-    return f"{host}:{info[1]}", loopback
+        return False
 
 
 class TCPShell(asyncio.Protocol):
