@@ -42,7 +42,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from broker.flow import until_durable
 from broker.message import Message
 from broker.serialization import decode_message, encode_message
 
@@ -242,7 +241,6 @@ class DelayScheduler:
         store = self.broker.store
         after = self.horizon if self.horizon != float("inf") else -1
         try:
-            await until_durable(store)
             batch = await store.read_queue(self.vhost, self.store_name, int(after), REFILL_BATCH)
         except Exception:
             self._refilling = False

@@ -17,27 +17,9 @@ must go on acking, or nothing would ever drain) until it clears, and
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 from storage import Store
-
-
-async def until_durable(store: Store) -> BaseException | None:
-    """Wait until everything queued in `store` so far is on disk; the write error, if any.
-
-    Used before reading back what may still sit in an unwritten batch.
-    """
-    if not store.pending:
-        return None
-    done: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-
-    def written(error: BaseException | None) -> None:
-        if not done.done():
-            done.set_result(error)
-
-    store.when_durable(written)
-    return await done
 
 
 class WriteFlow:

@@ -62,7 +62,6 @@ if TYPE_CHECKING:
 from broker.arguments import QueueOptions, message_ttl_ms
 from broker.dead_letter import dead_letter
 from broker.fifo import Deduplicator, FifoReady, deduplication_id, group_of
-from broker.flow import until_durable
 from broker.message import EXPIRES_AT_ANNOTATION, Message
 from broker.ready import PlainReady, PriorityReady, ReadyEntries, sorted_by_seq
 from broker.serialization import decode_message
@@ -469,7 +468,6 @@ class Queue:
         generation = self._generation
         store = self.vhost.broker.store
         try:
-            await until_durable(store)  # the range may still sit in an unwritten batch
             if self._may_expire and self.options.dead_letter_exchange is None:
                 # Due entries would only be read to be dropped: delete them on disk.
                 expired = await store.expire(self.vhost.name, self.name, time.time())

@@ -15,7 +15,8 @@ depend on the broker's types.
 
 Reading (`load_topology`, `read_queue`) happens at start-up and when a queue
 pages messages back in; both are coroutines so that an implementation may run
-them off the loop.
+them off the loop. A read sees every change queued before the call, written
+yet or not: the caller need not wait for `when_durable` first.
 
 Removing entries: `ack` removes one, `ack_range` every entry in a seq range
 (a purge of entries paged out to the store, which the core knows only as a

@@ -261,3 +261,19 @@ async def test_a_negative_window_is_refused(db: Path) -> None:
         except ValueError:
             continue
         raise AssertionError(f"ack_window={bad} accepted")
+
+
+async def test_a_read_ends_the_hold_and_sees_the_held_entries(db: Path, settle: Settle) -> None:
+    """Paging reads back what the batch holds without waiting for the window."""
+    store = await holding(db)
+    try:
+        store.put_queue(QueueRecord(V, "q"))
+        await settle(store)
+        deliver(store, 1)
+        deliver(store, 2)
+        for _ in range(3):
+            await asyncio.sleep(0)  # now held
+        entries = await asyncio.wait_for(store.read_queue(V, "q", 0, 10), 5)
+        assert [e.seq for e in entries] == [1, 2]
+    finally:
+        await store.close()
