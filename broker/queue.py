@@ -638,7 +638,7 @@ class Queue:
         """Take the next ready entry for basic.get, or None when none is in memory.
 
         Right after a restart or under heavy paging, entries still being read
-        back from the store are not yet visible to basic.get.
+        back from the store are not yet in memory: `reading_back` tells when.
         """
         self.touch()
         ready = self.ready
@@ -657,6 +657,17 @@ class Queue:
         if self.tail and self.ready_bytes < self.memory_limit // 2:
             self._refill()
         return entry
+
+    def reading_back(self) -> asyncio.Task[None] | None:
+        """The read of paged-out entries (started if need be), or None if none is paged out.
+
+        A basic.get that found nothing in memory waits for it and tries
+        again, rather than call a queue empty that is not.
+        """
+        if not self.tail:
+            return None
+        self._refill()
+        return self._refill_task
 
     def requeue(self, entries: Iterable[QueueEntry]) -> None:
         """Put delivered entries back in seq order, to be delivered again.

@@ -413,6 +413,10 @@ class Session:
                 self._watch(tag, queue.consumer_timeout)
         return tag, redelivered, entry.message, queue.message_count
 
+    def read_back(self, queue_name: str) -> asyncio.Task[None] | None:
+        """After `get` found nothing: the read that brings paged-out entries back, if any."""
+        return self._queue_for("read", queue_name).reading_back()
+
     def qos(self, prefetch_count: int, *, global_: bool = False) -> None:
         """basic.qos with RabbitMQ's meaning of `global` (channel-wide when true)."""
         if global_:

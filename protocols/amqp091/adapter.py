@@ -25,11 +25,14 @@ fire in registration order, so a channel's replies keep their order.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import functools
 import logging
 import platform
 import struct
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -73,6 +76,7 @@ log = logging.getLogger("moorage.amqp")
 
 FRAME_MIN_SIZE = 4096
 CLOSE_OK_TIMEOUT = 3.0  # seconds a client gets to answer our connection.close
+GET_READ_BACKS = 5  # reads of paged-out entries one basic.get waits for, at most
 
 
 class State(enum.Enum):
@@ -188,6 +192,8 @@ class AMQPChannel:
         self.unconfirmed = 0  # highest sequence number waiting to be confirmed
         self.confirm_needs_sync = False
         self.deferred = 0  # replies waiting for the store
+        # basic.gets not answered yet, each with the queue name it meant when it came
+        self.gets: deque[tuple[commands.Basic.Get, str]] = deque()
         self.client_flow = True
         self.last_queue = ""  # the last queue declared here: what an empty queue name means
         self._tags: dict[str, bytes] = {}
@@ -360,6 +366,7 @@ class AMQPConnection:
         self._sent_since_timer = False
         self._timer_due = now + limits.handshake_timeout
         self._confirming: set[AMQPChannel] = set()
+        self._reading_back: set[asyncio.Task[None]] = set()  # basic.gets waiting for the store
         self._username = ""
         self._blocked_sent = False  # connection.blocked is out, connection.unblocked owed
 
@@ -494,6 +501,8 @@ class AMQPConnection:
         for channel in self.channels.values():
             channel.closing = True
         self.channels.clear()
+        for task in self._reading_back:
+            task.cancel()
         if self.core is not None:
             self.core.close()
             self.core = None
@@ -823,10 +832,60 @@ class AMQPConnection:
             channel.reply(commands.Basic.CancelOk(m.consumer_tag))
 
     def _basic_get(self, channel: AMQPChannel, m: commands.Basic.Get) -> None:
-        got = channel.session.get(channel.queue_name(m.queue), no_ack=m.no_ack)
+        channel.gets.append((m, channel.queue_name(m.queue)))
+        if len(channel.gets) == 1:  # else it is answered after the one waiting
+            self._answer_gets(channel, GET_READ_BACKS)
+
+    def _answer_gets(self, channel: AMQPChannel, read_backs: int) -> None:
+        """Answer the channel's basic.gets in order, waiting while entries are paged back in.
+
+        A queue whose ready entries are all paged out is not empty: rather
+        than get-empty, the get waits for the read that brings them back
+        (`read_backs` times at most, in case reads keep failing) and tries
+        again. Later gets on the channel wait behind it.
+        """
+        gets = channel.gets
+        while gets:
+            m, name = gets[0]
+            try:
+                reading = self._answer_get(channel, m, name, read_backs > 0)
+            except BrokerError as e:
+                gets.clear()
+                self.channel_error(channel, e, m)
+                return
+            if reading is not None:
+                task = asyncio.get_running_loop().create_task(
+                    self._after_read_back(channel, reading, read_backs - 1)
+                )
+                self._reading_back.add(task)
+                task.add_done_callback(self._reading_back.discard)
+                return
+            gets.popleft()
+            read_backs = GET_READ_BACKS
+
+    async def _after_read_back(
+        self, channel: AMQPChannel, reading: asyncio.Task[None], read_backs: int
+    ) -> None:
+        with contextlib.suppress(Exception):  # a failed read was logged by the queue
+            await asyncio.shield(reading)
+        if (
+            self.state is State.RUNNING
+            and self.channels.get(channel.number) is channel
+            and not channel.closing
+        ):
+            self._answer_gets(channel, read_backs)
+
+    def _answer_get(
+        self, channel: AMQPChannel, m: commands.Basic.Get, name: str, may_wait: bool
+    ) -> asyncio.Task[None] | None:
+        """get-ok or get-empty; or, sending nothing, the read to wait for first."""
+        got = channel.session.get(name, no_ack=m.no_ack)
         if got is None:
+            reading = channel.session.read_back(name) if may_wait else None
+            if reading is not None:
+                return reading
             channel.reply(commands.Basic.GetEmpty())
-            return
+            return None
         tag, redelivered, message, remaining = got
         method = commands.Basic.GetOk(
             tag, redelivered, message.exchange, message.routing_key, remaining
@@ -836,6 +895,7 @@ class AMQPConnection:
             encode_method(channel.number, method)
             + wire.content_frames(channel.number, message, self.frame_max)
         )
+        return None
 
     def _basic_ack(self, channel: AMQPChannel, m: commands.Basic.Ack) -> None:
         channel.session.ack(m.delivery_tag, multiple=m.multiple)
