@@ -80,6 +80,7 @@ from pamqp import (
     heartbeat,
 )
 
+from protocols.amqp091.wire import marshal_properties
 from protocols.buffers import copy_out
 
 __all__ = [
@@ -631,7 +632,7 @@ def _decode_content_header(
         content_header.unmarshal(payload)
         properties = content_header.properties
         try:
-            canonical: bytes | None = properties.marshal()
+            canonical: bytes | None = marshal_properties(properties)
         except (ValueError, TypeError):
             canonical = None  # e.g. a cluster_id pamqp will not send again
         if len(_properties_cache) >= _PROPERTIES_CACHE_SIZE:

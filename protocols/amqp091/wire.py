@@ -12,6 +12,7 @@ from typing import Any
 
 from pamqp import commands
 
+from broker.field_table import field_table, has_float
 from broker.message import PROPERTY_NAMES, Message
 
 _FRAME = struct.Struct(">BHI")
@@ -55,8 +56,35 @@ def properties_payload(message: Message) -> bytes:
 
 
 def _marshal(values: tuple[Any, ...]) -> bytes:
-    properties = commands.Basic.Properties(**dict(zip(_SENT_NAMES, values, strict=True)))
-    return properties.marshal()
+    return marshal_properties(
+        commands.Basic.Properties(**dict(zip(_SENT_NAMES, values, strict=True)))
+    )
+
+
+_FLAGS = struct.Struct(">H")
+_HEADERS_FLAG = 0x2000
+_BEFORE_HEADERS = (0x8000, 0x4000)  # content_type, content_encoding: short strings
+
+
+def marshal_properties(properties: commands.Basic.Properties) -> bytes:
+    """`properties.marshal()`, but a float in the headers is sent as a double.
+
+    pamqp would send it as a 32-bit float (`broker.field_table`). Such
+    properties are marshalled without their headers, and the headers table
+    encoded by `field_table` goes in its place, after the two short strings
+    that precede it.
+    """
+    headers = properties.headers
+    if not headers or not has_float(headers):
+        return properties.marshal()
+    values = {name: getattr(properties, name) for name in PROPERTY_NAMES if name != "headers"}
+    raw = commands.Basic.Properties(**values).marshal()
+    (flags,) = _FLAGS.unpack_from(raw)
+    offset = _FLAGS.size
+    for flag in _BEFORE_HEADERS:
+        if flags & flag:
+            offset += 1 + raw[offset]
+    return _FLAGS.pack(flags | _HEADERS_FLAG) + raw[2:offset] + field_table(headers) + raw[offset:]
 
 
 def content_frames(channel: int, message: Message, frame_max: int) -> bytes:

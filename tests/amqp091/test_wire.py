@@ -424,3 +424,36 @@ def test_pre_encoded_handshake_replies_match_the_general_encoder(
     assert frame.marshal(commands.Connection.CloseOk(), 0) == adapter._CLOSE_OK_FRAME
     expected = frame.marshal(commands.Channel.OpenOk(), channel)
     assert adapter.channel_open_ok_frame(channel) == expected
+
+
+def pamqp_properties(props: Properties) -> commands.Basic.Properties:
+    names = [n for n in wire.PROPERTY_NAMES if n != "cluster_id"]
+    return commands.Basic.Properties(**{n: getattr(props, n) for n in names})
+
+
+@settings(max_examples=200, deadline=None)
+@given(props=properties)
+def test_properties_without_floats_marshal_as_pamqp_does(props):
+    assert wire.marshal_properties(pamqp_properties(props)) == pamqp_properties(props).marshal()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    props=properties,
+    doubles=st.dictionaries(short, st.floats(allow_nan=False), min_size=1, max_size=3),
+)
+def test_float_headers_are_sent_as_doubles_with_the_other_properties_intact(props, doubles):
+    """pamqp would send a 32-bit float: the consumer would not get the publisher's value."""
+    headers = {**(props.headers or {}), **doubles}
+    with_doubles = dataclasses.replace(props, headers=headers)
+    raw = wire.marshal_properties(pamqp_properties(with_doubles))
+    ours, theirs = header.ContentHeader(), header.ContentHeader()
+    ours.unmarshal(struct.pack(">HHQ", 60, 0, 0) + raw)
+    # pamqp cannot even send some doubles (1e300 overflows a 32-bit float): no headers there
+    without = dataclasses.replace(props, headers=None)
+    theirs.unmarshal(struct.pack(">HHQ", 60, 0, 0) + pamqp_properties(without).marshal())
+    for name in theirs.properties.__slots__:
+        if name != "headers":
+            assert getattr(ours.properties, name) == getattr(theirs.properties, name), name
+    assert ours.properties.headers == headers  # pamqp's own: 32-bit floats
+    assert wire.properties_payload(Message("x", "k", with_doubles, b"")) == raw

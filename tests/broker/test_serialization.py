@@ -153,3 +153,11 @@ def test_encoding_with_amqp_property_bytes_equals_pamqp(message: Message) -> Non
     again = Message(message.exchange + "2", "k2", message.properties, b"other")
     again.wire_cache = dict(message.wire_cache)
     assert encode_message(again) == reference_encoding(again)  # from the cache
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_text, st.floats(allow_nan=False), min_size=1, max_size=3))
+def test_float_headers_are_stored_as_doubles(headers: dict[str, float]) -> None:
+    """pamqp's own encoding would keep 32 bits of each (and overflow past 3.4e38)."""
+    message = Message("x", "k", Properties(headers=dict(headers), delivery_mode=2), b"body")
+    assert decode_message(encode_message(message)).properties.headers == headers
