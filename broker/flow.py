@@ -40,7 +40,8 @@ class WriteFlow:
         self.backlog += size
         if self.backlog > self.limit and not self.blocked:
             self.blocked = True
-            self.store.when_durable(self._caught_up)
+            # Pending acks hold no memory worth pausing publishers for.
+            self.store.when_durable(self._caught_up, removals=False)
 
     def on_resume(self, resume: Callable[[], None]) -> None:
         """Call `resume` once the store has caught up (at once if it already has)."""
