@@ -95,6 +95,20 @@ class PublishResult:
         return self.stored
 
 
+def _count(result: PublishResult, outcome: int, queue: Queue, message: Message) -> None:
+    """Add what `Queue.publish` said (other than ENQUEUED) to a publish's result."""
+    if outcome in WRITTEN:
+        result.stored = True
+        result.delayed |= outcome != 1
+    elif outcome == REJECTED:
+        result.rejected += 1
+    elif outcome == DUPLICATE:
+        result.duplicates += 1
+        result.stored |= message.persistent and queue.stored
+    else:
+        result.delayed = True
+
+
 class _Unacked:
     __slots__ = ("consumer", "entry", "queue")
 
@@ -294,16 +308,28 @@ class Session:
         result = PublishResult(routed=len(queues))
         for queue in queues:
             outcome = queue.publish(message)
-            if outcome in WRITTEN:
-                result.stored = True
-                result.delayed |= outcome != 1
-            elif outcome == REJECTED:
-                result.rejected += 1
-            elif outcome == DUPLICATE:
-                result.duplicates += 1
-                result.stored |= message.persistent and queue.stored
-            elif outcome:
-                result.delayed = True
+            if outcome:
+                _count(result, outcome, queue, message)
+        return result
+
+    def publish_to_queue(self, queue: Queue, message: Message) -> PublishResult:
+        """`publish("", message)` when the caller holds the queue its routing key names.
+
+        For an adapter that keeps where a destination goes (STOMP `/queue/`):
+        it must have checked that `queue` is still the vhost's queue named
+        `message.routing_key`. Only the exchange lookup and the routing are
+        skipped (the default exchange is a direct one, never internal or
+        delayed); result, permission check and effects are `publish`'s. In a
+        transaction this is `publish`, which routes at commit.
+        """
+        if self._tx is not None:
+            return self.publish("", message)
+        self._check("write", "", "exchange")
+        self.connection.published = True
+        result = PublishResult(routed=1)
+        outcome = queue.publish(message)
+        if outcome:
+            _count(result, outcome, queue, message)
         return result
 
     # -- consuming --------------------------------------------------------------------

@@ -1,0 +1,122 @@
+"""`Session.publish_to_queue` is `Session.publish("", ...)` minus the routing (no network).
+
+The same messages go to twin brokers, one through each call, for queues of
+every kind that acts on publish (limits, TTL, FIFO deduplication, delays,
+priorities, durable with persistent messages) with and without a consumer,
+and in a transaction: the results, the deliveries and the queues' contents
+must be equal. A user who may not write to the default exchange is refused
+by both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from broker.auth import Permission, User, UserDirectory
+from broker.broker import Broker
+from broker.config import default_guest
+from broker.errors import AccessRefused
+from broker.message import Message, Properties
+from broker.session import PublishResult
+from storage import MemoryStore
+
+QUEUES: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "reject-publish": {"x-max-length": 2, "x-overflow": "reject-publish"},
+    "drop-head": {"x-max-length": 2},
+    "ttl": {"x-message-ttl": 60_000},
+    "fifo": {"x-queue-type": "fifo", "x-content-based-deduplication": True},
+    "delay": {"x-delivery-delay": 60_000},
+    "priority": {"x-max-priority": 5},
+}
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.deliveries: list[tuple[str, int, bool, bytes]] = []
+
+    def deliver(
+        self, consumer_tag: str, delivery_tag: int, redelivered: bool, message: Message
+    ) -> None:
+        self.deliveries.append((consumer_tag, delivery_tag, redelivered, message.body))
+
+    def returned(self, message: Message, reply_code: int, reply_text: str) -> None:
+        raise AssertionError("nothing is mandatory here")
+
+    def cancelled(self, consumer_tag: str, error: Any) -> None:
+        pass
+
+
+async def run(
+    kind: str, consumer: str | None, tx: bool, messages: list[tuple[bytes, int, int]], direct: bool
+) -> tuple[list[PublishResult], list[Any], list[bytes], bool]:
+    broker = Broker(store=MemoryStore(), users=UserDirectory([default_guest()]))
+    await broker.start()
+    try:
+        conn = broker.connect("/", broker.users.users["guest"], protocol="test", peer="test")
+        sink = Sink()
+        session = conn.open_session(sink)
+        queue, _, _ = session.declare_queue("q", durable=True, arguments=QUEUES[kind])
+        if consumer is not None:
+            c = session.consume("q", "c", no_ack=consumer == "auto")
+            c.prefetch = 2
+            c.start()
+        if tx:
+            session.tx_select()
+        results = []
+        for body, mode, priority in messages:
+            message = Message("", "q", Properties(delivery_mode=mode, priority=priority), body)
+            if direct:
+                results.append(session.publish_to_queue(queue, message))
+            else:
+                results.append(session.publish("", message))
+        if tx:
+            session.tx_commit()
+        ready = [e.message.body for e in queue.ready.candidates()]
+        return results, sink.deliveries, ready, conn.published
+    finally:
+        await broker.stop()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(sorted(QUEUES)),
+    st.sampled_from([None, "auto", "manual"]),
+    st.booleans(),
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"a", b"b", b"c", b"d"]), st.sampled_from([1, 2]), st.integers(0, 9)
+        ),
+        max_size=6,
+    ),
+)
+async def test_publish_to_queue_equals_publish(
+    kind: str, consumer: str | None, tx: bool, messages: list[tuple[bytes, int, int]]
+) -> None:
+    direct = await run(kind, consumer, tx, messages, direct=True)
+    routed = await run(kind, consumer, tx, messages, direct=False)
+    assert direct == routed
+
+
+async def test_publish_to_queue_checks_write_permission() -> None:
+    reader = User("reader", None, (), {"/": Permission(".*", "^$", ".*")})
+    broker = Broker(store=MemoryStore(), users=UserDirectory([default_guest(), reader]))
+    await broker.start()
+    try:
+        guest = broker.connect("/", broker.users.users["guest"], protocol="test", peer="test")
+        queue, _, _ = guest.open_session(Sink()).declare_queue("q")
+        conn = broker.connect("/", reader, protocol="test", peer="test")
+        session = conn.open_session(Sink())
+        for publish in (
+            lambda m: session.publish("", m),
+            lambda m: session.publish_to_queue(queue, m),
+        ):
+            with pytest.raises(AccessRefused):
+                publish(Message("", "q", Properties(), b"x"))
+        assert queue.message_count == 0
+    finally:
+        await broker.stop()
