@@ -104,6 +104,7 @@ MAX_HEADER_SIZE = 64 * 1024
 ACK_MODES = frozenset({"auto", "client", "client-individual"})
 PREFIX_CACHE_LIMIT = 64  # cached MESSAGE prefixes per subscription (destinations seen)
 SEND_TARGET_CACHE_LIMIT = 256  # cached SEND destinations per connection
+SEND_PLAN_CACHE_LIMIT = 64  # cached SEND header sets per connection
 _WIRE_KEYS = {version: f"stomp-wire-{version}" for version in ("1.0", "1.1", "1.2")}
 
 # ActiveMQ's message group header, mapped onto the core's FIFO group header.
@@ -306,6 +307,9 @@ class StompConnection:
         # Simple SENDs' destinations already checked: text -> (exchange, routing
         # key, the /queue/'s Queue object or None); see `_send_fast`.
         self._send_targets: dict[str, tuple[str, str, Queue | None]] = {}
+        # Plain SENDs' header sets: what they decide (`_SendPlan`); see `_send_plan`.
+        self._send_plans: dict[tuple[tuple[str, str], ...], _SendPlan] = {}
+        self._last_plan: _SendPlan | None = None
         self._deferred = 0  # receipts waiting for the store
         self._send_interval = 0.0  # seconds; 0 = we send no heart-beats
         self._recv_interval = 0.0  # seconds; 0 = we expect none
@@ -335,6 +339,8 @@ class StompConnection:
                 assert isinstance(event, Frame)
                 frame = event
                 self._on_frame(frame)
+                if frame.command == "SEND":
+                    self._send_repeats(frame)
         except ProtocolError as e:
             self._fatal(e.message, e.detail, frame)
         except SelectorError as e:
@@ -599,39 +605,108 @@ class StompConnection:
         the declare (the same Queue object is still there, so the passive
         declare's exclusive-owner check passes again; `touch` restarts its
         `x-expires` clock as that declare would). Properties come from the
-        headers as in `_on_send`; a SEND with no other header gets empty
-        properties and the caches saying so. `Session.publish` raises
-        NotFound, as `lookup_exchange` would, when the exchange has gone.
+        headers as in `_on_send`, once per header set (`_send_plan`); the
+        message then starts with the STOMP header caches such properties
+        give. `Session.publish` raises NotFound, as `lookup_exchange` would,
+        when the exchange has gone.
         """
-        shape = _plain_send(frame)
-        if shape is None:
-            return False
-        text, receipt, other_headers = shape
-        target = self._send_targets.get(text)
+        plan = self._send_plan(frame)
+        return plan is not None and self._send_planned(plan, frame.body, frame)
+
+    def _send_planned(self, plan: _SendPlan, body: bytes, frame: Frame | None) -> bool:
+        """`_send_fast` once the plan is known; `frame` (None: a repeat, see
+        `_send_repeats`) is needed only while the plan's properties are not
+        known yet and for a receipt."""
+        target = self._send_targets.get(plan.destination)
         if target is None:
             return False
         exchange, routing_key, queue = target
         session = self._session()
         if queue is not None:
             if session.vhost.queues.get(routing_key) is not queue:
-                del self._send_targets[text]
+                del self._send_targets[plan.destination]
                 return False
             queue.touch()
-        if other_headers:
-            message = Message(exchange, routing_key, self._properties(frame), frame.body)
+        properties = plan.properties
+        if properties is None:  # the header set's first SEND, or one not cacheable
+            assert frame is not None
+            properties = self._properties(frame)
+            message = Message(exchange, routing_key, properties, body)
+            if plan.cacheable:
+                plan.properties = properties
         else:
-            message = Message(exchange, routing_key, Properties(), frame.body)
-            # no property: no header for a STOMP consumer (`message_headers`) in any version
-            message.wire_cache = {
-                "stomp-headers": [],
-                "stomp-wire-1.0": b"",
-                "stomp-wire-1.1": b"",
-                "stomp-wire-1.2": b"",
-            }
-        stored = session.publish(exchange, message).stored
-        if receipt:
+            message = Message(exchange, routing_key, properties, body)
+            wire = plan.wire
+            if wire is None:
+                wire = plan.wire = _wire_cache_for(properties)
+            message.wire_cache = wire.copy()
+        if queue is not None:
+            stored = session.publish_to_queue(queue, message).stored
+        else:
+            stored = session.publish(exchange, message).stored
+        if plan.receipt:
+            assert frame is not None
             self._receipt(frame, durable=stored, removals=False)
         return True
+
+    def _send_repeats(self, frame: Frame) -> None:
+        """After `frame` took the SEND fast path: the SENDs right behind it in the
+        buffer that repeat its header block, without making frames of them.
+
+        Each is what `_on_frame` would do with it: `_send_fast` with the same
+        plan (kept, its properties known, no receipt); the first one the plan
+        cannot take (its destination changed) goes to `_on_frame` as a frame,
+        and the main loop carries on from there.
+        """
+        plan = self._last_plan
+        headers = frame.headers
+        if plan is None or plan.headers is not headers or plan.properties is None or plan.receipt:
+            return
+        codec = self.codec
+        while self.state is State.CONNECTED:
+            body = codec.next_repeat(headers)
+            if body is None:
+                return
+            if not self._send_planned(plan, body, None):
+                self._on_frame(Frame(frame.command, headers, body))
+                return
+
+    def _send_plan(self, frame: Frame) -> _SendPlan | None:
+        """What a SEND's headers decide, or None when it is not plain (`_plain_send`).
+
+        Kept per header set: the codec gives a frame that repeats the
+        previous one's header block the same headers tuple
+        (`decode_repeat`), so the usual case is one identity check. Plans
+        with a receipt are not kept (receipt ids do not repeat).
+        """
+        headers = frame.headers
+        plan = self._last_plan
+        if plan is not None and plan.headers is headers:
+            return plan
+        plans = self._send_plans
+        plan = plans.get(headers)
+        if plan is None:
+            shape = _plain_send(frame)
+            if shape is None:
+                return None
+            destination, receipt, others = shape
+            plan = _SendPlan(
+                headers,
+                destination,
+                receipt,
+                cacheable=not any(name in _IMPURE_HEADERS for name, _ in headers),
+            )
+            if not others:
+                plan.properties = Properties()
+                plan.wire = _NO_HEADERS_WIRE
+            if not receipt:
+                if len(plans) >= SEND_PLAN_CACHE_LIMIT:
+                    plans.clear()
+                plans[headers] = plan
+        else:
+            plan.headers = headers  # an equal tuple: the codec's latest (decoded again)
+        self._last_plan = plan
+        return plan
 
     def _remember_target(self, text: str, kind: Kind, exchange: str, routing_key: str) -> None:
         """Cache a destination a simple SEND reached (see `_send_fast`)."""
@@ -1120,6 +1195,43 @@ def message_wire_headers(message: Message, version: str) -> bytes:
     assert cache is not None  # message_headers made it
     cache[key] = wire
     return wire
+
+
+@dataclass(slots=True, eq=False)
+class _SendPlan:
+    """A plain SEND's header set and what it decides (`StompConnection._send_plan`).
+
+    `properties` are the message properties those headers give, set by the
+    first SEND that has them unless they depend on more than the headers
+    (`_IMPURE_HEADERS`); messages share them (a published message is never
+    changed). `wire` is the `Message.wire_cache` such properties give, each
+    message starting with a copy.
+    """
+
+    headers: tuple[tuple[str, str], ...]
+    destination: str
+    receipt: bool
+    cacheable: bool
+    properties: Properties | None = None
+    wire: dict[str, Any] | None = None
+
+
+# SEND headers whose properties depend on more than their text: the clock
+# (`expires`) or the connection's temporary queues (`reply-to`).
+_IMPURE_HEADERS = frozenset({"expires", "reply-to"})
+
+# The STOMP caches of a message without properties: no header in any version.
+_NO_HEADERS_WIRE: dict[str, Any] = {"stomp-headers": [], **dict.fromkeys(_WIRE_KEYS.values(), b"")}
+
+
+def _wire_cache_for(properties: Properties) -> dict[str, Any]:
+    """The STOMP entries `message_headers` and `message_wire_headers` (every version)
+    leave in the `wire_cache` of a message with these properties."""
+    message = Message("", "", properties, b"")
+    for version in _WIRE_KEYS:
+        message_wire_headers(message, version)
+    assert message.wire_cache is not None
+    return message.wire_cache
 
 
 def _plain_send(frame: Frame) -> tuple[str, bool, bool] | None:

@@ -70,9 +70,11 @@ __all__ = [
     "Event",
     "Frame",
     "FrameCodec",
+    "HeaderBlock",
     "ProtocolError",
     "Role",
     "decode_fast",
+    "decode_repeat",
     "encode",
     "header_encodable",
     "header_line",
@@ -209,6 +211,8 @@ class FrameCodec:
         self._buf = bytearray()
         self._eof = False
         self._error: ProtocolError | None = None
+        self._repeat: HeaderBlock | None = None  # see `_remember_block` and `decode_repeat`
+        self._previous_headers: tuple[tuple[str, str], ...] = ()
         self._reset_scan()
 
     def _reset_scan(self) -> None:
@@ -266,20 +270,40 @@ class FrameCodec:
                 buf = self._buf
                 if not buf or (buf[0] in _EOL_OCTETS and not self._skip_heartbeats()):
                     return NEED_DATA
-                fast = decode_fast(
-                    self._buf,
-                    self._accept,
-                    self.max_header_size,
-                    self.max_headers,
-                    self.max_body_size,
+                repeat = self._repeat
+                if repeat is not None:
+                    again = decode_repeat(
+                        buf, repeat, self.max_header_size, self.max_headers, self.max_body_size
+                    )
+                    if again is not None:
+                        del buf[: again[1]]
+                        self._nul_checked = 0
+                        return again[0]
+                fast = _decode_fast(
+                    buf, self._accept, self.max_header_size, self.max_headers, self.max_body_size
                 )
                 if fast is not None:
-                    del self._buf[: fast[1]]
+                    frame, size, block_size = fast
+                    if block_size:
+                        self._remember_block(frame, block_size)
+                    del buf[:size]
                     self._nul_checked = 0  # the only scan state a NEED_DATA scan leaves at 0 lines
-                    return fast[0]
+                    return frame
             if not self._scan_header_block():
                 return NEED_DATA
         return self._take_body()
+
+    def _remember_block(self, frame: Frame, block_size: int) -> None:
+        """Keep the header block of a frame that repeats the previous one's headers.
+
+        Only then: a client's MESSAGE frames, or a producer's SENDs with ids
+        of their own, never repeat, and copying each block would be wasted.
+        """
+        headers = frame.headers
+        if headers == self._previous_headers:
+            raw = bytes(self._buf[:block_size])
+            self._repeat = HeaderBlock(raw, frame.command, headers, len(frame.body))
+        self._previous_headers = headers
 
     def _skip_heartbeats(self) -> bool:
         """Drop EOLs before a command (heart-beats); True when a command byte is next."""
@@ -412,6 +436,27 @@ class FrameCodec:
         self._reset_scan()
         return frame
 
+    def next_repeat(self, headers: tuple[tuple[str, str], ...]) -> bytes | None:
+        """The body of the next frame when it repeats the header block of the frame
+        with these `headers` (the tuple of a frame this codec returned).
+
+        That frame is then consumed: it is ``Frame(command, headers, body)``,
+        what `next_event` would have returned (`decode_repeat`). None: the
+        next frame is any other (or incomplete, or the codec is in ERROR);
+        nothing is consumed and `next_event` decides. Never raises.
+        """
+        block = self._repeat
+        if block is None or block.headers is not headers or self._lines or self._error:
+            return None
+        buf = self._buf
+        stop = _repeat_end(buf, block, self.max_header_size, self.max_headers, self.max_body_size)
+        if stop < 0:
+            return None
+        body = copy_out(buf, len(block.raw), stop)
+        del buf[: stop + 1]
+        self._nul_checked = 0
+        return body
+
     # -- output ------------------------------------------------------------------------
 
     def send(self, frame: Frame) -> bytes:
@@ -432,6 +477,26 @@ class FrameCodec:
 # path above: that is where every error is raised and every partial frame is
 # scanned incrementally. tests/stomp/test_fast_path.py proves that both paths give
 # equal frames (and the same errors, through the general path) for any input.
+#
+# A producer mostly sends the same headers again and again (destination,
+# content-length, its own). Once two fast-decoded frames in a row have equal
+# headers, the codec keeps that header block (`HeaderBlock`); a frame that starts
+# with the same bytes is then taken by comparing them (`decode_repeat`, tried
+# first), and shares the block's headers tuple, so the adapter can recognise it
+# by identity and take the frames right behind it without making Frame objects
+# (`FrameCodec.next_repeat`).
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderBlock:
+    """A header block (with a `content-length`) that `decode_fast` parsed and saw
+    repeated: `decode_repeat` recognises the next frame that starts with the
+    same bytes without parsing it (`FrameCodec` keeps one)."""
+
+    raw: bytes  # the command line, the header lines and the blank line, as on the wire
+    command: str
+    headers: tuple[tuple[str, str], ...]
+    length: int  # the body octets its content-length gives
 
 
 def decode_fast(
@@ -452,6 +517,19 @@ def decode_fast(
     repeated headers are kept as the general path keeps them. A frame
     returned equals the general path's. Never raises.
     """
+    fast = _decode_fast(buf, accept, max_header_size, max_headers, max_body_size)
+    return None if fast is None else (fast[0], fast[1])
+
+
+def _decode_fast(
+    buf: bytes | bytearray,
+    accept: frozenset[str],
+    max_header_size: int,
+    max_headers: int,
+    max_body_size: int,
+) -> tuple[Frame, int, int] | None:
+    """`decode_fast`, and the size of the frame's header block (blank line included)
+    when its body length comes from a content-length (else 0)."""
     end = buf.find(b"\n\n", 0, max_header_size + 1)
     if end < 0:
         return None
@@ -479,13 +557,63 @@ def decode_fast(
         stop = buf.find(b"\x00", start, start + max_body_size + 1)
         if stop < 0:
             return None
+        block_size = 0
     elif length_text.isascii() and length_text.isdigit():
         stop = start + int(length_text)
         if stop - start > max_body_size or len(buf) <= stop or buf[stop]:
             return None
+        block_size = start
     else:
         return None
-    return Frame(command, tuple(headers), copy_out(buf, start, stop)), stop + 1
+    return Frame(command, tuple(headers), copy_out(buf, start, stop)), stop + 1, block_size
+
+
+def decode_repeat(
+    buf: bytes | bytearray,
+    block: HeaderBlock,
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+    max_headers: int = DEFAULT_MAX_HEADERS,
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+) -> tuple[Frame, int] | None:
+    """`decode_fast(buf, ...)` for a frame whose header block is `block`'s, byte for byte.
+
+    A producer sends the same headers again and again (destination,
+    content-length, its own): this compares them instead of parsing them.
+    The headers decode as they did, so only the limits (which may have
+    changed since) and the body's NUL are checked again; the frame shares
+    `block.headers`, so a caller may recognise it by identity. None when
+    `buf` does not start with the block or `decode_fast` would return None
+    (then it decides). Never raises.
+    """
+    stop = _repeat_end(buf, block, max_header_size, max_headers, max_body_size)
+    if stop < 0:
+        return None
+    return Frame(block.command, block.headers, copy_out(buf, len(block.raw), stop)), stop + 1
+
+
+def _repeat_end(
+    buf: bytes | bytearray,
+    block: HeaderBlock,
+    max_header_size: int,
+    max_headers: int,
+    max_body_size: int,
+) -> int:
+    """Where the body of `decode_repeat`'s frame ends (its NUL), or -1 for None."""
+    raw = block.raw
+    if not buf.startswith(raw):
+        return -1
+    start = len(raw)
+    length = block.length
+    stop = start + length
+    if (
+        start > max_header_size + 1  # decode_fast's search for the blank line stops there
+        or len(block.headers) > max_headers
+        or length > max_body_size
+        or len(buf) <= stop
+        or buf[stop]
+    ):
+        return -1
+    return stop
 
 
 def header_line(name: str, value: str, version: str, command: str = "MESSAGE") -> bytes | None:

@@ -280,6 +280,12 @@ ERROR_CASES = [
     (b"ACK\n\n\x00", b"missing 'id' header", True),
     (b"BEGIN\n\n\x00", b"missing 'transaction' header", True),
     (b"SEND\ndestination:/queue/x\ncontent-length:2\n\nabc\x00", b"content-length", True),
+    (  # after SENDs that repeat one header block (the adapter's repeat path)
+        b"SEND\ndestination:/queue/x\ncontent-length:1\npad:x\n\na\x00" * 40
+        + b"SEND\ndestination:/queue/x\ncontent-length:1\npad:x\n\nab\x00",
+        b"body longer than content-length",
+        True,
+    ),
     (b"SEND\ndestination:/queue/x\nk:a\x00b\n\n\x00", b"NUL in frame header", True),
     (b"SEND\ndestination:/nowhere/x\n\n\x00", b"unknown destination", True),
     (b"SEND\ndestination:/exchange/missing/k\n\n\x00", b"NOT_FOUND", True),

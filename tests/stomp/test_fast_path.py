@@ -3,12 +3,17 @@
 - `decode_fast` returns the same frame and size as the general decoder, or
   None where the general path must decide (errors included); a whole stream
   decodes to the same events, in any chunking, with the fast path on or off;
+- `decode_repeat` (a frame repeating a known header block) returns what
+  `decode_fast` returns, or None; `FrameCodec.next_repeat`, taken after each
+  frame as the adapter takes it, leaves the stream's events unchanged;
 - `header_line` writes a header as `encode` does;
 - `_message_bytes` (the hand-made MESSAGE) is byte for byte
   `encode(Frame("MESSAGE", message_frame_headers(...)))`;
-- the adapter's SEND and ACK fast handlers leave the broker and the client
-  with the same frames and the same queue contents as the general handlers,
-  including when a cached destination has gone.
+- the adapter's SEND and ACK fast handlers, and its runs of repeated SENDs
+  (`_send_repeats`, with per-header-set properties and header caches), leave
+  the broker and the client with the same bytes and the same queue contents
+  as the general handlers on the general decoder, including when a cached
+  destination has gone, mid-read too.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 from collections.abc import Callable
 from typing import Any
 from unittest import mock
@@ -57,13 +63,19 @@ _header_text = st.one_of(_plain, _plain, _any, st.sampled_from(["a\\cb", "x\ry",
 
 
 def general_events(chunks: list[bytes], role: Role = Role.SERVER, **limits: int) -> list[Any]:
-    """Events of a codec with the fast path switched off."""
-    with mock.patch.object(codec, "decode_fast", return_value=None):
+    """Events of a codec with the fast paths switched off (no repeats without them)."""
+    with mock.patch.object(codec, "_decode_fast", return_value=None):
         return events(chunks, role, **limits)
 
 
-def events(chunks: list[bytes], role: Role = Role.SERVER, **limits: int) -> list[Any]:
-    """Feed `chunks` then EOF; collect frames, then ConnectionClosed or the error's message."""
+def events(
+    chunks: list[bytes], role: Role = Role.SERVER, *, repeats: bool = False, **limits: int
+) -> list[Any]:
+    """Feed `chunks` then EOF; collect frames, then ConnectionClosed or the error's message.
+
+    With `repeats`, each frame is followed by `next_repeat` with its headers
+    until None, as the adapter does after a SEND.
+    """
     decoder = FrameCodec(role, **limits)
     decoder.version = "1.2"
     out: list[Any] = []
@@ -80,6 +92,8 @@ def events(chunks: list[bytes], role: Role = Role.SERVER, **limits: int) -> list
             out.append(event)
             if isinstance(event, ConnectionClosed):
                 return out
+            while repeats and (body := decoder.next_repeat(event.headers)) is not None:
+                out.append(Frame(event.command, event.headers, body))
     return out
 
 
@@ -107,7 +121,7 @@ def client_frames(draw: st.DrawFn, commands: frozenset[str] = CLIENT_COMMANDS) -
 
 def first_frame_general(data: bytes, role: Role = Role.SERVER) -> tuple[Frame, int] | None:
     """The general decoder's first frame in `data` and how many octets it took."""
-    with mock.patch.object(codec, "decode_fast", return_value=None):
+    with mock.patch.object(codec, "_decode_fast", return_value=None):
         decoder = FrameCodec(role)
         decoder.version = "1.2"
         decoder.receive_data(data)
@@ -211,6 +225,130 @@ def test_stream_decodes_the_same_with_and_without_fast_path(
         chunks.append(data[pos:])
     assert events(chunks) == general_events(chunks)
     assert events([data]) == general_events([data])
+
+
+# -- repeated header blocks ------------------------------------------------------------------
+
+
+def _block_of(frame: Frame) -> codec.HeaderBlock | None:
+    """The HeaderBlock a codec keeps once `frame` came twice (None: it keeps none)."""
+    wire = encode(frame, "1.2")
+    decoder = FrameCodec()
+    decoder.receive_data(wire + wire)
+    try:
+        decoder.next_event()
+        decoder.next_event()
+    except ProtocolError:
+        return None
+    return decoder._repeat
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    client_frames(),
+    st.binary(max_size=60),
+    st.booleans(),
+    st.binary(max_size=12),
+    st.integers(0, 80),
+    st.integers(0, 4),
+    st.integers(0, 70),
+)
+def test_decode_repeat_equals_decode_fast(
+    frame: Frame,
+    body: bytes,
+    same_length: bool,
+    trailer: bytes,
+    header_limit: int,
+    headers_limit: int,
+    body_limit: int,
+) -> None:
+    """A block from one frame, tried on another with its headers (or any bytes)."""
+    try:
+        block = _block_of(frame)
+    except ValueError:  # not encodable
+        return
+    if block is None:
+        return
+    if same_length:  # the headers again, another body of their content-length
+        body = (body * (block.length // max(1, len(body)) + 1))[: block.length]
+        if len(body) < block.length:
+            body = bytes(block.length)
+    data = block.raw + body + b"\x00" + trailer
+    for limits in (
+        (codec.DEFAULT_MAX_HEADER_SIZE, 1000, codec.DEFAULT_MAX_BODY_SIZE),
+        (header_limit, headers_limit, body_limit),
+    ):
+        again = codec.decode_repeat(data, block, *limits)
+        fast = decode_fast(data, CLIENT_COMMANDS, *limits)
+        assert again is None or again == fast
+        if limits[0] == codec.DEFAULT_MAX_HEADER_SIZE:
+            if len(body) == block.length:
+                assert (
+                    again
+                    == fast
+                    == (Frame(block.command, block.headers, body), len(block.raw) + len(body) + 1)
+                )
+                assert again[0].headers is block.headers  # the adapter's identity check
+            else:
+                assert again is None
+    assert codec.decode_repeat(data[: -1 - len(trailer)], block) is None  # no NUL yet
+    assert codec.decode_repeat(b"\n" + data, block) is None  # a heart-beat first
+
+
+@st.composite
+def repeating_streams(draw: st.DrawFn) -> bytes:
+    """Frames drawn from a few header sets, with bodies of their content-length,
+    heart-beats and odd frames between them, and maybe a broken one."""
+    templates = draw(st.lists(client_frames(frozenset({"SEND", "ACK"})), min_size=1, max_size=3))
+    data = b""
+    for _ in range(draw(st.integers(0, 12))):
+        frame = draw(st.sampled_from(templates))
+        length = next((v for n, v in frame.headers if n == "content-length"), None)
+        body = frame.body
+        if length is not None and length.isdigit() and draw(st.booleans()):
+            body = draw(st.binary(min_size=int(length), max_size=int(length)))
+        with contextlib.suppress(ValueError):
+            data += draw(st.sampled_from([b"", b"", b"\n"])) + encode(
+                Frame(frame.command, frame.headers, body), "1.2"
+            )
+    return data + draw(st.sampled_from([b"", b"x\x00", b"SEND\n\n\x00", b"\x00"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(repeating_streams(), st.lists(st.integers(1, 300), max_size=6))
+def test_repeated_frames_decode_as_the_general_path(data: bytes, cuts: list[int]) -> None:
+    chunks, pos = [], 0
+    for size in cuts:
+        if pos < len(data):
+            chunks.append(data[pos : pos + size])
+            pos += size
+    if pos < len(data):
+        chunks.append(data[pos:])
+    expected = general_events(chunks)
+    assert events(chunks) == expected
+    assert events(chunks, repeats=True) == expected
+    assert events([data], repeats=True) == general_events([data])
+
+
+def test_a_producer_s_frames_take_the_repeat_path() -> None:
+    """The second SEND with the same headers sets the block; later ones share its tuple."""
+    sends = [send("/queue/a", b"%03d" % i, "pad:xx") for i in range(5)]
+    decoder = FrameCodec()
+    decoder.receive_data(b"".join(sends))
+    first = decoder.next_event()
+    second = decoder.next_event()
+    assert isinstance(first, Frame)
+    assert isinstance(second, Frame)
+    assert first.headers == second.headers
+    assert first.headers is not second.headers
+    assert decoder.next_repeat(first.headers) is None  # only the latest tuple
+    assert decoder.next_repeat(second.headers) == b"002"
+    third = decoder.next_event()  # next_event takes repeats too
+    assert isinstance(third, Frame)
+    assert third.headers is second.headers
+    assert decoder.next_repeat(third.headers) == b"004"
+    assert decoder.next_repeat(third.headers) is None
+    assert decoder.next_event() is NEED_DATA
 
 
 @settings(max_examples=500, deadline=None)
@@ -323,11 +461,14 @@ def _queues(broker: Broker) -> dict[str, list[tuple[str, str, Properties, bytes]
     }
 
 
-async def run_steps(steps: list[Step], *, fast: bool) -> tuple[list[Frame], Any, list[str]]:
+async def run_steps(steps: list[Step], *, fast: bool) -> tuple[list[Frame], Any, list[str], bytes]:
     """Drive one connection of a fresh broker through `steps` (bytes, or calls on it).
 
-    Returns the frames the client got, the queues' ready messages and the
-    commands the fast handlers took (none when `fast` is off).
+    Returns the frames the client got, the queues' ready messages, the
+    commands the fast handlers took ("SEND+" for each repeat taken by
+    `_send_repeats`; none when `fast` is off, which also switches the
+    codec's fast paths off) and the bytes the client got (session id
+    blanked: a counter).
     """
     broker = Broker(store=MemoryStore(), users=UserDirectory([default_guest()]))
     await broker.start()
@@ -345,8 +486,21 @@ async def run_steps(steps: list[Step], *, fast: bool) -> tuple[list[Frame], Any,
 
             return handle
 
+        real_next_repeat = FrameCodec.next_repeat
+
+        def next_repeat(self: FrameCodec, headers: tuple[tuple[str, str], ...]) -> bytes | None:
+            body = real_next_repeat(self, headers)
+            if body is not None:
+                taken.append("SEND+")
+            return body
+
         handlers = {c: spy(h) for c, h in adapter._FAST_HANDLERS.items()} if fast else {}
-        with mock.patch.dict(adapter._FAST_HANDLERS, handlers, clear=True):
+        with contextlib.ExitStack() as patches:
+            patches.enter_context(mock.patch.dict(adapter._FAST_HANDLERS, handlers, clear=True))
+            if fast:
+                patches.enter_context(mock.patch.object(FrameCodec, "next_repeat", next_repeat))
+            else:
+                patches.enter_context(mock.patch.object(codec, "_decode_fast", return_value=None))
             for step in steps:
                 if isinstance(step, bytes):
                     conn.data_received(step, now=0.0)
@@ -362,7 +516,8 @@ async def run_steps(steps: list[Step], *, fast: bool) -> tuple[list[Frame], Any,
             assert isinstance(event, Frame)
             headers = tuple((n, v) for n, v in event.headers if n != "session")  # a counter
             frames.append(Frame(event.command, headers, event.body))
-        return frames, _queues(broker), taken
+        raw = re.sub(rb"\nsession:session-\d+\n", b"\nsession:-\n", bytes(shell.out))
+        return frames, _queues(broker), taken, raw
     finally:
         await broker.stop()
 
@@ -377,6 +532,51 @@ def _delete_exchange(name: str) -> Callable[[StompConnection], object]:
 
 def _declare_exchange(name: str) -> Callable[[StompConnection], object]:
     return lambda conn: conn._session().declare_exchange(name, "direct")
+
+
+def _cut(data: bytes, sizes: list[int]) -> list[Step]:
+    """`data` as reads of these sizes (the rest in one more)."""
+    chunks: list[Step] = []
+    for size in sizes:
+        chunks.append(data[:size])
+        data = data[size:]
+    return [*chunks, data] if data else chunks
+
+
+def _sends(destination: str, tag: bytes, n: int, *extra: str) -> bytes:
+    """`n` SENDs with the same headers (bodies of one length), as one read."""
+    return b"".join(send(destination, tag + b"%02d" % i, *extra) for i in range(n))
+
+
+class _DeletingShell(FakeShell):
+    """A subscriber's shell that runs `delete` when its `after`-th MESSAGE is written:
+    the destination of a run of repeated SENDs goes away in the middle of a read."""
+
+    def __init__(self, after: int, delete: Callable[[], object]) -> None:
+        super().__init__()
+        self.after = after
+        self.delete = delete
+        self.seen = 0
+
+    def send(self, data: bytes) -> None:
+        super().send(data)
+        if data.startswith(b"MESSAGE"):
+            self.seen += 1
+            if self.seen == self.after:
+                self.delete()
+
+
+def _subscriber_deleting(
+    destination: str, after: int, delete: Callable[[Broker], object]
+) -> Callable[[StompConnection], object]:
+    """A step: another connection subscribes to `destination` with a `_DeletingShell`."""
+
+    def step(conn: StompConnection) -> None:
+        broker = conn.broker
+        other = StompConnection(broker, _DeletingShell(after, lambda: delete(broker)), now=0.0)
+        other.data_received(connect_frame(conn.version) + subscribe(destination, "auto"), now=0.0)
+
+    return step
 
 
 SCENARIOS: dict[str, Callable[[str], list[Step]]] = {
@@ -442,6 +642,62 @@ SCENARIOS: dict[str, Callable[[str], list[Step]]] = {
         ack(v, 2),
         ack(v, 4),
     ],
+    "repeated header sets in one read": lambda v: [
+        connect_frame(v),
+        subscribe("/queue/live", "auto"),
+        b"".join(
+            [
+                _sends("/queue/live", b"a", 6, "pad:xxxx"),
+                send("/queue/live", b"r00", "pad:xxxx", "receipt:r1"),
+                _sends("/queue/live", b"b", 6, "pad:xxxx"),
+                _sends("/queue/live", b"p", 4, "persistent:true", "priority:4", "custom:a\\cb"),
+                _sends("/queue/live", b"q", 4, "persistent:true", "priority:4", "custom:a:b"),
+                _sends("/queue/stay", b"s", 4, "content-type:text/plain", "JMSXGroupID:g"),
+                _sends("/queue/stay", b"e", 3, "reply-to:/queue/back"),  # not kept
+                _sends("/topic/t.x", b"t", 3, "x:1"),
+            ]
+        ),
+    ],
+    "repeats cut across reads and interrupted by receipts": lambda v: [
+        connect_frame(v),
+        subscribe("/queue/cut", "auto"),
+        *_cut(
+            b"".join(
+                [
+                    _sends("/queue/cut", b"a", 5, "pad:xx"),
+                    send("/queue/cut", b"r00", "pad:xx", "receipt:r1"),
+                    _sends("/queue/cut", b"b", 5, "pad:xx"),
+                    b"\n\n",  # heart-beats
+                    send("/queue/cut", b"r01", "pad:xx", "receipt:r2"),
+                    _sends("/queue/cut", b"c", 5, "pad:xx"),
+                ]
+            ),
+            [37, 120, 5, 64, 300, 1, 90],
+        ),
+    ],
+    "repeats to a queue deleted between reads": lambda v: [
+        connect_frame(v),
+        _sends("/queue/gone", b"a", 4, "pad:x"),
+        _delete_queue("gone"),
+        _sends("/queue/gone", b"b", 4, "pad:x"),
+    ],
+    "repeats to a queue deleted mid-read": lambda v: [
+        connect_frame(v),
+        send("/queue/mid", b"m"),  # declares it
+        _subscriber_deleting("/queue/mid", 3, lambda b: b.vhosts["/"].delete_queue("mid")),
+        _sends("/queue/mid", b"a", 8, "pad:x"),
+    ],
+    "repeats to an exchange deleted mid-read": lambda v: [
+        connect_frame(v),
+        _declare_exchange("ex"),
+        _subscriber_deleting("/exchange/ex/k", 3, lambda b: b.vhosts["/"].delete_exchange("ex")),
+        _sends("/exchange/ex/k", b"a", 8, "pad:x"),  # NotFound: ERROR, connection closed
+    ],
+    "a broken repeat is an ERROR": lambda v: [
+        connect_frame(v),
+        _sends("/queue/broken", b"a", 5, "pad:x") + send("/queue/broken", b"a99", "pad:x")[:-1],
+        b"yz\x00",  # longer than its content-length
+    ],
     "acks in a transaction (general path)": lambda v: [
         connect_frame(v),
         *(send("/queue/x", b"x%d" % i) for i in range(3)),
@@ -458,10 +714,11 @@ SCENARIOS: dict[str, Callable[[str], list[Step]]] = {
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 async def test_fast_handlers_equal_general(scenario: str, version: str) -> None:
     steps = SCENARIOS[scenario](version)
-    frames, queues, taken = await run_steps(steps, fast=True)
-    general_frames, general_queues, none = await run_steps(steps, fast=False)
+    frames, queues, taken, raw = await run_steps(steps, fast=True)
+    general_frames, general_queues, none, general_raw = await run_steps(steps, fast=False)
     assert none == []
     assert frames == general_frames
+    assert raw == general_raw  # byte for byte
     assert queues == general_queues
     if scenario == "queue arguments and transactions keep the general path":
         assert taken == []
@@ -474,8 +731,18 @@ async def test_fast_handlers_equal_general(scenario: str, version: str) -> None:
     if scenario == "client-individual acks":
         assert taken.count("ACK") == 4  # not the repeated one
         assert frames[-1].command == "ERROR"
-    if scenario == "a cached exchange deleted":
+    if scenario in ("a cached exchange deleted", "repeats to an exchange deleted mid-read"):
         assert frames[-1].command == "ERROR"
+    if scenario == "a broken repeat is an ERROR":
+        assert frames[-1].command == "ERROR"
+        assert frames[-1].get("message") == "body longer than content-length"
+    if scenario.startswith("repeat"):
+        assert "SEND+" in taken, "no repeat was taken"
+    if scenario == "repeated header sets in one read":
+        # each set: the first SEND goes general (new destination) or fast (new
+        # plan), the next one fast, the rest repeat; none for the escaped header
+        # (general decoding) and the reply-to (its properties are not kept)
+        assert taken.count("SEND+") == 4 + 5 + 0 + 2 + 2 + 0 + 1
 
 
 def test_fast_send_seeds_the_header_caches_with_what_they_would_hold() -> None:
