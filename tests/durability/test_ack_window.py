@@ -177,3 +177,34 @@ async def test_kill_9_keeps_every_confirmed_message_left_unacked(tmp_path):
         assert kept <= set(range(COUNT))
     finally:
         process.kill()
+
+
+def test_mqtt_qos1_to_a_persistent_session_is_acked_without_a_write(start_broker, tmp_path):
+    """The window is the store's: MQTT's PUBACK follows the subscriber's PUBACK the same way."""
+    from tests.helpers import free_port
+    from tests.mqtt.conftest import PahoClient
+
+    config = make_config(tmp_path / "data")
+    config.storage.backend = "sqlite"
+    config.storage.durability = "nosync"
+    config.storage.ack_window = 30.0
+    config.ports["mqtt"] = free_port()
+    running = start_broker(config)
+    assert running.daemon.broker is not None
+    store = running.daemon.broker.store
+    assert isinstance(store, SQLiteStore)
+    store.held_max_age = 30.0
+    subscriber = PahoClient(config.ports["mqtt"], "window-sub", clean=False)
+    publisher = PahoClient(config.ports["mqtt"], "window-pub")
+    try:
+        subscriber.connect()
+        subscriber.subscribe("window/#", qos=1)
+        publisher.connect()
+        written = store.stats.messages_written
+        for i in range(50):  # each waits for its PUBACK: well under the 30 s window
+            publisher.publish("window/t", b"%d" % i, qos=1)
+        assert sorted(int(subscriber.get().payload) for _ in range(50)) == list(range(50))
+        assert store.stats.messages_written == written
+    finally:
+        subscriber.stop()
+        publisher.stop()
