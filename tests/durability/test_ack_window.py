@@ -21,7 +21,8 @@ from broker.config import Config, ConfigError
 from broker.daemon import make_store
 from storage.sqlite import SQLiteStore
 from tests.durability.broker_process import BrokerProcess
-from tests.helpers import RunningBroker, make_config
+from tests.helpers import RunningBroker, free_port, make_config
+from tests.mqtt.conftest import PahoClient
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -181,9 +182,6 @@ async def test_kill_9_keeps_every_confirmed_message_left_unacked(tmp_path):
 
 def test_mqtt_qos1_to_a_persistent_session_is_acked_without_a_write(start_broker, tmp_path):
     """The window is the store's: MQTT's PUBACK follows the subscriber's PUBACK the same way."""
-    from tests.helpers import free_port
-    from tests.mqtt.conftest import PahoClient
-
     config = make_config(tmp_path / "data")
     config.storage.backend = "sqlite"
     config.storage.durability = "nosync"
