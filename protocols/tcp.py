@@ -56,7 +56,11 @@ class ConnectionAdapter(Protocol):
 
 
 class Shell(Protocol):
-    """What an adapter writes through (implemented here and by the WebSocket shell)."""
+    """What an adapter writes through (implemented here and by the WebSocket shell).
+
+    A shell may also offer `flush()`, writing what was sent so far at once
+    (`TCPShell.flush`); adapters look for it with getattr.
+    """
 
     peer: str
     from_loopback: bool
@@ -120,6 +124,19 @@ class TCPShell(asyncio.Protocol):
         self._closing = True
         if not self._flush_scheduled:
             self._flush()
+
+    def flush(self) -> None:
+        """Write what was sent so far now, not at the end of the loop tick.
+
+        For an answer a client waits on (a STOMP RECEIPT) while the adapter
+        still has much of a large read to handle: at the end of the tick it
+        would wait for all of it. Optional for a `Shell` (the WebSocket shell
+        writes from a task of its own).
+        """
+        out, transport = self._out, self.transport
+        if out and transport is not None and not transport.is_closing():
+            transport.write(b"".join(out) if len(out) > 1 else out[0])
+            out.clear()
 
     def _flush(self) -> None:
         self._flush_scheduled = False

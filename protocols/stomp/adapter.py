@@ -105,6 +105,7 @@ ACK_MODES = frozenset({"auto", "client", "client-individual"})
 PREFIX_CACHE_LIMIT = 64  # cached MESSAGE prefixes per subscription (destinations seen)
 SEND_TARGET_CACHE_LIMIT = 256  # cached SEND destinations per connection
 SEND_PLAN_CACHE_LIMIT = 64  # cached SEND header sets per connection
+RECEIPT_FLUSH_FRAMES = 32  # frames of one read after which a RECEIPT is written at once
 _WIRE_KEYS = {version: f"stomp-wire-{version}" for version in ("1.0", "1.1", "1.2")}
 
 # ActiveMQ's message group header, mapped onto the core's FIFO group header.
@@ -311,6 +312,10 @@ class StompConnection:
         self._send_plans: dict[tuple[tuple[str, str], ...], _SendPlan] = {}
         self._last_plan: _SendPlan | None = None
         self._deferred = 0  # receipts waiting for the store
+        # A shell that can write before the end of the tick (`TCPShell.flush`), and
+        # the frames of the current read handled since it last did: see `_receipt`.
+        self._flush_now: Callable[[], None] | None = getattr(shell, "flush", None)
+        self._handled = 0
         self._send_interval = 0.0  # seconds; 0 = we send no heart-beats
         self._recv_interval = 0.0  # seconds; 0 = we expect none
         self._now = now
@@ -328,6 +333,7 @@ class StompConnection:
         codec = self.codec
         codec.receive_data(data)
         frame: Frame | None = None
+        self._handled = 0
         try:
             while self.state is State.CONNECTED or self.state is State.CONNECTING:
                 event = codec.next_event()
@@ -338,6 +344,7 @@ class StompConnection:
                     break
                 assert isinstance(event, Frame)
                 frame = event
+                self._handled += 1
                 self._on_frame(frame)
                 if frame.command == "SEND":
                     self._send_repeats(frame)
@@ -486,6 +493,11 @@ class StompConnection:
         self._send(reply)
         if then_close:
             self._close_transport()
+        elif self._handled >= RECEIPT_FLUSH_FRAMES and self._flush_now is not None:
+            # Deep into a large read: a pipelining client waits for this receipt to
+            # send more, and the end of the tick is the rest of the read away.
+            self._flush_now()
+            self._handled = 0
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -667,6 +679,7 @@ class StompConnection:
             body = codec.next_repeat(headers)
             if body is None:
                 return
+            self._handled += 1
             if not self._send_planned(plan, body, None):
                 self._on_frame(Frame(frame.command, headers, body))
                 return

@@ -124,6 +124,37 @@ def test_receipts(stomp_client: ClientFactory, version: str) -> None:
     c.disconnect(receipt="bye")  # stomp.py waits for the DISCONNECT receipt
 
 
+def test_pipelined_sends_with_receipts_in_one_write(
+    stomp_client: ClientFactory, raw: Callable[[], RawStomp]
+) -> None:
+    """A producer's SENDs written at once, with the same headers each time (the
+    adapter's repeat path) and receipts among them (written before the rest of
+    the read is handled): each receipt comes once, in order, and a subscriber
+    gets every message, in order, headers included."""
+    consumer = stomp_client("1.2")
+    consumer.subscribe("/queue/pipelined", id="s")
+    consumer.sync()
+    client = raw()
+    client.connect()
+    frames = []
+    for i in range(200):
+        receipt = f"\nreceipt:r{i}" if i in (60, 199) else ""
+        frames.append(
+            f"SEND\ndestination:/queue/pipelined\ncontent-length:4\npad:xxxx{receipt}\n\n"
+            f"{i:04d}\x00".encode()
+        )
+    client.send(b"".join(frames))
+    data = b""
+    while data.count(b"RECEIPT") < 2:
+        chunk = client.sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    assert data == b"RECEIPT\nreceipt-id:r60\n\n\x00RECEIPT\nreceipt-id:r199\n\n\x00"
+    messages = consumer.collector.wait_messages(200)
+    assert [m.body for m in messages] == [f"{i:04d}" for i in range(200)]
+    assert {m.headers["pad"] for m in messages} == {"xxxx"}
+
+
 @pytest.mark.parametrize("version", ["1.1", "1.2"])
 def test_heartbeats_flow_both_ways(stomp_client: ClientFactory, version: str) -> None:
     c = stomp_client(version, heartbeats=(200, 200))

@@ -13,7 +13,8 @@
   (`_send_repeats`, with per-header-set properties and header caches), leave
   the broker and the client with the same bytes and the same queue contents
   as the general handlers on the general decoder, including when a cached
-  destination has gone, mid-read too.
+  destination has gone, mid-read too;
+- a RECEIPT deep into a large read is written at once (`TCPShell.flush`).
 """
 
 from __future__ import annotations
@@ -751,3 +752,41 @@ def test_fast_send_seeds_the_header_caches_with_what_they_would_hold() -> None:
     assert adapter.message_headers(plain) == []
     for version in ("1.0", "1.1", "1.2"):
         assert adapter.message_wire_headers(Message("", "q", Properties(), b"x"), version) == b""
+
+
+# -- receipts deep into a large read ---------------------------------------------------------
+
+
+class FlushingShell(FakeShell):
+    """A shell that can write before the end of the tick; records what each flush wrote."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes: list[bytes] = []
+
+    def flush(self) -> None:
+        self.flushes.append(bytes(self.out))
+        self.out.clear()
+
+
+async def test_a_receipt_deep_into_a_read_is_flushed_at_once() -> None:
+    broker = Broker(store=MemoryStore(), users=UserDirectory([default_guest()]))
+    await broker.start()
+    try:
+        shell = FlushingShell()
+        conn = StompConnection(broker, shell, now=0.0)
+        conn.data_received(connect_frame("1.2"), now=0.0)
+        few = _sends("/queue/f", b"a", 5) + send("/queue/f", b"r00", "receipt:few")
+        conn.data_received(few, now=0.0)
+        assert shell.flushes == []  # a short read: the end of the tick writes it
+        limit = adapter.RECEIPT_FLUSH_FRAMES
+        many = [_sends("/queue/f", b"b", limit), send("/queue/f", b"r01", "receipt:deep")]
+        conn.data_received(b"".join([*many, _sends("/queue/f", b"c", 5)]), now=0.0)
+        assert len(shell.flushes) == 1
+        assert shell.flushes[0].endswith(b"RECEIPT\nreceipt-id:deep\n\n\x00")
+        assert b"receipt-id:few" in shell.flushes[0]  # what was waiting goes first
+        conn.data_received(b"".join(many), now=0.0)  # the count starts again with each read
+        assert len(shell.flushes) == 2
+        assert broker.vhosts["/"].queues["f"].message_count == 6 + 2 * (limit + 1) + 5
+    finally:
+        await broker.stop()
