@@ -45,11 +45,15 @@ def test_the_window_is_configured_in_storage(tmp_path: Path) -> None:
             Config.load(path)
 
 
-def sqlite_broker(start_broker: Callable[..., RunningBroker], tmp_path: Path, window: float):
+def sqlite_broker(
+    start_broker: Callable[..., RunningBroker], tmp_path: Path, window: float, *, mqtt: int = 0
+):
+    """An in-process broker on a SQLite store with `window`, and that store."""
     config = make_config(tmp_path / "data")
     config.storage.backend = "sqlite"
     config.storage.durability = "nosync"  # what is written is counted, not its speed
     config.storage.ack_window = window
+    config.ports["mqtt"] = mqtt
     running = start_broker(config)
     assert running.daemon.broker is not None
     store = running.daemon.broker.store
@@ -182,18 +186,11 @@ async def test_kill_9_keeps_every_confirmed_message_left_unacked(tmp_path):
 
 def test_mqtt_qos1_to_a_persistent_session_is_acked_without_a_write(start_broker, tmp_path):
     """The window is the store's: MQTT's PUBACK follows the subscriber's PUBACK the same way."""
-    config = make_config(tmp_path / "data")
-    config.storage.backend = "sqlite"
-    config.storage.durability = "nosync"
-    config.storage.ack_window = 30.0
-    config.ports["mqtt"] = free_port()
-    running = start_broker(config)
-    assert running.daemon.broker is not None
-    store = running.daemon.broker.store
-    assert isinstance(store, SQLiteStore)
+    port = free_port()
+    _running, store = sqlite_broker(start_broker, tmp_path, window=30.0, mqtt=port)
     store.held_max_age = 30.0
-    subscriber = PahoClient(config.ports["mqtt"], "window-sub", clean=False)
-    publisher = PahoClient(config.ports["mqtt"], "window-pub")
+    subscriber = PahoClient(port, "window-sub", clean=False)
+    publisher = PahoClient(port, "window-pub")
     try:
         subscriber.connect()
         subscriber.subscribe("window/#", qos=1)

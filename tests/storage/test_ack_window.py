@@ -50,6 +50,21 @@ def deliver(store: SQLiteStore, seq: int, queue: str = "q") -> None:
     store.mark_delivered(V, queue, seq, 1)
 
 
+async def ack_of_a_written_entry_then_a_delivery(store: SQLiteStore, settle: Settle) -> int:
+    """Entry 1 written, then acked (a removal in the batch), then message 2 delivered.
+
+    Returns the batches committed before the ack.
+    """
+    store.put_queue(QueueRecord(V, "q"))
+    store.put_message(1, b"written")
+    store.enqueue(V, "q", 1, 1)
+    await settle(store)
+    batches = store.stats.batches
+    store.ack(V, "q", 1)
+    deliver(store, 2)
+    return batches
+
+
 async def test_an_ack_within_the_window_confirms_without_a_write(db: Path, settle: Settle) -> None:
     store = await holding(db)
     try:
@@ -177,13 +192,7 @@ async def test_a_confirm_does_not_wait_for_earlier_acks_but_others_do(
     """`removals=False` passes over an ack of a written entry; the default does not."""
     store = await holding(db)
     try:
-        store.put_queue(QueueRecord(V, "q"))
-        store.put_message(1, b"written")
-        store.enqueue(V, "q", 1, 1)
-        await settle(store)
-        batches = store.stats.batches
-        store.ack(V, "q", 1)  # a removal op in the gathering batch
-        deliver(store, 2)
+        batches = await ack_of_a_written_entry_then_a_delivery(store, settle)
         fired: list[str] = []
         confirm = asyncio.Event()
         strict = asyncio.Event()
@@ -205,12 +214,7 @@ async def test_a_strict_callback_holds_back_later_confirms(db: Path, settle: Set
     """Callbacks keep their registration order whatever each waits for."""
     store = await opened(db, ack_window=0.3)
     try:
-        store.put_queue(QueueRecord(V, "q"))
-        store.put_message(1, b"written")
-        store.enqueue(V, "q", 1, 1)
-        await settle(store)
-        store.ack(V, "q", 1)
-        deliver(store, 2)
+        await ack_of_a_written_entry_then_a_delivery(store, settle)
         fired: list[str] = []
         done = asyncio.Event()
         store.when_durable(recorder(fired, "strict"))
