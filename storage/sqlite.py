@@ -102,9 +102,11 @@ entry removal. An ack then cancels the write as above, and a `when_durable`
 callback fires as soon as every change queued before it is cancelled: the
 publisher's confirm follows the ack. Any other change (an enqueue nobody was
 given, topology, sessions, a read, an expire) ends the hold at the next
-loop iteration, and so does the oldest waiting callback turning
-`ack_window` old, the batch turning `held_max_age` old or holding
-`held_max_ops` live changes: then the batch is written as usual. A held
+loop iteration, and so does a callback that also waits for removals (every
+caller but publisher confirms: a declare-ok, a tx.commit-ok or a receipt is
+not held back), the oldest waiting callback turning `ack_window` old, the
+batch turning `held_max_age` old or holding `held_max_ops` live changes:
+then the batch is written as usual. A held
 callback only fires while no earlier batch is in flight or failed, so the
 callbacks keep their order and a confirm never overtakes an unwritten
 message. `when_durable(removals=False)` (publisher confirms) also passes
@@ -1132,6 +1134,7 @@ class SQLiteStore:
 
         A batch is held only while each of its live changes is a message
         out to a consumer (its put and enqueue), or the removal of an entry,
+        while every callback waiting for it is a confirm (`removals=False`),
         and only until its oldest waiting callback is `ack_window` old, it
         is `held_max_age` old, or it has `held_max_ops` live changes.
         """
@@ -1143,6 +1146,7 @@ class SQLiteStore:
             or self._retry
             or self._state != "open"
             or self._live >= self.held_max_ops
+            or any(waiting.removals for waiting in self._callbacks)
         ):
             return False
         assert self._loop is not None
@@ -1246,8 +1250,8 @@ class SQLiteStore:
             self._callbacks.append(_Waiting(callback, len(self._ops), removals, self._loop.time()))
             if self._flush_handle is None:
                 self._schedule_flush()
-            elif self._holding and len(self._callbacks) == 1:
-                self._schedule_flush(immediate=True)  # the hold now ends sooner
+            elif self._holding and (removals or len(self._callbacks) == 1):
+                self._schedule_flush(immediate=True)  # the hold ends now, or sooner
         elif self._inflight is not None and self._inflight.holds:
             self._inflight.callbacks.append(callback)
         else:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aio_pika
+import pika
 import pytest
 
 from broker.config import Config, ConfigError
@@ -203,3 +204,31 @@ def test_mqtt_qos1_to_a_persistent_session_is_acked_without_a_write(start_broker
     finally:
         subscriber.stop()
         publisher.stop()
+
+
+def test_a_transactional_consumer_is_not_held_back_by_the_window(start_broker, tmp_path):
+    """tx.commit-ok waits for its acks to be written: the window must not delay it."""
+    running, store = sqlite_broker(start_broker, tmp_path, window=30.0)
+    store.held_max_age = 30.0
+    connection = pika.BlockingConnection(pika.URLParameters(running.url))
+    try:
+        channel = connection.channel()
+        channel.queue_declare("tx-acked", durable=True)
+        channel.confirm_delivery()
+        for i in range(20):  # nobody consumes yet: written at once
+            channel.basic_publish("", "tx-acked", b"%d" % i, pika.BasicProperties(delivery_mode=2))
+        consumer = connection.channel()
+        consumer.tx_select()
+        consumer.basic_qos(prefetch_count=1)
+        seen = []
+        # Each commit-ok would take the whole 30 s window if the batch were held.
+        for method, _properties, body in consumer.consume("tx-acked", inactivity_timeout=5):
+            assert method is not None
+            consumer.basic_ack(method.delivery_tag)
+            consumer.tx_commit()
+            seen.append(int(body))
+            if len(seen) == 20:
+                break
+        assert seen == list(range(20))
+    finally:
+        connection.close()
