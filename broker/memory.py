@@ -12,8 +12,10 @@ is set: connections that publish stop being read (see `protocols.reading`)
 and AMQP clients that asked for it get `connection.blocked`. Connections
 that only consume go on, so consumers drain the queues; once the total is
 below the watermark again, the alarm clears and every paused reader resumes.
-Unacked deliveries are not counted: prefetch bounds them, and the shells
-stop delivering to a socket that does not keep up.
+Unacked deliveries count too (sessions keep `unacked_bytes` up to date as
+they deliver and settle): a consumer without a prefetch limit takes every
+message of its queue at once, and RabbitMQ, which counts all of its memory,
+would block publishers then as well.
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ def watermark_bytes(setting: float, total: int | None = None) -> int:
 
 
 def queued_memory(broker: Broker) -> int:
-    """Bytes held by the messages queued in every queue of `broker` (an estimate)."""
-    total = 0
+    """Bytes held by the messages queued in every queue of `broker`, or delivered and
+    not acked yet (an estimate)."""
+    total = broker.memory.unacked_bytes
     for vhost in broker.vhosts.values():
         for queue in vhost.queues.values():
             total += queue.memory_bytes(ENTRY_OVERHEAD)
@@ -66,6 +69,8 @@ class MemoryMonitor:
         self.broker = broker
         self.watermark = watermark
         self.used = 0
+        self.unacked_bytes = 0
+        """Bodies + `ENTRY_OVERHEAD` of every delivery awaiting an ack (kept by sessions)."""
         self.periodic = Periodic(INTERVAL, self._tick)
 
     def start(self) -> None:

@@ -39,6 +39,7 @@ from broker.errors import (
     NotAllowed,
     PreconditionFailed,
 )
+from broker.memory import ENTRY_OVERHEAD
 from broker.message import Message
 from broker.queue import DUPLICATE, REJECTED, WRITTEN, Consumer, Queue, QueueEntry
 
@@ -139,6 +140,7 @@ class Session:
         self._deadlines: list[tuple[float, int]] = []
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._timed_out: set[int] = set()
+        self._memory = connection.vhost.broker.memory  # counts what `unacked` holds
 
     # -- permissions ------------------------------------------------------------------
 
@@ -411,6 +413,7 @@ class Session:
             queue.settle(entry)
         else:
             self.unacked[tag] = _Unacked(entry, queue, consumer)
+            self._memory.unacked_bytes += len(entry.message.body) + ENTRY_OVERHEAD
             consumer.unacked += 1
             if entry.persisted:
                 queue.vhost.broker.store.mark_delivered(
@@ -435,6 +438,7 @@ class Session:
             queue.settle(entry)
         else:
             self.unacked[tag] = _Unacked(entry, queue, None)
+            self._memory.unacked_bytes += len(entry.message.body) + ENTRY_OVERHEAD
             if queue.consumer_timeout:
                 self._watch(tag, queue.consumer_timeout)
         return tag, redelivered, entry.message, queue.message_count
@@ -520,6 +524,7 @@ class Session:
     def _settle(self, items: list[_Unacked], *, requeue: bool | None) -> None:
         """Finish deliveries: ack (requeue=None), requeue (True) or drop (False)."""
         touched: dict[Queue, list[QueueEntry]] = {}
+        self._forget(items)
         for item in items:
             if item.consumer is not None:
                 item.consumer.unacked -= 1
@@ -542,6 +547,13 @@ class Session:
             for queue in self._consumed_queues():
                 if queue not in touched:
                     queue.dispatch()
+
+    def _forget(self, items: list[_Unacked]) -> None:
+        """`items` left `unacked`: they no longer count as unacked memory."""
+        if items:
+            self._memory.unacked_bytes -= len(items) * ENTRY_OVERHEAD + sum(
+                len(item.entry.message.body) for item in items
+            )
 
     def recover(self) -> None:
         """basic.recover(requeue=true): every unacked delivery goes back to its queue."""
@@ -589,6 +601,7 @@ class Session:
             self.cancel(tag)
         items = list(self.unacked.values())
         self.unacked.clear()
+        self._forget(items)
         by_queue: dict[Queue, list[QueueEntry]] = {}
         for item in items:
             if item.consumer is not None:

@@ -128,3 +128,53 @@ def test_queue_memory_counts_bodies_and_overhead(tmp_path, start_broker) -> None
     assert queue_bytes == 10 * (1000 + ENTRY_OVERHEAD)
     assert not running.call(lambda: running.core.memory.periodic.running)  # 0 = off
     connection.close()
+
+
+def test_unacked_deliveries_count_towards_the_watermark(tmp_path, start_broker) -> None:
+    """A consumer with no prefetch limit takes every message and acks late: the queue
+    is empty, but the messages are still in the broker's memory."""
+    running = start_broker(make_config(tmp_path, memory_high_watermark=WATERMARK))
+    count = 4 * WATERMARK // BODY
+    consumer = pika.BlockingConnection(pika.URLParameters(running.url))
+    receiving = consumer.channel()
+    receiving.queue_declare("unacked")
+    tags: list[int] = []
+    receiving.basic_consume(
+        "unacked", lambda _ch, method, _props, _body: tags.append(method.delivery_tag)
+    )
+    publisher = pika.BlockingConnection(pika.URLParameters(running.url))
+    channel = publisher.channel()
+    published = threading.Event()
+
+    def publish() -> None:
+        for i in range(count):
+            channel.basic_publish("", "unacked", i.to_bytes(4, "big") + b"x" * (BODY - 4))
+        published.set()
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+
+    def alarm() -> bool:
+        return bool(running.call(lambda: running.core.flow.memory_alarm))
+
+    deadline = time.monotonic() + 20
+    while not alarm():
+        assert time.monotonic() < deadline, f"no alarm with {len(tags)} unacked"
+        consumer.process_data_events(0.05)
+    assert not published.is_set()
+    unacked = running.call(lambda: running.core.memory.unacked_bytes)
+    assert unacked > WATERMARK // 2, unacked  # the queue itself holds little
+    # acking releases the memory: the alarm clears and the publisher finishes
+    acked = 0
+    while acked < count:
+        assert time.monotonic() < deadline + 20, f"stalled at {len(tags)} of {count}"
+        if tags and tags[-1] > acked:
+            acked = tags[-1]
+            receiving.basic_ack(acked, multiple=True)
+        consumer.process_data_events(0.05)
+    thread.join(10)
+    assert published.is_set()
+    _wait(lambda: running.call(lambda: running.core.memory.unacked_bytes) == 0)
+    _wait(lambda: not alarm())
+    publisher.close()
+    consumer.close()
