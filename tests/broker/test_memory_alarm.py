@@ -51,6 +51,24 @@ def _wait(predicate: Any, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def flood(channel: Any, queue: str, count: int) -> tuple[threading.Thread, threading.Event]:
+    """Publish `count` numbered BODY-byte messages from a thread; the event is set when done."""
+    published = threading.Event()
+
+    def publish() -> None:
+        for i in range(count):
+            channel.basic_publish("", queue, i.to_bytes(4, "big") + b"x" * (BODY - 4))
+        published.set()
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    return thread, published
+
+
+def memory_alarm(running: Any) -> bool:
+    return bool(running.call(lambda: running.core.flow.memory_alarm))
+
+
 def test_publisher_is_blocked_and_resumes_when_consumers_drain(tmp_path, start_broker) -> None:
     running = start_broker(make_config(tmp_path, memory_high_watermark=WATERMARK))
     count = 16 * WATERMARK // BODY  # sixteen times what the watermark allows
@@ -64,18 +82,10 @@ def test_publisher_is_blocked_and_resumes_when_consumers_drain(tmp_path, start_b
     publisher.add_on_connection_unblocked_callback(lambda _c, _f: events.append("unblocked"))
     channel = publisher.channel()
     channel.queue_declare("flood", auto_delete=False)
-    published = threading.Event()
-
-    def publish() -> None:
-        for i in range(count):
-            channel.basic_publish("", "flood", i.to_bytes(4, "big") + b"x" * (BODY - 4))
-        published.set()
-
-    thread = threading.Thread(target=publish, daemon=True)
-    thread.start()
+    thread, published = flood(channel, "flood", count)
 
     def alarm() -> bool:
-        return bool(running.call(lambda: running.core.flow.memory_alarm))
+        return memory_alarm(running)
 
     _wait(alarm)
     # the queue stops growing well short of everything: the publisher is held
@@ -144,18 +154,10 @@ def test_unacked_deliveries_count_towards_the_watermark(tmp_path, start_broker) 
     )
     publisher = pika.BlockingConnection(pika.URLParameters(running.url))
     channel = publisher.channel()
-    published = threading.Event()
-
-    def publish() -> None:
-        for i in range(count):
-            channel.basic_publish("", "unacked", i.to_bytes(4, "big") + b"x" * (BODY - 4))
-        published.set()
-
-    thread = threading.Thread(target=publish, daemon=True)
-    thread.start()
+    thread, published = flood(channel, "unacked", count)
 
     def alarm() -> bool:
-        return bool(running.call(lambda: running.core.flow.memory_alarm))
+        return memory_alarm(running)
 
     deadline = time.monotonic() + 20
     while not alarm():
