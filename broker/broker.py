@@ -145,8 +145,16 @@ class Broker:
 
     # -- clients --------------------------------------------------------------------
 
-    def authenticate(self, username: str, password: str, *, from_loopback: bool) -> User:
-        """Check credentials. Raises AccessRefused."""
+    def authenticate(self, username: str | None, password: str, *, from_loopback: bool) -> User:
+        """The user these credentials log in as. Raises AccessRefused.
+
+        `username=None` means the client sent no credentials at all (an MQTT
+        CONNECT without a user name, a STOMP CONNECT without `login`, AMQP's
+        ANONYMOUS mechanism or an empty PLAIN response): every protocol gets the
+        one anonymous rule, `auth.anonymous_user`, which refuses by default.
+        """
+        if username is None:
+            return self.users.authenticate_anonymous(from_loopback=from_loopback)
         return self.users.authenticate(username, password, from_loopback=from_loopback)
 
     def connect(

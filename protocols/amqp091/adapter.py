@@ -550,7 +550,6 @@ class AMQPConnection:
         caps = self.client_properties.get("capabilities")
         self.capabilities = dict(caps) if isinstance(caps, dict) else {}
         username, password = _credentials(method.mechanism, method.response)
-        self._username = username
         try:
             user = self.broker.authenticate(
                 username, password, from_loopback=self.shell.from_loopback
@@ -566,6 +565,7 @@ class AMQPConnection:
             self._close_transport()
             return
         self._user = user
+        self._username = user.name
         self._sent_since_timer = True
         self.shell.send(_tune_frame(self.channel_max, self.frame_max, self.broker.limits.heartbeat))
         self.state = State.TUNE_OK
@@ -969,13 +969,22 @@ _CHANNEL_HANDLERS: dict[type[Frame], Callable[[AMQPConnection, AMQPChannel, Any]
 }
 
 
-def _credentials(mechanism: str, response: str | bytes) -> tuple[str, str]:
-    """Username and password from a PLAIN or AMQPLAIN start-ok response."""
+def _credentials(mechanism: str, response: str | bytes) -> tuple[str | None, str]:
+    """Username and password from a PLAIN, AMQPLAIN or ANONYMOUS start-ok response.
+
+    A user name of None means the client gave no credentials: the ANONYMOUS
+    mechanism (RFC 4505, which RabbitMQ 4 offers) or a PLAIN response with an
+    empty user name and password. The core's anonymous rule then decides.
+    """
     raw = response.encode() if isinstance(response, str) else bytes(response)
+    if mechanism == "ANONYMOUS":
+        return None, ""
     if mechanism == "PLAIN":
         parts = raw.split(b"\x00")
         if len(parts) != 3:
             raise AccessRefused("malformed PLAIN response")
+        if parts[1] == parts[2] == b"":
+            return None, ""
         return parts[1].decode(errors="replace"), parts[2].decode(errors="replace")
     if mechanism == "AMQPLAIN":
         from pamqp import decode

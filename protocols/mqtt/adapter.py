@@ -119,7 +119,6 @@ log = logging.getLogger("moorage.mqtt")
 
 EXCHANGE = "amq.topic"
 DEFAULT_VHOST = "/"
-ANONYMOUS = ("guest", "guest")  # RabbitMQ's mqtt.default_user / default_pass
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 SERVER_RECEIVE_MAXIMUM = 1024
 TOPIC_ALIAS_MAXIMUM = 64
@@ -941,19 +940,25 @@ class MQTTConnection:
         self._close(publish_will=False)
 
     def _authenticate(self, packet: Connect) -> bool:
+        # No user name means no credentials, even with a password (MQTT 5 allows
+        # that): the core's anonymous rule decides, never a built-in default user.
         username, password = packet.username, packet.password
-        if username is None:
-            username, password_text = ANONYMOUS
-        else:
-            password_text = (password or b"").decode("utf-8", "replace")
-            if ":" in username:  # RabbitMQ's "vhost:username" form
-                self.vhost, username = username.split(":", 1)
+        password_text = (password or b"").decode("utf-8", "replace")
+        if username is not None and ":" in username:  # RabbitMQ's "vhost:username" form
+            self.vhost, username = username.split(":", 1)
         try:
             self.user = self.broker.authenticate(
                 username, password_text, from_loopback=self.shell.from_loopback
             )
         except AccessRefused as e:
-            self._refuse(ReasonCode.BAD_USER_NAME_OR_PASSWORD, e.text)
+            # Mosquitto answers an anonymous client it refuses with "not authorised"
+            # (its test 01-connect-anon-denied), and bad credentials with code 4 / 0x86.
+            reason = (
+                ReasonCode.NOT_AUTHORIZED
+                if username is None
+                else ReasonCode.BAD_USER_NAME_OR_PASSWORD
+            )
+            self._refuse(reason, e.text)
             return False
         try:
             self.core = self.broker.connect(

@@ -539,14 +539,11 @@ class StompConnection:
             return
         self.version = self.codec.version = version
         cx, cy = parse_heartbeat(frame.get("heart-beat"))
-        login = frame.get("login")
-        if login is None:  # anonymous: refused unless `auth.anonymous_user` is set
-            user = self.broker.users.authenticate_anonymous(from_loopback=self.shell.from_loopback)
-            login = user.name
-        else:
-            user = self.broker.authenticate(
-                login, frame.get("passcode") or "", from_loopback=self.shell.from_loopback
-            )
+        # No `login`: the core's anonymous rule (refused unless `auth.anonymous_user`).
+        user = self.broker.authenticate(
+            frame.get("login"), frame.get("passcode") or "", from_loopback=self.shell.from_loopback
+        )
+        login = user.name
         client_id = frame.get("client-id")
         if client_id is not None:
             owners = _client_ids.setdefault(self.broker, {})

@@ -239,6 +239,55 @@ def test_login_refused_raw_gets_403_close(broker: RunningBroker) -> None:
     assert "ACCESS_REFUSED" in frames[0].reply_text
 
 
+def _anonymous_start_ok(client: RawClient, mechanism: str, response: str) -> Any:
+    """Handshake with no credentials; the server's answer to start-ok (or Closed)."""
+    client.send(pamqp_header.ProtocolHeader().marshal())
+    client.expect(commands.Connection.Start)
+    client.send_frame(
+        0,
+        commands.Connection.StartOk(
+            client_properties={"capabilities": {"authentication_failure_close": True}},
+            mechanism=mechanism,
+            response=response,
+        ),
+    )
+    return client.wait_closed()
+
+
+@pytest.mark.parametrize(("mechanism", "response"), [("ANONYMOUS", ""), ("PLAIN", "\0\0")])
+def test_no_credentials_refused_by_default(
+    broker: RunningBroker, mechanism: str, response: str
+) -> None:
+    with RawClient(broker.port) as client:
+        frames = _anonymous_start_ok(client, mechanism, response)
+    assert len(frames) == 1
+    assert frames[0].reply_code == 403
+    assert broker.connection_count() == 0
+
+
+@pytest.mark.parametrize(("mechanism", "response"), [("ANONYMOUS", ""), ("PLAIN", "\0\0")])
+def test_no_credentials_act_as_the_anonymous_user(
+    tmp_path: Path, start_broker: Callable[..., RunningBroker], mechanism: str, response: str
+) -> None:
+    config = make_config(tmp_path, make_user("visitor", "pw", {"/": ("", "", ".*")}))
+    config.anonymous_user = "visitor"
+    running = start_broker(config)
+    with RawClient(running.port) as client:
+        client.send(pamqp_header.ProtocolHeader().marshal())
+        client.expect(commands.Connection.Start)
+        client.send_frame(0, commands.Connection.StartOk(mechanism=mechanism, response=response))
+        client.expect(commands.Connection.Tune)
+        client.send_frame(0, commands.Connection.TuneOk(channel_max=10, frame_max=131072))
+        client.send_frame(0, commands.Connection.Open(virtual_host="/"))
+        client.expect(commands.Connection.OpenOk)
+        users = running.call(lambda: [c.user.name for c in running.core.connections])
+        assert users == ["visitor"]  # that user and no other (guest would be allowed here)
+        client.send_frame(1, commands.Channel.Open())
+        client.expect(commands.Channel.OpenOk)
+        client.send_frame(1, commands.Queue.Declare(queue="anon-may-not-configure"))
+        assert client.expect(commands.Channel.Close).reply_code == 403
+
+
 def test_amqplain_login(broker: RunningBroker) -> None:
     from pamqp import encode
 

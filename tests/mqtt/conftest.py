@@ -143,6 +143,8 @@ class PahoClient:
         if protocol != paho.MQTTv5:
             kwargs["clean_session"] = clean
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, **kwargs)
+        # anonymous clients are refused by default; tests of that call username_pw_set(None)
+        self.client.username_pw_set("guest", "guest")
         self.port = port
         self.protocol = protocol
         self.clean = clean
@@ -263,6 +265,8 @@ class RawClient:
         self.sock.sendall(self.codec.send(packet))
 
     def connect(self, client_id: str = "raw", **kwargs: Any) -> Packet:
+        kwargs.setdefault("username", "guest")
+        kwargs.setdefault("password", b"guest")
         self.send(Connect(client_id=client_id, protocol_version=self.codec.version, **kwargs))
         return self.receive()
 

@@ -179,11 +179,19 @@ def test_maximum_packet_size_of_client_drops_large_messages(
 
 async def test_aiomqtt_publish_subscribe(mqtt_broker: MQTTBroker) -> None:
     async with (
-        aiomqtt.Client("127.0.0.1", mqtt_broker.mqtt_port, identifier="aio-sub") as sub,
+        aiomqtt.Client(
+            "127.0.0.1",
+            mqtt_broker.mqtt_port,
+            identifier="aio-sub",
+            username="guest",
+            password="guest",
+        ) as sub,
         aiomqtt.Client(
             "127.0.0.1",
             mqtt_broker.mqtt_port,
             identifier="aio-pub",
+            username="guest",
+            password="guest",
             protocol=aiomqtt.ProtocolVersion.V5,
         ) as pub,
     ):

@@ -13,6 +13,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from protocols.mqtt.adapter import INTERNAL_USER
 from tests.mqtt.conftest import MQTTBroker, PahoClient
 
 pytestmark = pytest.mark.timeout(5)
@@ -468,6 +469,40 @@ def test_bad_credentials(paho_client: Make) -> None:
     ok = paho_client("z")
     ok.client.username_pw_set("alice", "secret")
     ok.connect()
+
+
+def client_users(mqtt_broker: MQTTBroker) -> list[str]:
+    """The users of the broker's client connections (not its internal one)."""
+    connections = mqtt_broker.call(lambda: list(mqtt_broker.broker.connections))
+    return sorted(c.user.name for c in connections if c.user.name != INTERNAL_USER)
+
+
+@pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv5], ids=["3.1.1", "5.0"])
+@pytest.mark.parametrize("password", [None, "guest"], ids=["no-password", "password-only"])
+def test_anonymous_refused_by_default(
+    paho_client: Make, mqtt_broker: MQTTBroker, protocol: int, password: str | None
+) -> None:
+    if password is not None and protocol == paho.MQTTv311:
+        pytest.skip("3.1.1 forbids a password without a user name [MQTT-3.1.2-22]")
+    c = paho_client("anon", protocol=protocol)
+    c.client.username_pw_set(None, password)
+    _f, rc, _p = c.connect(expect_success=False)
+    assert rc == 0x87  # Not authorized; paho maps 3.1.1 return code 5 to 0x87, as Mosquitto
+    assert client_users(mqtt_broker) == []
+
+
+@pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv5], ids=["3.1.1", "5.0"])
+def test_anonymous_acts_as_the_configured_user(
+    paho_client: Make, mqtt_broker: MQTTBroker, protocol: int
+) -> None:
+    users = mqtt_broker.broker.users
+    mqtt_broker.call(lambda: setattr(users, "anonymous", users.users["noread"]))
+    c = paho_client("anon", protocol=protocol)
+    c.client.username_pw_set(None, None)
+    c.connect()
+    assert client_users(mqtt_broker) == ["noread"]
+    expected = 0x87 if protocol == paho.MQTTv5 else 0x80  # noread may not read amq.topic
+    assert [int(r.value) for r in c.subscribe("a", 1)] == [expected]
 
 
 def test_subscribe_not_authorized(paho_client: Make) -> None:

@@ -146,6 +146,7 @@ class PahoWS:
             transport="websockets",
         )
         self.client.ws_set_options(path="/ws")
+        self.client.username_pw_set("guest", "guest")
         self.connack: queue.Queue[Any] = queue.Queue()
         self.subacks: queue.Queue[Any] = queue.Queue()
         self.messages: queue.Queue[paho.MQTTMessage] = queue.Queue()

@@ -82,6 +82,8 @@ async def test_aiomqtt_over_websockets(ws_broker):
         "127.0.0.1",
         ws_broker.mqtt_port,
         identifier="aiomqtt-ws",
+        username="guest",
+        password="guest",
         transport="websockets",
         websocket_path="/ws",
         protocol=aiomqtt.ProtocolVersion.V5,
@@ -103,7 +105,9 @@ async def _raw_connect(port: int, protocols: list[str]) -> tuple[bytes, str | No
         session.ws_connect(f"http://127.0.0.1:{port}/ws", protocols=protocols) as ws,
     ):
         # one packet split over two messages: boundaries need not align [MQTT-6.0.0-2]
-        wire = codec.send(Connect(client_id="raw-ws", protocol_version=4))
+        wire = codec.send(
+            Connect(client_id="raw-ws", protocol_version=4, username="guest", password=b"guest")
+        )
         await ws.send_bytes(wire[:3])
         await ws.send_bytes(wire[3:])
         msg = await ws.receive(timeout=TIMEOUT)
@@ -175,7 +179,11 @@ async def test_shutdown_disconnects_with_going_away(ws_broker):
         aiohttp.ClientSession() as session,
         session.ws_connect(f"http://127.0.0.1:{ws_broker.mqtt_port}/ws", protocols=["mqtt"]) as ws,
     ):
-        await ws.send_bytes(codec.send(Connect(client_id="going", protocol_version=5)))
+        await ws.send_bytes(
+            codec.send(
+                Connect(client_id="going", protocol_version=5, username="guest", password=b"guest")
+            )
+        )
         await ws.receive(timeout=TIMEOUT)  # CONNACK
         ws_broker.call(lambda: ws_broker.listeners["mqtt_ws"].shutdown_connections("test"))
         msg = await ws.receive(timeout=TIMEOUT)
