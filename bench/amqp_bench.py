@@ -59,7 +59,7 @@ from typing import Any, Final
 from pamqp import commands
 from pamqp.base import Frame
 
-from protocols.amqp091.codec import (
+from moorage.protocols.amqp091.codec import (
     NEED_DATA,
     PROTOCOL_HEADER,
     ContentReceived,
@@ -1463,7 +1463,7 @@ def spawned_broker(store: str, protocol: str = "amqp") -> Iterator[SpawnedBroker
         cmd = [
             sys.executable,
             "-m",
-            "broker.cli",
+            "moorage.broker.cli",
             "serve",
             "--bind",
             "127.0.0.1",

@@ -36,14 +36,14 @@ from typing import Any, Final
 
 from pamqp import commands, frame
 
-from bench.amqp_bench import (
+from moorage.bench.amqp_bench import (
     CLIENT_PROPERTIES,
     CLOSE_TIMEOUT,
     CONNECT_TIMEOUT,
     BenchError,
     ServerClosed,
 )
-from protocols.amqp091.codec import PROTOCOL_HEADER, encode_method
+from moorage.protocols.amqp091.codec import PROTOCOL_HEADER, encode_method
 
 CHANNEL: Final = 1
 FRAME_MAX: Final = 4096  # spec 4.2.3 frame-min-size: every broker accepts it

@@ -22,8 +22,8 @@ from dataclasses import asdict
 from types import ModuleType
 from typing import Any
 
-from bench import amqp_bench
-from bench.amqp_bench import BenchError, Result, UsageError, format_table
+from moorage.bench import amqp_bench
+from moorage.bench.amqp_bench import BenchError, Result, UsageError, format_table
 
 PROTOCOLS = ("amqp", "mqtt", "stomp")
 COMMANDS = (*PROTOCOLS, "conn", "paging")
@@ -33,10 +33,10 @@ def _module(name: str) -> ModuleType:
     if name == "amqp":
         return amqp_bench
     if name == "mqtt":
-        from bench import mqtt_bench
+        from moorage.bench import mqtt_bench
 
         return mqtt_bench
-    from bench import stomp_bench
+    from moorage.bench import stomp_bench
 
     return stomp_bench
 
@@ -160,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     if name in PROTOCOLS:
         return run_protocol(name, rest)
     if name == "conn":
-        from bench import conn_bench
+        from moorage.bench import conn_bench
 
         return conn_bench.main(rest)
-    from bench import paging_bench
+    from moorage.bench import paging_bench
 
     return paging_bench.main(rest)

@@ -26,9 +26,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import amqp_bench
-from bench.amqp_bench import BenchError, require_loopback
-from bench.amqp_handshake import PipelinedConnection, handshake_frames
+from moorage.bench import amqp_bench
+from moorage.bench.amqp_bench import BenchError, require_loopback
+from moorage.bench.amqp_handshake import PipelinedConnection, handshake_frames
 
 DEFAULT_PORTS = {"mqtt": 1883, "amqp": 5672}
 
@@ -64,8 +64,8 @@ def _opener(
 ) -> Callable[[int], Awaitable[Any]]:
     """How to open connection ``i``: MQTT CONNECT, or the pipelined AMQP handshake."""
     if protocol == "mqtt":
-        from bench.mqtt_bench import MqttConnection
-        from bench.mqtt_bench import Options as MqttOptions
+        from moorage.bench.mqtt_bench import MqttConnection
+        from moorage.bench.mqtt_bench import Options as MqttOptions
 
         opts = MqttOptions(host=host, port=port)
 

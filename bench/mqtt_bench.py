@@ -24,9 +24,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from bench import amqp_bench
-from bench.amqp_bench import BenchError, Result, Stats, UsageError, require_loopback
-from bench.stream import (
+from moorage.bench import amqp_bench
+from moorage.bench.amqp_bench import BenchError, Result, Stats, UsageError, require_loopback
+from moorage.bench.stream import (
     MIN_SLEEP,
     STAMP,
     StreamConnection,
@@ -34,7 +34,7 @@ from bench.stream import (
     open_connection,
     split,
 )
-from protocols.mqtt.codec import (
+from moorage.protocols.mqtt.codec import (
     MQTT_3_1_1,
     NEED_DATA,
     ConnAck,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pamqp import commands
 
-from bench.amqp_bench import (
+from moorage.bench.amqp_bench import (
     CHANNEL,
     BenchError,
     Options,
@@ -29,7 +29,7 @@ from bench.amqp_bench import (
     SpawnedBroker,
     spawned_broker,
 )
-from protocols.amqp091.codec import ContentReceived, encode_content
+from moorage.protocols.amqp091.codec import ContentReceived, encode_content
 
 QUEUE = "paging-bench"
 SEQ = struct.Struct(">Q")

@@ -34,12 +34,25 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from bench import amqp_bench
-from bench.amqp_bench import BenchError, Result, Stats, UsageError, require_loopback
-from bench.stream import MIN_SLEEP, STAMP, StreamConnection, StreamRun, open_connection, split
-from protocols.stomp.codec import NEED_DATA, ConnectionClosed, Frame, FrameCodec, ProtocolError
-from protocols.stomp.codec import Role as CodecRole
-from protocols.stomp.codec import encode as encode_frame
+from moorage.bench import amqp_bench
+from moorage.bench.amqp_bench import BenchError, Result, Stats, UsageError, require_loopback
+from moorage.bench.stream import (
+    MIN_SLEEP,
+    STAMP,
+    StreamConnection,
+    StreamRun,
+    open_connection,
+    split,
+)
+from moorage.protocols.stomp.codec import (
+    NEED_DATA,
+    ConnectionClosed,
+    Frame,
+    FrameCodec,
+    ProtocolError,
+)
+from moorage.protocols.stomp.codec import Role as CodecRole
+from moorage.protocols.stomp.codec import encode as encode_frame
 
 DEFAULT_PORT: Final = 61613
 ACK_MODES: Final = ("auto", "client-individual", "client")

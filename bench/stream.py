@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from bench.amqp_bench import BenchError, Progress, Result, ServerClosed, Stats, make_result
+from moorage.bench.amqp_bench import BenchError, Progress, Result, ServerClosed, Stats, make_result
 
 STAMP: Final = struct.Struct(">Q")  # perf_counter_ns of the send, first 8 payload octets
 CONNECT_TIMEOUT: Final = 10.0

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from broker.errors import AccessRefused
+from moorage.broker.errors import AccessRefused
 
 Access = Literal["configure", "write", "read"]
 

@@ -10,18 +10,18 @@ import itertools
 from collections.abc import Iterable
 from typing import Any
 
-from broker.arguments import QueueOptions, parse_queue_arguments
-from broker.auth import User, UserDirectory
-from broker.config import Limits
-from broker.connection import ClientConnection
-from broker.errors import NotAllowed, PreconditionFailed
-from broker.flow import WriteFlow
-from broker.memory import MemoryMonitor, watermark_bytes
-from broker.queue import Queue
-from broker.retention import RetentionSweeper
-from broker.serialization import decode_arguments
-from broker.vhost import HIDDEN_QUEUE_PREFIX, Exchange, VirtualHost
-from storage import MemoryStore, Store, Topology
+from moorage.broker.arguments import QueueOptions, parse_queue_arguments
+from moorage.broker.auth import User, UserDirectory
+from moorage.broker.config import Limits
+from moorage.broker.connection import ClientConnection
+from moorage.broker.errors import NotAllowed, PreconditionFailed
+from moorage.broker.flow import WriteFlow
+from moorage.broker.memory import MemoryMonitor, watermark_bytes
+from moorage.broker.queue import Queue
+from moorage.broker.retention import RetentionSweeper
+from moorage.broker.serialization import decode_arguments
+from moorage.broker.vhost import HIDDEN_QUEUE_PREFIX, Exchange, VirtualHost
+from moorage.storage import MemoryStore, Store, Topology
 
 
 class Broker:

@@ -8,10 +8,10 @@ import importlib
 import logging
 import sys
 
-from broker import __version__
-from broker.config import DEFAULT_PORTS, Config, ConfigError
-from broker.daemon import StartupError, serve
-from broker.loop import loop_factory
+from moorage.broker import __version__
+from moorage.broker.config import DEFAULT_PORTS, Config, ConfigError
+from moorage.broker.daemon import StartupError, serve
+from moorage.broker.loop import loop_factory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +52,7 @@ def _bench(argv: list[str]) -> int:
     """`moorage bench ...`: the tool lives in the `bench` package, imported only here."""
     try:
         # By name, so that neither the core nor its type check depends on the tool.
-        tool = importlib.import_module("bench.cli")
+        tool = importlib.import_module("moorage.bench.cli")
     except ImportError as e:
         print(f"moorage: the benchmark tool is not installed ({e})", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from broker.auth import Permission, User, UserDirectory, hash_password
+from moorage.broker.auth import Permission, User, UserDirectory, hash_password
 
 _T = TypeVar("_T")
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
-from broker.session import DeliverySink, Session
+from moorage.broker.session import DeliverySink, Session
 
 if TYPE_CHECKING:
-    from broker.auth import User
-    from broker.broker import Broker
-    from broker.queue import Queue
-    from broker.vhost import VirtualHost
+    from moorage.broker.auth import User
+    from moorage.broker.broker import Broker
+    from moorage.broker.queue import Queue
+    from moorage.broker.vhost import VirtualHost
 
 _ids = itertools.count(1)
 

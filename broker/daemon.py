@@ -14,10 +14,10 @@ import signal
 from collections.abc import Callable
 from contextlib import suppress
 
-from broker.broker import Broker
-from broker.config import Config, ConfigError
-from broker.listeners import Listener, discover
-from storage import MemoryStore, Store, StoreError
+from moorage.broker.broker import Broker
+from moorage.broker.config import Config, ConfigError
+from moorage.broker.listeners import Listener, discover
+from moorage.storage import MemoryStore, Store, StoreError
 
 log = logging.getLogger("moorage")
 
@@ -41,7 +41,7 @@ def make_store(config: Config) -> Store:
     """The store the configuration asks for, in its data directory."""
     if config.storage.backend == "memory":
         return MemoryStore()
-    from storage.sqlite import SQLiteStore
+    from moorage.storage.sqlite import SQLiteStore
 
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)

@@ -33,10 +33,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from broker.message import Message
+from moorage.broker.message import Message
 
 if TYPE_CHECKING:
-    from broker.queue import Queue
+    from moorage.broker.queue import Queue
 
 REASONS = ("rejected", "expired", "maxlen", "delivery_limit")
 

@@ -42,8 +42,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from broker.message import Message
-from broker.serialization import decode_message, encode_message
+from moorage.broker.message import Message
+from moorage.broker.serialization import decode_message, encode_message
 
 log = logging.getLogger("moorage.delayed")
 
@@ -121,7 +121,7 @@ class DelayScheduler:
         self._refilling = False
         self._generation = 0
         if stored:
-            from storage import QueueRecord
+            from moorage.storage import QueueRecord
 
             broker.store.put_queue(QueueRecord(vhost, store_name))
 

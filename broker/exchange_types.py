@@ -31,7 +31,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, ClassVar, Final, Protocol, TypeAlias, cast
 
-from broker.topic_trie import TopicTrie
+from moorage.broker.topic_trie import TopicTrie
 
 __all__ = [
     "EXCHANGE_TYPES",

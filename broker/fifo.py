@@ -32,13 +32,13 @@ from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from broker.arguments import DEDUP_WINDOW
-from broker.ready import PlainReady, sorted_by_seq
+from moorage.broker.arguments import DEDUP_WINDOW
+from moorage.broker.ready import PlainReady, sorted_by_seq
 
 if TYPE_CHECKING:
-    from broker.message import Message
-    from broker.queue import QueueEntry
-    from broker.vhost import VirtualHost
+    from moorage.broker.message import Message
+    from moorage.broker.queue import QueueEntry
+    from moorage.broker.vhost import VirtualHost
 
 GROUP_HEADER = "x-message-group-id"
 DEDUP_HEADER = "x-deduplication-id"
@@ -168,7 +168,7 @@ class Deduplicator:
         self._order: deque[tuple[float, str, int]] = deque()  # (until, id, store seq)
         self._seq = 0
         if stored:
-            from storage import QueueRecord  # the hidden store queue holding the ids
+            from moorage.storage import QueueRecord  # the hidden store queue holding the ids
 
             vhost.broker.store.put_queue(QueueRecord(vhost.name, self.store_name))
 

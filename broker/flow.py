@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from storage import Store
+from moorage.storage import Store
 
 
 class WriteFlow:

@@ -24,10 +24,10 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from broker.periodic import Periodic
+from moorage.broker.periodic import Periodic
 
 if TYPE_CHECKING:
-    from broker.broker import Broker
+    from moorage.broker.broker import Broker
 
 log = logging.getLogger("moorage.memory")
 

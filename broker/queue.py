@@ -55,16 +55,16 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from broker.connection import ClientConnection
-    from broker.session import Session
-    from broker.vhost import VirtualHost
+    from moorage.broker.connection import ClientConnection
+    from moorage.broker.session import Session
+    from moorage.broker.vhost import VirtualHost
 
-from broker.arguments import QueueOptions, message_ttl_ms
-from broker.dead_letter import dead_letter
-from broker.fifo import Deduplicator, FifoReady, deduplication_id, group_of
-from broker.message import EXPIRES_AT_ANNOTATION, Message
-from broker.ready import PlainReady, PriorityReady, ReadyEntries, sorted_by_seq
-from broker.serialization import decode_message
+from moorage.broker.arguments import QueueOptions, message_ttl_ms
+from moorage.broker.dead_letter import dead_letter
+from moorage.broker.fifo import Deduplicator, FifoReady, deduplication_id, group_of
+from moorage.broker.message import EXPIRES_AT_ANNOTATION, Message
+from moorage.broker.ready import PlainReady, PriorityReady, ReadyEntries, sorted_by_seq
+from moorage.broker.serialization import decode_message
 
 log = logging.getLogger("moorage.queue")
 
@@ -369,7 +369,7 @@ class Queue:
     def _delay_scheduler(self) -> Any:
         """The scheduler holding this queue's `x-delivery-delay` messages (made on first use)."""
         if self.delays is None:
-            from broker.delayed import DELAY_STORE_PREFIX, DelayScheduler
+            from moorage.broker.delayed import DELAY_STORE_PREFIX, DelayScheduler
 
             def release(message: Message) -> None:
                 if not self.deleted:

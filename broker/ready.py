@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from broker.queue import QueueEntry
+    from moorage.broker.queue import QueueEntry
 
 
 class ReadyEntries(Protocol):

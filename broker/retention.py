@@ -19,11 +19,11 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from broker.periodic import Periodic
-from storage import StoreError
+from moorage.broker.periodic import Periodic
+from moorage.storage import StoreError
 
 if TYPE_CHECKING:
-    from broker.broker import Broker
+    from moorage.broker.broker import Broker
 
 log = logging.getLogger("moorage.retention")
 

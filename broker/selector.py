@@ -43,7 +43,7 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from broker.message import Message
+    from moorage.broker.message import Message
 
 __all__ = ["Selector", "SelectorError", "message_lookup"]
 

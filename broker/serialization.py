@@ -18,8 +18,8 @@ from typing import Any
 
 from pamqp import decode, encode
 
-from broker.field_table import field_table
-from broker.message import PROPERTY_NAMES, Message, Properties
+from moorage.broker.field_table import field_table
+from moorage.broker.message import PROPERTY_NAMES, Message, Properties
 
 _VERSION = 1
 

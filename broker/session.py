@@ -32,20 +32,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from broker.delayed import delay_of
-from broker.errors import (
+from moorage.broker.delayed import delay_of
+from moorage.broker.errors import (
     AccessRefused,
     BrokerError,
     NotAllowed,
     PreconditionFailed,
 )
-from broker.memory import ENTRY_OVERHEAD
-from broker.message import Message
-from broker.queue import DUPLICATE, REJECTED, WRITTEN, Consumer, Queue, QueueEntry
+from moorage.broker.memory import ENTRY_OVERHEAD
+from moorage.broker.message import Message
+from moorage.broker.queue import DUPLICATE, REJECTED, WRITTEN, Consumer, Queue, QueueEntry
 
 if TYPE_CHECKING:
-    from broker.connection import ClientConnection
-    from broker.vhost import Exchange
+    from moorage.broker.connection import ClientConnection
+    from moorage.broker.vhost import Exchange
 
 _consumer_ids = itertools.count(1)
 

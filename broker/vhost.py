@@ -18,24 +18,24 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from broker.arguments import parse_queue_arguments
-from broker.delayed import DELAY_STORE_PREFIX, DelayScheduler
-from broker.errors import (
+from moorage.broker.arguments import parse_queue_arguments
+from moorage.broker.delayed import DELAY_STORE_PREFIX, DelayScheduler
+from moorage.broker.errors import (
     AccessRefused,
     CommandInvalid,
     NotFound,
     PreconditionFailed,
     ResourceLocked,
 )
-from broker.exchange_types import EXCHANGE_TYPES, ExchangeType, exchange_type
-from broker.message import Message
-from broker.queue import Queue, QueueEntry
-from broker.serialization import encode_arguments, encode_message
-from storage import BindingRecord, ExchangeRecord, QueueRecord
+from moorage.broker.exchange_types import EXCHANGE_TYPES, ExchangeType, exchange_type
+from moorage.broker.message import Message
+from moorage.broker.queue import Queue, QueueEntry
+from moorage.broker.serialization import encode_arguments, encode_message
+from moorage.storage import BindingRecord, ExchangeRecord, QueueRecord
 
 if TYPE_CHECKING:
-    from broker.broker import Broker
-    from broker.connection import ClientConnection
+    from moorage.broker.broker import Broker
+    from moorage.broker.connection import ClientConnection
 
 STANDARD_EXCHANGES: tuple[tuple[str, str], ...] = (
     ("amq.direct", "direct"),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 
-from broker.flow import WriteFlow
+from moorage.broker.flow import WriteFlow
 
 FAIR_READ_SIZE = 32 * 1024
 

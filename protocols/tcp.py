@@ -19,10 +19,10 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from protocols.reading import ReadPacer
+from moorage.protocols.reading import ReadPacer
 
 if TYPE_CHECKING:
-    from broker.broker import Broker
+    from moorage.broker.broker import Broker
 
 
 class ConnectionAdapter(Protocol):

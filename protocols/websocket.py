@@ -54,11 +54,11 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from protocols.tcp import ConnectionAdapter as Adapter
-from protocols.tcp import peer_of
+from moorage.protocols.tcp import ConnectionAdapter as Adapter
+from moorage.protocols.tcp import peer_of
 
 if TYPE_CHECKING:
-    from broker.broker import Broker
+    from moorage.broker.broker import Broker
 
 log = logging.getLogger("moorage.websocket")
 

@@ -1,7 +1,7 @@
 """Storage behind one interface: the core talks to a `Store`, never to SQL."""
 
-from storage.memory import MemoryStore
-from storage.store import (
+from moorage.storage.memory import MemoryStore
+from moorage.storage.store import (
     BindingRecord,
     DurabilityCallback,
     ExchangeRecord,

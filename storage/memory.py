@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-from storage.store import (
+from moorage.storage.store import (
     BindingRecord,
     DurabilityCallback,
     ExchangeRecord,

@@ -153,7 +153,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from storage.store import (
+from moorage.storage.store import (
     BindingRecord,
     DurabilityCallback,
     ExchangeRecord,

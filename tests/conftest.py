@@ -22,7 +22,7 @@ from typing import Any
 import pika
 import pytest
 
-from broker.config import Config
+from moorage.broker.config import Config
 from tests.helpers import RunningBroker, make_config
 
 

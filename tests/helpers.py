@@ -29,10 +29,10 @@ from pamqp import body as pamqp_body
 from pamqp import commands, frame, header, heartbeat
 from pamqp.base import Frame
 
-from broker.auth import Permission, User, hash_password
-from broker.config import Config, default_guest
-from broker.daemon import Daemon
-from broker.loop import loop_factory
+from moorage.broker.auth import Permission, User, hash_password
+from moorage.broker.config import Config, default_guest
+from moorage.broker.daemon import Daemon
+from moorage.broker.loop import loop_factory
 
 T = TypeVar("T")
 

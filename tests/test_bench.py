@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from bench.cli import main as bench_main
-from broker.cli import main as moorage_main
+from moorage.bench.cli import main as bench_main
+from moorage.broker.cli import main as moorage_main
 
 PROTOCOLS = ["amqp", "mqtt", "stomp"]
 
@@ -83,8 +83,8 @@ def test_stomp_older_version_and_aligned_frames(version, capsys):
 
 @pytest.mark.parametrize("size", [40, 100, 1000, 4000])
 def test_pad_frame_makes_a_power_of_two_that_still_decodes(size):
-    from bench.stomp_bench import pad_frame
-    from protocols.stomp.codec import Frame, FrameCodec, encode
+    from moorage.bench.stomp_bench import pad_frame
+    from moorage.protocols.stomp.codec import Frame, FrameCodec, encode
 
     headers = (("destination", "/queue/q"), ("receipt", "1"))
     wire = encode(Frame("SEND", headers, b"x" * size), "1.2")
@@ -113,8 +113,8 @@ def test_pipelined_handshake_frames_are_the_codecs_encoding():
     """start-ok, tune-ok, open and channel.open, in that order, as the codec decodes them."""
     from pamqp import commands
 
-    from bench.amqp_handshake import FRAME_MAX, handshake_frames
-    from protocols.amqp091.codec import NEED_DATA, FrameDecoder, MethodReceived
+    from moorage.bench.amqp_handshake import FRAME_MAX, handshake_frames
+    from moorage.protocols.amqp091.codec import NEED_DATA, FrameDecoder, MethodReceived
 
     decoder = FrameDecoder(expect_protocol_header=False)
     decoder.receive_data(handshake_frames("user", "secret", "/v"))
@@ -142,7 +142,7 @@ def test_pipelined_handshake_frames_are_the_codecs_encoding():
 @pytest.mark.parametrize("channel", [True, False])
 async def test_pipelined_handshake_against_a_broker(broker, channel):
     """Over a real socket: open (with or without channel 1), then connection.close/close-ok."""
-    from bench.amqp_handshake import PipelinedConnection, handshake_frames
+    from moorage.bench.amqp_handshake import PipelinedConnection, handshake_frames
 
     frames = handshake_frames("guest", "guest", "/", channel=channel)
     conns = [
@@ -161,8 +161,8 @@ async def test_pipelined_handshake_against_a_broker(broker, channel):
     [("wrong", "/", "403 ACCESS_REFUSED"), ("guest", "/nowhere", "530 NOT_ALLOWED")],
 )
 async def test_pipelined_handshake_reports_the_brokers_refusal(broker, password, vhost, reply):
-    from bench.amqp_bench import BenchError
-    from bench.amqp_handshake import PipelinedConnection, handshake_frames
+    from moorage.bench.amqp_bench import BenchError
+    from moorage.bench.amqp_handshake import PipelinedConnection, handshake_frames
 
     frames = handshake_frames("guest", password, vhost)
     with pytest.raises(BenchError, match=f"broker closed the connection: {reply}"):

@@ -13,7 +13,7 @@ import pika
 
 from tests.durability.broker_process import BrokerProcess, free_port
 
-SERVE = [sys.executable, "-m", "broker.cli", "serve"]
+SERVE = [sys.executable, "-m", "moorage.broker.cli", "serve"]
 NO_OTHER_LISTENERS = [
     *("--mqtt-port", "0", "--stomp-port", "0", "--http-port", "0"),
     *("--mqtt-ws-port", "0", "--stomp-ws-port", "0"),
@@ -121,7 +121,7 @@ def test_sigusr1_logs_statistics(tmp_path: Path):
 def test_tune_gc_sets_the_thresholds_and_freezes_startup_objects():
     import gc
 
-    from broker.daemon import GC_THRESHOLDS, tune_gc
+    from moorage.broker.daemon import GC_THRESHOLDS, tune_gc
 
     before = gc.get_threshold()
     try:

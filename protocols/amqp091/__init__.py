@@ -1,6 +1,6 @@
 """AMQP 0-9-1: codec (pamqp-based, sans-IO), adapter (state machine) and asyncio shell."""
 
-from protocols.amqp091.server import AMQPPlugin
+from moorage.protocols.amqp091.server import AMQPPlugin
 
 plugin = AMQPPlugin()
 

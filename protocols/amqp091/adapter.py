@@ -39,10 +39,10 @@ from typing import Any
 from pamqp import commands
 from pamqp.base import Frame
 
-from broker import __version__
-from broker.broker import Broker
-from broker.connection import ClientConnection
-from broker.errors import (
+from moorage.broker import __version__
+from moorage.broker.broker import Broker
+from moorage.broker.connection import ClientConnection
+from moorage.broker.errors import (
     AccessRefused,
     BrokerError,
     ChannelError,
@@ -54,10 +54,10 @@ from broker.errors import (
     PreconditionFailed,
     UnexpectedFrame,
 )
-from broker.message import Message, Properties
-from broker.session import Session
-from protocols.amqp091 import wire
-from protocols.amqp091.codec import (
+from moorage.broker.message import Message, Properties
+from moorage.broker.session import Session
+from moorage.protocols.amqp091 import wire
+from moorage.protocols.amqp091.codec import (
     HEARTBEAT_FRAME,
     NEED_DATA,
     PROTOCOL_HEADER,
@@ -70,7 +70,7 @@ from protocols.amqp091.codec import (
     ProtocolHeaderReceived,
     encode_method,
 )
-from protocols.tcp import Shell
+from moorage.protocols.tcp import Shell
 
 log = logging.getLogger("moorage.amqp")
 

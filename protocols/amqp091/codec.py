@@ -80,8 +80,8 @@ from pamqp import (
     heartbeat,
 )
 
-from protocols.amqp091.wire import marshal_properties
-from protocols.buffers import copy_out
+from moorage.protocols.amqp091.wire import marshal_properties
+from moorage.protocols.buffers import copy_out
 
 __all__ = [
     "CONTENT_METHODS",

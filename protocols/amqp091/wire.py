@@ -12,8 +12,8 @@ from typing import Any
 
 from pamqp import commands
 
-from broker.field_table import field_table, has_float
-from broker.message import PROPERTY_NAMES, Message
+from moorage.broker.field_table import field_table, has_float
+from moorage.broker.message import PROPERTY_NAMES, Message
 
 _FRAME = struct.Struct(">BHI")
 _METHOD_HEAD = struct.Struct(">BHIHH")  # frame header + class id + method id

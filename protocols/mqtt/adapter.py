@@ -69,15 +69,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker import __version__
-from broker.auth import Permission, User
-from broker.broker import Broker
-from broker.connection import ClientConnection
-from broker.errors import AccessRefused, BrokerError, NotFound
-from broker.message import EXPIRES_AT_ANNOTATION, PERSISTENT, Message, Properties
-from broker.serialization import decode_message, encode_message
-from broker.session import Session
-from protocols.mqtt.codec import (
+from moorage.broker import __version__
+from moorage.broker.auth import Permission, User
+from moorage.broker.broker import Broker
+from moorage.broker.connection import ClientConnection
+from moorage.broker.errors import AccessRefused, BrokerError, NotFound
+from moorage.broker.message import EXPIRES_AT_ANNOTATION, PERSISTENT, Message, Properties
+from moorage.broker.serialization import decode_message, encode_message
+from moorage.broker.session import Session
+from moorage.protocols.mqtt.codec import (
     MQTT_5,
     NEED_DATA,
     Auth,
@@ -104,16 +104,16 @@ from protocols.mqtt.codec import (
     Will,
     encode_publish_fast,
 )
-from protocols.mqtt.codec import Properties as MQTTProperties
-from protocols.mqtt.topics import (
+from moorage.protocols.mqtt.codec import Properties as MQTTProperties
+from moorage.protocols.mqtt.topics import (
     filter_to_binding_key,
     matches,
     routing_key_to_topic,
     split_shared,
     topic_to_routing_key,
 )
-from protocols.tcp import Shell
-from storage import StoreError
+from moorage.protocols.tcp import Shell
+from moorage.storage import StoreError
 
 log = logging.getLogger("moorage.mqtt")
 

@@ -11,11 +11,11 @@ import asyncio
 import ssl
 from typing import TYPE_CHECKING
 
-from protocols.mqtt.adapter import MQTTConnection, registry_for
-from protocols.tcp import TCPListener, listen
+from moorage.protocols.mqtt.adapter import MQTTConnection, registry_for
+from moorage.protocols.tcp import TCPListener, listen
 
 if TYPE_CHECKING:
-    from broker.broker import Broker
+    from moorage.broker.broker import Broker
 
 
 class MQTTPlugin:

@@ -19,8 +19,8 @@ import ssl
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from protocols.mqtt.adapter import MAX_PACKET_SIZE, MQTTConnection, registry_for
-from protocols.websocket import (
+from moorage.protocols.mqtt.adapter import MAX_PACKET_SIZE, MQTTConnection, registry_for
+from moorage.protocols.websocket import (
     Adapter,
     Framing,
     WebSocketConnection,
@@ -29,7 +29,7 @@ from protocols.websocket import (
 )
 
 if TYPE_CHECKING:
-    from broker.broker import Broker
+    from moorage.broker.broker import Broker
 
 SUBPROTOCOL_PREFIX = "mqtt"
 

@@ -1,6 +1,6 @@
 """STOMP 1.0/1.1/1.2: codec (sans-IO), adapter (state machine), selectors and asyncio shell."""
 
-from protocols.stomp.server import StompPlugin
+from moorage.protocols.stomp.server import StompPlugin
 
 plugin = StompPlugin()
 

@@ -69,16 +69,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from broker import __version__
-from broker.broker import Broker
-from broker.connection import ClientConnection
-from broker.errors import BrokerError, PreconditionFailed
-from broker.fifo import GROUP_HEADER
-from broker.message import PERSISTENT, Message, Properties
-from broker.queue import Queue
-from broker.selector import Selector, SelectorError, message_lookup
-from broker.session import Session
-from protocols.stomp.codec import (
+from moorage.broker import __version__
+from moorage.broker.broker import Broker
+from moorage.broker.connection import ClientConnection
+from moorage.broker.errors import BrokerError, PreconditionFailed
+from moorage.broker.fifo import GROUP_HEADER
+from moorage.broker.message import PERSISTENT, Message, Properties
+from moorage.broker.queue import Queue
+from moorage.broker.selector import Selector, SelectorError, message_lookup
+from moorage.broker.session import Session
+from moorage.protocols.stomp.codec import (
     NEED_DATA,
     ConnectionClosed,
     Frame,
@@ -90,8 +90,13 @@ from protocols.stomp.codec import (
     negotiate_version,
     parse_heartbeat,
 )
-from protocols.stomp.destinations import Destination, Kind, destination_of, parse_destination
-from protocols.tcp import Shell
+from moorage.protocols.stomp.destinations import (
+    Destination,
+    Kind,
+    destination_of,
+    parse_destination,
+)
+from moorage.protocols.tcp import Shell
 
 log = logging.getLogger("moorage.stomp")
 

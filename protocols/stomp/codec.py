@@ -59,7 +59,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-from protocols.buffers import copy_out
+from moorage.protocols.buffers import copy_out
 
 __all__ = [
     "CLIENT_COMMANDS",

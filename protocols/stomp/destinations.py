@@ -21,7 +21,7 @@ import enum
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from protocols.stomp.codec import ProtocolError
+from moorage.protocols.stomp.codec import ProtocolError
 
 
 class Kind(enum.Enum):

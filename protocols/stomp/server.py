@@ -5,11 +5,11 @@ from __future__ import annotations
 import ssl
 from typing import TYPE_CHECKING
 
-from protocols.stomp.adapter import StompConnection
-from protocols.tcp import TCPListener, listen
+from moorage.protocols.stomp.adapter import StompConnection
+from moorage.protocols.tcp import TCPListener, listen
 
 if TYPE_CHECKING:
-    from broker.broker import Broker
+    from moorage.broker.broker import Broker
 
 
 class StompPlugin:

@@ -21,11 +21,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from protocols.stomp.adapter import MAX_HEADER_SIZE, StompConnection
-from protocols.websocket import Adapter, Framing, WebSocketConnection, WebSocketPlugin
+from moorage.protocols.stomp.adapter import MAX_HEADER_SIZE, StompConnection
+from moorage.protocols.websocket import Adapter, Framing, WebSocketConnection, WebSocketPlugin
 
 if TYPE_CHECKING:
-    from broker.broker import Broker
+    from moorage.broker.broker import Broker
 
 FRAME_OVERHEAD = 1024  # command line, blank line, NULL and EOLs around headers and body
 

@@ -20,7 +20,7 @@ import pika
 import pytest
 from pamqp import commands
 
-from protocols.tcp import TCPShell
+from moorage.protocols.tcp import TCPShell
 from tests.helpers import Inbox, RunningBroker
 
 pytestmark = pytest.mark.timeout(15)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from pamqp import commands
 from pamqp import frame as pamqp_frame
 
-from protocols.amqp091.codec import (
+from moorage.protocols.amqp091.codec import (
     HEARTBEAT_FRAME,
     NEED_DATA,
     PROTOCOL_HEADER,

@@ -26,10 +26,10 @@ from pika.exceptions import (
     ProbableAuthenticationError,
 )
 
-from broker.auth import UserDirectory
-from broker.config import default_guest
-from broker.errors import AccessRefused
-from protocols.amqp091.adapter import CLOSE_OK_TIMEOUT
+from moorage.broker.auth import UserDirectory
+from moorage.broker.config import default_guest
+from moorage.broker.errors import AccessRefused
+from moorage.protocols.amqp091.adapter import CLOSE_OK_TIMEOUT
 from tests.helpers import RawClient, RunningBroker, make_config, make_user
 
 pytestmark = pytest.mark.timeout(15)

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from pamqp import body as pbody
 from pamqp import commands, frame, header
 
-from broker.message import Message, Properties
-from protocols.amqp091 import wire
+from moorage.broker.message import Message, Properties
+from moorage.protocols.amqp091 import wire
 
 short = st.text(max_size=40).filter(lambda s: len(s.encode()) <= 255)
 
@@ -136,14 +136,14 @@ METHODS = [
 @settings(max_examples=100, deadline=None)
 @given(name=NAME, which=st.sampled_from(range(len(METHODS))), channel=st.integers(0, 65535))
 def test_encode_method_matches_pamqp(name, which, channel):
-    from protocols.amqp091.codec import encode_method
+    from moorage.protocols.amqp091.codec import encode_method
 
     method = METHODS[which](name)
     assert encode_method(channel, method) == frame.marshal(method, channel)
 
 
 def test_encode_method_accepts_names_rabbitmq_accepts():
-    from protocols.amqp091.codec import FrameDecoder, MethodReceived, encode_method
+    from moorage.protocols.amqp091.codec import FrameDecoder, MethodReceived, encode_method
 
     name = "celery@worker-1.celery.pidbox"
     method = commands.Queue.DeclareOk.__new__(commands.Queue.DeclareOk)
@@ -183,7 +183,7 @@ any_short = st.text(max_size=60).filter(lambda s: len(s.encode()) <= 255)
     bits=st.integers(0, 255),
 )
 def test_fast_publish_decodes_like_pamqp(ticket, exchange, routing_key, bits):
-    from protocols.amqp091 import codec
+    from moorage.protocols.amqp091 import codec
 
     ex, rk = exchange.encode(), routing_key.encode()
     payload = (
@@ -198,7 +198,7 @@ def test_fast_publish_decodes_like_pamqp(ticket, exchange, routing_key, bits):
 @settings(max_examples=300, deadline=None)
 @given(payload=st.binary(max_size=40))
 def test_fast_publish_defers_odd_payloads_to_the_general_path(payload):
-    from protocols.amqp091 import codec
+    from moorage.protocols.amqp091 import codec
 
     payload = struct.pack(">I", commands.Basic.Publish.index) + payload
     fast = codec._fast_publish(payload)
@@ -209,7 +209,7 @@ def test_fast_publish_defers_odd_payloads_to_the_general_path(payload):
 @settings(max_examples=200, deadline=None)
 @given(tag=st.integers(0, 2**64 - 1), bits=st.integers(0, 255), extra=st.binary(max_size=3))
 def test_fast_ack_decodes_like_pamqp(tag, bits, extra):
-    from protocols.amqp091 import codec
+    from moorage.protocols.amqp091 import codec
 
     payload = struct.pack(">IQB", commands.Basic.Ack.index, tag, bits) + extra
     fast = codec._fast_ack(payload)
@@ -224,7 +224,7 @@ def test_fast_ack_decodes_like_pamqp(tag, bits, extra):
 @given(props=properties, body=st.binary(max_size=300))
 def test_cached_properties_forward_the_same_bytes(props, body):
     """Decoded once or from the cache, the forwarded header equals the re-encoded one."""
-    from protocols.amqp091.codec import ContentReceived, FrameDecoder
+    from moorage.protocols.amqp091.codec import ContentReceived, FrameDecoder
 
     names = [n for n in wire.PROPERTY_NAMES if n != "cluster_id"]
     pamqp_props = commands.Basic.Properties(**{n: getattr(props, n) for n in names})
@@ -285,7 +285,7 @@ def _start_ok_payload(table, mechanism: bytes, response: bytes, locale: bytes) -
 )
 def test_fast_start_ok_decodes_like_pamqp(table, mechanism, response, locale):
     """Decoded (twice: the second time the table comes from the cache) as pamqp does."""
-    from protocols.amqp091 import codec
+    from moorage.protocols.amqp091 import codec
 
     payload = _start_ok_payload(table, mechanism, response, locale)
     reference = _attrs(_generic_decode(payload))
@@ -302,7 +302,7 @@ def test_fast_start_ok_defers_odd_payloads_to_the_general_path(table, tail):
     """Whatever it accepts (a table followed by anything), pamqp decodes the same way."""
     from pamqp import encode
 
-    from protocols.amqp091 import codec
+    from moorage.protocols.amqp091 import codec
 
     payload = struct.pack(">I", commands.Connection.StartOk.index) + encode.field_table(table)
     payload += tail
@@ -313,7 +313,7 @@ def test_fast_start_ok_defers_odd_payloads_to_the_general_path(table, tail):
 
 def test_fast_start_ok_does_not_cache_a_table_that_reads_past_its_end():
     """A longstr in the table claiming more octets than the table holds: pamqp reads on."""
-    from protocols.amqp091 import codec
+    from moorage.protocols.amqp091 import codec
 
     entry = b"\x01kS" + struct.pack(">I", 3) + b"ab"  # 'k': longstr of 3, 2 in the table
     table = struct.pack(">I", len(entry)) + entry
@@ -331,7 +331,7 @@ def test_fast_start_ok_does_not_cache_a_table_that_reads_past_its_end():
     extra=st.binary(max_size=3),
 )
 def test_fast_tune_ok_decodes_like_pamqp(channel_max, frame_max, heartbeat, extra):
-    from protocols.amqp091 import codec
+    from moorage.protocols.amqp091 import codec
 
     index = commands.Connection.TuneOk.index
     payload = struct.pack(">IHIH", index, channel_max, frame_max, heartbeat) + extra
@@ -346,7 +346,7 @@ def test_fast_tune_ok_decodes_like_pamqp(channel_max, frame_max, heartbeat, extr
 @settings(max_examples=300, deadline=None)
 @given(vhost=any_short, capabilities=any_short, bits=st.integers(0, 255))
 def test_fast_open_decodes_like_pamqp(vhost, capabilities, bits):
-    from protocols.amqp091 import codec
+    from moorage.protocols.amqp091 import codec
 
     payload = struct.pack(">I", commands.Connection.Open.index)
     payload += _shortstr(vhost.encode()) + _shortstr(capabilities.encode()) + bytes([bits])
@@ -358,7 +358,7 @@ def test_fast_open_decodes_like_pamqp(vhost, capabilities, bits):
 @settings(max_examples=300, deadline=None)
 @given(out_of_band=any_short)
 def test_fast_channel_open_decodes_like_pamqp(out_of_band):
-    from protocols.amqp091 import codec
+    from moorage.protocols.amqp091 import codec
 
     payload = struct.pack(">I", commands.Channel.Open.index) + _shortstr(out_of_band.encode())
     fast = codec._fast_channel_open(payload)
@@ -374,7 +374,7 @@ def test_fast_channel_open_decodes_like_pamqp(out_of_band):
     method_id=st.integers(0, 65535),
 )
 def test_fast_close_decodes_like_pamqp(code, text, class_id, method_id):
-    from protocols.amqp091 import codec
+    from moorage.protocols.amqp091 import codec
 
     payload = struct.pack(">IH", commands.Connection.Close.index, code)
     payload += _shortstr(text.encode()) + struct.pack(">HH", class_id, method_id)
@@ -396,7 +396,7 @@ HANDSHAKE_INDEXES = [
 @given(index=st.sampled_from(HANDSHAKE_INDEXES), rest=st.binary(max_size=40))
 def test_fast_handshake_decoders_defer_odd_payloads(index, rest):
     """Short, trailing or non-UTF-8 payloads: accepted only where pamqp agrees."""
-    from protocols.amqp091 import codec
+    from moorage.protocols.amqp091 import codec
 
     payload = struct.pack(">I", index) + rest
     fast = codec._FAST_METHODS[index](payload)
@@ -414,8 +414,8 @@ def test_fast_handshake_decoders_defer_odd_payloads(index, rest):
 def test_pre_encoded_handshake_replies_match_the_general_encoder(
     channel_max, frame_max, heartbeat, channel
 ):
-    from protocols.amqp091 import adapter
-    from protocols.amqp091.codec import encode_method
+    from moorage.protocols.amqp091 import adapter
+    from moorage.protocols.amqp091.codec import encode_method
 
     tune = commands.Connection.Tune(channel_max, frame_max, heartbeat)
     assert adapter._tune_frame(channel_max, frame_max, heartbeat) == encode_method(0, tune)

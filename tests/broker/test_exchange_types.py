@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from broker.exchange_types import (
+from moorage.broker.exchange_types import (
     EXCHANGE_TYPES,
     DirectExchangeType,
     ExchangeType,

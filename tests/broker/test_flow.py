@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from broker.flow import WriteFlow
-from storage import QueueRecord
-from storage.sqlite import SQLiteStore
+from moorage.broker.flow import WriteFlow
+from moorage.storage import QueueRecord
+from moorage.storage.sqlite import SQLiteStore
 
 
 async def test_blocks_past_limit_and_resumes_once_durable(tmp_path):

@@ -17,8 +17,8 @@ from typing import Any
 import pika
 import pytest
 
-from broker.config import Config, ConfigError
-from broker.memory import ENTRY_OVERHEAD, watermark_bytes
+from moorage.broker.config import Config, ConfigError
+from moorage.broker.memory import ENTRY_OVERHEAD, watermark_bytes
 from tests.helpers import make_config
 
 WATERMARK = 4 * 1024 * 1024

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from broker.auth import UserDirectory
-from broker.broker import Broker
-from broker.config import Limits, default_guest
-from broker.message import Message, Properties
-from storage import MemoryStore
+from moorage.broker.auth import UserDirectory
+from moorage.broker.broker import Broker
+from moorage.broker.config import Limits, default_guest
+from moorage.broker.message import Message, Properties
+from moorage.storage import MemoryStore
 
 
 class Sink:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from broker.auth import UserDirectory
-from broker.broker import Broker
-from broker.config import Limits, default_guest
-from broker.message import Message, Properties
-from storage.sqlite import SQLiteStore
+from moorage.broker.auth import UserDirectory
+from moorage.broker.broker import Broker
+from moorage.broker.config import Limits, default_guest
+from moorage.broker.message import Message, Properties
+from moorage.storage.sqlite import SQLiteStore
 from tests.broker.test_paging import Sink, session_for
 
 

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pamqp import decode, encode
 
-from broker.message import PROPERTY_NAMES, Message, Properties
-from broker.serialization import _flat_table, _flat_untable, decode_message, encode_message
+from moorage.broker.message import PROPERTY_NAMES, Message, Properties
+from moorage.broker.serialization import _flat_table, _flat_untable, decode_message, encode_message
 
 _text = st.text(max_size=30)
 _small = st.integers(-128, 127)

@@ -20,7 +20,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from broker.topic_trie import TopicTrie, split_words, words_match
+from moorage.broker.topic_trie import TopicTrie, split_words, words_match
 
 
 def split(key: str) -> list[str]:

@@ -51,7 +51,7 @@ class BrokerProcess:
 
     def start(self, timeout: float = 15.0) -> BrokerProcess:
         cmd = [
-            sys.executable, "-m", "broker.cli", "serve",
+            sys.executable, "-m", "moorage.broker.cli", "serve",
             "--config", str(self.config), "--data-dir", str(self.data_dir),
             "--amqp-port", str(self.port),
             "--mqtt-port", str(self.mqtt_port), "--stomp-port", str(self.stomp_port),

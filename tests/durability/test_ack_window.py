@@ -18,9 +18,9 @@ import aio_pika
 import pika
 import pytest
 
-from broker.config import Config, ConfigError
-from broker.daemon import make_store
-from storage.sqlite import SQLiteStore
+from moorage.broker.config import Config, ConfigError
+from moorage.broker.daemon import make_store
+from moorage.storage.sqlite import SQLiteStore
 from tests.durability.broker_process import BrokerProcess
 from tests.helpers import RunningBroker, free_port, make_config
 from tests.mqtt.conftest import PahoClient

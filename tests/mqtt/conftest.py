@@ -23,12 +23,12 @@ import pytest
 from paho.mqtt.properties import Properties as PahoProperties
 from paho.mqtt.reasoncodes import ReasonCode as PahoReasonCode
 
-import protocols.amqp091
-import protocols.mqtt
-from broker.auth import UserDirectory
-from broker.broker import Broker
-from broker.config import default_guest
-from protocols.mqtt.codec import (
+import moorage.protocols.amqp091
+import moorage.protocols.mqtt
+from moorage.broker.auth import UserDirectory
+from moorage.broker.broker import Broker
+from moorage.broker.config import default_guest
+from moorage.protocols.mqtt.codec import (
     NEED_DATA,
     Connect,
     Connection,
@@ -36,7 +36,7 @@ from protocols.mqtt.codec import (
     Packet,
     Role,
 )
-from storage import MemoryStore
+from moorage.storage import MemoryStore
 from tests.helpers import make_user
 
 T = TypeVar("T")
@@ -72,8 +72,8 @@ class MQTTBroker:
 
     async def _start(self) -> None:
         await self.broker.start()
-        mqtt = await protocols.mqtt.plugin.start(self.broker, "127.0.0.1", 0)
-        amqp = await protocols.amqp091.plugin.start(self.broker, "127.0.0.1", 0)
+        mqtt = await moorage.protocols.mqtt.plugin.start(self.broker, "127.0.0.1", 0)
+        amqp = await moorage.protocols.amqp091.plugin.start(self.broker, "127.0.0.1", 0)
         self.listeners = [mqtt, amqp]
         self.mqtt_port = mqtt.server.sockets[0].getsockname()[1]
         self.amqp_port = amqp.server.sockets[0].getsockname()[1]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.mqtt.codec import (
+from moorage.protocols.mqtt.codec import (
     MQTT_3_1,
     MQTT_3_1_1,
     MQTT_5,

@@ -13,7 +13,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from protocols.mqtt.codec import (
+from moorage.protocols.mqtt.codec import (
     ConnAck,
     ConnectionClosed,
     Disconnect,
@@ -163,7 +163,7 @@ def test_pingreq_and_keep_alive_timeout(raw_client: Raw, mqtt_broker: MQTTBroker
 def test_maximum_packet_size_of_client_drops_large_messages(
     raw_client: Raw, paho_client: Make
 ) -> None:
-    from protocols.mqtt.codec import Properties as MqttProps
+    from moorage.protocols.mqtt.codec import Properties as MqttProps
 
     raw = raw_client(5)
     raw.connect("small", properties=MqttProps(maximum_packet_size=64))

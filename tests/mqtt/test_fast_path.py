@@ -17,10 +17,10 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.message import Message
-from broker.message import Properties as CoreProperties
-from protocols.mqtt import adapter, codec
-from protocols.mqtt.codec import (
+from moorage.broker.message import Message
+from moorage.broker.message import Properties as CoreProperties
+from moorage.protocols.mqtt import adapter, codec
+from moorage.protocols.mqtt.codec import (
     MQTT_3_1,
     MQTT_3_1_1,
     MQTT_5,
@@ -40,7 +40,7 @@ from protocols.mqtt.codec import (
     encode,
     encode_publish_fast,
 )
-from protocols.mqtt.topics import (
+from moorage.protocols.mqtt.topics import (
     _SWAP,
     match_uncached,
     matches,

@@ -8,7 +8,7 @@ import paho.mqtt.client as paho
 import pika
 import pytest
 
-from protocols.mqtt.adapter import DEAD_LETTER_EXCHANGE, registry_for
+from moorage.protocols.mqtt.adapter import DEAD_LETTER_EXCHANGE, registry_for
 from tests.mqtt.conftest import MQTTBroker, PahoClient
 
 pytestmark = pytest.mark.timeout(10)

@@ -13,7 +13,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from protocols.mqtt.adapter import INTERNAL_USER
+from moorage.protocols.mqtt.adapter import INTERNAL_USER
 from tests.mqtt.conftest import MQTTBroker, PahoClient
 
 pytestmark = pytest.mark.timeout(5)
@@ -180,7 +180,7 @@ def test_expired_message_is_not_delivered(paho_client: Make, mqtt_broker: MQTTBr
     pub.connect()
     pub.publish("exp", b"short", 1, properties=publish_props(MessageExpiryInterval=1))
     pub.publish("exp", b"long", 1, properties=publish_props(MessageExpiryInterval=100))
-    from protocols.mqtt.adapter import registry_for
+    from moorage.protocols.mqtt.adapter import registry_for
 
     reg = mqtt_broker.call(registry_for, mqtt_broker.broker)
     real_clock = reg.clock
@@ -286,7 +286,7 @@ def test_session_takeover(paho_client: Make, protocol: int) -> None:
 def test_qos1_unacked_is_redelivered_with_dup_after_reconnect(
     paho_client: Make, raw_client
 ) -> None:
-    from protocols.mqtt.codec import PubAck, Publish, SubAck, Subscribe, Subscription
+    from moorage.protocols.mqtt.codec import PubAck, Publish, SubAck, Subscribe, Subscription
 
     raw = raw_client()
     assert raw.connect("redeliver", clean_start=False).reason_code == 0
@@ -309,7 +309,7 @@ def test_qos1_unacked_is_redelivered_with_dup_after_reconnect(
 
 
 def test_qos2_exactly_once_across_reconnect(raw_client, paho_client: Make) -> None:
-    from protocols.mqtt.codec import (
+    from moorage.protocols.mqtt.codec import (
         PubComp,
         Publish,
         PubRec,
@@ -386,8 +386,8 @@ def test_no_will_on_normal_disconnect_but_on_0x04(paho_client: Make) -> None:
 def test_will_delay_cancelled_by_reconnect_and_sent_at_session_end(
     paho_client: Make, raw_client
 ) -> None:
-    from protocols.mqtt.codec import Properties as MqttProps
-    from protocols.mqtt.codec import Will
+    from moorage.protocols.mqtt.codec import Properties as MqttProps
+    from moorage.protocols.mqtt.codec import Will
 
     watcher = paho_client("watcher", protocol=paho.MQTTv5)
     watcher.connect()

@@ -18,7 +18,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from protocols.mqtt.codec import ConnAck, PubComp, Publish, PubRec, PubRel
+from moorage.protocols.mqtt.codec import ConnAck, PubComp, Publish, PubRec, PubRel
 from tests.durability.broker_process import BrokerProcess
 from tests.mqtt.conftest import PahoClient, RawClient
 
@@ -114,7 +114,7 @@ def test_unacked_delivery_is_redelivered_after_restart(broker: BrokerProcess, ho
     raw = RawClient(broker.mqtt_port)
     try:
         raw.connect("slow", clean_start=False)
-        from protocols.mqtt.codec import SubAck, Subscribe, Subscription
+        from moorage.protocols.mqtt.codec import SubAck, Subscribe, Subscription
 
         raw.send(Subscribe(1, [Subscription("work", 1)]))
         assert isinstance(raw.receive(), SubAck)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from broker.auth import UserDirectory
-from broker.broker import Broker
-from broker.config import default_guest
-from broker.message import EXPIRES_AT_ANNOTATION, Message, Properties
-from broker.serialization import decode_message, encode_message
-from storage import MemoryStore
+from moorage.broker.auth import UserDirectory
+from moorage.broker.broker import Broker
+from moorage.broker.config import default_guest
+from moorage.broker.message import EXPIRES_AT_ANNOTATION, Message, Properties
+from moorage.broker.serialization import decode_message, encode_message
+from moorage.storage import MemoryStore
 
 
 class Sink:

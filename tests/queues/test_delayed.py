@@ -193,7 +193,7 @@ def test_100k_delayed_messages_bounded_memory_on_time(broker_process):
 @pytest.mark.timeout(120)
 def test_delay_window_stays_bounded(start_broker, tmp_path):
     """In-process: 20,000 stored delayed messages, at most WINDOW_MAX of them in memory."""
-    from broker.delayed import WINDOW_MAX
+    from moorage.broker.delayed import WINDOW_MAX
 
     config = make_config(tmp_path)
     config.storage.backend = "sqlite"

@@ -16,13 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.auth import Permission, User, UserDirectory
-from broker.broker import Broker
-from broker.config import default_guest
-from broker.errors import AccessRefused
-from broker.message import Message, Properties
-from broker.session import PublishResult
-from storage import MemoryStore
+from moorage.broker.auth import Permission, User, UserDirectory
+from moorage.broker.broker import Broker
+from moorage.broker.config import default_guest
+from moorage.broker.errors import AccessRefused
+from moorage.broker.message import Message, Properties
+from moorage.broker.session import PublishResult
+from moorage.storage import MemoryStore
 
 QUEUES: dict[str, dict[str, Any]] = {
     "plain": {},

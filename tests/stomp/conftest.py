@@ -21,12 +21,12 @@ import pytest
 import stomp
 import stomp.utils
 
-import protocols.amqp091
-import protocols.stomp
-from broker.auth import UserDirectory
-from broker.broker import Broker
-from broker.config import default_guest
-from storage import MemoryStore
+import moorage.protocols.amqp091
+import moorage.protocols.stomp
+from moorage.broker.auth import UserDirectory
+from moorage.broker.broker import Broker
+from moorage.broker.config import default_guest
+from moorage.storage import MemoryStore
 
 T = TypeVar("T")
 TIMEOUT = 3.0
@@ -47,8 +47,8 @@ class StompBroker:
             vhosts=("/", "other"),
         )
         self.run(self.broker.start())
-        self.stomp = self.run(protocols.stomp.plugin.start(self.broker, "127.0.0.1", 0))
-        self.amqp = self.run(protocols.amqp091.plugin.start(self.broker, "127.0.0.1", 0))
+        self.stomp = self.run(moorage.protocols.stomp.plugin.start(self.broker, "127.0.0.1", 0))
+        self.amqp = self.run(moorage.protocols.amqp091.plugin.start(self.broker, "127.0.0.1", 0))
         self.port = self.stomp.server.sockets[0].getsockname()[1]
         self.amqp_port = self.amqp.server.sockets[0].getsockname()[1]
 

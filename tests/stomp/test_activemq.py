@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import Config, ConfigError
+from moorage.broker.config import Config, ConfigError
 from tests.stomp.conftest import Client, RawStomp, StompBroker
 
 VERSIONS = ["1.0", "1.1", "1.2"]

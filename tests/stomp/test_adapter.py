@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from broker.auth import UserDirectory
-from broker.broker import Broker
-from broker.config import default_guest
-from protocols.stomp.adapter import State, StompConnection
-from protocols.stomp.codec import NEED_DATA, Frame, FrameCodec, Role
-from storage import MemoryStore
+from moorage.broker.auth import UserDirectory
+from moorage.broker.broker import Broker
+from moorage.broker.config import default_guest
+from moorage.protocols.stomp.adapter import State, StompConnection
+from moorage.protocols.stomp.codec import NEED_DATA, Frame, FrameCodec, Role
+from moorage.storage import MemoryStore
 
 
 class FakeShell:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.stomp.codec import (
+from moorage.protocols.stomp.codec import (
     CLIENT_COMMANDS,
     NEED_DATA,
     SERVER_COMMANDS,

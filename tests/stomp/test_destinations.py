@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from protocols.stomp.codec import ProtocolError
-from protocols.stomp.destinations import Destination, Kind, destination_of, parse_destination
+from moorage.protocols.stomp.codec import ProtocolError
+from moorage.protocols.stomp.destinations import (
+    Destination,
+    Kind,
+    destination_of,
+    parse_destination,
+)
 
 
 @pytest.mark.parametrize(

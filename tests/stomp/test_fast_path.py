@@ -31,13 +31,13 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from broker.auth import UserDirectory
-from broker.broker import Broker
-from broker.config import default_guest
-from broker.message import Message, Properties
-from protocols.stomp import adapter, codec
-from protocols.stomp.adapter import StompConnection, Subscription
-from protocols.stomp.codec import (
+from moorage.broker.auth import UserDirectory
+from moorage.broker.broker import Broker
+from moorage.broker.config import default_guest
+from moorage.broker.message import Message, Properties
+from moorage.protocols.stomp import adapter, codec
+from moorage.protocols.stomp.adapter import StompConnection, Subscription
+from moorage.protocols.stomp.codec import (
     CLIENT_COMMANDS,
     NEED_DATA,
     SERVER_COMMANDS,
@@ -51,7 +51,7 @@ from protocols.stomp.codec import (
     header_encodable,
     header_line,
 )
-from storage import MemoryStore
+from moorage.storage import MemoryStore
 from tests.stomp.test_adapter import FakeShell
 
 VERSIONS = st.sampled_from(["1.0", "1.1", "1.2"])

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.selector import Selector, SelectorError
+from moorage.broker.selector import Selector, SelectorError
 
 HEADERS: dict[str, Any] = {
     "color": "red",

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from storage.memory import MemoryStore
-from storage.sqlite import SQLiteStore
-from storage.store import Store
+from moorage.storage.memory import MemoryStore
+from moorage.storage.sqlite import SQLiteStore
+from moorage.storage.store import Store
 
 Settle = Callable[[Store], Awaitable[None]]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from storage.sqlite import SQLiteStore
-from storage.store import ExchangeRecord, QueueRecord
+from moorage.storage.sqlite import SQLiteStore
+from moorage.storage.store import ExchangeRecord, QueueRecord
 from tests.storage.conftest import Settle
 from tests.storage.test_sqlite import V, opened, raw_rows
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-import storage.sqlite as sqlite_module
-from storage.memory import MemoryStore
-from storage.sqlite import SQLiteStore
-from storage.store import (
+import moorage.storage.sqlite as sqlite_module
+from moorage.storage.memory import MemoryStore
+from moorage.storage.sqlite import SQLiteStore
+from moorage.storage.store import (
     BindingRecord,
     ExchangeRecord,
     QueueRecord,
@@ -200,8 +200,8 @@ async def test_everything_survives_close_and_reopen(db: Path, settle: Settle) ->
 CHILD = """
 import asyncio, collections, sys
 sys.path.insert(0, sys.argv[3])
-from storage.sqlite import SQLiteStore
-from storage.store import QueueRecord
+from moorage.storage.sqlite import SQLiteStore
+from moorage.storage.store import QueueRecord
 
 async def main(path, durability):
     store = SQLiteStore(path, durability=durability)

@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from storage.store import (
+from moorage.storage.store import (
     BindingRecord,
     ExchangeRecord,
     QueueRecord,

@@ -23,13 +23,13 @@ from typing import Any, TypeVar
 import paho.mqtt.client as paho
 import pytest
 
-import protocols.amqp091
-from broker.auth import UserDirectory
-from broker.broker import Broker
-from broker.config import Limits, default_guest
-from protocols.mqtt.websocket import plugin as mqtt_ws
-from protocols.stomp.websocket import plugin as stomp_ws
-from storage import MemoryStore
+import moorage.protocols.amqp091
+from moorage.broker.auth import UserDirectory
+from moorage.broker.broker import Broker
+from moorage.broker.config import Limits, default_guest
+from moorage.protocols.mqtt.websocket import plugin as mqtt_ws
+from moorage.protocols.stomp.websocket import plugin as stomp_ws
+from moorage.storage import MemoryStore
 
 T = TypeVar("T")
 TIMEOUT = 3.0
@@ -58,7 +58,7 @@ class WSBroker:
 
     async def _start(self) -> None:
         await self.broker.start()
-        for plugin in (mqtt_ws, stomp_ws, protocols.amqp091.plugin):
+        for plugin in (mqtt_ws, stomp_ws, moorage.protocols.amqp091.plugin):
             listener = await plugin.start(self.broker, "127.0.0.1", 0)
             self.listeners[plugin.name] = listener
             self.ports[plugin.name] = listener.server.sockets[0].getsockname()[1]

@@ -11,8 +11,8 @@ import paho.mqtt.client as paho
 import pika
 import pytest
 
-from broker.daemon import SHUTDOWN_GRACE
-from protocols.mqtt.codec import ConnAck, Connect, Connection, Role
+from moorage.broker.daemon import SHUTDOWN_GRACE
+from moorage.protocols.mqtt.codec import ConnAck, Connect, Connection, Role
 from tests.helpers import RunningBroker, free_port, make_config, pump_until
 from tests.websocket.conftest import TIMEOUT, PahoWS
 

@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 from aiohttp import WSCloseCode, WSMessage, WSMsgType
 
-from broker.flow import WriteFlow
-from protocols.websocket import (
+from moorage.broker.flow import WriteFlow
+from moorage.protocols.websocket import (
     HIGH_WATER,
     Framing,
     WebSocketConnection,
     WebSocketPlugin,
     offered_subprotocols,
 )
-from storage import MemoryStore
+from moorage.storage import MemoryStore
 
 pytestmark = pytest.mark.timeout(5)
 
