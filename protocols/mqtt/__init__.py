@@ -1,7 +1,1 @@
 """MQTT 3.1, 3.1.1 and 5.0: codec (sans-IO), adapter (sessions on the core) and asyncio shell."""
-
-from moorage.protocols.mqtt.server import MQTTPlugin
-
-plugin = MQTTPlugin()
-
-__all__ = ["plugin"]

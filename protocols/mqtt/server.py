@@ -33,3 +33,6 @@ class MQTTPlugin:
         return await listen(
             broker, host, port, MQTTConnection, ssl_context=ssl_context, on_shutdown=registry.close
         )
+
+
+plugin = MQTTPlugin()

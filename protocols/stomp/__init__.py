@@ -1,7 +1,1 @@
 """STOMP 1.0/1.1/1.2: codec (sans-IO), adapter (state machine), selectors and asyncio shell."""
-
-from moorage.protocols.stomp.server import StompPlugin
-
-plugin = StompPlugin()
-
-__all__ = ["plugin"]

@@ -21,3 +21,6 @@ class StompPlugin:
         self, broker: Broker, host: str, port: int, ssl_context: ssl.SSLContext | None = None
     ) -> TCPListener:
         return await listen(broker, host, port, StompConnection, ssl_context=ssl_context)
+
+
+plugin = StompPlugin()

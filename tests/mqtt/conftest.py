@@ -23,8 +23,8 @@ import pytest
 from paho.mqtt.properties import Properties as PahoProperties
 from paho.mqtt.reasoncodes import ReasonCode as PahoReasonCode
 
-import moorage.protocols.amqp091
-import moorage.protocols.mqtt
+import moorage.protocols.amqp091.server
+import moorage.protocols.mqtt.server
 from moorage.broker.auth import UserDirectory
 from moorage.broker.broker import Broker
 from moorage.broker.config import default_guest
@@ -72,8 +72,8 @@ class MQTTBroker:
 
     async def _start(self) -> None:
         await self.broker.start()
-        mqtt = await moorage.protocols.mqtt.plugin.start(self.broker, "127.0.0.1", 0)
-        amqp = await moorage.protocols.amqp091.plugin.start(self.broker, "127.0.0.1", 0)
+        mqtt = await moorage.protocols.mqtt.server.plugin.start(self.broker, "127.0.0.1", 0)
+        amqp = await moorage.protocols.amqp091.server.plugin.start(self.broker, "127.0.0.1", 0)
         self.listeners = [mqtt, amqp]
         self.mqtt_port = mqtt.server.sockets[0].getsockname()[1]
         self.amqp_port = amqp.server.sockets[0].getsockname()[1]

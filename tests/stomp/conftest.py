@@ -22,7 +22,8 @@ import stomp
 import stomp.utils
 
 import moorage.protocols.amqp091
-import moorage.protocols.stomp
+import moorage.protocols.amqp091.server
+import moorage.protocols.stomp.server
 from moorage.broker.auth import UserDirectory
 from moorage.broker.broker import Broker
 from moorage.broker.config import default_guest
@@ -47,8 +48,9 @@ class StompBroker:
             vhosts=("/", "other"),
         )
         self.run(self.broker.start())
-        self.stomp = self.run(moorage.protocols.stomp.plugin.start(self.broker, "127.0.0.1", 0))
-        self.amqp = self.run(moorage.protocols.amqp091.plugin.start(self.broker, "127.0.0.1", 0))
+        stomp, amqp = moorage.protocols.stomp.server.plugin, moorage.protocols.amqp091.server.plugin
+        self.stomp = self.run(stomp.start(self.broker, "127.0.0.1", 0))
+        self.amqp = self.run(amqp.start(self.broker, "127.0.0.1", 0))
         self.port = self.stomp.server.sockets[0].getsockname()[1]
         self.amqp_port = self.amqp.server.sockets[0].getsockname()[1]
 

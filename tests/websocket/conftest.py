@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import paho.mqtt.client as paho
 import pytest
 
-import moorage.protocols.amqp091
+import moorage.protocols.amqp091.server
 from moorage.broker.auth import UserDirectory
 from moorage.broker.broker import Broker
 from moorage.broker.config import Limits, default_guest
@@ -58,7 +58,7 @@ class WSBroker:
 
     async def _start(self) -> None:
         await self.broker.start()
-        for plugin in (mqtt_ws, stomp_ws, moorage.protocols.amqp091.plugin):
+        for plugin in (mqtt_ws, stomp_ws, moorage.protocols.amqp091.server.plugin):
             listener = await plugin.start(self.broker, "127.0.0.1", 0)
             self.listeners[plugin.name] = listener
             self.ports[plugin.name] = listener.server.sockets[0].getsockname()[1]
