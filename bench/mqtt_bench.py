@@ -72,8 +72,8 @@ class Options:
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
-    user: str | None = None
-    password: str | None = None
+    user: str | None = "guest"  # Moorage refuses anonymous clients by default
+    password: str | None = "guest"  # noqa: S105 - the default user, loopback only
     qos: int = 0
     producers: int = 1
     consumers: int = 1
