@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import queue
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -31,6 +33,7 @@ from moorage.broker.embedded import (
 from tests.helpers import pump_until
 
 TIMEOUT = 10.0
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_async_with_runs_on_the_callers_loop():
@@ -226,3 +229,14 @@ def test_misuse_is_refused():
     broker = EmbeddedBroker()
     with broker, pytest.raises(RuntimeError, match="starts once"):
         broker.start()
+
+
+def test_the_api_is_reachable_from_the_namespace_without_loading_the_core_early():
+    code = (
+        "import sys, moorage;"
+        "assert 'moorage.broker' not in sys.modules;"
+        "from moorage import EmbeddedBroker;"
+        "from moorage.broker.embedded import EmbeddedBroker as same;"
+        "assert EmbeddedBroker is same"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=TIMEOUT * 6)
