@@ -220,6 +220,7 @@ class EmbeddedBroker:
     ) -> None:
         settings = (protocols, storage, data_dir, users, vhosts, limits)
         self._requested: tuple[str, ...] = ()  # listeners asked for by name, on chosen ports
+        self._wants_temporary = False  # a SQLite store without a data_dir: made at start
         self._temporary: tempfile.TemporaryDirectory[str] | None = None
         if config is None:
             self._requested = tuple(DEFAULT_PROTOCOLS if protocols is None else protocols)
@@ -231,9 +232,7 @@ class EmbeddedBroker:
                 vhosts=vhosts or ("/",),
                 limits=limits,
             )
-            if config.storage.backend == "sqlite" and data_dir is None:
-                self._temporary = tempfile.TemporaryDirectory(prefix="moorage-")
-                config.data_dir = Path(self._temporary.name)
+            self._wants_temporary = config.storage.backend == "sqlite" and data_dir is None
         elif any(setting is not None for setting in settings):
             raise TypeError("pass either a Config or embedded_config settings, not both")
         self.config = config
@@ -457,6 +456,9 @@ class EmbeddedBroker:
         if self._started:
             raise RuntimeError("an EmbeddedBroker starts once; make a new one")
         self._started = True
+        if self._wants_temporary:
+            self._temporary = tempfile.TemporaryDirectory(prefix="moorage-")
+            self.config.data_dir = Path(self._temporary.name)
 
     async def _start_daemon(self) -> None:
         """`Daemon.start`, with new free ports when a chosen one was taken meanwhile."""
