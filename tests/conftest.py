@@ -1,10 +1,11 @@
 """Shared fixtures: a broker running in-process on free loopback ports.
 
-`broker` starts a `Daemon` (memory store, `Config()` defaults plus the guest
-user) on a background thread with its own event loop and stops it at
-teardown; the test fails if the loop thread raised or asyncio logged an
-error there. Parametrize it indirectly with "asyncio" or "uvloop" to choose
-the loop::
+`broker` starts an embedded broker (`moorage.broker.embedded`, the same API
+the `moorage_broker` pytest fixture of `moorage.testing` offers other
+projects: an AMQP listener, memory store, the guest user) on a background
+thread with its own event loop and stops it at teardown; the test fails if
+the loop thread raised or asyncio logged an error there. Parametrize it
+indirectly with "asyncio" or "uvloop" to choose the loop::
 
     @pytest.mark.parametrize("broker", ["asyncio", "uvloop"], indirect=True)
 
@@ -16,23 +17,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
 
 from moorage.broker.config import Config
-from tests.helpers import RunningBroker, make_config
+from tests.helpers import RunningBroker
 
 
 @pytest.fixture
-def start_broker(tmp_path: Path) -> Iterator[Callable[..., RunningBroker]]:
+def start_broker() -> Iterator[Callable[..., RunningBroker]]:
     """Start brokers on demand; each is stopped and checked for loop errors at teardown."""
     started: list[RunningBroker] = []
 
     def start(config: Config | None = None, loop: str = "asyncio") -> RunningBroker:
-        running = RunningBroker(config or make_config(tmp_path), loop)
+        running = RunningBroker(config, loop)
         started.append(running)
         return running.start()
 

@@ -1,10 +1,11 @@
 """Helpers for the integration tests: an in-process broker on its own thread, a raw client.
 
-`RunningBroker` runs a `Daemon` on a background thread with its own event
-loop, so blocking clients (pika's BlockingConnection, kombu) can be used from
-the test thread while asyncio clients (aio-pika) run on the test's loop.
-Anything that touches core state goes through `RunningBroker.call`, which runs
-on the broker's loop thread.
+`RunningBroker` is the AMQP tests' view of the public embedding API
+(`moorage.broker.embedded.EmbeddedBroker` on a background thread with its own
+event loop), so blocking clients (pika's BlockingConnection, kombu) can be
+used from the test thread while asyncio clients (aio-pika) run on the test's
+loop. Anything that touches core state goes through `RunningBroker.call`,
+which runs on the broker's loop thread.
 
 `RawClient` speaks AMQP 0-9-1 over a plain blocking socket with pamqp frames,
 for the tests that must send what no well-behaved client library would.
@@ -13,191 +14,103 @@ for the tests that must send what no well-behaved client library would.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import logging
 import socket
 import struct
-import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 from pamqp import body as pamqp_body
 from pamqp import commands, frame, header, heartbeat
 from pamqp.base import Frame
 
-from moorage.broker.auth import Permission, User, hash_password
-from moorage.broker.config import Config, default_guest
+from moorage.broker.auth import User
+from moorage.broker.config import Config
 from moorage.broker.daemon import Daemon
-from moorage.broker.loop import loop_factory
+from moorage.broker.embedded import (
+    CALL_TIMEOUT,
+    EmbeddedBroker,
+    embedded_config,
+    free_port,
+    make_user,
+)
+
+__all__ = ["RunningBroker", "free_port", "make_config", "make_user"]
 
 T = TypeVar("T")
-
-START_TIMEOUT = 5.0
-CALL_TIMEOUT = 5.0
-STOP_TIMEOUT = 10.0
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (bind to port 0, read it back)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def make_user(
-    name: str,
-    password: str,
-    permissions: Mapping[str, Permission | tuple[str, str, str]] | None = None,
-    tags: tuple[str, ...] = (),
-) -> User:
-    """A broker user; permissions map a vhost to a Permission or (configure, write, read)."""
-    perms = {
-        vhost: p if isinstance(p, Permission) else Permission(*p)
-        for vhost, p in (permissions or {}).items()
-    }
-    return User(name, hash_password(password), tags, perms)
 
 
 def make_config(
     data_dir: Path, *extra_users: User, vhosts: tuple[str, ...] = ("/",), **limits: Any
 ) -> Config:
-    """`Config()` defaults on free loopback ports, memory storage, guest plus `extra_users`."""
-    config = Config()
-    config.data_dir = data_dir
-    config.storage.backend = "memory"
-    config.bind = "127.0.0.1"
-    config.ports = dict.fromkeys(config.ports, 0)
-    config.ports["amqp"] = free_port()
-    config.vhosts = list(vhosts)
-    config.users = [default_guest(), *extra_users]
-    for key, value in limits.items():
-        setattr(config.limits, key, value)
-    return config
-
-
-class _LoopErrorHandler(logging.Handler):
-    """Collects asyncio error records emitted from one thread (the broker's loop)."""
-
-    def __init__(self, thread_id: Callable[[], int | None]) -> None:
-        super().__init__(level=logging.ERROR)
-        self._thread_id = thread_id
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self._thread_id():
-            self.records.append(record)
+    """An AMQP listener on a free loopback port, memory storage, guest plus `extra_users`."""
+    return embedded_config(data_dir=data_dir, users=extra_users, vhosts=vhosts, limits=limits)
 
 
 class RunningBroker:
-    """A `Daemon` running on a background thread; `start()` then `stop()`."""
+    """An `EmbeddedBroker` on a background thread, with the AMQP tests' shortcuts.
 
-    def __init__(self, config: Config, loop_name: str = "asyncio") -> None:
-        self.config = config
-        self.loop_name = loop_name
-        self.daemon = Daemon(config)
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.port = 0
-        self.errors: list[str] = []
-        self._thread = threading.Thread(target=self._run, name=f"moorage-{loop_name}", daemon=True)
-        self._ready = threading.Event()
-        self._start_error: BaseException | None = None
-        self._log_handler = _LoopErrorHandler(lambda: self._thread.ident)
-        self.stopped = False
+    `config` is used as it is (see `make_config`); without one the broker
+    gets the embedded defaults (an AMQP listener, memory store, guest).
+    """
 
-    # -- lifetime ---------------------------------------------------------------------
-
-    def _exception_handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        exc = context.get("exception")
-        self.errors.append(f"{context.get('message')}: {exc!r}")
-        loop.default_exception_handler(context)
-
-    def _run(self) -> None:
-        loop = loop_factory(self.loop_name)()
-        self.loop = loop
-        asyncio.set_event_loop(loop)
-        loop.set_exception_handler(self._exception_handler)
-        try:
-            try:
-                loop.run_until_complete(self.daemon.start())
-            except BaseException as e:
-                self._start_error = e
-                return
-            finally:
-                self._ready.set()
-            loop.run_forever()
-        except BaseException as e:
-            self.errors.append(f"broker loop thread raised {e!r}")
-        finally:
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+    def __init__(self, config: Config | None = None, loop_name: str = "asyncio") -> None:
+        self.embedded = EmbeddedBroker(config, loop=loop_name)
 
     def start(self) -> RunningBroker:
-        logging.getLogger("asyncio").addHandler(self._log_handler)
-        self._thread.start()
-        if not self._ready.wait(START_TIMEOUT):
-            raise RuntimeError("broker did not start in time")
-        if self._start_error is not None:
-            raise RuntimeError(f"broker failed to start: {self._start_error!r}")
-        self.port = self.daemon.ports["amqp"]
+        """Start and wait until it listens; raises the daemon's StartupError."""
+        self.embedded.start()
         return self
 
     def stop(self) -> None:
-        """Run `daemon.stop()` on the loop, stop the loop and join the thread."""
-        if self.stopped:
-            return
-        self.stopped = True
-        try:
-            if self._thread.is_alive() and self.loop is not None:
-                self.run(self.daemon.stop(), timeout=STOP_TIMEOUT)
-                self.loop.call_soon_threadsafe(self.loop.stop)
-                self._thread.join(STOP_TIMEOUT)
-                if self._thread.is_alive():
-                    self.errors.append("broker loop thread did not stop")
-        finally:
-            logging.getLogger("asyncio").removeHandler(self._log_handler)
-        for record in self._log_handler.records:
-            message = record.getMessage()
-            # the exception handler already noted what the default handler then logged
-            if not any(e.startswith(message) for e in self.errors):
-                self.errors.append(message)
+        """Shut down cleanly and join the thread (idempotent); loop errors land in `errors`."""
+        self.embedded.stop()
 
-    # -- access -------------------------------------------------------------------------
+    # -- the embedded broker's state ------------------------------------------------------
 
     @property
-    def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+    def config(self) -> Config:
+        return self.embedded.config
 
-    def url_for(self, user: str, password: str, vhost: str = "/") -> str:
-        return f"amqp://{user}:{password}@127.0.0.1:{self.port}/{quote(vhost, safe='')}"
+    @property
+    def daemon(self) -> Daemon:
+        return self.embedded.daemon
 
-    def call(self, fn: Callable[..., T], *args: Any, timeout: float = CALL_TIMEOUT) -> T:
-        """Run `fn(*args)` on the broker's loop thread and return its result."""
-        assert self.loop is not None
-        result: concurrent.futures.Future[T] = concurrent.futures.Future()
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self.embedded.loop
 
-        def run() -> None:
-            try:
-                result.set_result(fn(*args))
-            except BaseException as e:
-                result.set_exception(e)
-
-        self.loop.call_soon_threadsafe(run)
-        return result.result(timeout)
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT) -> T:
-        """Run a coroutine on the broker's loop and return its result."""
-        assert self.loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+    @property
+    def errors(self) -> list[str]:
+        return self.embedded.errors
 
     @property
     def core(self) -> Any:
         """The `Broker` (only touch it through `call`)."""
-        return self.daemon.broker
+        return self.embedded.core
+
+    # -- access -------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        return self.embedded.ports["amqp"]
+
+    @property
+    def url(self) -> str:
+        return self.embedded.amqp_url
+
+    def url_for(self, user: str, password: str, vhost: str = "/") -> str:
+        return self.embedded.url("amqp", user=user, password=password, vhost=vhost)
+
+    def call(self, fn: Callable[..., T], *args: Any, timeout: float = CALL_TIMEOUT) -> T:
+        """Run `fn(*args)` on the broker's loop thread and return its result."""
+        return self.embedded.call(fn, *args, timeout=timeout)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT) -> T:
+        """Run a coroutine on the broker's loop and return its result."""
+        return self.embedded.run(coro, timeout)
 
     def queue_exists(self, name: str, vhost: str = "/") -> bool:
         return self.call(lambda: name in self.core.vhosts[vhost].queues)
