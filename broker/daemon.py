@@ -80,6 +80,7 @@ class Daemon:
         except StoreError as e:
             raise StartupError(str(e)) from e
         self.broker = broker
+        self.ports = broker.ports
         plugins = discover()
         try:
             for name, port in config.ports.items():
