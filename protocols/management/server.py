@@ -17,7 +17,13 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from moorage.broker.broker import Broker
-from moorage.protocols.management import api_connections, api_exchanges, api_overview, api_queues
+from moorage.protocols.management import (
+    api_connections,
+    api_definitions,
+    api_exchanges,
+    api_overview,
+    api_queues,
+)
 from moorage.protocols.management.auth import not_found
 from moorage.protocols.management.requests import BROKER_KEY
 
@@ -46,7 +52,7 @@ def build_app(broker: Broker) -> web.Application:
     """The management application for `broker` (also usable in an aiohttp test client)."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_404])
     app[BROKER_KEY] = broker
-    for module in (api_overview, api_queues, api_exchanges, api_connections):
+    for module in (api_overview, api_queues, api_exchanges, api_connections, api_definitions):
         app.add_routes(module.routes)
     return app
 
