@@ -23,6 +23,7 @@ from moorage.protocols.management import (
     api_exchanges,
     api_overview,
     api_queues,
+    metrics,
 )
 from moorage.protocols.management.auth import not_found
 from moorage.protocols.management.requests import BROKER_KEY
@@ -52,7 +53,14 @@ def build_app(broker: Broker) -> web.Application:
     """The management application for `broker` (also usable in an aiohttp test client)."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_404])
     app[BROKER_KEY] = broker
-    for module in (api_overview, api_queues, api_exchanges, api_connections, api_definitions):
+    for module in (
+        api_overview,
+        api_queues,
+        api_exchanges,
+        api_connections,
+        api_definitions,
+        metrics,
+    ):
         app.add_routes(module.routes)
     return app
 

@@ -385,3 +385,35 @@ def test_bad_input_gets_rabbitmqs_errors(api: Api, managed: RunningBroker) -> No
     status, _, _ = api.call("PUT", "/queues/%2F/big", raw=b"{" + b" " * (17 * 1024 * 1024) + b"}")
     assert status == 413
     assert api.get("/whoami")["name"] == "guest"  # and the listener carries on
+
+
+# -- Prometheus --------------------------------------------------------------------------------
+
+
+def _scrape(api: Api, path: str) -> dict[str, list[Any]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(api.base.removesuffix("/api") + path, timeout=TIMEOUT) as r:
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = r.read().decode()
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+def test_prometheus_metrics_with_rabbitmqs_names(api: Api, amqp: pika.BlockingConnection) -> None:
+    channel = amqp.channel()
+    channel.queue_declare("metered")
+    for _ in range(3):
+        channel.basic_publish("", "metered", b"x" * 10)
+    amqp.process_data_events(0)
+    assert wait_for(lambda: _scrape(api, "/metrics")["rabbitmq_queue_messages_ready"][0].value >= 3)
+    totals = _scrape(api, "/metrics")
+    assert totals["rabbitmq_connections"][0].value == 1
+    assert totals["rabbitmq_alarms_memory_used_watermark"][0].value == 0
+    assert totals["rabbitmq_process_resident_memory_bytes"][0].value > 0
+    per_queue = {
+        (s.labels["vhost"], s.labels["queue"]): s.value
+        for s in _scrape(api, "/metrics/per-object")["rabbitmq_queue_messages_ready"]
+    }
+    assert per_queue[("/", "metered")] == 3
+    bytes_ready = _scrape(api, "/metrics/per-object")["rabbitmq_queue_messages_ready_bytes"]
+    assert {s.labels["queue"]: s.value for s in bytes_ready}["metered"] == 30
