@@ -1,4 +1,5 @@
-"""The `moorage` command line: `moorage serve` runs the broker; `moorage bench` measures one."""
+"""The `moorage` command line: `moorage serve` runs the broker; `moorage bench` measures one;
+the management commands (`list`, `declare`, `status`, ...) live in `broker.ctl`."""
 
 from __future__ import annotations
 
@@ -8,14 +9,19 @@ import importlib
 import logging
 import sys
 
-from moorage.broker import __version__
+from moorage.broker import __version__, ctl
 from moorage.broker.config import DEFAULT_PORTS, Config, ConfigError
 from moorage.broker.daemon import StartupError, serve
 from moorage.broker.loop import loop_factory
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moorage", description="Moorage message broker")
+    parser = argparse.ArgumentParser(
+        prog="moorage",
+        description="Moorage message broker",
+        epilog="Managing a running broker: moorage [--host H --port P --user U --password P] "
+        "{list,status,declare,delete,purge,publish,get,export,import} ... (moorage list --help).",
+    )
     parser.add_argument("--version", action="version", version=f"moorage {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     s = commands.add_parser("serve", help="run the broker in the foreground")
@@ -42,10 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         return _bench(argv[1:])
+    if _management_command(argv):
+        return ctl.main(argv)
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def _management_command(argv: list[str]) -> bool:
+    """Whether argv is a management command (its options may come before the command)."""
+    return any(arg in ctl.COMMANDS for arg in argv) and argv[:1] != ["serve"]
 
 
 def _bench(argv: list[str]) -> int:
