@@ -73,14 +73,20 @@ def _bench(argv: list[str]) -> int:
     return status
 
 
+def _reread(args: argparse.Namespace) -> Config:
+    """The configuration file with the command line's overrides on top. Raises ConfigError."""
+    config = Config.load(args.config)
+    config.apply_overrides(
+        data_dir=args.data_dir,
+        bind=args.bind,
+        ports={name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS},
+    )
+    return config
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
-        config = Config.load(args.config)
-        config.apply_overrides(
-            data_dir=args.data_dir,
-            bind=args.bind,
-            ports={name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS},
-        )
+        config = _reread(args)
     except ConfigError as e:
         print(f"moorage: {e}", file=sys.stderr)
         return 2
@@ -91,7 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
-            runner.run(serve(config))
+            runner.run(serve(config, reload=lambda: _reread(args)))
     except StartupError as e:
         print(f"moorage: {e}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from contextlib import suppress
 from moorage.broker.broker import Broker
 from moorage.broker.config import Config, ConfigError
 from moorage.broker.listeners import Listener, discover
+from moorage.broker.systemd import Notifier, Watchdog
 from moorage.storage import MemoryStore, Store, StoreError
 
 log = logging.getLogger("moorage")
@@ -103,6 +104,18 @@ class Daemon:
             await self.stop()
             raise
 
+    def reload(self, config: Config) -> None:
+        """Apply what can change while running: users, their permissions and tags, the
+        loopback-only and anonymous rules, and the log level. Listeners, storage and
+        limits need a restart. Connected clients keep their sessions; every check
+        from now on uses the new users (a removed user's connections stay open, as a
+        RabbitMQ user deleted while connected does until its connections close)."""
+        if self.broker is not None:
+            self.broker.users = config.user_directory()
+        logging.getLogger().setLevel(config.log_level.upper())
+        self.config.users = config.users
+        log.warning("configuration reloaded: %d users", len(config.users))
+
     async def stop(self) -> None:
         """Close listeners, ask clients to disconnect, wait a little, close the store."""
         for listener in self.listeners.values():
@@ -156,11 +169,20 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def serve(config: Config, on_ready: Callable[[Daemon], None] | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then shut down cleanly."""
+async def serve(
+    config: Config,
+    on_ready: Callable[[Daemon], None] | None = None,
+    reload: Callable[[], Config] | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT, then shut down cleanly.
+
+    `reload` re-reads the configuration on SIGHUP (see `Daemon.reload`). The
+    service manager hears of readiness, reloads and shutdown (`broker.systemd`).
+    """
     daemon = Daemon(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    notifier = Notifier()
     # Handlers go in before the listeners open: a client (or `moorage bench
     # --spawn`) may signal as soon as a port answers, and SIGUSR1's default
     # action would end the process.
@@ -171,17 +193,35 @@ async def serve(config: Config, on_ready: Callable[[Daemon], None] | None = None
     loop.add_signal_handler(
         signal.SIGUSR1, lambda: log.warning("statistics: %s", format_statistics(daemon))
     )
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(daemon, reload, notifier))
     await daemon.start()
     tune_gc()
     if on_ready is not None:
         on_ready(daemon)
     log.info("moorage ready")
+    listening = ", ".join(f"{name} {port}" for name, port in sorted(daemon.ports.items()))
+    notifier.send("READY=1", f"STATUS=accepting connections: {listening}")
+    watchdog = Watchdog(loop, notifier)
+    watchdog.start()
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
+        notifier.send("STOPPING=1", "STATUS=shutting down")
+        watchdog.cancel()
         await daemon.stop()
         log.info("stopped")
+
+
+def _reload(daemon: Daemon, read: Callable[[], Config], notifier: Notifier) -> None:
+    """SIGHUP: re-read the configuration; a bad file is logged and changes nothing."""
+    notifier.send("RELOADING=1")
+    try:
+        daemon.reload(read())
+    except ConfigError as e:
+        log.error("configuration not reloaded: %s", e)
+    notifier.send("READY=1", "STATUS=configuration reloaded")
 
 
 __all__ = ["ConfigError", "Daemon", "StartupError", "serve"]
