@@ -1,4 +1,5 @@
-"""The management HTTP listener: one aiohttp application on the daemon's `http` port.
+"""The management HTTP listener: one aiohttp application on the daemon's `http` port,
+serving the API, the metrics and the web UI (static files in `ui/`, at `/`).
 
 Registered as the `http` protocol plug-in, so `--http-port N` (default 15672)
 starts it like any other listener. The application is served through
@@ -12,6 +13,7 @@ import asyncio
 import json
 import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -29,6 +31,27 @@ from moorage.protocols.management.auth import not_found
 from moorage.protocols.management.requests import BROKER_KEY
 
 MAX_BODY = 16 * 1024 * 1024  # a publish through the API is at most 16 MiB
+UI_DIR = Path(__file__).parent / "ui"
+# The UI loads only its own files: no inline script, nothing from elsewhere.
+UI_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(UI_DIR / "index.html", headers=UI_HEADERS)
+
+
+@web.middleware
+async def _ui_headers(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    response = await handler(request)
+    if request.path.startswith("/ui/"):
+        response.headers.update(UI_HEADERS)
+    return response
 
 
 @web.middleware
@@ -40,6 +63,10 @@ async def _json_404(
     try:
         return await handler(request)
     except web.HTTPException as e:
+        if e.status == 401 and request.headers.get("X-Requested-With") == "XMLHttpRequest":
+            # The web UI's requests: no WWW-Authenticate, or the browser would open its
+            # own login dialog over the UI's form (and headless ones would hang).
+            e.headers.pop("WWW-Authenticate", None)
         if e.content_type == "application/json" or e.status < 400:
             raise
         if e.status == 404:
@@ -51,7 +78,9 @@ async def _json_404(
 
 def build_app(broker: Broker) -> web.Application:
     """The management application for `broker` (also usable in an aiohttp test client)."""
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_404])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_404, _ui_headers])
+    app.router.add_get("/", _index)
+    app.router.add_static("/ui/", UI_DIR, follow_symlinks=False)
     app[BROKER_KEY] = broker
     for module in (
         api_overview,
