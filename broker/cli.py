@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in DEFAULT_PORTS:
         flag = name.replace("_", "-")
         s.add_argument(f"--{flag}-port", type=int, metavar="N", help=f"{flag} port (0 disables)")
+    s.add_argument("--tls-cert", metavar="FILE", help="server certificate chain (PEM)")
+    s.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    s.add_argument("--tls-ca", metavar="FILE", help="CA bundle for client certificates (PEM)")
     s.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity"
     )
@@ -80,6 +83,9 @@ def _reread(args: argparse.Namespace) -> Config:
         data_dir=args.data_dir,
         bind=args.bind,
         ports={name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS},
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
     )
     return config
 

@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 from contextlib import suppress
 
@@ -18,6 +19,7 @@ from moorage.broker.broker import Broker
 from moorage.broker.config import Config, ConfigError
 from moorage.broker.listeners import Listener, discover
 from moorage.broker.systemd import Notifier, Watchdog
+from moorage.broker.tls import TLS_LISTENERS, TLSError, load_certificate, server_context
 from moorage.storage import MemoryStore, Store, StoreError
 
 log = logging.getLogger("moorage")
@@ -64,6 +66,7 @@ class Daemon:
         self.broker: Broker | None = None
         self.listeners: dict[str, Listener] = {}
         self.ports: dict[str, int] = {}
+        self.tls_context: ssl.SSLContext | None = None
 
     async def start(self) -> None:
         """Open the store, recover, and listen. Raises StartupError with a one-line reason."""
@@ -84,12 +87,19 @@ class Daemon:
         self.ports = broker.ports
         plugins = discover()
         try:
+            if config.tls.configured:
+                try:
+                    self.tls_context = server_context(config.tls)
+                except TLSError as e:
+                    raise StartupError(str(e)) from e
             for name, port in config.ports.items():
-                plugin = plugins.get(name)
+                tls = name in TLS_LISTENERS
+                plugin = plugins.get(TLS_LISTENERS.get(name, name))
                 if plugin is None or port == 0:
                     continue
+                context = self.tls_context if tls else None
                 try:
-                    listener = await plugin.start(broker, config.bind, port)
+                    listener = await plugin.start(broker, config.bind, port, context)
                 except OSError as e:
                     raise StartupError(
                         f"cannot listen for {name} on {config.bind}:{port}: {e.strerror or e}"
@@ -106,10 +116,18 @@ class Daemon:
 
     def reload(self, config: Config) -> None:
         """Apply what can change while running: users, their permissions and tags, the
-        loopback-only and anonymous rules, and the log level. Listeners, storage and
+        loopback-only and anonymous rules, the log level, and the TLS certificate and key
+        (new handshakes get them; connections keep theirs). Listeners, storage and
         limits need a restart. Connected clients keep their sessions; every check
         from now on uses the new users (a removed user's connections stay open, as a
-        RabbitMQ user deleted while connected does until its connections close)."""
+        RabbitMQ user deleted while connected does until its connections close).
+        Raises ConfigError (then nothing changed) when the new certificate is unusable."""
+        if self.tls_context is not None:
+            try:
+                load_certificate(self.tls_context, config.tls)
+            except TLSError as e:
+                raise ConfigError(str(e)) from None
+            self.config.tls = config.tls
         if self.broker is not None:
             self.broker.users = config.user_directory()
         logging.getLogger().setLevel(config.log_level.upper())

@@ -143,7 +143,7 @@ class RunningBroker:
             raise RuntimeError("broker did not start in time")
         if self._start_error is not None:
             raise RuntimeError(f"broker failed to start: {self._start_error!r}")
-        self.port = self.daemon.ports["amqp"]
+        self.port = self.daemon.ports.get("amqp", 0)
         return self
 
     def stop(self) -> None:
