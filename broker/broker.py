@@ -45,6 +45,8 @@ class Broker:
         self.memory = MemoryMonitor(self, watermark_bytes(self.limits.memory_high_watermark))
         self.vhosts: dict[str, VirtualHost] = {}
         self.connections: set[ClientConnection] = set()
+        # listener name -> bound port, filled by whoever starts listeners (the daemon)
+        self.ports: dict[str, int] = {}
         self._configured_vhosts = list(vhosts)
         self._message_ids = itertools.count(1).__next__
 

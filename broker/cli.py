@@ -1,4 +1,5 @@
-"""The `moorage` command line: `moorage serve` runs the broker; `moorage bench` measures one."""
+"""The `moorage` command line: `moorage serve` runs the broker; `moorage bench` measures one;
+the management commands (`list`, `declare`, `status`, ...) live in `broker.ctl`."""
 
 from __future__ import annotations
 
@@ -8,14 +9,19 @@ import importlib
 import logging
 import sys
 
-from moorage.broker import __version__
+from moorage.broker import __version__, ctl
 from moorage.broker.config import DEFAULT_PORTS, Config, ConfigError
 from moorage.broker.daemon import StartupError, serve
 from moorage.broker.loop import loop_factory
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moorage", description="Moorage message broker")
+    parser = argparse.ArgumentParser(
+        prog="moorage",
+        description="Moorage message broker",
+        epilog="Managing a running broker: moorage [--host H --port P --user U --password P] "
+        "{list,status,declare,delete,purge,publish,get,export,import} ... (moorage list --help).",
+    )
     parser.add_argument("--version", action="version", version=f"moorage {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     s = commands.add_parser("serve", help="run the broker in the foreground")
@@ -25,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in DEFAULT_PORTS:
         flag = name.replace("_", "-")
         s.add_argument(f"--{flag}-port", type=int, metavar="N", help=f"{flag} port (0 disables)")
+    s.add_argument("--tls-cert", metavar="FILE", help="server certificate chain (PEM)")
+    s.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    s.add_argument("--tls-ca", metavar="FILE", help="CA bundle for client certificates (PEM)")
     s.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity"
     )
@@ -42,10 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         return _bench(argv[1:])
+    if _management_command(argv):
+        return ctl.main(argv)
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def _management_command(argv: list[str]) -> bool:
+    """Whether argv is a management command (its options may come before the command)."""
+    return any(arg in ctl.COMMANDS for arg in argv) and argv[:1] != ["serve"]
 
 
 def _bench(argv: list[str]) -> int:
@@ -60,14 +76,23 @@ def _bench(argv: list[str]) -> int:
     return status
 
 
+def _reread(args: argparse.Namespace) -> Config:
+    """The configuration file with the command line's overrides on top. Raises ConfigError."""
+    config = Config.load(args.config)
+    config.apply_overrides(
+        data_dir=args.data_dir,
+        bind=args.bind,
+        ports={name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS},
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
+    )
+    return config
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
-        config = Config.load(args.config)
-        config.apply_overrides(
-            data_dir=args.data_dir,
-            bind=args.bind,
-            ports={name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS},
-        )
+        config = _reread(args)
     except ConfigError as e:
         print(f"moorage: {e}", file=sys.stderr)
         return 2
@@ -78,7 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
-            runner.run(serve(config))
+            runner.run(serve(config, reload=lambda: _reread(args)))
     except StartupError as e:
         print(f"moorage: {e}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from moorage.broker.auth import Permission, User, UserDirectory, hash_password
+from moorage.broker.tls import TLS_PORTS, TLSConfig, TLSError
 
 _T = TypeVar("_T")
 
@@ -24,6 +25,8 @@ DEFAULT_PORTS: dict[str, int] = {
     "http": 15672,
     "mqtt_ws": 15675,  # MQTT over WebSocket, path /ws
     "stomp_ws": 15674,  # STOMP over WebSocket, path /ws
+    # TLS twins of the above (broker.tls): off (0) until a port is set
+    **dict.fromkeys(TLS_PORTS, 0),
 }
 
 
@@ -81,6 +84,7 @@ class Config:
     anonymous_user: str = ""  # user of clients that send no credentials ("" = refuse them)
     limits: Limits = field(default_factory=Limits)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
     log_level: str = "info"
 
     @classmethod
@@ -135,6 +139,8 @@ class Config:
                 f"storage.ack_window must be >= 0 seconds, not {config.storage.ack_window!r}"
             )
 
+        config.tls = _dataclass_from(TLSConfig, data.pop("tls", {}), "tls")
+
         auth = _table(data.pop("auth", {}), "auth")
         _check_keys(auth, {"loopback_users", "anonymous_user"}, "auth")
         if "loopback_users" in auth:
@@ -143,10 +149,21 @@ class Config:
         config.users = [_user(u) for u in data.pop("users", [])]
         if data:
             raise ConfigError(f"unknown section '{next(iter(data))}'")
+        config.check_tls()
         names = {u.name for u in config.users} or {"guest"}
         if config.anonymous_user and config.anonymous_user not in names:
             raise ConfigError(f"auth.anonymous_user '{config.anonymous_user}' is not a user")
         return config
+
+    def check_tls(self) -> None:
+        """A TLS listener needs a certificate; TLS settings must make sense. Raises ConfigError."""
+        try:
+            self.tls.check()
+        except TLSError as e:
+            raise ConfigError(str(e)) from None
+        wanted = [name for name in TLS_PORTS if self.ports.get(name)]
+        if wanted and not self.tls.configured:
+            raise ConfigError(f"the {wanted[0]} listener needs tls.cert and tls.key")
 
     def user_directory(self) -> UserDirectory:
         """The `UserDirectory` of these users, with the anonymous user resolved."""
@@ -160,8 +177,11 @@ class Config:
         data_dir: str | None = None,
         bind: str | None = None,
         ports: dict[str, int | None] | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_ca: str | None = None,
     ) -> None:
-        """Lay command-line flags over the file's values (None = not given)."""
+        """Lay command-line flags over the file's values (None = not given). Raises ConfigError."""
         if data_dir is not None:
             self.data_dir = Path(data_dir).expanduser()
         if bind is not None:
@@ -169,6 +189,13 @@ class Config:
         for name, port in (ports or {}).items():
             if port is not None:
                 self.ports[name] = _port(port, f"--{name}-port")
+        if tls_cert is not None:
+            self.tls.cert = tls_cert
+        if tls_key is not None:
+            self.tls.key = tls_key
+        if tls_ca is not None:
+            self.tls.ca = tls_ca
+        self.check_tls()
 
 
 def default_guest() -> User:

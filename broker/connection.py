@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
+from moorage.broker.replies import OrderedReplies
 from moorage.broker.session import DeliverySink, Session
 
 if TYPE_CHECKING:
@@ -40,6 +41,10 @@ class ClientConnection:
         self.exclusive_queues: list[Queue] = []
         self.closed = False
         self.published = False  # the memory alarm pauses only connections that publish
+
+    def ordered_replies(self) -> OrderedReplies:
+        """A new ordered stream of replies that wait for the store (`broker.replies`)."""
+        return OrderedReplies(self.broker.store)
 
     def open_session(self, sink: DeliverySink) -> Session:
         """A new session whose deliveries go to `sink`."""

@@ -11,12 +11,15 @@ import asyncio
 import gc
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 from contextlib import suppress
 
 from moorage.broker.broker import Broker
 from moorage.broker.config import Config, ConfigError
 from moorage.broker.listeners import Listener, discover
+from moorage.broker.systemd import Notifier, Watchdog
+from moorage.broker.tls import TLS_LISTENERS, TLSError, load_certificate, server_context
 from moorage.storage import MemoryStore, Store, StoreError
 
 log = logging.getLogger("moorage")
@@ -63,6 +66,7 @@ class Daemon:
         self.broker: Broker | None = None
         self.listeners: dict[str, Listener] = {}
         self.ports: dict[str, int] = {}
+        self.tls_context: ssl.SSLContext | None = None
 
     async def start(self) -> None:
         """Open the store, recover, and listen. Raises StartupError with a one-line reason."""
@@ -80,14 +84,22 @@ class Daemon:
         except StoreError as e:
             raise StartupError(str(e)) from e
         self.broker = broker
+        self.ports = broker.ports
         plugins = discover()
         try:
+            if config.tls.configured:
+                try:
+                    self.tls_context = server_context(config.tls)
+                except TLSError as e:
+                    raise StartupError(str(e)) from e
             for name, port in config.ports.items():
-                plugin = plugins.get(name)
+                tls = name in TLS_LISTENERS
+                plugin = plugins.get(TLS_LISTENERS.get(name, name))
                 if plugin is None or port == 0:
                     continue
+                context = self.tls_context if tls else None
                 try:
-                    listener = await plugin.start(broker, config.bind, port)
+                    listener = await plugin.start(broker, config.bind, port, context)
                 except OSError as e:
                     raise StartupError(
                         f"cannot listen for {name} on {config.bind}:{port}: {e.strerror or e}"
@@ -101,6 +113,26 @@ class Daemon:
         except StartupError:
             await self.stop()
             raise
+
+    def reload(self, config: Config) -> None:
+        """Apply what can change while running: users, their permissions and tags, the
+        loopback-only and anonymous rules, the log level, and the TLS certificate and key
+        (new handshakes get them; connections keep theirs). Listeners, storage and
+        limits need a restart. Connected clients keep their sessions; every check
+        from now on uses the new users (a removed user's connections stay open, as a
+        RabbitMQ user deleted while connected does until its connections close).
+        Raises ConfigError (then nothing changed) when the new certificate is unusable."""
+        if self.tls_context is not None:
+            try:
+                load_certificate(self.tls_context, config.tls)
+            except TLSError as e:
+                raise ConfigError(str(e)) from None
+            self.config.tls = config.tls
+        if self.broker is not None:
+            self.broker.users = config.user_directory()
+        logging.getLogger().setLevel(config.log_level.upper())
+        self.config.users = config.users
+        log.warning("configuration reloaded: %d users", len(config.users))
 
     async def stop(self) -> None:
         """Close listeners, ask clients to disconnect, wait a little, close the store."""
@@ -155,11 +187,20 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def serve(config: Config, on_ready: Callable[[Daemon], None] | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then shut down cleanly."""
+async def serve(
+    config: Config,
+    on_ready: Callable[[Daemon], None] | None = None,
+    reload: Callable[[], Config] | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT, then shut down cleanly.
+
+    `reload` re-reads the configuration on SIGHUP (see `Daemon.reload`). The
+    service manager hears of readiness, reloads and shutdown (`broker.systemd`).
+    """
     daemon = Daemon(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    notifier = Notifier()
     # Handlers go in before the listeners open: a client (or `moorage bench
     # --spawn`) may signal as soon as a port answers, and SIGUSR1's default
     # action would end the process.
@@ -170,17 +211,35 @@ async def serve(config: Config, on_ready: Callable[[Daemon], None] | None = None
     loop.add_signal_handler(
         signal.SIGUSR1, lambda: log.warning("statistics: %s", format_statistics(daemon))
     )
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(daemon, reload, notifier))
     await daemon.start()
     tune_gc()
     if on_ready is not None:
         on_ready(daemon)
     log.info("moorage ready")
+    listening = ", ".join(f"{name} {port}" for name, port in sorted(daemon.ports.items()))
+    notifier.send("READY=1", f"STATUS=accepting connections: {listening}")
+    watchdog = Watchdog(loop, notifier)
+    watchdog.start()
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
+        notifier.send("STOPPING=1", "STATUS=shutting down")
+        watchdog.cancel()
         await daemon.stop()
         log.info("stopped")
+
+
+def _reload(daemon: Daemon, read: Callable[[], Config], notifier: Notifier) -> None:
+    """SIGHUP: re-read the configuration; a bad file is logged and changes nothing."""
+    notifier.send("RELOADING=1")
+    try:
+        daemon.reload(read())
+    except ConfigError as e:
+        log.error("configuration not reloaded: %s", e)
+    notifier.send("READY=1", "STATUS=configuration reloaded")
 
 
 __all__ = ["ConfigError", "Daemon", "StartupError", "serve"]

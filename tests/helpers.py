@@ -95,7 +95,7 @@ class RunningBroker:
 
     @property
     def port(self) -> int:
-        return self.embedded.ports["amqp"]
+        return self.embedded.ports.get("amqp", 0)
 
     @property
     def url(self) -> str:

@@ -1,0 +1,268 @@
+"""Read-only snapshots of the broker's state for operators: the core's side of the
+management API, metrics and the command line.
+
+Each function walks the live objects once and returns plain frozen records,
+so a caller (the HTTP management adapter, a metrics exporter) never holds or
+mutates a queue, an exchange or a session, and never imports them. Counting is
+O(entities asked for); nothing here runs on a message path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from moorage.broker.queue import Queue
+from moorage.broker.vhost import HIDDEN_QUEUE_PREFIX, Exchange, VirtualHost
+
+if TYPE_CHECKING:
+    from moorage.broker.broker import Broker
+    from moorage.broker.connection import ClientConnection
+
+
+INTERNAL_PEER = "internal"  # the peer of connections adapters open for the broker itself
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    vhost: str
+    name: str
+    durable: bool
+    auto_delete: bool
+    exclusive: bool
+    arguments: dict[str, Any]
+    messages_ready: int
+    messages_unacknowledged: int
+    message_bytes_ready: int
+    consumers: int
+    owner_connection: int | None  # ClientConnection.id of an exclusive queue's owner
+
+    @property
+    def messages(self) -> int:
+        return self.messages_ready + self.messages_unacknowledged
+
+
+@dataclass(frozen=True)
+class ExchangeInfo:
+    vhost: str
+    name: str
+    type: str
+    durable: bool
+    auto_delete: bool
+    internal: bool
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BindingInfo:
+    vhost: str
+    source: str
+    destination: str
+    destination_type: str  # "queue" or "exchange"
+    routing_key: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ConsumerInfo:
+    vhost: str
+    queue: str
+    consumer_tag: str
+    ack_required: bool
+    exclusive: bool
+    prefetch_count: int
+    arguments: dict[str, Any]
+    connection: int
+    channel: int
+
+
+@dataclass(frozen=True)
+class ChannelInfo:
+    connection: int
+    number: int
+    vhost: str
+    user: str
+    prefetch_count: int
+    global_prefetch_count: int
+    messages_unacknowledged: int
+    consumers: int
+    transactional: bool
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    id: int
+    protocol: str
+    peer: str
+    vhost: str
+    user: str
+    channels: int
+    client_properties: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def internal(self) -> bool:
+        """A connection the broker opened for itself (an adapter's `peer="internal"`)."""
+        return self.peer == INTERNAL_PEER
+
+
+def _queue_info(queue: Queue) -> QueueInfo:
+    owner = queue.exclusive_owner
+    return QueueInfo(
+        vhost=queue.vhost.name,
+        name=queue.name,
+        durable=queue.durable,
+        auto_delete=queue.auto_delete,
+        exclusive=owner is not None,
+        arguments=dict(queue.arguments),
+        messages_ready=queue.message_count,
+        messages_unacknowledged=queue.unacked,
+        message_bytes_ready=queue.ready_bytes + queue.tail_bytes,
+        consumers=len(queue.consumers),
+        owner_connection=owner.id if owner is not None else None,
+    )
+
+
+def _exchange_info(vhost: VirtualHost, exchange: Exchange) -> ExchangeInfo:
+    return ExchangeInfo(
+        vhost=vhost.name,
+        name=exchange.name,
+        type=exchange.type_name,
+        durable=exchange.durable,
+        auto_delete=exchange.auto_delete,
+        internal=exchange.internal,
+        arguments=dict(exchange.arguments),
+    )
+
+
+def _vhosts(broker: Broker, vhost: str | None) -> list[VirtualHost]:
+    if vhost is None:
+        return list(broker.vhosts.values())
+    found = broker.vhosts.get(vhost)
+    return [found] if found is not None else []
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(HIDDEN_QUEUE_PREFIX)
+
+
+def vhost_names(broker: Broker) -> list[str]:
+    """Every virtual host, sorted."""
+    return sorted(broker.vhosts)
+
+
+def queues(broker: Broker, vhost: str | None = None) -> list[QueueInfo]:
+    """Every queue (of one vhost, or all), in vhost then name order."""
+    return [
+        _queue_info(q)
+        for v in _vhosts(broker, vhost)
+        for name, q in sorted(v.queues.items())
+        if _visible(name)
+    ]
+
+
+def queue(broker: Broker, vhost: str, name: str) -> QueueInfo | None:
+    """One queue, or None."""
+    found = broker.vhosts.get(vhost)
+    q = found.queues.get(name) if found is not None else None
+    return _queue_info(q) if q is not None and _visible(name) else None
+
+
+def exchanges(broker: Broker, vhost: str | None = None) -> list[ExchangeInfo]:
+    """Every exchange (of one vhost, or all), the default exchange included."""
+    return [
+        _exchange_info(v, x)
+        for v in _vhosts(broker, vhost)
+        for _n, x in sorted(v.exchanges.items())
+    ]
+
+
+def exchange(broker: Broker, vhost: str, name: str) -> ExchangeInfo | None:
+    """One exchange, or None."""
+    found = broker.vhosts.get(vhost)
+    x = found.exchanges.get(name) if found is not None else None
+    return _exchange_info(found, x) if found is not None and x is not None else None
+
+
+def bindings(broker: Broker, vhost: str | None = None) -> list[BindingInfo]:
+    """Every binding, the default exchange's implicit ones first (as RabbitMQ lists them)."""
+    out: list[BindingInfo] = []
+    for v in _vhosts(broker, vhost):
+        for name in sorted(v.queues):
+            if _visible(name):
+                out.append(BindingInfo(v.name, "", name, "queue", name, {}))
+        for xname, x in sorted(v.exchanges.items()):
+            for destination, routing_key, arguments in x.router.bindings():
+                assert isinstance(destination, Queue | Exchange)
+                kind = "queue" if isinstance(destination, Queue) else "exchange"
+                out.append(
+                    BindingInfo(
+                        v.name, xname, destination.name, kind, routing_key, dict(arguments or {})
+                    )
+                )
+    return out
+
+
+def _sessions(connection: ClientConnection) -> list[Any]:
+    return sorted(connection.sessions, key=id)
+
+
+def connections(broker: Broker) -> list[ConnectionInfo]:
+    """Every client connection, oldest first."""
+    return [
+        ConnectionInfo(
+            id=c.id,
+            protocol=c.protocol,
+            peer=c.peer,
+            vhost=c.vhost.name,
+            user=c.user.name,
+            channels=len(c.sessions),
+            client_properties=dict(c.client_properties),
+        )
+        for c in sorted(broker.connections, key=lambda c: c.id)
+    ]
+
+
+def channels(broker: Broker) -> list[ChannelInfo]:
+    """Every session of every connection (an AMQP channel, an MQTT or STOMP session)."""
+    out: list[ChannelInfo] = []
+    for c in sorted(broker.connections, key=lambda c: c.id):
+        for number, s in enumerate(_sessions(c), start=1):
+            out.append(
+                ChannelInfo(
+                    connection=c.id,
+                    number=number,
+                    vhost=c.vhost.name,
+                    user=c.user.name,
+                    prefetch_count=s.consumer_prefetch,
+                    global_prefetch_count=s.prefetch_count,
+                    messages_unacknowledged=len(s.unacked),
+                    consumers=len(s.consumers),
+                    transactional=s.transactional,
+                )
+            )
+    return out
+
+
+def consumers(broker: Broker, vhost: str | None = None) -> list[ConsumerInfo]:
+    """Every consumer (of queues in one vhost, or all)."""
+    out: list[ConsumerInfo] = []
+    for c in sorted(broker.connections, key=lambda c: c.id):
+        for number, s in enumerate(_sessions(c), start=1):
+            for consumer in s.consumers.values():
+                q = consumer.queue
+                if vhost is not None and q.vhost.name != vhost:
+                    continue
+                out.append(
+                    ConsumerInfo(
+                        vhost=q.vhost.name,
+                        queue=q.name,
+                        consumer_tag=consumer.tag,
+                        ack_required=not consumer.no_ack,
+                        exclusive=consumer.exclusive,
+                        prefetch_count=consumer.prefetch,
+                        arguments=dict(consumer.arguments),
+                        connection=c.id,
+                        channel=number,
+                    )
+                )
+    return out

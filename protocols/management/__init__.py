@@ -1,0 +1,1 @@
+"""RabbitMQ-compatible management HTTP API (aiohttp): routes, rendering and the listener."""
