@@ -214,7 +214,7 @@ class RawClient:
         heartbeat_interval: int = 0,
         frame_max: int | None = None,
         user: str = "guest",
-        password: str = "guest",  # noqa: S107 - RabbitMQ's well-known default
+        password: str = "guest",
         vhost: str = "/",
     ) -> None:
         """Protocol header, start/start-ok, tune/tune-ok, open/open-ok."""
