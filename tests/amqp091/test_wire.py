@@ -452,3 +452,10 @@ def test_float_headers_are_sent_as_doubles_with_the_other_properties_intact(prop
             assert getattr(ours.properties, name) == getattr(theirs.properties, name), name
     assert ours.properties.headers == headers  # pamqp's own: 32-bit floats
     assert mapping.properties_payload(Message("x", "k", with_doubles, b"")) == raw
+
+
+def test_core_properties_and_amqp_properties_share_their_names():
+    """`mapping` translates field for field: the core's names must stay AMQP's (pamqp's)."""
+    from moorage.broker.message import PROPERTY_NAMES
+
+    assert amqp_properties.PROPERTY_NAMES == PROPERTY_NAMES
