@@ -73,6 +73,7 @@ from moorage.protocols.amqp091.codec import (
     ProtocolHeaderReceived,
     shortstr,
 )
+from moorage.protocols.amqp091.events import method_ids
 from moorage.protocols.amqp091.mapping import properties_payload, route, to_properties
 from moorage.protocols.tcp import Shell
 
@@ -110,10 +111,6 @@ def _start_method() -> commands.Connection.Start:
     return commands.Connection.Start(
         server_properties=server_properties(), mechanisms="PLAIN AMQPLAIN", locales="en_US"
     )
-
-
-def _ids(method: Frame) -> tuple[int, int]:
-    return method.index >> 16, method.index & 0xFFFF
 
 
 class AMQPChannel:
@@ -463,7 +460,7 @@ class AMQPConnection:
 
     def channel_error(self, channel: AMQPChannel, error: BrokerError, method: Frame | None) -> None:
         """Map a core error to the wire: channel.close (soft) or connection.close (hard)."""
-        class_id, method_id = _ids(method) if method is not None else (0, 0)
+        class_id, method_id = method_ids(method) if method is not None else (0, 0)
         if error.hard:
             self._connection_error(error.code, error.reply_text, class_id, method_id)
             return

@@ -306,8 +306,9 @@ class Connection:
     def _send_method(self, event: Method) -> bytes:
         method = event.method
         if isinstance(method, commands.Connection.Close) and not event.channel:
-            self.state = _S.CLOSING
             self.close_sent = True
+            if self.state is not _S.ERROR:  # after a framing error nothing comes out at all
+                self.state = _S.CLOSING
         return encode_method(event.channel, method)
 
     def _send_content(self, event: Content) -> bytes:

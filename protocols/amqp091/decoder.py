@@ -80,6 +80,7 @@ from moorage.protocols.amqp091.events import (
     method_ids,
 )
 from moorage.protocols.amqp091.frames import (
+    BASIC_CLASS_ID,
     CONTENT_METHODS,
     FRAME_END,
     FRAME_HEADER,
@@ -98,7 +99,6 @@ from moorage.protocols.amqp091.methods import (
 from moorage.protocols.buffers import copy_out
 
 _CONTENT_CLASS: Final = struct.Struct(">H")  # first field of a content header
-_BASIC_CLASS_ID: Final = commands.Basic.frame_id  # 60
 _CONTENT_HEADER_MIN: Final = 14  # class, weight, body size, property flags (spec 4.2.6.1)
 
 # Start compacting the receive buffer once this many consumed octets sit in front.
@@ -303,7 +303,7 @@ class FrameDecoder:
         header_at, header_end = header
         if (
             header_end - header_at < _CONTENT_HEADER_MIN
-            or _CONTENT_CLASS.unpack_from(buf, header_at)[0] != _BASIC_CLASS_ID
+            or _CONTENT_CLASS.unpack_from(buf, header_at)[0] != BASIC_CLASS_ID
         ):
             return None
         method = fast_publish(bytes(buf[start + FRAME_HEADER_SIZE : end]))
@@ -380,7 +380,7 @@ class FrameDecoder:
         class_ids = method_ids(pending.method)
         if len(payload) >= _CONTENT_CLASS.size:
             (class_id,) = _CONTENT_CLASS.unpack_from(payload)
-            if class_id != _BASIC_CLASS_ID:
+            if class_id != BASIC_CLASS_ID:
                 # Spec 4.2.6.1: the header's class-id must match the method's class.
                 raise FrameError(
                     ReplyCode.UNEXPECTED_FRAME,

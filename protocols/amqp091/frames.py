@@ -48,11 +48,12 @@ CONTENT_METHODS: Final[tuple[type[base.Frame], ...]] = (
 )
 """Methods that are followed by a content header and body frames (spec 4.2.6)."""
 
+BASIC_CLASS_ID: Final = commands.Basic.frame_id  # 60, the one class with content
+
 _METHOD, _HEADER, _BODY = constants.FRAME_METHOD, constants.FRAME_HEADER, constants.FRAME_BODY
 _METHOD_HEAD: Final = struct.Struct(FRAME_HEADER.format + "HH")  # + class id, method id
 _DELIVERY_TAG_REDELIVERED: Final = struct.Struct(">QB")
 _CONTENT_HEADER_HEAD: Final = struct.Struct(">HHQ")  # class id, weight, body size
-_BASIC_CLASS_ID: Final = commands.Basic.frame_id  # 60
 _DELIVER_METHOD_ID: Final = commands.Basic.Deliver.index & 0xFFFF  # 60
 
 
@@ -175,7 +176,7 @@ def encode_content_frames(channel: int, properties: bytes, body: bytes, frame_ma
     """The content header frame (with encoded `properties`) and the body frames of at
     most `frame_max` octets each (0: one frame); what :func:`encode_content` gives
     after its method frame, without marshalling the properties again."""
-    head = _CONTENT_HEADER_HEAD.pack(_BASIC_CLASS_ID, 0, len(body)) + properties
+    head = _CONTENT_HEADER_HEAD.pack(BASIC_CLASS_ID, 0, len(body)) + properties
     parts = [FRAME_HEADER.pack(_HEADER, channel, len(head)), head, FRAME_END_BYTE]
     if body:
         chunk = (frame_max - FRAME_OVERHEAD) if frame_max else len(body)
@@ -200,7 +201,7 @@ def encode_deliver(
     payload_len = 4 + len(consumer_tag) + 9 + len(exchange) + len(routing_key)
     return b"".join(
         (
-            _METHOD_HEAD.pack(_METHOD, channel, payload_len, _BASIC_CLASS_ID, _DELIVER_METHOD_ID),
+            _METHOD_HEAD.pack(_METHOD, channel, payload_len, BASIC_CLASS_ID, _DELIVER_METHOD_ID),
             consumer_tag,
             _DELIVERY_TAG_REDELIVERED.pack(delivery_tag, 1 if redelivered else 0),
             exchange,

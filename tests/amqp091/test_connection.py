@@ -336,3 +336,12 @@ def test_send_method_matches_pamqp_and_close_moves_to_closing():
         assert server.send(Method(channel, method)) == frame.marshal(method, channel)
     assert server.state is S.CLOSING
     assert server.close_sent
+
+
+def test_sending_close_after_a_framing_error_keeps_error():
+    server, _ = handshake()
+    server.receive_data(b"\x09\x00\x00\x00\x00\x00\x00\xce")  # frame type 9 does not exist
+    with pytest.raises(FrameError):
+        server.next_event()
+    server.send(Method(0, commands.Connection.Close(501, "FRAME_ERROR", 0, 0)))
+    assert (server.state, server.close_sent) == (S.ERROR, True)
