@@ -86,6 +86,7 @@ from moorage.protocols.amqp091.frames import (
     encode_content,
     encode_content_frames,
     encode_deliver,
+    encode_delivery,
     encode_method,
     shortstr,
 )
@@ -119,6 +120,7 @@ __all__ = [
     "encode_content",
     "encode_content_frames",
     "encode_deliver",
+    "encode_delivery",
     "encode_method",
     "encode_properties",
     "marshal_properties",
@@ -317,15 +319,17 @@ class Connection:
         )
 
     def _send_deliver(self, event: Deliver) -> bytes:
-        channel = event.channel
-        return encode_deliver(
-            channel,
+        return encode_delivery(
+            event.channel,
             event.consumer_tag,
             event.delivery_tag,
             event.redelivered,
             event.exchange,
             event.routing_key,
-        ) + encode_content_frames(channel, event.properties, event.body, self._decoder.frame_max)
+            event.properties,
+            event.body,
+            self._decoder.frame_max,
+        )
 
     def _send_heartbeat(self, event: Heartbeat) -> bytes:
         return HEARTBEAT_FRAME

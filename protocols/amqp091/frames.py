@@ -172,12 +172,12 @@ def encode_content(
         return b"".join(parts)
 
 
-def encode_content_frames(channel: int, properties: bytes, body: bytes, frame_max: int) -> bytes:
-    """The content header frame (with encoded `properties`) and the body frames of at
-    most `frame_max` octets each (0: one frame); what :func:`encode_content` gives
-    after its method frame, without marshalling the properties again."""
+def _add_content(
+    parts: list[bytes], channel: int, properties: bytes, body: bytes, frame_max: int
+) -> None:
+    """Append the content header frame and the body frames to `parts`."""
     head = _CONTENT_HEADER_HEAD.pack(BASIC_CLASS_ID, 0, len(body)) + properties
-    parts = [FRAME_HEADER.pack(_HEADER, channel, len(head)), head, FRAME_END_BYTE]
+    parts += (FRAME_HEADER.pack(_HEADER, channel, len(head)), head, FRAME_END_BYTE)
     if body:
         chunk = (frame_max - FRAME_OVERHEAD) if frame_max else len(body)
         if len(body) <= chunk:
@@ -186,7 +186,34 @@ def encode_content_frames(channel: int, properties: bytes, body: bytes, frame_ma
             for start in range(0, len(body), chunk):
                 piece = body[start : start + chunk]
                 parts += (FRAME_HEADER.pack(_BODY, channel, len(piece)), piece, FRAME_END_BYTE)
+
+
+def encode_content_frames(channel: int, properties: bytes, body: bytes, frame_max: int) -> bytes:
+    """The content header frame (with encoded `properties`) and the body frames of at
+    most `frame_max` octets each (0: one frame); what :func:`encode_content` gives
+    after its method frame, without marshalling the properties again."""
+    parts: list[bytes] = []
+    _add_content(parts, channel, properties, body, frame_max)
     return b"".join(parts)
+
+
+def _deliver_parts(
+    channel: int,
+    consumer_tag: bytes,
+    delivery_tag: int,
+    redelivered: bool,
+    exchange: bytes,
+    routing_key: bytes,
+) -> list[bytes]:
+    payload_len = 4 + len(consumer_tag) + 9 + len(exchange) + len(routing_key)
+    return [
+        _METHOD_HEAD.pack(_METHOD, channel, payload_len, BASIC_CLASS_ID, _DELIVER_METHOD_ID),
+        consumer_tag,
+        _DELIVERY_TAG_REDELIVERED.pack(delivery_tag, 1 if redelivered else 0),
+        exchange,
+        routing_key,
+        FRAME_END_BYTE,
+    ]
 
 
 def encode_deliver(
@@ -198,14 +225,24 @@ def encode_deliver(
     routing_key: bytes,
 ) -> bytes:
     """A basic.deliver method frame; string arguments are already shortstr-encoded."""
-    payload_len = 4 + len(consumer_tag) + 9 + len(exchange) + len(routing_key)
     return b"".join(
-        (
-            _METHOD_HEAD.pack(_METHOD, channel, payload_len, BASIC_CLASS_ID, _DELIVER_METHOD_ID),
-            consumer_tag,
-            _DELIVERY_TAG_REDELIVERED.pack(delivery_tag, 1 if redelivered else 0),
-            exchange,
-            routing_key,
-            FRAME_END_BYTE,
-        )
+        _deliver_parts(channel, consumer_tag, delivery_tag, redelivered, exchange, routing_key)
     )
+
+
+def encode_delivery(
+    channel: int,
+    consumer_tag: bytes,
+    delivery_tag: int,
+    redelivered: bool,
+    exchange: bytes,
+    routing_key: bytes,
+    properties: bytes,
+    body: bytes,
+    frame_max: int,
+) -> bytes:
+    """basic.deliver and its content in one go: :func:`encode_deliver` followed by
+    :func:`encode_content_frames`, joined once."""
+    parts = _deliver_parts(channel, consumer_tag, delivery_tag, redelivered, exchange, routing_key)
+    _add_content(parts, channel, properties, body, frame_max)
+    return b"".join(parts)

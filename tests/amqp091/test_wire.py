@@ -459,3 +459,20 @@ def test_core_properties_and_amqp_properties_share_their_names():
     from moorage.broker.message import PROPERTY_NAMES
 
     assert amqp_properties.PROPERTY_NAMES == PROPERTY_NAMES
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    channel=st.integers(1, 65535),
+    props=properties,
+    body=st.binary(max_size=10000),
+    frame_max=st.sampled_from([0, 4096, 131072]),
+)
+def test_delivery_in_one_go_is_deliver_then_content(channel, props, body, frame_max):
+    raw = mapping.properties_payload(Message("x", "k", props, body))
+    tag, exchange, routing_key = frames.shortstr("t"), frames.shortstr("x"), frames.shortstr("k")
+    assert frames.encode_delivery(
+        channel, tag, 9, True, exchange, routing_key, raw, body, frame_max
+    ) == frames.encode_deliver(channel, tag, 9, True, exchange, routing_key) + (
+        frames.encode_content_frames(channel, raw, body, frame_max)
+    )
