@@ -129,6 +129,8 @@ __all__ = [
 
 
 class Role(enum.Enum):
+    """Which side of the connection this codec is: it decides the handshake's rows."""
+
     SERVER = "server"
     CLIENT = "client"
 
