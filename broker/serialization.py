@@ -18,8 +18,8 @@ from typing import Any
 
 from pamqp import decode, encode
 
-from moorage.broker.field_table import field_table
 from moorage.broker.message import PROPERTY_NAMES, Message, Properties
+from moorage.field_table import field_table
 
 _VERSION = 1
 

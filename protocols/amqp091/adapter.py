@@ -7,9 +7,11 @@ calls: `data_received(data, now)`, `handle_timer(now)`, `set_writable(flag)`
 and `connection_lost()`. It writes through a `Shell` (buffered, flushed once
 per loop tick) and never touches a socket or a clock itself.
 
-Connection states follow the handshake of spec section 2.2.4::
-
-    HEADER -> START_OK -> TUNE_OK -> OPEN -> RUNNING -> CLOSING -> CLOSED
+The codec (`codec.Connection`) owns the wire: it decodes every frame, keeps
+the handshake's state table (spec 2.2.4) and encodes every frame sent here.
+This module decides what the handshake's answers are (credentials, limits,
+the vhost) and what each channel method does in the core. Translation
+between the core's `Message` and AMQP properties is `mapping`'s.
 
 Each open channel is an `AMQPChannel`: it owns one core `Session` and is that
 session's `DeliverySink`. Method frames are dispatched through a table from
@@ -27,11 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
 import logging
 import platform
-import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +40,7 @@ from pamqp import commands
 from pamqp.base import Frame
 
 from moorage.broker import __version__
+from moorage.broker.auth import User
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
 from moorage.broker.errors import (
@@ -52,24 +53,28 @@ from moorage.broker.errors import (
     NotFound,
     NotImplementedFeature,
     PreconditionFailed,
-    UnexpectedFrame,
 )
-from moorage.broker.message import Message, Properties
+from moorage.broker.message import Message
 from moorage.broker.session import Session
-from moorage.protocols.amqp091 import wire
 from moorage.protocols.amqp091.codec import (
-    HEARTBEAT_FRAME,
     NEED_DATA,
-    PROTOCOL_HEADER,
+    Connection,
+    ConnectionState,
+    Content,
     ContentReceived,
-    FrameDecoder,
+    Deliver,
     FrameError,
+    Heartbeat,
     HeartbeatReceived,
+    Method,
     MethodReceived,
+    ProtocolHeader,
     ProtocolHeaderMismatch,
     ProtocolHeaderReceived,
-    encode_method,
+    shortstr,
 )
+from moorage.protocols.amqp091.events import method_ids
+from moorage.protocols.amqp091.mapping import properties_payload, route, to_properties
 from moorage.protocols.tcp import Shell
 
 log = logging.getLogger("moorage.amqp")
@@ -77,16 +82,6 @@ log = logging.getLogger("moorage.amqp")
 FRAME_MIN_SIZE = 4096
 CLOSE_OK_TIMEOUT = 3.0  # seconds a client gets to answer our connection.close
 GET_READ_BACKS = 5  # reads of paged-out entries one basic.get waits for, at most
-
-
-class State(enum.Enum):
-    HEADER = "header"
-    START_OK = "start-ok"
-    TUNE_OK = "tune-ok"
-    OPEN = "open"
-    RUNNING = "running"
-    CLOSING = "closing"  # we sent connection.close, waiting for close-ok
-    CLOSED = "closed"
 
 
 def server_properties(cluster_name: str = "moorage") -> dict[str, Any]:
@@ -111,71 +106,11 @@ def server_properties(cluster_name: str = "moorage") -> dict[str, Any]:
 
 
 @functools.cache
-def _start_frame() -> bytes:
-    """connection.start is the same for every client: encode it once."""
-    start = commands.Connection.Start(
+def _start_method() -> commands.Connection.Start:
+    """connection.start is the same for every client (the codec keeps its bytes)."""
+    return commands.Connection.Start(
         server_properties=server_properties(), mechanisms="PLAIN AMQPLAIN", locales="en_US"
     )
-    return encode_method(0, start)
-
-
-@functools.lru_cache(maxsize=64)
-def _tune_frame(channel_max: int, frame_max: int, heartbeat: int) -> bytes:
-    """connection.tune depends only on the limits: encode it once per set of them."""
-    return encode_method(0, commands.Connection.Tune(channel_max, frame_max, heartbeat))
-
-
-# Replies without arguments that vary, encoded once (tests/amqp091/test_wire.py
-# checks them against the general encoder).
-_OPEN_OK_FRAME = encode_method(0, commands.Connection.OpenOk())
-_CLOSE_OK_FRAME = encode_method(0, commands.Connection.CloseOk())
-_CHANNEL_OPEN_OK_PAYLOAD = encode_method(0, commands.Channel.OpenOk())[7:-1]
-_CHANNEL_OPEN_OK_HEAD = struct.Struct(">BHI")  # type 1 (method), channel, payload size
-
-
-def channel_open_ok_frame(channel: int) -> bytes:
-    """channel.open-ok on `channel`: the one encoded payload behind that channel's header."""
-    return (
-        _CHANNEL_OPEN_OK_HEAD.pack(1, channel, len(_CHANNEL_OPEN_OK_PAYLOAD))
-        + _CHANNEL_OPEN_OK_PAYLOAD
-        + b"\xce"
-    )
-
-
-# What each handshake state accepts on channel 0 (spec 2.2.4).
-_HANDSHAKE_REPLY: dict[State, type[Frame]] = {
-    State.START_OK: commands.Connection.StartOk,
-    State.TUNE_OK: commands.Connection.TuneOk,
-    State.OPEN: commands.Connection.Open,
-}
-
-
-def to_properties(p: commands.Basic.Properties) -> Properties:
-    """pamqp basic properties -> the core's message properties (same field names).
-
-    The headers table is copied: decoded properties are shared through the
-    codec's cache.
-    """
-    return Properties(
-        p.content_type,
-        p.content_encoding,
-        None if p.headers is None else dict(p.headers),
-        p.delivery_mode,
-        p.priority,
-        p.correlation_id,
-        p.reply_to,
-        p.expiration,
-        p.message_id,
-        p.timestamp,
-        p.message_type,
-        p.user_id,
-        p.app_id,
-        p.cluster_id,
-    )
-
-
-def _ids(method: Frame) -> tuple[int, int]:
-    return method.index >> 16, method.index & 0xFFFF
 
 
 class AMQPChannel:
@@ -214,29 +149,28 @@ class AMQPChannel:
         conn = self.connection
         tag = self._tags.get(consumer_tag)
         if tag is None:
-            tag = self._tags[consumer_tag] = wire.shortstr(consumer_tag)
-        cache = message.wire_cache
-        if cache is None:
-            cache = message.wire_cache = {}
-        route = cache.get("amqp-route")
-        if route is None:
-            route = cache["amqp-route"] = (
-                wire.shortstr(message.exchange),
-                wire.shortstr(message.routing_key),
-            )
+            tag = self._tags[consumer_tag] = shortstr(consumer_tag)
+        exchange, routing_key = route(message)
         conn.shell.send(
-            wire.deliver_frame(self.number, tag, delivery_tag, redelivered, route[0], route[1])
-            + wire.content_frames(self.number, message, conn.frame_max)
+            conn.codec.send(
+                Deliver(
+                    self.number,
+                    tag,
+                    delivery_tag,
+                    redelivered,
+                    exchange,
+                    routing_key,
+                    properties_payload(message),
+                    message.body,
+                )
+            )
         )
 
     def returned(self, message: Message, reply_code: int, reply_text: str) -> None:
         method = commands.Basic.Return(
             reply_code, reply_text, message.exchange, message.routing_key
         )
-        self.connection.shell.send(
-            encode_method(self.number, method)
-            + wire.content_frames(self.number, message, self.connection.frame_max)
-        )
+        self.connection.send_content(self.number, method, message)
 
     def cancelled(self, consumer_tag: str, error: BrokerError | None) -> None:
         self._tags.pop(consumer_tag, None)
@@ -349,10 +283,8 @@ class AMQPConnection:
         self.broker = broker
         self.shell = shell
         limits = broker.limits
-        self.decoder = FrameDecoder(
-            frame_max=limits.frame_max, max_body_size=limits.max_message_size
-        )
-        self.state = State.HEADER
+        self.codec = Connection(frame_max=limits.frame_max, max_body_size=limits.max_message_size)
+        self.closed = False  # the transport is closed or closing: no more input
         self.frame_max = limits.frame_max
         self.channel_max = limits.channel_max
         self.heartbeat = 0
@@ -368,20 +300,21 @@ class AMQPConnection:
         self._confirming: set[AMQPChannel] = set()
         self._reading_back: set[asyncio.Task[None]] = set()  # basic.gets waiting for the store
         self._username = ""
+        self._user: User | None = None  # set once start-ok's credentials are accepted
         self._blocked_sent = False  # connection.blocked is out, connection.unblocked owed
 
     # -- driven by the shell -----------------------------------------------------------
 
     def data_received(self, data: bytes, now: float) -> None:
         """Feed bytes from the socket; handle every complete frame in order."""
-        if self.state is State.CLOSED:
+        if self.closed:
             return
         self._last_recv = self._now = now
-        decoder = self.decoder
-        decoder.receive_data(data)
+        codec = self.codec
+        codec.receive_data(data)
         try:
             while not self.closed:
-                event = decoder.next_event()
+                event = codec.next_event()
                 if event is NEED_DATA:
                     break
                 if isinstance(event, ContentReceived):
@@ -393,7 +326,7 @@ class AMQPConnection:
                 elif isinstance(event, ProtocolHeaderReceived):
                     self._on_protocol_header()
         except ProtocolHeaderMismatch:
-            self.shell.send(PROTOCOL_HEADER)
+            self.shell.send(codec.send(ProtocolHeader()))
             self._close_transport()
         except FrameError as e:
             self._connection_error(e.reply_code, e.text, e.class_id, e.method_id)
@@ -407,9 +340,9 @@ class AMQPConnection:
             self._on_memory_alarm(True)
 
     @property
-    def closed(self) -> bool:
-        """The connection accepts no more input (it may still be flushing output)."""
-        return self.state is State.CLOSED
+    def running(self) -> bool:
+        """The handshake is done and no connection.close is under way."""
+        return not self.closed and self.codec.state is ConnectionState.RUNNING
 
     @property
     def publisher(self) -> bool:
@@ -422,7 +355,7 @@ class AMQPConnection:
 
     def _on_memory_alarm(self, on: bool) -> None:
         """connection.blocked / unblocked, to publishers that announced the capability."""
-        if self.state is not State.RUNNING or not self.capabilities.get("connection.blocked"):
+        if not self.running or not self.capabilities.get("connection.blocked"):
             return
         if on and not self._blocked_sent and self.publisher:
             self._blocked_sent = True
@@ -437,13 +370,13 @@ class AMQPConnection:
 
     def handle_timer(self, now: float) -> None:
         """Heartbeats, the handshake timeout and the close-ok timeout."""
-        state = self.state
-        if state is State.CLOSED:
+        if self.closed:
             return
         self._now = now
-        if state is State.CLOSING or state is not State.RUNNING:
-            # CLOSING: the client had CLOSE_OK_TIMEOUT to answer our connection.close;
-            # before RUNNING: the handshake must finish within the handshake timeout.
+        state = self.codec.state
+        if state is not ConnectionState.RUNNING:
+            # CLOSING (or ERROR): the client had CLOSE_OK_TIMEOUT to answer our
+            # connection.close; before RUNNING: the handshake timeout.
             if now >= self._timer_due:
                 log.info("closing %s: %s timeout", self.shell.peer, state.value)
                 self._close_transport()
@@ -458,7 +391,7 @@ class AMQPConnection:
                 self._close_transport()
                 return
             if not self._sent_since_timer:
-                self.shell.send(HEARTBEAT_FRAME)
+                self.shell.send(self.codec.send(Heartbeat()))
             self._sent_since_timer = False
             self._timer_due = now + self.heartbeat / 2
         else:
@@ -472,14 +405,14 @@ class AMQPConnection:
 
     def connection_lost(self) -> None:
         """The socket is gone: release everything the connection held."""
-        self.state = State.CLOSED
+        self.closed = True
         self._release()
 
     def shutdown(self, reason: str = "shutdown") -> None:
         """Broker shutdown: connection.close 320 and stop accepting frames."""
-        if self.state in (State.CLOSED, State.CLOSING):
+        if self.closed or self.codec.close_sent:
             return
-        if self.state is State.RUNNING:
+        if self.running:
             error = ConnectionForced(f"broker forced connection closure with reason '{reason}'")
             self._connection_error(error.code, error.reply_text, 0, 0)
         else:
@@ -489,10 +422,16 @@ class AMQPConnection:
 
     def send_method(self, channel: int, method: Frame) -> None:
         self._sent_since_timer = True
-        self.shell.send(encode_method(channel, method))
+        self.shell.send(self.codec.send(Method(channel, method)))
+
+    def send_content(self, channel: int, method: Frame, message: Message) -> None:
+        """A content-bearing method (basic.return, basic.get-ok) with the message."""
+        self.shell.send(
+            self.codec.send(Content(channel, method, properties_payload(message), message.body))
+        )
 
     def _close_transport(self) -> None:
-        self.state = State.CLOSED
+        self.closed = True
         self._release()
         self.shell.close()
 
@@ -509,20 +448,19 @@ class AMQPConnection:
 
     def _connection_error(self, code: int, text: str, class_id: int, method_id: int) -> None:
         """connection.close with a hard error; only close-ok is accepted afterwards."""
-        if self.state in (State.CLOSING, State.CLOSED):
+        if self.closed or self.codec.close_sent:
             return
         log.info("closing AMQP connection %s: %s", self.shell.peer, text)
-        if self.state in (State.HEADER, State.START_OK):
+        if self._user is None:  # not authenticated: no connection.close (spec 2.2.4)
             self._close_transport()
             return
         self.send_method(0, commands.Connection.Close(code, text[:255], class_id, method_id))
-        self.state = State.CLOSING
         self._release()
         self._timer_due = self._now + CLOSE_OK_TIMEOUT
 
     def channel_error(self, channel: AMQPChannel, error: BrokerError, method: Frame | None) -> None:
         """Map a core error to the wire: channel.close (soft) or connection.close (hard)."""
-        class_id, method_id = _ids(method) if method is not None else (0, 0)
+        class_id, method_id = method_ids(method) if method is not None else (0, 0)
         if error.hard:
             self._connection_error(error.code, error.reply_text, class_id, method_id)
             return
@@ -539,11 +477,7 @@ class AMQPConnection:
     # -- handshake -----------------------------------------------------------------------
 
     def _on_protocol_header(self) -> None:
-        if self.state is not State.HEADER:
-            raise UnexpectedFrame("protocol header received twice")
-        self._sent_since_timer = True
-        self.shell.send(_start_frame())
-        self.state = State.START_OK
+        self.send_method(0, _start_method())
 
     def _on_start_ok(self, method: commands.Connection.StartOk) -> None:
         self.client_properties = dict(method.client_properties or {})
@@ -566,9 +500,10 @@ class AMQPConnection:
             return
         self._user = user
         self._username = user.name
-        self._sent_since_timer = True
-        self.shell.send(_tune_frame(self.channel_max, self.frame_max, self.broker.limits.heartbeat))
-        self.state = State.TUNE_OK
+        tune = commands.Connection.Tune(
+            self.channel_max, self.frame_max, self.broker.limits.heartbeat
+        )
+        self.send_method(0, tune)
 
     def _on_tune_ok(self, method: commands.Connection.TuneOk) -> None:
         if method.frame_max and method.frame_max < FRAME_MIN_SIZE:
@@ -578,13 +513,13 @@ class AMQPConnection:
         if method.channel_max > self.channel_max:
             raise NotAllowed(f"channel_max={method.channel_max} > {self.channel_max} max")
         self.frame_max = method.frame_max or self.frame_max
-        self.decoder.frame_max = self.frame_max
+        self.codec.frame_max = self.frame_max
         self.channel_max = method.channel_max or self.channel_max
         self.heartbeat = method.heartbeat
-        self.state = State.OPEN
 
     def _on_open(self, method: commands.Connection.Open) -> None:
         vhost = method.virtual_host or "/"
+        assert self._user is not None  # the codec's table: open comes after start-ok
         try:
             self.core = self.broker.connect(
                 vhost,
@@ -601,29 +536,21 @@ class AMQPConnection:
                 e.text,
             )
             raise
-        self._sent_since_timer = True
-        self.shell.send(_OPEN_OK_FRAME)
-        self.state = State.RUNNING
+        self.send_method(0, commands.Connection.OpenOk())
         self.broker.flow.alarm_listeners.add(self._on_memory_alarm)
         self._timer_due = self._last_recv + (self.heartbeat / 2 if self.heartbeat else 3600.0)
 
     # -- dispatch ------------------------------------------------------------------------
 
     def _on_method(self, number: int, method: Frame) -> None:
-        state = self.state
-        if state is State.CLOSING:
-            if isinstance(method, commands.Connection.CloseOk | commands.Connection.Close):
-                if isinstance(method, commands.Connection.Close):
-                    self.send_method(0, commands.Connection.CloseOk())
-                self._close_transport()
+        if self.codec.close_sent:  # the codec lets only close and close-ok through
+            if isinstance(method, commands.Connection.Close):
+                self.send_method(0, commands.Connection.CloseOk())
+            self._close_transport()
             return
         if number == 0:
             self._on_connection_method(method)
             return
-        if state is not State.RUNNING:
-            raise ChannelError(
-                f"expected 'connection.open', got '{method.name}' on channel {number}"
-            )
         if number > self.channel_max:
             raise ChannelError(f"channel {number} exceeds channel_max {self.channel_max}")
         channel = self.channels.get(number)
@@ -647,28 +574,19 @@ class AMQPConnection:
             self.channel_error(channel, e, method)
 
     def _on_connection_method(self, method: Frame) -> None:
-        expected = _HANDSHAKE_REPLY.get(self.state)
+        """A connection method the codec's state table let through (spec 2.2.4)."""
         if isinstance(method, commands.Connection.Close):
-            self._sent_since_timer = True
-            self.shell.send(_CLOSE_OK_FRAME)
+            self.send_method(0, commands.Connection.CloseOk())
             self._close_transport()
-            return
-        if expected is not None:
-            if not isinstance(method, expected):
-                raise CommandInvalid(f"expected '{expected.name}', got '{method.name}'")
-            if isinstance(method, commands.Connection.StartOk):
-                self._on_start_ok(method)
-            elif isinstance(method, commands.Connection.TuneOk):
-                self._on_tune_ok(method)
-            else:
-                self._on_open(method)  # type: ignore[arg-type]
-            return
-        if isinstance(method, commands.Connection.UpdateSecret):
+        elif isinstance(method, commands.Connection.StartOk):
+            self._on_start_ok(method)
+        elif isinstance(method, commands.Connection.TuneOk):
+            self._on_tune_ok(method)
+        elif isinstance(method, commands.Connection.Open):
+            self._on_open(method)
+        elif isinstance(method, commands.Connection.UpdateSecret):
             self.send_method(0, commands.Connection.UpdateSecretOk())
-        elif isinstance(method, commands.Connection.Blocked | commands.Connection.Unblocked):
-            pass
-        else:
-            raise CommandInvalid(f"unexpected method '{method.name}' on channel 0")
+        # connection.blocked / unblocked from a client: ignored
 
     def _open_channel(self, number: int) -> None:
         assert self.core is not None
@@ -677,14 +595,9 @@ class AMQPConnection:
         if not self.writable:
             channel.session.set_flow(False)
         self.channels[number] = channel
-        self._sent_since_timer = True
-        self.shell.send(channel_open_ok_frame(number))
+        self.send_method(number, commands.Channel.OpenOk())
 
     def _on_content(self, event: ContentReceived) -> None:
-        if self.state is State.CLOSING:
-            return
-        if self.state is not State.RUNNING:
-            raise ChannelError("content before connection.open")
         channel = self.channels.get(event.channel)
         if channel is None:
             raise ChannelError(f"expected 'channel.open' on channel {event.channel}")
@@ -868,11 +781,7 @@ class AMQPConnection:
     ) -> None:
         with contextlib.suppress(Exception):  # a failed read was logged by the queue
             await asyncio.shield(reading)
-        if (
-            self.state is State.RUNNING
-            and self.channels.get(channel.number) is channel
-            and not channel.closing
-        ):
+        if self.running and self.channels.get(channel.number) is channel and not channel.closing:
             self._answer_gets(channel, read_backs)
 
     def _answer_get(
@@ -891,10 +800,7 @@ class AMQPConnection:
             tag, redelivered, message.exchange, message.routing_key, remaining
         )
         self._sent_since_timer = True
-        self.shell.send(
-            encode_method(channel.number, method)
-            + wire.content_frames(channel.number, message, self.frame_max)
-        )
+        self.send_content(channel.number, method, message)
         return None
 
     def _basic_ack(self, channel: AMQPChannel, m: commands.Basic.Ack) -> None:

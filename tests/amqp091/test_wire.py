@@ -1,4 +1,4 @@
-"""The hand-written delivery encoders must give pamqp's bytes exactly."""
+"""The codec's fast paths (encoders and decoders) must give pamqp's results exactly."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pamqp import body as pbody
 from pamqp import commands, frame, header
 
 from moorage.broker.message import Message, Properties
-from moorage.protocols.amqp091 import wire
+from moorage.protocols.amqp091 import frames, mapping, methods
+from moorage.protocols.amqp091 import properties as amqp_properties
 
 short = st.text(max_size=40).filter(lambda s: len(s.encode()) <= 255)
 
@@ -35,10 +36,17 @@ properties = st.builds(
 )
 
 
+def content_frames(channel: int, message: Message, frame_max: int) -> bytes:
+    """The fast path: the properties encoded once per message, the frames by hand."""
+    return frames.encode_content_frames(
+        channel, mapping.properties_payload(message), message.body, frame_max
+    )
+
+
 def pamqp_content(channel: int, message: Message, frame_max: int) -> bytes:
     """The general path: pamqp's own marshalling of header and body frames."""
     p = message.properties
-    names = [n for n in wire.PROPERTY_NAMES if n != "cluster_id"]
+    names = [n for n in amqp_properties.PROPERTY_NAMES if n != "cluster_id"]
     props = commands.Basic.Properties(**{n: getattr(p, n) for n in names})
     out = frame.marshal(header.ContentHeader(0, len(message.body), props), channel)
     chunk = frame_max - 8
@@ -59,13 +67,13 @@ def pamqp_content(channel: int, message: Message, frame_max: int) -> bytes:
 def test_deliver_frame_matches_pamqp(
     channel, tag, delivery_tag, redelivered, exchange, routing_key
 ):
-    fast = wire.deliver_frame(
+    fast = frames.encode_deliver(
         channel,
-        wire.shortstr(tag),
+        frames.shortstr(tag),
         delivery_tag,
         redelivered,
-        wire.shortstr(exchange),
-        wire.shortstr(routing_key),
+        frames.shortstr(exchange),
+        frames.shortstr(routing_key),
     )
     method = commands.Basic.Deliver(tag, delivery_tag, redelivered, exchange, routing_key)
     assert fast == frame.marshal(method, channel)
@@ -80,13 +88,9 @@ def test_deliver_frame_matches_pamqp(
 )
 def test_content_frames_match_pamqp(channel, props, body, frame_max):
     message = Message("x", "k", props, body)
-    assert wire.content_frames(channel, message, frame_max) == pamqp_content(
-        channel, message, frame_max
-    )
+    assert content_frames(channel, message, frame_max) == pamqp_content(channel, message, frame_max)
     # the cached properties give the same bytes the second time (fan-out path)
-    assert wire.content_frames(channel, message, frame_max) == pamqp_content(
-        channel, message, frame_max
-    )
+    assert content_frames(channel, message, frame_max) == pamqp_content(channel, message, frame_max)
 
 
 @settings(max_examples=150, deadline=None)
@@ -96,24 +100,24 @@ def test_properties_by_value_cache_matches_pamqp(props):
     takes the first one's bytes from the by-value cache."""
     first = Message("x", "k", props, b"1")
     again = Message("x", "k", dataclasses.replace(props), b"2")
-    names = [n for n in wire.PROPERTY_NAMES if n != "cluster_id"]
+    names = [n for n in amqp_properties.PROPERTY_NAMES if n != "cluster_id"]
     expected = commands.Basic.Properties(**{n: getattr(props, n) for n in names}).marshal()
-    assert wire.properties_payload(first) == expected
-    assert wire.properties_payload(again) == wire.properties_payload(first)
-    assert wire.content_frames(1, again, 4096) == pamqp_content(1, again, 4096)
+    assert mapping.properties_payload(first) == expected
+    assert mapping.properties_payload(again) == mapping.properties_payload(first)
+    assert content_frames(1, again, 4096) == pamqp_content(1, again, 4096)
 
 
 def test_body_exactly_filling_frames():
     message = Message("", "q", Properties(), b"z" * (4096 - 8) * 3)
-    raw = wire.content_frames(1, message, 4096)
+    raw = content_frames(1, message, 4096)
     assert raw == pamqp_content(1, message, 4096)
     assert raw.count(b"\x03\x00\x01") == 3  # three body frames, none empty
 
 
 def test_shortstr_limit():
-    assert wire.shortstr("é") == b"\x02\xc3\xa9"
+    assert frames.shortstr("é") == b"\x02\xc3\xa9"
     try:
-        wire.shortstr("x" * 256)
+        frames.shortstr("x" * 256)
     except ValueError:
         pass
     else:
@@ -183,14 +187,13 @@ any_short = st.text(max_size=60).filter(lambda s: len(s.encode()) <= 255)
     bits=st.integers(0, 255),
 )
 def test_fast_publish_decodes_like_pamqp(ticket, exchange, routing_key, bits):
-    from moorage.protocols.amqp091 import codec
 
     ex, rk = exchange.encode(), routing_key.encode()
     payload = (
         struct.pack(">IH", commands.Basic.Publish.index, ticket)
         + bytes([len(ex)]) + ex + bytes([len(rk)]) + rk + bytes([bits])
     )  # fmt: skip
-    fast = codec._fast_publish(payload)
+    fast = methods.fast_publish(payload)
     assert fast is not None
     assert _attrs(fast) == _attrs(_generic_decode(payload))
 
@@ -198,10 +201,9 @@ def test_fast_publish_decodes_like_pamqp(ticket, exchange, routing_key, bits):
 @settings(max_examples=300, deadline=None)
 @given(payload=st.binary(max_size=40))
 def test_fast_publish_defers_odd_payloads_to_the_general_path(payload):
-    from moorage.protocols.amqp091 import codec
 
     payload = struct.pack(">I", commands.Basic.Publish.index) + payload
-    fast = codec._fast_publish(payload)
+    fast = methods.fast_publish(payload)
     if fast is not None:  # accepted: then pamqp must decode it the same way
         assert _attrs(fast) == _attrs(_generic_decode(payload))
 
@@ -209,10 +211,9 @@ def test_fast_publish_defers_odd_payloads_to_the_general_path(payload):
 @settings(max_examples=200, deadline=None)
 @given(tag=st.integers(0, 2**64 - 1), bits=st.integers(0, 255), extra=st.binary(max_size=3))
 def test_fast_ack_decodes_like_pamqp(tag, bits, extra):
-    from moorage.protocols.amqp091 import codec
 
     payload = struct.pack(">IQB", commands.Basic.Ack.index, tag, bits) + extra
-    fast = codec._fast_ack(payload)
+    fast = methods._fast_ack(payload)
     if extra:
         assert fast is None
     else:
@@ -226,7 +227,7 @@ def test_cached_properties_forward_the_same_bytes(props, body):
     """Decoded once or from the cache, the forwarded header equals the re-encoded one."""
     from moorage.protocols.amqp091.codec import ContentReceived, FrameDecoder
 
-    names = [n for n in wire.PROPERTY_NAMES if n != "cluster_id"]
+    names = [n for n in amqp_properties.PROPERTY_NAMES if n != "cluster_id"]
     pamqp_props = commands.Basic.Properties(**{n: getattr(props, n) for n in names})
     method = commands.Basic.Publish(exchange="x", routing_key="k")
     header_frame = frame.marshal(header.ContentHeader(0, len(body), pamqp_props), 1)
@@ -244,7 +245,7 @@ def test_cached_properties_forward_the_same_bytes(props, body):
         assert event.properties_raw == reference.properties.marshal()
         forwarded = Message("x", "k", props, body, wire_cache={"amqp": event.properties_raw})
         recomputed = Message("x", "k", props, body)
-        assert wire.content_frames(3, forwarded, 4096) == wire.content_frames(3, recomputed, 4096)
+        assert content_frames(3, forwarded, 4096) == content_frames(3, recomputed, 4096)
 
 
 # -- the handshake: fast decoders and pre-encoded replies --------------------------------
@@ -285,12 +286,11 @@ def _start_ok_payload(table, mechanism: bytes, response: bytes, locale: bytes) -
 )
 def test_fast_start_ok_decodes_like_pamqp(table, mechanism, response, locale):
     """Decoded (twice: the second time the table comes from the cache) as pamqp does."""
-    from moorage.protocols.amqp091 import codec
 
     payload = _start_ok_payload(table, mechanism, response, locale)
     reference = _attrs(_generic_decode(payload))
     for _ in range(2):
-        fast = codec._fast_start_ok(payload)
+        fast = methods._fast_start_ok(payload)
         assert fast is not None
         assert type(fast) is commands.Connection.StartOk
         assert _attrs(fast) == reference
@@ -302,25 +302,22 @@ def test_fast_start_ok_defers_odd_payloads_to_the_general_path(table, tail):
     """Whatever it accepts (a table followed by anything), pamqp decodes the same way."""
     from pamqp import encode
 
-    from moorage.protocols.amqp091 import codec
-
     payload = struct.pack(">I", commands.Connection.StartOk.index) + encode.field_table(table)
     payload += tail
-    fast = codec._fast_start_ok(payload)
+    fast = methods._fast_start_ok(payload)
     if fast is not None:
         assert _attrs(fast) == _attrs(_generic_decode(payload))
 
 
 def test_fast_start_ok_does_not_cache_a_table_that_reads_past_its_end():
     """A longstr in the table claiming more octets than the table holds: pamqp reads on."""
-    from moorage.protocols.amqp091 import codec
 
     entry = b"\x01kS" + struct.pack(">I", 3) + b"ab"  # 'k': longstr of 3, 2 in the table
     table = struct.pack(">I", len(entry)) + entry
     payload = struct.pack(">I", commands.Connection.StartOk.index) + table
     payload += _shortstr(b"PLAIN") + _longstr(b"\0guest\0guest") + _shortstr(b"en_US")
-    assert codec._fast_start_ok(payload) is None
-    assert table not in codec._tables
+    assert methods._fast_start_ok(payload) is None
+    assert table not in methods._tables
 
 
 @settings(max_examples=200, deadline=None)
@@ -331,11 +328,10 @@ def test_fast_start_ok_does_not_cache_a_table_that_reads_past_its_end():
     extra=st.binary(max_size=3),
 )
 def test_fast_tune_ok_decodes_like_pamqp(channel_max, frame_max, heartbeat, extra):
-    from moorage.protocols.amqp091 import codec
 
     index = commands.Connection.TuneOk.index
     payload = struct.pack(">IHIH", index, channel_max, frame_max, heartbeat) + extra
-    fast = codec._fast_tune_ok(payload)
+    fast = methods._fast_tune_ok(payload)
     if extra:
         assert fast is None
     else:
@@ -346,11 +342,10 @@ def test_fast_tune_ok_decodes_like_pamqp(channel_max, frame_max, heartbeat, extr
 @settings(max_examples=300, deadline=None)
 @given(vhost=any_short, capabilities=any_short, bits=st.integers(0, 255))
 def test_fast_open_decodes_like_pamqp(vhost, capabilities, bits):
-    from moorage.protocols.amqp091 import codec
 
     payload = struct.pack(">I", commands.Connection.Open.index)
     payload += _shortstr(vhost.encode()) + _shortstr(capabilities.encode()) + bytes([bits])
-    fast = codec._fast_open(payload)
+    fast = methods._fast_open(payload)
     assert fast is not None
     assert _attrs(fast) == _attrs(_generic_decode(payload))
 
@@ -358,10 +353,9 @@ def test_fast_open_decodes_like_pamqp(vhost, capabilities, bits):
 @settings(max_examples=300, deadline=None)
 @given(out_of_band=any_short)
 def test_fast_channel_open_decodes_like_pamqp(out_of_band):
-    from moorage.protocols.amqp091 import codec
 
     payload = struct.pack(">I", commands.Channel.Open.index) + _shortstr(out_of_band.encode())
-    fast = codec._fast_channel_open(payload)
+    fast = methods._fast_channel_open(payload)
     assert fast is not None
     assert _attrs(fast) == _attrs(_generic_decode(payload))
 
@@ -374,11 +368,10 @@ def test_fast_channel_open_decodes_like_pamqp(out_of_band):
     method_id=st.integers(0, 65535),
 )
 def test_fast_close_decodes_like_pamqp(code, text, class_id, method_id):
-    from moorage.protocols.amqp091 import codec
 
     payload = struct.pack(">IH", commands.Connection.Close.index, code)
     payload += _shortstr(text.encode()) + struct.pack(">HH", class_id, method_id)
-    fast = codec._fast_close(payload)
+    fast = methods._fast_close(payload)
     assert fast is not None
     assert _attrs(fast) == _attrs(_generic_decode(payload))
 
@@ -396,10 +389,9 @@ HANDSHAKE_INDEXES = [
 @given(index=st.sampled_from(HANDSHAKE_INDEXES), rest=st.binary(max_size=40))
 def test_fast_handshake_decoders_defer_odd_payloads(index, rest):
     """Short, trailing or non-UTF-8 payloads: accepted only where pamqp agrees."""
-    from moorage.protocols.amqp091 import codec
 
     payload = struct.pack(">I", index) + rest
-    fast = codec._FAST_METHODS[index](payload)
+    fast = methods.FAST_METHODS[index](payload)
     if fast is not None:
         assert _attrs(fast) == _attrs(_generic_decode(payload))
 
@@ -414,27 +406,30 @@ def test_fast_handshake_decoders_defer_odd_payloads(index, rest):
 def test_pre_encoded_handshake_replies_match_the_general_encoder(
     channel_max, frame_max, heartbeat, channel
 ):
-    from moorage.protocols.amqp091 import adapter
+    """The handshake's methods come from the codec's cache the second time: same bytes."""
+    from moorage.protocols.amqp091.adapter import _start_method
     from moorage.protocols.amqp091.codec import encode_method
 
     tune = commands.Connection.Tune(channel_max, frame_max, heartbeat)
-    assert adapter._tune_frame(channel_max, frame_max, heartbeat) == encode_method(0, tune)
-    assert adapter._tune_frame(channel_max, frame_max, heartbeat) == frame.marshal(tune, 0)
-    assert frame.marshal(commands.Connection.OpenOk(), 0) == adapter._OPEN_OK_FRAME
-    assert frame.marshal(commands.Connection.CloseOk(), 0) == adapter._CLOSE_OK_FRAME
-    expected = frame.marshal(commands.Channel.OpenOk(), channel)
-    assert adapter.channel_open_ok_frame(channel) == expected
+    for _ in range(2):
+        assert encode_method(0, tune) == frame.marshal(tune, 0)
+        assert encode_method(0, _start_method()) == frame.marshal(_start_method(), 0)
+        for method in (commands.Connection.OpenOk(), commands.Connection.CloseOk()):
+            assert encode_method(0, method) == frame.marshal(method, 0)
+        expected = frame.marshal(commands.Channel.OpenOk(), channel)
+        assert encode_method(channel, commands.Channel.OpenOk()) == expected
 
 
 def pamqp_properties(props: Properties) -> commands.Basic.Properties:
-    names = [n for n in wire.PROPERTY_NAMES if n != "cluster_id"]
+    names = [n for n in amqp_properties.PROPERTY_NAMES if n != "cluster_id"]
     return commands.Basic.Properties(**{n: getattr(props, n) for n in names})
 
 
 @settings(max_examples=200, deadline=None)
 @given(props=properties)
 def test_properties_without_floats_marshal_as_pamqp_does(props):
-    assert wire.marshal_properties(pamqp_properties(props)) == pamqp_properties(props).marshal()
+    expected = pamqp_properties(props).marshal()
+    assert amqp_properties.marshal_properties(pamqp_properties(props)) == expected
 
 
 @settings(max_examples=200, deadline=None)
@@ -446,7 +441,7 @@ def test_float_headers_are_sent_as_doubles_with_the_other_properties_intact(prop
     """pamqp would send a 32-bit float: the consumer would not get the publisher's value."""
     headers = {**(props.headers or {}), **doubles}
     with_doubles = dataclasses.replace(props, headers=headers)
-    raw = wire.marshal_properties(pamqp_properties(with_doubles))
+    raw = amqp_properties.marshal_properties(pamqp_properties(with_doubles))
     ours, theirs = header.ContentHeader(), header.ContentHeader()
     ours.unmarshal(struct.pack(">HHQ", 60, 0, 0) + raw)
     # pamqp cannot even send some doubles (1e300 overflows a 32-bit float): no headers there
@@ -456,4 +451,28 @@ def test_float_headers_are_sent_as_doubles_with_the_other_properties_intact(prop
         if name != "headers":
             assert getattr(ours.properties, name) == getattr(theirs.properties, name), name
     assert ours.properties.headers == headers  # pamqp's own: 32-bit floats
-    assert wire.properties_payload(Message("x", "k", with_doubles, b"")) == raw
+    assert mapping.properties_payload(Message("x", "k", with_doubles, b"")) == raw
+
+
+def test_core_properties_and_amqp_properties_share_their_names():
+    """`mapping` translates field for field: the core's names must stay AMQP's (pamqp's)."""
+    from moorage.broker.message import PROPERTY_NAMES
+
+    assert amqp_properties.PROPERTY_NAMES == PROPERTY_NAMES
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    channel=st.integers(1, 65535),
+    props=properties,
+    body=st.binary(max_size=10000),
+    frame_max=st.sampled_from([0, 4096, 131072]),
+)
+def test_delivery_in_one_go_is_deliver_then_content(channel, props, body, frame_max):
+    raw = mapping.properties_payload(Message("x", "k", props, body))
+    tag, exchange, routing_key = frames.shortstr("t"), frames.shortstr("x"), frames.shortstr("k")
+    assert frames.encode_delivery(
+        channel, tag, 9, True, exchange, routing_key, raw, body, frame_max
+    ) == frames.encode_deliver(channel, tag, 9, True, exchange, routing_key) + (
+        frames.encode_content_frames(channel, raw, body, frame_max)
+    )

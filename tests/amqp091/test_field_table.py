@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pamqp import decode, encode
 
-from moorage.broker.field_table import field_table, has_float
+from moorage.field_table import field_table, has_float
 
 _names = st.text(max_size=20)
 _scalars = (

@@ -1,5 +1,14 @@
 """AMQP 0-9-1 field tables as pamqp encodes them, except that a float is a double.
 
+Where this lives, and why: two layers need this one encoder and neither may
+import the other. The AMQP codec sends headers tables on the wire
+(`moorage.protocols.amqp091.properties`), and the core's stored-message
+format is a field table too (`moorage.broker.serialization`). The codec must
+not import the core and the core must not import a protocol, so the one
+implementation sits in a neutral leaf beside both: it imports pamqp and the
+standard library only, never `moorage.broker`, `moorage.protocols` or
+`moorage.storage` (tests/amqp091/test_standalone.py checks that).
+
 pamqp decodes both float kinds (`f`, 32 bits, and `d`, 64 bits) to a Python
 float but encodes every float as `f`, so a double header from a Java or
 Node client (0.1) would come back to its consumers, and out of the store,
