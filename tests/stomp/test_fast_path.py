@@ -35,7 +35,7 @@ from moorage.broker.auth import UserDirectory
 from moorage.broker.broker import Broker
 from moorage.broker.config import default_guest
 from moorage.broker.message import Message, Properties
-from moorage.protocols.stomp import adapter, codec
+from moorage.protocols.stomp import adapter, codec, framing
 from moorage.protocols.stomp.adapter import StompConnection, Subscription
 from moorage.protocols.stomp.codec import (
     CLIENT_COMMANDS,
@@ -65,7 +65,7 @@ _header_text = st.one_of(_plain, _plain, _any, st.sampled_from(["a\\cb", "x\ry",
 
 def general_events(chunks: list[bytes], role: Role = Role.SERVER, **limits: int) -> list[Any]:
     """Events of a codec with the fast paths switched off (no repeats without them)."""
-    with mock.patch.object(codec, "_decode_fast", return_value=None):
+    with mock.patch.object(framing, "decode_fast_block", return_value=None):
         return events(chunks, role, **limits)
 
 
@@ -122,7 +122,7 @@ def client_frames(draw: st.DrawFn, commands: frozenset[str] = CLIENT_COMMANDS) -
 
 def first_frame_general(data: bytes, role: Role = Role.SERVER) -> tuple[Frame, int] | None:
     """The general decoder's first frame in `data` and how many octets it took."""
-    with mock.patch.object(codec, "_decode_fast", return_value=None):
+    with mock.patch.object(framing, "decode_fast_block", return_value=None):
         decoder = FrameCodec(role)
         decoder.version = "1.2"
         decoder.receive_data(data)
@@ -504,7 +504,7 @@ async def run_steps(steps: list[Step], *, fast: bool) -> tuple[list[Frame], Any,
             if fast:
                 patches.enter_context(mock.patch.object(FrameCodec, "next_repeat", next_repeat))
             else:
-                patches.enter_context(mock.patch.object(codec, "_decode_fast", return_value=None))
+                patches.enter_context(mock.patch.object(framing, "decode_fast_block", return_value=None))
             for step in steps:
                 if isinstance(step, bytes):
                     conn.data_received(step, now=0.0)
