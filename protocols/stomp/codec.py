@@ -70,6 +70,7 @@ from moorage.protocols.stomp.frames import (
     error_frame,
     header_encodable,
     header_line,
+    int_header,
 )
 from moorage.protocols.stomp.framing import FrameCodec
 
@@ -100,6 +101,7 @@ __all__ = [
     "header_encodable",
     "header_line",
     "header_lines",
+    "int_header",
     "message_headers_of",
     "message_prefix",
     "missing_header",

@@ -242,3 +242,13 @@ def encode(frame: Frame, version: str) -> bytes:
         parts.append(f"{name}:{value}")
     parts.append("\n")
     return "\n".join(parts).encode("utf-8") + frame.body + b"\x00"
+
+
+def int_header(name: str, value: str | None, low: int, high: int) -> int:
+    """A header's decimal integer value in [low, high]; ProtocolError otherwise."""
+    text = (value or "").strip()
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise ProtocolError(
+            f"invalid '{name}' header", f"'{name}' must be an integer in [{low}, {high}]."
+        )
+    return int(text)
