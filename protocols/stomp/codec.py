@@ -34,7 +34,7 @@ again. Its wire answer is :meth:`ProtocolError.error_frame`.
 Outgoing frames are built here too, so the adapter writes no bytes of its
 own: :func:`connected_frame`, :func:`receipt_frame`, :func:`version_error_frame`,
 :func:`error_frame`, MESSAGE frames (:func:`message_headers_of`, the general
-path, and :meth:`StompCodec.send_message` from cached parts, the hot path)
+path, and :func:`encode_message` from cached parts, the hot path)
 and the heart-beat EOL (:meth:`StompCodec.send_heartbeat`).
 """
 
@@ -220,15 +220,16 @@ class StompCodec(FrameCodec):
                 after), or a missing header; the last two carry the frame.
                 Sticky: later calls raise it again. Any other exception is a bug.
         """
-        event = super().next_event()
+        event = FrameCodec.next_event(self)  # not super(): this runs once per frame
         if type(event) is Frame:
             rule = self._rules.get(event.command)
             if rule is None:
                 raise self.fail(self._not_allowed(event))
             required, then = rule
-            for name in required:
-                if event.get(name) is None:
-                    raise self.fail(missing_header(event.command, name, event))
+            if required:
+                for name in required:
+                    if event.get(name) is None:
+                        raise self.fail(missing_header(event.command, name, event))
             if then is not None:
                 self._enter(then)
         elif type(event) is ConnectionClosed:
@@ -265,31 +266,6 @@ class StompCodec(FrameCodec):
         if then is not None:
             self._enter(then)
         return data
-
-    def send_message(
-        self,
-        prefix: bytes,
-        message_id: str,
-        *,
-        ack: bool,
-        redelivered: bool,
-        lines: bytes,
-        body: bytes,
-    ) -> bytes:
-        """A MESSAGE frame from its parts: `prefix` from :func:`message_prefix`,
-        `lines` from :func:`header_lines` (both for this codec's `version`).
-
-        Byte for byte ``send(Frame("MESSAGE", message_headers_of(...), body))``.
-        """
-        return encode_message(
-            prefix,
-            message_id,
-            ack=ack,
-            redelivered=redelivered,
-            lines=lines,
-            body=body,
-            version=self.version,
-        )
 
     def send_heartbeat(self) -> bytes:
         """A heart-beat (1.2 "Heart-beating": an EOL)."""

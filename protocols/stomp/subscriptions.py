@@ -32,6 +32,7 @@ from moorage.protocols.stomp.activemq import durable_subscription_name
 from moorage.protocols.stomp.codec import (
     Frame,
     ProtocolError,
+    encode_message,
     int_header,
     message_headers_of,
     message_prefix,
@@ -221,7 +222,7 @@ class Subscriptions:
         """An ACK of one client-individual delivery outside a transaction, naming it
         as this version must; False: the general path (`settle_frame`), which
         also raises every error. Headers the general path ignores are ignored."""
-        version = self.conn.version
+        version = self.conn.codec.version
         found_id = None
         subscription = receipt = False
         id_header = "id" if version == "1.2" else "message-id"
@@ -348,7 +349,8 @@ class Subscriptions:
     def message_bytes(
         self, sub: Subscription, message_id: str, redelivered: bool, message: Message
     ) -> bytes | None:
-        """``codec.send(Frame("MESSAGE", message_frame_headers(...), body))``, from parts.
+        """``codec.send(Frame("MESSAGE", message_frame_headers(...), body))``, from parts
+        (`codec.encode_message`).
 
         The start of the frame (subscription, destination, the `message-id:`
         name) is cached per subscription and (exchange, routing key); the
@@ -369,11 +371,13 @@ class Subscriptions:
             prefixes[key] = prefix
         if not prefix:
             return None
-        return codec.send_message(
+        version = codec.version
+        return encode_message(
             prefix,
             message_id,
             ack=sub.ack_mode != "auto",
             redelivered=redelivered,
-            lines=message_wire_headers(message, codec.version),
+            lines=message_wire_headers(message, version),
             body=message.body,
+            version=version,
         )

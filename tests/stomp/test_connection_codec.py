@@ -21,6 +21,7 @@ from moorage.protocols.stomp.codec import (
     StompCodec,
     connected_frame,
     encode,
+    encode_message,
     header_lines,
     message_headers_of,
     message_prefix,
@@ -171,7 +172,7 @@ _text = st.text(st.sampled_from("ab:\\\r\n\x00é1/"), max_size=6)
     st.binary(max_size=20),
     st.sampled_from(["1.0", "1.1", "1.2"]),
 )
-def test_send_message_equals_send(
+def test_encode_message_equals_send(
     subscription: str,
     destination: str,
     headers: list[tuple[str, str]],
@@ -202,12 +203,13 @@ def test_send_message_equals_send(
         with pytest.raises(ValueError, match="cannot be encoded"):
             codec.send(frame)
         return
-    fast = codec.send_message(
+    fast = encode_message(
         prefix,
         "T_1",
         ack=ack,
         redelivered=redelivered,
         lines=header_lines(headers, version),
         body=body,
+        version=version,
     )
     assert fast == codec.send(frame)
