@@ -250,8 +250,9 @@ class StompCodec(FrameCodec):
             detail = f"{command} is not allowed once the connection is {self.state.value}."
         return ProtocolError("unexpected frame", detail, frame)
 
-    # `next_repeat` (inherited) needs no check: it only takes frames that repeat
-    # the header block of a frame `next_event` returned in the same state.
+    # `next_repeat` (inherited) needs no check: a repeat has the command and the
+    # headers of the frame before it, which the table accepted, and the adapter
+    # takes repeats only of SENDs while CONNECTED.
 
     def send(self, frame: Frame) -> bytes:
         """The bytes of `frame`, escaped for this codec's `version`; it moves the
