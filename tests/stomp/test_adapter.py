@@ -9,8 +9,8 @@ import pytest
 from moorage.broker.auth import UserDirectory
 from moorage.broker.broker import Broker
 from moorage.broker.config import default_guest
-from moorage.protocols.stomp.adapter import State, StompConnection
-from moorage.protocols.stomp.codec import NEED_DATA, Frame, FrameCodec, Role
+from moorage.protocols.stomp.adapter import StompConnection
+from moorage.protocols.stomp.codec import NEED_DATA, Frame, FrameCodec, Role, State
 from moorage.storage import MemoryStore
 
 

@@ -7,10 +7,10 @@
   `decode_fast` returns, or None; `FrameCodec.next_repeat`, taken after each
   frame as the adapter takes it, leaves the stream's events unchanged;
 - `header_line` writes a header as `encode` does;
-- `_message_bytes` (the hand-made MESSAGE) is byte for byte
-  `encode(Frame("MESSAGE", message_frame_headers(...)))`;
+- `Subscriptions.message_bytes` (the codec's MESSAGE from cached parts) is byte
+  for byte `encode(Frame("MESSAGE", message_frame_headers(...)))`;
 - the adapter's SEND and ACK fast handlers, and its runs of repeated SENDs
-  (`_send_repeats`, with per-header-set properties and header caches), leave
+  (`Publisher.send_repeats`, with per-header-set properties and header caches), leave
   the broker and the client with the same bytes and the same queue contents
   as the general handlers on the general decoder, including when a cached
   destination has gone, mid-read too;
@@ -35,8 +35,8 @@ from moorage.broker.auth import UserDirectory
 from moorage.broker.broker import Broker
 from moorage.broker.config import default_guest
 from moorage.broker.message import Message, Properties
-from moorage.protocols.stomp import adapter, codec
-from moorage.protocols.stomp.adapter import StompConnection, Subscription
+from moorage.protocols.stomp import adapter, codec, framing, mapping, subscriptions
+from moorage.protocols.stomp.adapter import StompConnection
 from moorage.protocols.stomp.codec import (
     CLIENT_COMMANDS,
     NEED_DATA,
@@ -51,6 +51,7 @@ from moorage.protocols.stomp.codec import (
     header_encodable,
     header_line,
 )
+from moorage.protocols.stomp.subscriptions import Subscription
 from moorage.storage import MemoryStore
 from tests.stomp.test_adapter import FakeShell
 
@@ -65,7 +66,7 @@ _header_text = st.one_of(_plain, _plain, _any, st.sampled_from(["a\\cb", "x\ry",
 
 def general_events(chunks: list[bytes], role: Role = Role.SERVER, **limits: int) -> list[Any]:
     """Events of a codec with the fast paths switched off (no repeats without them)."""
-    with mock.patch.object(codec, "_decode_fast", return_value=None):
+    with mock.patch.object(framing, "decode_fast_block", return_value=None):
         return events(chunks, role, **limits)
 
 
@@ -122,7 +123,7 @@ def client_frames(draw: st.DrawFn, commands: frozenset[str] = CLIENT_COMMANDS) -
 
 def first_frame_general(data: bytes, role: Role = Role.SERVER) -> tuple[Frame, int] | None:
     """The general decoder's first frame in `data` and how many octets it took."""
-    with mock.patch.object(codec, "_decode_fast", return_value=None):
+    with mock.patch.object(framing, "decode_fast_block", return_value=None):
         decoder = FrameCodec(role)
         decoder.version = "1.2"
         decoder.receive_data(data)
@@ -399,7 +400,7 @@ def _connection(version: str) -> StompConnection:
 @given(
     messages(),
     _header_text,
-    st.sampled_from(sorted(adapter.ACK_MODES)),
+    st.sampled_from(sorted(subscriptions.ACK_MODES)),
     st.integers(1, 10**9),
     st.booleans(),
     VERSIONS,
@@ -408,23 +409,23 @@ def test_message_bytes_equal_encode(
     message: Message, sub_id: str, ack_mode: str, tag: int, redelivered: bool, version: str
 ) -> None:
     conn = _connection(version)
-    sub = Subscription(sub_id, "/queue/q", "q", ack_mode)
-    ack_id = adapter._ack_id(tag)
-    headers = conn.message_frame_headers(sub, ack_id, redelivered, message)
+    sub = Subscription(sub_id, "/queue/q", ack_mode, "q")
+    ack_id = subscriptions.ack_id(tag)
+    headers = conn.subscriptions.message_frame_headers(sub, ack_id, redelivered, message)
     try:
         expected = encode(Frame("MESSAGE", headers, message.body), version)
     except ValueError:
-        assert conn._message_bytes(sub, ack_id, redelivered, message) is None
+        assert conn.subscriptions.message_bytes(sub, ack_id, redelivered, message) is None
         return
     # twice: the second takes the prefix and the message's headers from the caches
-    assert conn._message_bytes(sub, ack_id, redelivered, message) == expected
-    assert conn._message_bytes(sub, ack_id, redelivered, message) == expected
+    assert conn.subscriptions.message_bytes(sub, ack_id, redelivered, message) == expected
+    assert conn.subscriptions.message_bytes(sub, ack_id, redelivered, message) == expected
     other = _connection("1.2" if version != "1.2" else "1.0")  # one message, two versions
-    sub = Subscription(sub_id, "/queue/q", "q", ack_mode)  # a subscription has one version
-    headers = other.message_frame_headers(sub, ack_id, redelivered, message)
+    sub = Subscription(sub_id, "/queue/q", ack_mode, "q")  # a subscription has one version
+    headers = other.subscriptions.message_frame_headers(sub, ack_id, redelivered, message)
     with contextlib.suppress(ValueError):
         expected = encode(Frame("MESSAGE", headers, message.body), other.version)
-        assert other._message_bytes(sub, ack_id, redelivered, message) == expected
+        assert other.subscriptions.message_bytes(sub, ack_id, redelivered, message) == expected
 
 
 # -- SEND and ACK in the adapter -------------------------------------------------------------
@@ -470,7 +471,7 @@ async def run_steps(steps: list[Step], *, fast: bool) -> tuple[list[Frame], Any,
 
     Returns the frames the client got, the queues' ready messages, the
     commands the fast handlers took ("SEND+" for each repeat taken by
-    `_send_repeats`; none when `fast` is off, which also switches the
+    `Publisher.send_repeats`; none when `fast` is off, which also switches the
     codec's fast paths off) and the bytes the client got (session id
     blanked: a counter).
     """
@@ -504,7 +505,9 @@ async def run_steps(steps: list[Step], *, fast: bool) -> tuple[list[Frame], Any,
             if fast:
                 patches.enter_context(mock.patch.object(FrameCodec, "next_repeat", next_repeat))
             else:
-                patches.enter_context(mock.patch.object(codec, "_decode_fast", return_value=None))
+                patches.enter_context(
+                    mock.patch.object(framing, "decode_fast_block", return_value=None)
+                )
             for step in steps:
                 if isinstance(step, bytes):
                     conn.data_received(step, now=0.0)
@@ -527,15 +530,15 @@ async def run_steps(steps: list[Step], *, fast: bool) -> tuple[list[Frame], Any,
 
 
 def _delete_queue(name: str) -> Callable[[StompConnection], object]:
-    return lambda conn: conn._session().delete_queue(name)
+    return lambda conn: conn.active_session().delete_queue(name)
 
 
 def _delete_exchange(name: str) -> Callable[[StompConnection], object]:
-    return lambda conn: conn._session().delete_exchange(name)
+    return lambda conn: conn.active_session().delete_exchange(name)
 
 
 def _declare_exchange(name: str) -> Callable[[StompConnection], object]:
-    return lambda conn: conn._session().declare_exchange(name, "direct")
+    return lambda conn: conn.active_session().declare_exchange(name, "direct")
 
 
 def _cut(data: bytes, sizes: list[int]) -> list[Step]:
@@ -750,11 +753,11 @@ async def test_fast_handlers_equal_general(scenario: str, version: str) -> None:
 
 
 def test_fast_send_seeds_the_header_caches_with_what_they_would_hold() -> None:
-    """`_send_fast` stores "no header" for a message without properties: it must be so."""
+    """`Publisher.send_fast` stores "no header" for a message without properties: it must be so."""
     plain = Message("", "q", Properties(), b"x")
-    assert adapter.message_headers(plain) == []
+    assert mapping.message_headers(plain) == []
     for version in ("1.0", "1.1", "1.2"):
-        assert adapter.message_wire_headers(Message("", "q", Properties(), b"x"), version) == b""
+        assert mapping.message_wire_headers(Message("", "q", Properties(), b"x"), version) == b""
 
 
 # -- receipts deep into a large read ---------------------------------------------------------
