@@ -300,6 +300,7 @@ class RawClient:
         *,
         heartbeat_interval: int = 0,
         frame_max: int | None = None,
+        channel_max: int | None = None,
         user: str = "guest",
         password: str = "guest",  # noqa: S107 - RabbitMQ's well-known default
         vhost: str = "/",
@@ -322,7 +323,7 @@ class RawClient:
         self.send_frame(
             0,
             commands.Connection.TuneOk(
-                channel_max=tune.channel_max,
+                channel_max=tune.channel_max if channel_max is None else channel_max,
                 frame_max=tune.frame_max if frame_max is None else frame_max,
                 heartbeat=heartbeat_interval,
             ),

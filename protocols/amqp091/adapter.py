@@ -624,11 +624,16 @@ class AMQPConnection:
             raise ChannelError(
                 f"expected 'connection.open', got '{method.name}' on channel {number}"
             )
-        if number > self.channel_max:
-            raise ChannelError(f"channel {number} exceeds channel_max {self.channel_max}")
         channel = self.channels.get(number)
         if channel is None:
             if isinstance(method, commands.Channel.Open):
+                # RabbitMQ's channel_max limits how many channels are open at
+                # once; any channel number 1..65535 may be used.
+                if self.channel_max and len(self.channels) >= self.channel_max:
+                    raise NotAllowed(
+                        f"number of channels opened ({len(self.channels)}) has reached the "
+                        f"negotiated channel_max ({self.channel_max})"
+                    )
                 self._open_channel(number)
                 return
             raise ChannelError(f"expected 'channel.open' on channel {number}, got '{method.name}'")

@@ -125,6 +125,10 @@ _FRAME_HEADER: Final = struct.Struct(">BHI")
 _FRAME_HEADER_SIZE: Final = 7
 _FRAME_END: Final = constants.FRAME_END  # 0xCE
 _FRAME_OVERHEAD: Final = _FRAME_HEADER_SIZE + 1  # header + frame-end octet
+# Incoming frames may be this much larger than frame_max: RabbitMQ
+# (rabbit_reader's ?FRAME_SIZE_FUDGE) accepts a payload of frame_max octets,
+# and clients such as amqpstorm send body frames of exactly that size.
+FRAME_SIZE_FUDGE: Final = _FRAME_OVERHEAD
 _METHOD_INDEX: Final = struct.Struct(">I")  # class-id:short method-id:short
 _CONTENT_CLASS: Final = struct.Struct(">H")  # first field of a content header
 _BASIC_CLASS_ID: Final = commands.Basic.frame_id  # 60
@@ -401,8 +405,9 @@ class FrameDecoder:
                     ReplyCode.FRAME_ERROR, f"FRAME_ERROR - unknown frame type {frame_type}"
                 )
             total = size + _FRAME_OVERHEAD
-            if self.frame_max and total > self.frame_max:
-                # Spec 4.2.3 / connection.tune: frame-max bounds the whole frame.
+            if self.frame_max and total > self.frame_max + FRAME_SIZE_FUDGE:
+                # Spec 4.2.3 / connection.tune: frame-max bounds the whole frame;
+                # like RabbitMQ we accept a payload of frame-max octets (FRAME_SIZE_FUDGE).
                 raise FrameError(
                     ReplyCode.FRAME_ERROR,
                     f"FRAME_ERROR - frame size {total} exceeds frame_max {self.frame_max}",
@@ -494,7 +499,7 @@ class FrameDecoder:
         if (
             frame_type != kind
             or frame_channel != channel
-            or (self.frame_max and size + _FRAME_OVERHEAD > self.frame_max)
+            or (self.frame_max and size + _FRAME_OVERHEAD > self.frame_max + FRAME_SIZE_FUDGE)
             or len(buf) <= last
             or buf[last] != _FRAME_END
         ):
