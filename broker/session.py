@@ -312,9 +312,10 @@ class Session:
         self.vhost.unbind(src, dest, routing_key, arguments)
 
     def _queue_for(self, access: str, name: str) -> Queue:
+        """The queue `name`, checked in RabbitMQ's order: permission, existence, exclusivity."""
+        self._check(access, name, "queue")
         queue = self.vhost.lookup_queue(name)
         self.vhost.check_exclusive(queue, self.connection)
-        self._check(access, name, "queue")
         return queue
 
     # -- publishing -----------------------------------------------------------------

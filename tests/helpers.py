@@ -235,8 +235,8 @@ class Closed(Exception):
 class RawClient:
     """AMQP 0-9-1 over a blocking socket; frames are pamqp objects."""
 
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 5.0, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
         self.tune: commands.Connection.Tune | None = None
 

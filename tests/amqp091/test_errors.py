@@ -473,13 +473,15 @@ def test_channel_number_reusable_after_channel_error(broker: RunningBroker) -> N
     assert not broker.queue_exists("dropped")
 
 
-def test_non_connection_method_on_channel_0_is_503(
+def test_non_connection_method_on_channel_0_is_504(
     broker: RunningBroker, bystander: Callable[[], None]
 ) -> None:
+    """RabbitMQ 3.10 (transcript connection_method_on_channel_zero): 504 naming the method."""
     with RawClient(broker.port) as client:
         client.handshake()
         client.send_frame(0, commands.Basic.Qos(prefetch_count=1))
-        expect_connection_close(client, 503)
+        close = expect_connection_close(client, 504)
+        assert (close.class_id, close.method_id) == (60, 10)
     bystander()
 
 
