@@ -186,6 +186,8 @@ def _fields(method: Frame) -> dict[str, Any]:
     for key, value in method:
         if key == "ticket" or key.startswith("_"):
             continue
+        if key == "server_properties":  # only what names the broker, not the machine
+            value = {k: value[k] for k in ("product", "version") if k in value}
         out["text" if key == "reply_text" else key] = _value(value)
     return out
 
