@@ -545,10 +545,14 @@ def _in_process_moorage() -> Iterator[int]:
     import tempfile
 
     from tests.helpers import RunningBroker, make_config, make_user
-    from tests.parity.amqp_scenarios import PARITY_PERMISSIONS, PARITY_USER
+    from tests.parity.amqp_scenarios import NOPERM_USER, PARITY_PERMISSIONS, PARITY_USER
 
     with tempfile.TemporaryDirectory() as data_dir:
-        config = make_config(Path(data_dir), make_user(*PARITY_USER, {"/": PARITY_PERMISSIONS}))
+        config = make_config(
+            Path(data_dir),
+            make_user(*PARITY_USER, {"/": PARITY_PERMISSIONS}),
+            make_user(*NOPERM_USER),
+        )
         running = RunningBroker(config).start()
         try:
             yield running.port

@@ -7,8 +7,8 @@ Grouped by AMQP class and method: the success path first, then each error
 path the spec or RabbitMQ documents.
 
 The `parity` user (password `parity`) may configure only `p-own.*`, write
-only `p-own.*` and read only `p-own.*` and `amq.direct`; the recording
-RabbitMQ has it too (see `tests/parity/README.md`).
+only `p-own.*` and read only `p-own.*` and `amq.direct`; `p-noperm` has no
+permission at all. The recording RabbitMQ has both (see `tests/parity/README.md`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from tests.parity.amqp_runner import (
 
 C = commands
 PARITY_USER = ("parity", "parity")
+NOPERM_USER = ("p-noperm", "p-noperm")  # a user with no permission anywhere
 PARITY_PERMISSIONS = ("^p-own.*", "^p-own.*", "^(p-own.*|amq\\.direct)$")
 
 
@@ -1434,6 +1435,200 @@ _ACCESS = [
     ),
 ]
 
+NOPERM = Connect(user=NOPERM_USER[0], password=NOPERM_USER[1], channel=0, record_handshake=True)
+
+_MORE = [
+    scenario(
+        "queue_declare_quorum",
+        "a durable quorum queue",
+        qd(durable=True, arguments={"x-queue-type": "quorum"}),
+    ),
+    scenario(
+        "queue_declare_quorum_not_durable",
+        "406: quorum queues are durable",
+        qd(arguments={"x-queue-type": "quorum"}),
+    ),
+    scenario(
+        "queue_declare_quorum_exclusive",
+        "406: quorum queues cannot be exclusive",
+        qd(durable=True, exclusive=True, arguments={"x-queue-type": "quorum"}),
+    ),
+    scenario(
+        "queue_declare_unknown_queue_type",
+        "406 for an unknown x-queue-type",
+        qd(arguments={"x-queue-type": "p-bogus"}),
+    ),
+    scenario(
+        "queue_declare_expires_zero",
+        "406: x-expires must be positive",
+        qd(arguments={"x-expires": 0}),
+    ),
+    scenario(
+        "queue_declare_negative_max_length",
+        "406: x-max-length must not be negative",
+        qd(arguments={"x-max-length": -1}),
+    ),
+    scenario(
+        "queue_declare_dlrk_without_dlx",
+        "x-dead-letter-routing-key without an exchange",
+        qd(arguments={"x-dead-letter-routing-key": "k"}),
+    ),
+    scenario(
+        "queue_declare_ttl_string",
+        "406 for a string x-message-ttl",
+        qd(arguments={"x-message-ttl": "1000"}),
+    ),
+    scenario(
+        "queue_declare_single_active_consumer",
+        "single active consumer",
+        qd(arguments={"x-single-active-consumer": True}),
+        consume(tag="p-a"),
+        consume(tag="p-b"),
+        pub(),
+        Expect(1),
+    ),
+    scenario(
+        "queue_declare_priority",
+        "a priority queue orders by priority",
+        qd(arguments={"x-max-priority": 5}),
+        pub(body=b"low", properties=C.Basic.Properties(priority=1)),
+        pub(body=b"high", properties=C.Basic.Properties(priority=4)),
+        get(),
+        get(),
+    ),
+    scenario(
+        "exchange_declare_delayed_type",
+        "the delayed-message exchange type",
+        xd("p-delayed", "x-delayed-message", arguments={"x-delayed-type": "direct"}),
+    ),
+    scenario(
+        "exchange_declare_amq_prefix_passive_missing",
+        "404 for a missing amq.* name",
+        xd("amq.p-none", passive=True),
+    ),
+    scenario(
+        "publish_headers_all",
+        "headers exchange, x-match all",
+        qd(),
+        bind(exchange="amq.headers", key="", arguments={"x-match": "all", "a": 1, "b": 2}),
+        pub("", exchange="amq.headers", properties=C.Basic.Properties(headers={"b": 2})),
+        pub(
+            "",
+            exchange="amq.headers",
+            body=b"both",
+            properties=C.Basic.Properties(headers={"a": 1, "b": 2}),
+        ),
+        get(),
+        get(),
+    ),
+    scenario(
+        "publish_topic_hash_only",
+        "# matches every key",
+        qd(),
+        bind(exchange="amq.topic", key="#"),
+        pub("", exchange="amq.topic"),
+        pub("a.b", exchange="amq.topic"),
+        get(),
+        get(),
+    ),
+    scenario(
+        "publish_mandatory_alternate",
+        "routed by the alternate exchange: no return",
+        qd(),
+        xd("p-ae", "fanout"),
+        bind(exchange="p-ae", key=""),
+        xd(arguments={"alternate-exchange": "p-ae"}),
+        pub("nowhere", exchange="p-x", mandatory=True),
+        get(),
+    ),
+    scenario(
+        "publish_mandatory_to_empty_fanout",
+        "basic.return from a fanout with no queues",
+        xd("p-x", "fanout"),
+        pub("", exchange="p-x", mandatory=True),
+        Expect(1),
+    ),
+    scenario(
+        "tx_publish_missing_exchange",
+        "404 at publish time, inside a transaction",
+        Send(1, C.Tx.Select()),
+        pub("k", exchange="p-nox"),
+        Expect(1),
+    ),
+    scenario(
+        "basic_consume_exclusive_other_connection",
+        "403 for an exclusive consumer's queue from another connection",
+        qd(),
+        consume(exclusive=True),
+        SECOND,
+        consume(conn=1, tag="p-other"),
+    ),
+    scenario(
+        "basic_consume_no_local",
+        "no_local is accepted (and ignored)",
+        qd(),
+        consume(no_local=True),
+        pub(),
+        Expect(1),
+    ),
+    scenario(
+        "basic_ack_multiple_unknown",
+        "406 for multiple up to an unknown tag",
+        Send(1, C.Basic.Ack(delivery_tag=9, multiple=True), wait=False),
+        sync(),
+    ),
+    scenario(
+        "basic_nack_without_requeue_multiple_zero",
+        "nack 0 multiple drops all",
+        qd(),
+        pub(),
+        pub(),
+        get(no_ack=False),
+        get(no_ack=False),
+        Send(1, C.Basic.Nack(delivery_tag=0, multiple=True, requeue=False), wait=False),
+        qd(passive=True),
+    ),
+    scenario(
+        "queue_purge_with_consumer_unacked",
+        "purge leaves a consumer's unacked",
+        qd(),
+        pub(),
+        pub(),
+        Send(1, C.Basic.Qos(prefetch_count=1)),
+        consume(),
+        Expect(1),
+        Send(1, C.Queue.Purge(queue="p-q")),
+    ),
+    scenario(
+        "exchange_auto_delete_source_unbind",
+        "an auto-delete source exchange goes with its last binding",
+        xd("p-src", "fanout", auto_delete=True),
+        xd("p-dst"),
+        Send(1, C.Exchange.Bind(destination="p-dst", source="p-src", routing_key="")),
+        Send(1, C.Exchange.Unbind(destination="p-dst", source="p-src", routing_key="")),
+        xd("p-src", "fanout", passive=True),
+    ),
+    scenario(
+        "connection_vhost_refused", "530 for a vhost the user has no permission on", connect=NOPERM
+    ),
+    scenario(
+        "queue_bind_nowait_missing_exchange",
+        "nowait: the 404 arrives on its own",
+        qd(),
+        bind(exchange="p-nox", nowait=True),
+        Expect(1),
+    ),
+    scenario(
+        "queue_declare_exclusive_after_owner_closed_channel",
+        "the owner's other channel still owns it",
+        qd(exclusive=True),
+        close_ch(1),
+        open_ch(2),
+        qd(ch=2, exclusive=True, passive=True),
+        qd(ch=2, exclusive=True),
+    ),
+]
+
 SCENARIOS: tuple[Scenario, ...] = tuple(
     _Q_DECLARE
     + _Q_DELETE
@@ -1453,6 +1648,7 @@ SCENARIOS: tuple[Scenario, ...] = tuple(
     + _CHANNEL
     + _CONNECTION
     + _ACCESS
+    + _MORE
 )
 
 assert len({s.name for s in SCENARIOS}) == len(SCENARIOS), "scenario names must be unique"

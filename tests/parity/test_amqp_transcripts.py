@@ -26,7 +26,7 @@ from tests.parity.amqp_runner import (
     run,
     transcript_path,
 )
-from tests.parity.amqp_scenarios import PARITY_PERMISSIONS, PARITY_USER, SCENARIOS
+from tests.parity.amqp_scenarios import NOPERM_USER, PARITY_PERMISSIONS, PARITY_USER, SCENARIOS
 
 DIFFERENCES_DOC = Path(__file__).parents[2] / "docs" / "amqp-differences.md"
 
@@ -39,6 +39,7 @@ def moorage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBroker]
     config = make_config(
         tmp_path_factory.mktemp("parity"),
         make_user(*PARITY_USER, {"/": PARITY_PERMISSIONS}),
+        make_user(*NOPERM_USER),
     )
     running = RunningBroker(config).start()
     yield running
