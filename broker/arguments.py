@@ -139,7 +139,8 @@ def parse_queue_arguments(
     """Validate a queue's argument table and return its `QueueOptions`.
 
     Raises:
-        PreconditionFailed: a known argument has a bad type or value, the
+        PreconditionFailed: a known argument has a bad type or value, a
+            dead-letter routing key comes without a dead-letter exchange, the
             queue type is unknown, or the type does not allow the declaration
             (a quorum or fifo queue must be durable and not exclusive).
     """
@@ -152,6 +153,11 @@ def parse_queue_arguments(
         raise PreconditionFailed(
             f"invalid arg '{arg}' for queue '{queue}' in vhost '{vhost}': {e.reason}"
         ) from None
+    if options.dead_letter_routing_key is not None and options.dead_letter_exchange is None:
+        raise PreconditionFailed(  # RabbitMQ's check and words
+            f"invalid arg 'x-dead-letter-routing-key' for queue '{queue}' in vhost '{vhost}': "
+            "routing_key_but_no_dlx_defined"
+        )
     if options.queue_type in ("quorum", "fifo"):
         if not durable:
             raise PreconditionFailed(

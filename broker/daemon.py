@@ -98,6 +98,8 @@ class Daemon:
                 if plugin is None or port == 0:
                     continue
                 context = self.tls_context if tls else None
+                if tls and context is None:  # never a TLS port served in plain text
+                    raise StartupError(f"the {name} listener needs tls.cert and tls.key")
                 try:
                     listener = await plugin.start(broker, config.bind, port, context)
                 except OSError as e:

@@ -172,9 +172,15 @@ class Session:
     ) -> Exchange:
         """Declare an exchange.
 
-        Raises NotFound, AccessRefused, PreconditionFailed, CommandInvalid.
+        Checks in RabbitMQ's order: the type (CommandInvalid), the default
+        exchange (AccessRefused), the configure permission, then what
+        `VirtualHost.declare_exchange` checks. A passive declare needs no
+        permission. Raises NotFound, AccessRefused, PreconditionFailed,
+        CommandInvalid.
         """
         if not passive:
+            self.vhost.check_exchange_type(type_name, arguments)
+            self.vhost.check_not_default_exchange(name)
             self._check("configure", name, "exchange")
         return self.vhost.declare_exchange(
             name,
@@ -187,7 +193,13 @@ class Session:
         )
 
     def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
-        """Delete an exchange. Raises NotFound, AccessRefused, PreconditionFailed."""
+        """Delete an exchange; a missing one is not an error (RabbitMQ 3.x).
+
+        Checks in RabbitMQ's order: the reserved names (`""`, `amq.*`), then
+        the configure permission, then `if_unused`. Raises AccessRefused,
+        PreconditionFailed.
+        """
+        self.vhost.check_exchange_deletion(name)
         self._check("configure", name, "exchange")
         self.vhost.delete_exchange(name, if_unused=if_unused)
 
@@ -207,6 +219,7 @@ class Session:
         (another connection's exclusive queue), PreconditionFailed (inequivalent).
         """
         if not passive and name:
+            self.vhost.check_name("queue", name)  # before the permission, as RabbitMQ
             self._check("configure", name, "queue")
         queue, _created = self.vhost.declare_queue(
             name,
@@ -220,10 +233,19 @@ class Session:
         return queue, queue.message_count, len(queue.consumers)
 
     def delete_queue(self, name: str, *, if_unused: bool = False, if_empty: bool = False) -> int:
-        """Delete a queue; returns how many ready messages went with it."""
-        queue = self.vhost.lookup_queue(name)
-        self.vhost.check_exclusive(queue, self.connection)
+        """Delete a queue; returns how many ready messages went with it.
+
+        A queue that does not exist (or was just auto-deleted) counts as
+        deleted with 0 messages, as in RabbitMQ 3.x. Checks in RabbitMQ's
+        order: configure permission, then exclusive ownership, then
+        `if_unused` / `if_empty`. Raises AccessRefused, ResourceLocked,
+        PreconditionFailed.
+        """
         self._check("configure", name, "queue")
+        queue = self.vhost.queues.get(name)
+        if queue is None:
+            return 0
+        self.vhost.check_exclusive(queue, self.connection)
         return self.vhost.delete_queue(name, if_unused=if_unused, if_empty=if_empty)
 
     def purge_queue(self, name: str) -> int:
@@ -231,40 +253,69 @@ class Session:
         queue = self._queue_for("read", name)
         return queue.purge()
 
+    # Bindings check in RabbitMQ's order (`rabbit_channel:binding_action`): write
+    # permission on the destination, neither end the default exchange, read
+    # permission on the source, the source exists, the destination exists, the
+    # binding is valid, the destination queue is not another connection's
+    # exclusive queue. Unbinding what does not exist (binding, queue or
+    # exchange) is not an error.
+
     def bind_queue(
         self, queue: str, exchange: str, routing_key: str, arguments: Mapping[str, Any]
     ) -> None:
-        q = self._queue_for("write", queue)
+        """queue.bind. Raises AccessRefused, NotFound, PreconditionFailed, ResourceLocked."""
+        self._check("write", queue, "queue")
+        self.vhost.check_not_default_exchange(exchange)
         self._check("read", exchange, "exchange")
-        self.vhost.bind(exchange, q, routing_key, arguments)
+        source = self.vhost.lookup_exchange(exchange)
+        q = self.vhost.lookup_queue(queue)
+        self.vhost.bind(source, q, routing_key, arguments, owner=self.connection)
 
     def unbind_queue(
         self, queue: str, exchange: str, routing_key: str, arguments: Mapping[str, Any]
     ) -> None:
-        q = self._queue_for("write", queue)
+        """queue.unbind; a missing queue, exchange or binding is not an error."""
+        self._check("write", queue, "queue")
+        self.vhost.check_not_default_exchange(exchange)
         self._check("read", exchange, "exchange")
-        self.vhost.unbind(exchange, q, routing_key, arguments)
+        source = self.vhost.exchanges.get(exchange)
+        q = self.vhost.queues.get(queue)
+        if source is None or q is None:
+            return
+        self.vhost.check_exclusive(q, self.connection)
+        self.vhost.unbind(source, q, routing_key, arguments)
 
     def bind_exchange(
         self, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any]
     ) -> None:
+        """exchange.bind. Raises AccessRefused, NotFound, PreconditionFailed."""
         self._check("write", destination, "exchange")
+        self.vhost.check_not_default_exchange(destination)
+        self.vhost.check_not_default_exchange(source)
         self._check("read", source, "exchange")
+        src = self.vhost.lookup_exchange(source)
         dest = self.vhost.lookup_exchange(destination)
-        self.vhost.bind(source, dest, routing_key, arguments)
+        self.vhost.bind(src, dest, routing_key, arguments)
 
     def unbind_exchange(
         self, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any]
     ) -> None:
+        """exchange.unbind; a missing exchange or binding is not an error."""
         self._check("write", destination, "exchange")
+        self.vhost.check_not_default_exchange(destination)
+        self.vhost.check_not_default_exchange(source)
         self._check("read", source, "exchange")
-        dest = self.vhost.lookup_exchange(destination)
-        self.vhost.unbind(source, dest, routing_key, arguments)
+        src = self.vhost.exchanges.get(source)
+        dest = self.vhost.exchanges.get(destination)
+        if src is None or dest is None:
+            return
+        self.vhost.unbind(src, dest, routing_key, arguments)
 
     def _queue_for(self, access: str, name: str) -> Queue:
+        """The queue `name`, checked in RabbitMQ's order: permission, existence, exclusivity."""
+        self._check(access, name, "queue")
         queue = self.vhost.lookup_queue(name)
         self.vhost.check_exclusive(queue, self.connection)
-        self._check(access, name, "queue")
         return queue
 
     # -- publishing -----------------------------------------------------------------

@@ -160,6 +160,42 @@ class VirtualHost:
         except KeyError:
             raise NotFound(f"no exchange '{name}' in vhost '{self.name}'") from None
 
+    @staticmethod
+    def check_not_default_exchange(name: str) -> None:
+        """The default exchange cannot be declared, deleted or bound (RabbitMQ: 403)."""
+        if name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+
+    def check_exchange_deletion(self, name: str) -> None:
+        """Neither the default exchange nor an `amq.*` one may be deleted (RabbitMQ: 403)."""
+        self.check_not_default_exchange(name)
+        if name.startswith("amq."):
+            raise AccessRefused(
+                f"deletion of system exchange '{name}' in vhost '{self.name}' not allowed"
+            )
+
+    @staticmethod
+    def check_exchange_type(type_name: str, arguments: Mapping[str, Any] | None) -> None:
+        """An exchange.declare's type must be known, whether or not the exchange exists.
+
+        RabbitMQ checks the type first of all: an unknown one is a connection
+        error (503 COMMAND_INVALID) even when redeclaring an existing exchange.
+        """
+        if type_name == DELAYED_EXCHANGE_TYPE:
+            inner = (arguments or {}).get("x-delayed-type")
+            if inner not in EXCHANGE_TYPES:  # the plugin's check and text
+                raise PreconditionFailed(
+                    "Invalid argument, 'x-delayed-type' must be an existing exchange type"
+                )
+        elif type_name not in EXCHANGE_TYPES:
+            raise CommandInvalid(f"unknown exchange type '{type_name}'")
+
+    @staticmethod
+    def check_name(kind: str, name: str) -> None:
+        """Clients may not create (nor redeclare) queues or exchanges named `amq.*`."""
+        if name.startswith("amq."):
+            raise AccessRefused(f"{kind} name '{name}' contains reserved prefix 'amq.*'")
+
     def declare_exchange(
         self,
         name: str,
@@ -171,23 +207,22 @@ class VirtualHost:
         arguments: Mapping[str, Any] | None = None,
         passive: bool = False,
     ) -> Exchange:
-        """Create an exchange or check that an existing one is equivalent."""
+        """Create an exchange or check that an existing one is equivalent.
+
+        Checks in RabbitMQ's order: the default exchange (403, even passive),
+        then for a passive declare only existence (404); else the type
+        (503 if unknown), then for a new exchange the reserved `amq.*` prefix
+        (403), for an existing one equivalence (406).
+        """
+        self.check_not_default_exchange(name)
         existing = self.exchanges.get(name)
         if passive:
             if existing is None:
                 raise NotFound(f"no exchange '{name}' in vhost '{self.name}'")
             return existing
-        if name == "":
-            raise AccessRefused("operation not permitted on the default exchange")
+        self.check_exchange_type(type_name, arguments)
         if existing is None:
-            if name.startswith("amq."):
-                raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
-            if type_name == DELAYED_EXCHANGE_TYPE:
-                inner = (arguments or {}).get("x-delayed-type")
-                if inner not in EXCHANGE_TYPES:  # the plugin's check and text
-                    raise PreconditionFailed(
-                        "Invalid argument, 'x-delayed-type' must be an existing exchange type"
-                    )
+            self.check_name("exchange", name)
             try:
                 exchange = Exchange(
                     name,
@@ -224,9 +259,11 @@ class VirtualHost:
         )
 
     def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
-        if name == "" or name.startswith("amq."):
-            raise AccessRefused(f"operation not permitted on exchange '{name or 'amq.default'}'")
-        exchange = self.lookup_exchange(name)
+        """Delete an exchange; a missing one is not an error (RabbitMQ 3.x)."""
+        self.check_exchange_deletion(name)
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            return
         if if_unused and not exchange.router.is_empty():
             raise PreconditionFailed(f"exchange '{name}' in vhost '{self.name}' in use")
         self._remove_exchange(exchange)
@@ -264,20 +301,31 @@ class VirtualHost:
         arguments: Mapping[str, Any] | None = None,
         passive: bool = False,
     ) -> tuple[Queue, bool]:
-        """Create a queue or check an existing one; returns (queue, created)."""
+        """Create a queue or check an existing one; returns (queue, created).
+
+        Checks in RabbitMQ's order. Passive: existence (404), then another
+        connection's exclusive queue (405). Otherwise: the reserved `amq.*`
+        prefix (403, also for an existing server-named queue), then for an
+        existing queue strict exclusivity (405 unless `exclusive` names the
+        same owner: another connection's queue, or a redeclaration whose
+        exclusive flag differs), then equivalence of durable, auto_delete
+        and the arguments (406).
+        """
         arguments = dict(arguments or {})
+        if name and not passive:
+            self.check_name("queue", name)
         existing = self.queues.get(name) if name else None
         if existing is not None:
-            self.check_exclusive(existing, owner)
             if passive:
+                self.check_exclusive(existing, owner)
                 existing.touch()
                 return existing, False
+            self.check_exclusive(existing, owner if exclusive else None, strict=True)
             parse_queue_arguments(
                 arguments, queue=name, vhost=self.name, durable=durable, exclusive=exclusive
             )
             for arg, received, current in (
                 ("durable", durable, existing.durable),
-                ("exclusive", exclusive, existing.exclusive_owner is not None),
                 ("auto_delete", auto_delete, existing.auto_delete),
             ):
                 if received != current:
@@ -298,8 +346,6 @@ class VirtualHost:
             raise NotFound(f"no queue '{name}' in vhost '{self.name}'")
         if not name:
             name = server_queue_name()
-        elif name.startswith("amq."):
-            raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
         options = parse_queue_arguments(
             arguments, queue=name, vhost=self.name, durable=durable, exclusive=exclusive
         )
@@ -321,9 +367,17 @@ class VirtualHost:
             )
         return queue, True
 
-    def check_exclusive(self, queue: Queue, connection: ClientConnection | None) -> None:
-        """Raise ResourceLocked when an exclusive queue is used by another connection."""
-        if queue.exclusive_owner is not None and queue.exclusive_owner is not connection:
+    def check_exclusive(
+        self, queue: Queue, connection: ClientConnection | None, *, strict: bool = False
+    ) -> None:
+        """Raise ResourceLocked when an exclusive queue is used by another connection.
+
+        `strict` (a redeclaration, `rabbit_amqqueue:check_exclusive_access/3`):
+        `connection` is the owner the declaration asks for (None: not
+        exclusive) and must be the queue's owner exactly.
+        """
+        owner = queue.exclusive_owner
+        if owner is not connection and (strict or owner is not None):
             raise ResourceLocked(
                 f"cannot obtain exclusive access to locked queue '{queue.name}' in vhost "
                 f"'{self.name}'. It could be originally declared on another connection or "
@@ -364,19 +418,25 @@ class VirtualHost:
 
     def bind(
         self,
-        source: str,
+        exchange: Exchange,
         destination: Queue | Exchange,
         routing_key: str,
         arguments: Mapping[str, Any],
+        *,
+        owner: ClientConnection | None = None,
     ) -> None:
-        """Bind `destination` to exchange `source` (idempotent)."""
-        if source == "":
-            raise AccessRefused("operation not permitted on the default exchange")
-        exchange = self.lookup_exchange(source)
+        """Bind `destination` to `exchange` (idempotent).
+
+        The binding is validated before the exclusive-queue check, as in
+        RabbitMQ. `owner` is the binding connection (None: the broker itself).
+        Raises PreconditionFailed, ResourceLocked.
+        """
         try:
             exchange.router.validate_binding(routing_key, arguments)
         except ValueError as e:
             raise PreconditionFailed(str(e)) from None
+        if owner is not None and isinstance(destination, Queue):
+            self.check_exclusive(destination, owner)
         if exchange.router.bind(destination, routing_key, arguments):
             if isinstance(destination, Queue):
                 destination.sources.add(exchange)
@@ -387,15 +447,12 @@ class VirtualHost:
 
     def unbind(
         self,
-        source: str,
+        exchange: Exchange,
         destination: Queue | Exchange,
         routing_key: str,
         arguments: Mapping[str, Any],
     ) -> None:
         """Remove a binding; a missing binding is not an error (RabbitMQ 3.x)."""
-        if source == "":
-            raise AccessRefused("operation not permitted on the default exchange")
-        exchange = self.lookup_exchange(source)
         if exchange.router.unbind(destination, routing_key, arguments):
             if isinstance(destination, Queue) and not any(
                 d is destination for d, _, _ in exchange.router.bindings()

@@ -148,8 +148,8 @@ class Closed(Exception):
 class RawClient:
     """AMQP 0-9-1 over a blocking socket; frames are pamqp objects."""
 
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 5.0, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
         self.tune: commands.Connection.Tune | None = None
 
@@ -213,6 +213,7 @@ class RawClient:
         *,
         heartbeat_interval: int = 0,
         frame_max: int | None = None,
+        channel_max: int | None = None,
         user: str = "guest",
         password: str = "guest",
         vhost: str = "/",
@@ -235,7 +236,7 @@ class RawClient:
         self.send_frame(
             0,
             commands.Connection.TuneOk(
-                channel_max=tune.channel_max,
+                channel_max=tune.channel_max if channel_max is None else channel_max,
                 frame_max=tune.frame_max if frame_max is None else frame_max,
                 heartbeat=heartbeat_interval,
             ),

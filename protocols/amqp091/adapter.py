@@ -236,6 +236,10 @@ class AMQPChannel:
         self.confirmed = upto
         if error is None:
             frame: Frame = commands.Basic.Ack(upto, multiple)
+        elif isinstance(error, _RejectedPublish):
+            # As RabbitMQ (rabbit_channel:coalesce_and_send): everything before it is
+            # confirmed, so multiple; requeue keeps the record's default, true.
+            frame = commands.Basic.Nack(upto, True, requeue=True)
         else:
             frame = commands.Basic.Nack(upto, multiple, requeue=False)
         self.connection.send_method(self.number, frame)
@@ -543,6 +547,15 @@ class AMQPConnection:
     # -- dispatch ------------------------------------------------------------------------
 
     def _on_method(self, number: int, method: Frame) -> None:
+        """Dispatch one method; a connection error names the method, as RabbitMQ's do."""
+        try:
+            self._dispatch(number, method)
+        except BrokerError as e:
+            if not e.hard:
+                raise
+            self._connection_error(e.code, e.reply_text, *method_ids(method))
+
+    def _dispatch(self, number: int, method: Frame) -> None:
         if self.codec.close_sent:  # the codec lets only close and close-ok through
             if isinstance(method, commands.Connection.Close):
                 self.send_method(0, commands.Connection.CloseOk())
@@ -551,11 +564,18 @@ class AMQPConnection:
         if number == 0:
             self._on_connection_method(method)
             return
-        if number > self.channel_max:
-            raise ChannelError(f"channel {number} exceeds channel_max {self.channel_max}")
         channel = self.channels.get(number)
         if channel is None:
             if isinstance(method, commands.Channel.Open):
+                # RabbitMQ's channel_max limits how many channels are open at
+                # once; any channel number 1..65535 may be used.
+                if self.channel_max and len(self.channels) >= self.channel_max:
+                    error = NotAllowed(
+                        f"number of channels opened ({len(self.channels)}) has reached the "
+                        f"negotiated channel_max ({self.channel_max})"
+                    )
+                    self._connection_error(error.code, error.reply_text, 0, 0)  # as RabbitMQ
+                    return
                 self._open_channel(number)
                 return
             raise ChannelError(f"expected 'channel.open' on channel {number}, got '{method.name}'")
@@ -586,7 +606,10 @@ class AMQPConnection:
             self._on_open(method)
         elif isinstance(method, commands.Connection.UpdateSecret):
             self.send_method(0, commands.Connection.UpdateSecretOk())
-        # connection.blocked / unblocked from a client: ignored
+        elif isinstance(method, commands.Connection.Blocked | commands.Connection.Unblocked):
+            pass  # from a client: ignored
+        else:  # RabbitMQ: a channel's method on channel 0 is a 504
+            raise ChannelError(f"unexpected method '{method.name}' on channel 0")
 
     def _open_channel(self, number: int) -> None:
         assert self.core is not None
@@ -639,7 +662,7 @@ class AMQPConnection:
         self.send_method(channel.number, commands.Channel.CloseOk())
 
     def _channel_close_ok(self, channel: AMQPChannel, method: Frame) -> None:
-        raise ChannelError("unexpected 'channel.close-ok'")
+        raise CommandInvalid("unexpected 'channel.close-ok'")  # RabbitMQ: 503
 
     def _channel_flow(self, channel: AMQPChannel, method: commands.Channel.Flow) -> None:
         active = bool(method.active)
@@ -815,8 +838,8 @@ class AMQPConnection:
     def _basic_recover(self, channel: AMQPChannel, m: commands.Basic.Recover) -> None:
         if not m.requeue:
             raise NotImplementedFeature("requeue=false")
-        channel.session.recover()
-        channel.reply(commands.Basic.RecoverOk())
+        # RabbitMQ sends recover-ok before the requeued messages are delivered again
+        channel.reply(commands.Basic.RecoverOk(), after=channel.session.recover)
 
     def _basic_recover_async(self, channel: AMQPChannel, m: commands.Basic.RecoverAsync) -> None:
         if not m.requeue:

@@ -86,6 +86,7 @@ from moorage.protocols.amqp091.frames import (
     FRAME_HEADER,
     FRAME_HEADER_SIZE,
     FRAME_OVERHEAD,
+    FRAME_SIZE_FUDGE,
     PROTOCOL_HEADER,
 )
 from moorage.protocols.amqp091.methods import (
@@ -245,7 +246,8 @@ class FrameDecoder:
                     ReplyCode.FRAME_ERROR, f"FRAME_ERROR - unknown frame type {frame_type}"
                 )
             total = size + FRAME_OVERHEAD
-            if self.frame_max and total > self.frame_max:
+            if self.frame_max and total > self.frame_max + FRAME_SIZE_FUDGE:
+                # Like RabbitMQ we accept a payload of frame-max octets (FRAME_SIZE_FUDGE).
                 # Spec 4.2.3 / connection.tune: frame-max bounds the whole frame.
                 raise FrameError(
                     ReplyCode.FRAME_ERROR,
@@ -338,7 +340,7 @@ class FrameDecoder:
         if (
             frame_type != kind
             or frame_channel != channel
-            or (self.frame_max and size + FRAME_OVERHEAD > self.frame_max)
+            or (self.frame_max and size + FRAME_OVERHEAD > self.frame_max + FRAME_SIZE_FUDGE)
             or len(buf) <= last
             or buf[last] != FRAME_END
         ):

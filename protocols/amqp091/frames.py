@@ -39,6 +39,10 @@ FRAME_HEADER_SIZE: Final = FRAME_HEADER.size  # 7
 FRAME_END: Final = constants.FRAME_END  # 0xCE
 FRAME_END_BYTE: Final = bytes((FRAME_END,))
 FRAME_OVERHEAD: Final = FRAME_HEADER_SIZE + 1  # header + frame-end octet
+# Incoming frames may be this much larger than frame_max: RabbitMQ
+# (rabbit_reader's ?FRAME_SIZE_FUDGE) accepts a payload of frame_max octets,
+# and clients such as amqpstorm send body frames of exactly that size.
+FRAME_SIZE_FUDGE: Final = FRAME_OVERHEAD
 
 CONTENT_METHODS: Final[tuple[type[base.Frame], ...]] = (
     commands.Basic.Publish,  # client -> server

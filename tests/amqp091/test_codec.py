@@ -452,7 +452,18 @@ def test_frame_max_boundary() -> None:
     )
     [event] = drain(decoder)
     assert event[-1] == body
-    raises_frame_error(decoder, frame(1, 1, b"x" * (4096 - 7)), 501)
+    # Like RabbitMQ (?FRAME_SIZE_FUDGE), a payload of exactly frame_max octets is
+    # accepted (amqpstorm sends such body frames); one octet more is a 501.
+    content = b"c" * (2 * 4096)
+    decoder.receive_data(
+        encode_method(1, commands.Basic.Publish())
+        + frame(2, 1, struct.pack(">HHQH", 60, 0, len(content), 0))
+        + frame(3, 1, content[:4096])
+        + frame(3, 1, content[4096:])
+    )
+    [event] = drain(decoder)
+    assert event[-1] == content
+    raises_frame_error(decoder, frame(1, 1, b"x" * (4096 + 1)), 501)
 
 
 def test_frame_max_zero_is_unlimited() -> None:

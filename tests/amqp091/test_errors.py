@@ -103,14 +103,32 @@ def test_content_on_unopened_channel_is_504(
     bystander()
 
 
-def test_channel_above_channel_max_is_refused(
+def test_channel_max_limits_open_channels_not_numbers(
+    broker: RunningBroker, bystander: Callable[[], None]
+) -> None:
+    """RabbitMQ: channel_max counts open channels; any number up to 65535 may be used."""
+    with RawClient(broker.port) as client:
+        client.handshake(channel_max=2)
+        client.open_channel(65535)
+        client.send_frame(3, commands.Channel.Open())
+        client.expect(commands.Channel.OpenOk)
+        client.send_frame(7, commands.Channel.Open())
+        close = expect_connection_close(client, 530)
+        assert close.reply_text == (
+            "NOT_ALLOWED - number of channels opened (2) has reached the negotiated channel_max (2)"
+        )
+    bystander()
+
+
+def test_closed_channel_frees_its_place_under_channel_max(
     broker: RunningBroker, bystander: Callable[[], None]
 ) -> None:
     with RawClient(broker.port) as client:
-        client.handshake()
-        assert client.tune is not None
-        client.send_frame(client.tune.channel_max + 1, commands.Channel.Open())
-        expect_connection_close(client, 504)
+        client.handshake(channel_max=1)
+        client.open_channel(40000)
+        client.send_frame(40000, commands.Channel.Close(200, "bye", 0, 0))
+        client.expect(commands.Channel.CloseOk)
+        client.open_channel(2)
     bystander()
 
 
@@ -455,13 +473,15 @@ def test_channel_number_reusable_after_channel_error(broker: RunningBroker) -> N
     assert not broker.queue_exists("dropped")
 
 
-def test_non_connection_method_on_channel_0_is_503(
+def test_non_connection_method_on_channel_0_is_504(
     broker: RunningBroker, bystander: Callable[[], None]
 ) -> None:
+    """RabbitMQ 3.10 (transcript connection_method_on_channel_zero): 504 naming the method."""
     with RawClient(broker.port) as client:
         client.handshake()
         client.send_frame(0, commands.Basic.Qos(prefetch_count=1))
-        expect_connection_close(client, 503)
+        close = expect_connection_close(client, 504)
+        assert (close.class_id, close.method_id) == (60, 10)
     bystander()
 
 

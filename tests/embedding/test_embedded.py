@@ -224,8 +224,10 @@ def test_misuse_is_refused():
         EmbeddedBroker(storage="tape")
     with pytest.raises(ValueError, match="limit"):
         EmbeddedBroker(limits={"no_such_limit": 1})
-    with pytest.raises(StartupError, match="'amqps'"):
-        EmbeddedBroker(protocols=("amqp", "amqps")).start()
+    with pytest.raises(StartupError, match="'smtp'"):
+        EmbeddedBroker(protocols=("amqp", "smtp")).start()
+    with pytest.raises(StartupError, match=r"the amqps listener needs tls\.cert and tls\.key"):
+        EmbeddedBroker(protocols=("amqp", "amqps")).start()  # never plain text on a TLS port
     broker = EmbeddedBroker()
     with broker, pytest.raises(RuntimeError, match="starts once"):
         broker.start()

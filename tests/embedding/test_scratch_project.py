@@ -152,19 +152,7 @@ STANDALONE = (
 )
 
 
-@pytest.mark.parametrize(
-    "codec",
-    [
-        pytest.param(
-            "amqp091",
-            marks=pytest.mark.xfail(
-                strict=True, reason="the AMQP codec still imports broker.message through wire.py"
-            ),
-        ),
-        "mqtt",
-        "stomp",
-    ],
-)
+@pytest.mark.parametrize("codec", ["amqp091", "mqtt", "stomp"])
 def test_a_codec_imports_no_core(scratch: tuple[ScratchVenv, Path], codec: str):
     env, outside = scratch
     result = env.run("-c", STANDALONE.format(codec=codec), cwd=outside)
