@@ -90,7 +90,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moorage.storage.sqlite.statements import (
     ACK,
@@ -107,6 +107,9 @@ from moorage.storage.sqlite.statements import (
     Params,
 )
 from moorage.storage.store import DurabilityCallback, StoreError
+
+if TYPE_CHECKING:
+    import sqlite3
 
 __all__ = ["Batch", "GatheringBatch", "Read", "SQLiteStats", "Segment"]
 
@@ -160,8 +163,8 @@ class Batch:
 class Read:
     """A function to run on the writer's connection, its result sent to `future`."""
 
-    fn: Callable[[Any], Any]
-    """Called with the writer's `sqlite3.Connection`."""
+    fn: Callable[[sqlite3.Connection], Any]
+    """Called on the writer thread with its connection."""
     future: asyncio.Future[Any]
 
 

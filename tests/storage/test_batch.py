@@ -174,15 +174,25 @@ def test_changes_gather_while_a_batch_is_in_flight_and_go_on_its_completion() ->
     assert h.names == ["1", "2", "3"]
 
 
-def test_flush_delay_waits_that_long() -> None:
+def test_flush_delay_widens_the_batch() -> None:
     h = Harness(flush_delay=0.05)
-    h.batch.put_message(1, b"x")
-    h.loop.run()
+    for i in range(1, 6):
+        h.batch.put_message(i, b"x")
+        h.loop.run()  # one loop iteration each
     assert h.jobs == []
     h.loop.advance(0.049)
     assert h.jobs == []
     h.loop.advance(0.001)
-    assert len(h.batches()) == 1
+    [batch] = h.batches()
+    assert len(kinds(batch)) == 5
+
+
+def test_a_read_ends_the_flush_delay_at_once() -> None:
+    h = Harness(flush_delay=10.0)
+    h.batch.put_message(1, b"x")
+    h.batch.add_read(Read(lambda conn: None, None))  # type: ignore[arg-type]
+    h.loop.run()
+    assert [type(job) for job in h.jobs] == [Batch, Read]
 
 
 def test_when_durable_with_nothing_pending_fires_at_once() -> None:
@@ -470,6 +480,13 @@ def test_the_hold_ends_when_the_oldest_callback_is_window_old() -> None:
     assert kinds(batch) == [PUT_MESSAGE, ENQUEUE]
     h.complete()
     assert h.fired == [("confirm", None)]
+    h.batch.ack(Q, 1)  # written by then: an ordinary ack (held, as removals are)
+    h.loop.run()
+    assert h.jobs == []
+    h.batch.when_durable(h.recorder("strict"))  # until someone waits for it
+    h.loop.run()
+    [batch] = h.batches()
+    assert kinds(batch) == [ACK]
 
 
 def test_a_held_batch_without_callbacks_is_written_at_its_max_age() -> None:

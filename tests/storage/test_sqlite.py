@@ -462,20 +462,6 @@ async def test_changes_gather_while_a_batch_is_in_flight(db: Path, settle: Settl
         await store.close()
 
 
-async def test_flush_delay_widens_the_batch(db: Path, settle: Settle) -> None:
-    store = await opened(db, flush_delay=0.05)
-    try:
-        store.put_queue(QueueRecord(V, "q"))
-        for i in range(1, 6):
-            store.put_message(i, b"x")
-            store.enqueue(V, "q", i, i)
-            await asyncio.sleep(0)
-        await settle(store)
-        assert store.stats.batches == 1
-    finally:
-        await store.close()
-
-
 async def test_callbacks_fire_after_the_commit(db: Path) -> None:
     store = await opened(db)
     try:
