@@ -4,7 +4,7 @@ Why it is built this way
 ------------------------
 ``moorage bench conn`` opens thousands of connections and measures how fast the
 *broker* accepts them, so the client must cost less per connection than the
-broker does.  The general client (:class:`bench.amqp_bench.RawConnection`) decodes
+broker does.  The general client (:class:`bench.amqp_client.RawConnection`) decodes
 every method with pamqp and waits on a future per round trip; opening 5,000
 connections with it used as much CPU as the wall time of the run.  This one:
 
@@ -36,13 +36,8 @@ from typing import Any, Final
 
 from pamqp import commands, frame
 
-from moorage.bench.amqp_bench import (
-    CLIENT_PROPERTIES,
-    CLOSE_TIMEOUT,
-    CONNECT_TIMEOUT,
-    BenchError,
-    ServerClosed,
-)
+from moorage.bench.amqp_client import CLIENT_PROPERTIES, CLOSE_TIMEOUT, CONNECT_TIMEOUT
+from moorage.bench.errors import BenchError, ServerClosed
 from moorage.protocols.amqp091.codec import PROTOCOL_HEADER, encode_method
 
 CHANNEL: Final = 1

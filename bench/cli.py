@@ -10,35 +10,45 @@
 Every throughput subcommand also takes ``--compare HOST:PORT``: after measuring the
 first broker (``--spawn``, or ``--host/--port``) it runs the same scenario against the
 second one, back to back, and prints both rows and the ratio first/second.
+
+Each protocol is two modules: ``<name>_options.py`` (the command line, light to
+import, so that ``--help`` and bad flags are answered at once) and
+``<name>_bench.py`` (the client and the run), imported once the flags are valid.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import sys
 from dataclasses import asdict
 from types import ModuleType
 from typing import Any
 
-from moorage.bench import amqp_bench
-from moorage.bench.amqp_bench import BenchError, Result, UsageError, format_table
+from moorage.bench.errors import BenchError, UsageError
+from moorage.bench.loopback import require_loopback
+from moorage.bench.results import (
+    Result,
+    compare_table,
+    delivery_ratio,
+    format_self_test,
+    format_table,
+)
 
 PROTOCOLS = ("amqp", "mqtt", "stomp")
 COMMANDS = (*PROTOCOLS, "conn", "paging")
 
 
-def _module(name: str) -> ModuleType:
-    if name == "amqp":
-        return amqp_bench
-    if name == "mqtt":
-        from moorage.bench import mqtt_bench
+def _options_module(name: str) -> ModuleType:
+    """``<name>_options``: Options, build_parser, options_from."""
+    return importlib.import_module(f"moorage.bench.{name}_options")
 
-        return mqtt_bench
-    from moorage.bench import stomp_bench
 
-    return stomp_bench
+def _bench_module(name: str) -> ModuleType:
+    """``<name>_bench``: self_test, run, run_spawned."""
+    return importlib.import_module(f"moorage.bench.{name}_bench")
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -48,40 +58,10 @@ def _address(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-def compare_table(first: Result, second: Result) -> str:
-    """Both brokers' rows of one scenario and the ratio first/second."""
-    rows = [("broker", "deliv/s", "sent/s", "p50 ms", "p99 ms", "p99.9 ms", "complete")]
-    for r in (first, second):
-        lat = r.latency_ms
-        rows.append(
-            (
-                r.broker,
-                f"{r.delivered_per_s:,.0f}",
-                f"{r.sent_per_s:,.0f}",
-                amqp_bench._ms(lat, "p50"),
-                amqp_bench._ms(lat, "p99"),
-                amqp_bench._ms(lat, "p99.9"),
-                "yes" if r.complete else "NO",
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [f"scenario: {first.scenario}"]
-    lines += [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    ratio = first.delivered_per_s / second.delivered_per_s if second.delivered_per_s else 0.0
-    lines.append(f"ratio deliv/s {first.broker} / {second.broker}: {ratio:.2f}x")
-    return "\n".join(lines)
-
-
 def run_protocol(name: str, argv: list[str]) -> int:
     """Parse, run one or two measurements, print; exit status like the AMQP tool."""
-    module = _module(name)
-    parser = module.build_parser()
+    options = _options_module(name)
+    parser = options.build_parser()
     parser.prog = f"moorage bench {name}"
     parser.add_argument(
         "--compare",
@@ -94,18 +74,18 @@ def run_protocol(name: str, argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        opts = module.options_from(args)
+        opts = options.options_from(args)
+        module = _bench_module(name)
         if args.self_test:
             report = module.self_test(opts.count or 100_000, opts)
-            print(json.dumps(report) if opts.json else amqp_bench.format_self_test(report))
+            print(json.dumps(report) if opts.json else format_self_test(report))
             return 0
         second_opts = None
         if args.compare:
             second_opts = dataclasses.replace(opts, host=args.compare[0], port=args.compare[1])
-            amqp_bench.require_loopback(second_opts.host)
+            require_loopback(second_opts.host)
         if args.spawn:
-            spawn = amqp_bench._run_spawned if name == "amqp" else module.run_spawned
-            first = spawn(opts, args.loop, args.spawn_store)
+            first = module.run_spawned(opts, args.loop, args.spawn_store)
         else:
             first = module.run(opts, args.loop)
         results = [first]
@@ -127,7 +107,7 @@ def _print(results: list[Result], as_json: bool) -> None:
     if as_json:
         doc: dict[str, Any] = {"results": [asdict(r) for r in results]}
         if len(results) == 2 and results[1].delivered_per_s:
-            doc["ratio"] = round(results[0].delivered_per_s / results[1].delivered_per_s, 3)
+            doc["ratio"] = round(delivery_ratio(results[0], results[1]), 3)
         print(json.dumps(doc if len(results) > 1 else doc["results"][0]))
         return
     for r in results:

@@ -26,9 +26,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from moorage.bench import amqp_bench
-from moorage.bench.amqp_bench import BenchError, require_loopback
 from moorage.bench.amqp_handshake import PipelinedConnection, handshake_frames
+from moorage.bench.amqp_options import Options
+from moorage.bench.errors import BenchError
+from moorage.bench.loopback import new_loop, require_loopback
+from moorage.bench.spawn import spawned_broker
 
 DEFAULT_PORTS = {"mqtt": 1883, "amqp": 5672}
 
@@ -65,9 +67,10 @@ def _opener(
     """How to open connection ``i``: MQTT CONNECT, or the pipelined AMQP handshake."""
     if protocol == "mqtt":
         from moorage.bench.mqtt_bench import MqttConnection
-        from moorage.bench.mqtt_bench import Options as MqttOptions
+        from moorage.bench.mqtt_options import Options as MqttOptions
 
-        opts = MqttOptions(host=host, port=port)
+        # The command line's login (guest): the broker refuses anonymous clients.
+        opts = MqttOptions(host=host, port=port, user="guest", password="guest")  # noqa: S106
 
         def open_mqtt(i: int) -> Awaitable[Any]:
             return MqttConnection.open(
@@ -75,7 +78,7 @@ def _opener(
             )
 
         return open_mqtt
-    defaults = amqp_bench.Options()
+    defaults = Options()
     pipelined = handshake_frames(defaults.user, defaults.password, defaults.vhost)
 
     def open_amqp(i: int) -> Awaitable[Any]:
@@ -205,9 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             host, port, pid = args.host, args.port or DEFAULT_PORTS[args.protocol], args.pid
             if args.spawn:
-                broker = stack.enter_context(
-                    amqp_bench.spawned_broker(args.spawn_store, args.protocol)
-                )
+                broker = stack.enter_context(spawned_broker(args.spawn_store, args.protocol))
                 host, port, pid = "127.0.0.1", broker.port, broker.process.pid
             require_loopback(host)
 
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.persistent,
                     )
 
-            with asyncio.Runner(loop_factory=amqp_bench._new_loop(args.loop)) as runner:
+            with asyncio.Runner(loop_factory=new_loop(args.loop)) as runner:
                 report = runner.run(bounded())
             if args.spawn:
                 report["broker"] = f"Moorage (spawned, {args.spawn_store} store)"

@@ -21,14 +21,10 @@ from pathlib import Path
 
 from pamqp import commands
 
-from moorage.bench.amqp_bench import (
-    CHANNEL,
-    BenchError,
-    Options,
-    RawConnection,
-    SpawnedBroker,
-    spawned_broker,
-)
+from moorage.bench.amqp_client import CHANNEL, RawConnection
+from moorage.bench.amqp_options import Options
+from moorage.bench.errors import BenchError
+from moorage.bench.spawn import SpawnedBroker, spawned_broker
 from moorage.protocols.amqp091.codec import ContentReceived, encode_content
 
 QUEUE = "paging-bench"

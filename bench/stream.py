@@ -2,15 +2,15 @@
 
 The AMQP benchmark (:mod:`bench.amqp_bench`) came first and has its own client; the
 MQTT (:mod:`bench.mqtt_bench`) and STOMP (:mod:`bench.stomp_bench`) clients are built
-the same way and reuse its measurement pieces (:class:`~bench.amqp_bench.Stats`,
-:class:`~bench.amqp_bench.Progress`, :func:`~bench.amqp_bench.make_result`):
+the same way and reuse its measurement pieces (:class:`~bench.results.Stats`,
+:class:`~bench.results.Progress`, :func:`~bench.results.make_result`):
 
 * :class:`StreamConnection` is an ``asyncio.Protocol`` that feeds received bytes to a
   protocol codec, hands every event to :meth:`StreamConnection.on_event`, and writes
   everything queued while handling one read in a single ``transport.write``.
 * :class:`StreamRun` opens consumers first, then producers, runs them until every
   expected message arrived, nothing moved for ``idle_timeout`` seconds, or the hard
-  ``timeout`` passed, and turns the counters into a :class:`~bench.amqp_bench.Result`.
+  ``timeout`` passed, and turns the counters into a :class:`~bench.results.Result`.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import struct
 import time
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from moorage.bench.amqp_bench import BenchError, Progress, Result, ServerClosed, Stats, make_result
+from moorage.bench.errors import BenchError, ServerClosed
+from moorage.bench.results import Progress, Result, Stats, make_result
 
-STAMP: Final = struct.Struct(">Q")  # perf_counter_ns of the send, first 8 payload octets
 CONNECT_TIMEOUT: Final = 10.0
 CLOSE_TIMEOUT: Final = 3.0
 MIN_SLEEP: Final = 0.001

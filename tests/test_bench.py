@@ -161,8 +161,8 @@ async def test_pipelined_handshake_against_a_broker(broker, channel):
     [("wrong", "/", "403 ACCESS_REFUSED"), ("guest", "/nowhere", "530 NOT_ALLOWED")],
 )
 async def test_pipelined_handshake_reports_the_brokers_refusal(broker, password, vhost, reply):
-    from moorage.bench.amqp_bench import BenchError
     from moorage.bench.amqp_handshake import PipelinedConnection, handshake_frames
+    from moorage.bench.errors import BenchError
 
     frames = handshake_frames("guest", password, vhost)
     with pytest.raises(BenchError, match=f"broker closed the connection: {reply}"):

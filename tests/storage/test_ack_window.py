@@ -1,7 +1,9 @@
 """SQLiteStore's ack window: delivered messages wait unwritten for their ack.
 
 Each test drives the real store on a real file and looks at what reached
-the file (`stats`, the rows after close) and when the callbacks fired.
+the file (`stats`, the rows after close) and when the callbacks fired. The
+hold's time limits (the window, `held_max_age`) are checked with a manual
+clock on the gathering batch alone, in `test_batch.py`.
 """
 
 from __future__ import annotations
@@ -136,42 +138,6 @@ async def test_an_urgent_change_ends_the_hold(store: SQLiteStore, settle: Settle
     store.put_exchange(ExchangeRecord(V, "x", "direct"))
     await asyncio.wait_for(settle(store), 5)
     assert store.stats.messages_written == 1
-
-
-async def test_an_unacked_delivery_is_written_after_the_window(db: Path, settle: Settle) -> None:
-    window = 0.2
-    store = await opened(db, ack_window=window)
-    try:
-        store.put_queue(QueueRecord(V, "q"))
-        await settle(store)
-        loop = asyncio.get_running_loop()
-        deliver(store, 1)
-        started = loop.time()
-        fired: list[str] = []
-        done = asyncio.Event()
-        store.when_durable(recorder(fired, "confirm", done), removals=False)
-        await asyncio.wait_for(done.wait(), 10)
-        assert loop.time() - started >= window * 0.9  # not before the window ended
-        assert store.stats.messages_written == 1
-        store.ack(V, "q", 1)  # written by then: an ordinary ack
-        await settle(store)
-    finally:
-        await store.close()
-    assert raw_rows(db, "SELECT count(*) FROM entries") == [(0,)]
-
-
-async def test_a_held_batch_without_callbacks_is_written_at_its_max_age(db: Path) -> None:
-    store = await opened(db, ack_window=LONG)
-    store.held_max_age = 0.2
-    try:
-        store.put_queue(QueueRecord(V, "q"))
-        deliver(store, 1)
-        deadline = asyncio.get_running_loop().time() + 10
-        while store.stats.messages_written == 0:
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.02)
-    finally:
-        await store.close()
 
 
 async def test_a_confirm_does_not_wait_for_earlier_acks_but_others_do(
