@@ -80,13 +80,17 @@ class RetainedMessage:
 
 
 class _Level:
-    """One node of the word tree: the message retained at this routing key, and the next words."""
+    """One node of the word tree: the messages retained at this routing key, and the next words.
 
-    __slots__ = ("children", "entry")
+    A routing key normally belongs to one topic (MQTT's topic <-> routing key
+    mapping is one to one); entries are keyed by topic all the same.
+    """
+
+    __slots__ = ("children", "entries")
 
     def __init__(self) -> None:
         self.children: dict[str, _Level] = {}
-        self.entry: RetainedMessage | None = None
+        self.entries: dict[str, RetainedMessage] = {}
 
 
 class RetainedMessages:
@@ -195,7 +199,7 @@ class RetainedMessages:
             if child is None:
                 child = node.children[word] = _Level()
             node = child
-        node.entry = entry
+        node.entries[entry.topic] = entry
 
     def _unfile(self, entry: RetainedMessage) -> None:
         path: list[tuple[_Level, str]] = []
@@ -206,10 +210,10 @@ class RetainedMessages:
                 return
             path.append((node, word))
             node = child
-        if node.entry is entry:
-            node.entry = None
+        if node.entries.get(entry.topic) is entry:
+            del node.entries[entry.topic]
         # prune the branch it leaves empty, so lookups never walk dead ends
-        while path and node.entry is None and not node.children:
+        while path and not node.entries and not node.children:
             parent, word = path.pop()
             del parent.children[word]
             node = parent
@@ -230,8 +234,7 @@ class RetainedMessages:
         seen.add(state)
         self.last_visits += 1
         if i == len(words):
-            if node.entry is not None:
-                found.append(node.entry)
+            found.extend(node.entries.values())
             return
         word = words[i]
         hide = hidden_prefix if i == 0 and node is self._root else None
