@@ -19,13 +19,16 @@ one file per concern the same way):
 - `mapping`: MQTT PUBLISH <-> core `Message`, topic <-> routing key;
 - `retained`: MQTT's rules over the core's retained messages
   (`broker.retained`);
+- `subscriptions`: SUBSCRIBE / UNSUBSCRIBE as queues, bindings and
+  consumers on the core;
 - `deliveries`: core deliveries to the client as PUBLISH, and their acks;
 - `wills`, `sys_topics`, `dead_letters`: will messages, `$SYS`, the session
   queue limit.
 
 This module is the connection: CONNECT (authentication, attaching to a
-session), PUBLISH from the client, SUBSCRIBE / UNSUBSCRIBE, DISCONNECT,
-keep-alive, and the one place protocol errors meet the wire.
+session), PUBLISH from the client and its acknowledgement, DISCONNECT,
+keep-alive, dispatch of every packet, and the one place protocol errors meet
+the wire.
 
 Mapping onto the core (see README.md):
 
@@ -60,7 +63,7 @@ from typing import Any
 
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
-from moorage.broker.errors import AccessRefused, BrokerError, NotFound
+from moorage.broker.errors import AccessRefused, BrokerError
 from moorage.broker.message import Message
 from moorage.broker.session import Session
 from moorage.protocols.mqtt.codec import (
@@ -84,7 +87,6 @@ from moorage.protocols.mqtt.codec import (
     ReasonCode,
     SubAck,
     Subscribe,
-    Subscription,
     UnsubAck,
     Unsubscribe,
     Will,
@@ -93,21 +95,17 @@ from moorage.protocols.mqtt.codec import (
 from moorage.protocols.mqtt.codec import Properties as MQTTProperties
 from moorage.protocols.mqtt.deliveries import (
     MAX_PACKET_SIZE,
-    SESSION_CONSUMER,
-    SHARED_CONSUMER_PREFIX,
     Deliveries,
 )
 from moorage.protocols.mqtt.mapping import EXCHANGE, to_message
 from moorage.protocols.mqtt.registry import registry_for
-from moorage.protocols.mqtt.retained import retain, retained_copy, retained_for
+from moorage.protocols.mqtt.retained import retain
 from moorage.protocols.mqtt.session_state import (
     SESSION_NEVER_EXPIRES,
     PendingWill,
     SessionState,
-    SubscriptionState,
-    shared_queue_name,
 )
-from moorage.protocols.mqtt.topics import filter_to_binding_key, split_shared
+from moorage.protocols.mqtt.subscriptions import SessionSubscriptions
 from moorage.protocols.tcp import Shell
 
 __all__ = ["MQTTConnection"]
@@ -142,6 +140,7 @@ class MQTTConnection:
         self.core: ClientConnection | None = None
         self.session: Session | None = None
         self.mqtt: SessionState | None = None
+        self.subscriptions: SessionSubscriptions | None = None  # once attached to a session
         self.user: Any = None
         self.vhost = DEFAULT_VHOST
         self.will: Will | None = None
@@ -430,50 +429,14 @@ class MQTTConnection:
         session.qos(self.client_receive_maximum, global_=True)  # [MQTT-3.3.4-9]
         for packet_id in sorted(state.outgoing_pubrel):
             self.send(PubRel(packet_id))  # [MQTT-4.4.0-1]: resend PUBREL on resume
-        self._resume_consumers(state)
+        self.subscriptions = SessionSubscriptions(session, state, self.registry, client_id)
+        self.subscriptions.resume()
 
     def core_session(self) -> Session:
         if self.session is None:
             assert self.core is not None
             self.session = self.core.open_session(self)
         return self.session
-
-    def _resume_consumers(self, state: SessionState) -> None:
-        """Start consuming the session queue and every shared group queue it belongs to."""
-        if any(s.group is None for s in state.subscriptions.values()):
-            self._ensure_queue(state)
-        for sub in state.subscriptions.values():
-            if sub.group is not None:
-                self._consume(shared_queue_name(sub.group, sub.topic_filter))
-
-    def _ensure_queue(self, state: SessionState) -> None:
-        session = self.core_session()
-        persistent = state.persistent
-        vhost = session.vhost
-        existing = vhost.queues.get(state.queue_name)
-        if existing is None:
-            arguments: dict[str, Any] = {}
-            if persistent:
-                arguments = self.registry.queue_limit.queue_arguments()
-                if arguments:
-                    self.registry.queue_limit.watch(self.vhost)
-            session.declare_queue(
-                state.queue_name,
-                durable=persistent,
-                exclusive=False,
-                auto_delete=False,
-                arguments=arguments,
-            )
-        if SESSION_CONSUMER not in session.consumers:
-            self._consume(state.queue_name, SESSION_CONSUMER)
-
-    def _consume(self, queue: str, tag: str | None = None) -> None:
-        session = self.core_session()
-        tag = tag or SHARED_CONSUMER_PREFIX + queue
-        if tag in session.consumers:
-            return
-        consumer = session.consume(queue, tag)
-        consumer.start()
 
     # -- PUBLISH from the client ---------------------------------------------------------------
 
@@ -591,82 +554,14 @@ class MQTTConnection:
     # -- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------------------
 
     def _on_subscribe(self, packet: Subscribe) -> None:
-        state = self.mqtt
-        assert state is not None
-        session = self.core_session()
-        v5 = self.version == MQTT_5
-        identifier = packet.properties.subscription_identifier
-        sub_id = identifier[0] if identifier else None
-        codes: list[int] = []
-        retained: list[tuple[Subscription, bool]] = []
-        for sub in packet.subscriptions:
-            group, topic_filter = split_shared(sub.topic_filter)
-            binding = filter_to_binding_key(topic_filter)
-            try:
-                if group is None:
-                    self._ensure_queue(state)
-                    session.bind_queue(state.queue_name, EXCHANGE, binding, {})
-                else:
-                    queue = shared_queue_name(group, topic_filter)
-                    if queue not in session.vhost.queues:
-                        session.declare_queue(queue, durable=True)
-                    session.bind_queue(queue, EXCHANGE, binding, {})
-                    self.registry.shared_members.setdefault((self.vhost, queue), set()).add(state)
-                    self._consume(queue)
-            except BrokerError as e:
-                log.info(
-                    "subscription %r of %s refused: %s", sub.topic_filter, self.client_id, e.text
-                )
-                codes.append(ReasonCode.NOT_AUTHORIZED if v5 else 0x80)
-                continue
-            # [MQTT-3.8.4-3]: a subscription with the same filter is replaced
-            existed = state.subscribe(SubscriptionState(sub, sub_id, group, topic_filter))
-            codes.append(sub.qos)  # QoS 2 is granted as asked [MQTT-3.9.3-1]
-            if group is None:
-                retained.append((sub, existed))
-        self.registry.save(state)
+        assert self.subscriptions is not None
+        codes, retained = self.subscriptions.subscribe(packet, self.version == MQTT_5)
         self.send(SubAck(packet.packet_id, codes))
-        # retained messages go after SUBACK (section 3.3.1.3)
-        for sub, existed in retained:
-            if sub.retain_handling == 2 or (sub.retain_handling == 1 and existed):
-                continue
-            self._send_retained(state, sub)
-
-    def _send_retained(self, state: SessionState, sub: Subscription) -> None:
-        vhost = self.core_session().vhost
-        queue = vhost.queues.get(state.queue_name)
-        if queue is None:
-            return
-        for item in retained_for(vhost, sub.topic_filter, self.registry.clock()):
-            queue.publish(retained_copy(item.message))
+        self.subscriptions.send_retained(retained)  # after SUBACK (section 3.3.1.3)
 
     def _on_unsubscribe(self, packet: Unsubscribe) -> None:
-        state = self.mqtt
-        assert state is not None
-        session = self.core_session()
-        codes: list[int] = []
-        for topic_filter in packet.topic_filters:
-            sub = state.unsubscribe(topic_filter)
-            if sub is None:
-                codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
-                continue
-            binding = filter_to_binding_key(sub.topic_filter)
-            try:
-                if sub.group is None:
-                    if not any(
-                        s.group is None and filter_to_binding_key(s.topic_filter) == binding
-                        for s in state.subscriptions.values()
-                    ):
-                        session.unbind_queue(state.queue_name, EXCHANGE, binding, {})
-                else:
-                    queue = shared_queue_name(sub.group, sub.topic_filter)
-                    session.cancel(SHARED_CONSUMER_PREFIX + queue)
-                    self.registry.leave_group(state, queue)
-            except (NotFound, AccessRefused):
-                pass
-            codes.append(ReasonCode.SUCCESS)
-        self.registry.save(state)
-        self.send(UnsubAck(packet.packet_id, codes))
+        assert self.subscriptions is not None
+        self.send(UnsubAck(packet.packet_id, self.subscriptions.unsubscribe(packet)))
 
     # -- DISCONNECT from the client ----------------------------------------------------------------
 
