@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections.abc import Sequence
 
 from moorage.broker.errors import BrokerError
 from moorage.broker.message import EXPIRES_AT_ANNOTATION, Message
@@ -43,7 +44,7 @@ from moorage.protocols.mqtt.mapping import (
     published_qos,
 )
 from moorage.protocols.mqtt.registry import SessionRegistry
-from moorage.protocols.mqtt.session_state import SessionState, shared_queue_name
+from moorage.protocols.mqtt.session_state import SessionState, SubscriptionState, shared_queue_name
 from moorage.protocols.mqtt.topics import routing_key_to_topic
 from moorage.protocols.tcp import Shell
 
@@ -98,6 +99,7 @@ class Deliveries:
         routing_key = message.routing_key
         topic = routing_key_to_topic(routing_key)
         a = message.annotations  # read directly: what `annotation(message)` would say
+        subs: Sequence[SubscriptionState]
         if consumer_tag == SESSION_CONSUMER:
             subs = state.matching(topic, routing_key)
             if a and a.get(ANN_PUBLISHER) == client_id:
@@ -114,7 +116,7 @@ class Deliveries:
         if isinstance(expires_at, int | float):
             left = float(expires_at) - self.registry.clock()
             if left <= 0:
-                subs = []  # expired [MQTT-3.3.2-5]
+                subs = ()  # expired [MQTT-3.3.2-5]
             else:
                 remaining = max(1, round(left))  # [MQTT-3.3.2-6]
         elif message.properties.expiration:

@@ -169,6 +169,8 @@ def test_session_matching_finds_what_matching_every_subscription_finds(
     for name in [*filters, "$share/g/#"]:
         group, topic_filter = split_shared(name)
         state.subscribe(SubscriptionState(Subscription(name), None, group, topic_filter))
+    routing_key = topic_to_routing_key(topic)
+    state.matching(topic, routing_key)  # cached now: every change below must forget it
     for name in removed:
         state.unsubscribe(name)
     expected = {
@@ -176,7 +178,6 @@ def test_session_matching_finds_what_matching_every_subscription_finds(
         for name, sub in state.subscriptions.items()
         if sub.group is None and match_uncached(sub.topic_filter, topic)
     }
-    routing_key = topic_to_routing_key(topic)
     found = state.matching(topic, routing_key)
     assert {sub.options.topic_filter for sub in found} == expected
     restored = SessionState.decode("/", "c", state.encode())  # as after a restart
