@@ -30,8 +30,9 @@ from moorage.broker.errors import (
 from moorage.broker.exchange_types import EXCHANGE_TYPES, ExchangeType, exchange_type
 from moorage.broker.message import Message
 from moorage.broker.queue import Queue, QueueEntry
+from moorage.broker.retained import RetainedMessages
 from moorage.broker.serialization import encode_arguments, encode_message
-from moorage.storage import BindingRecord, ExchangeRecord, QueueRecord
+from moorage.storage import BindingRecord, ExchangeRecord, QueueRecord, Store
 
 if TYPE_CHECKING:
     from moorage.broker.broker import Broker
@@ -151,6 +152,7 @@ class VirtualHost:
         for xname, xtype in STANDARD_EXCHANGES:
             self.exchanges[xname] = Exchange(xname, xtype, durable=True)
         self.delay_schedulers: dict[str, DelayScheduler] = {}  # delayed exchanges, by name
+        self.retained = RetainedMessages(self)  # MQTT's retained messages, by topic
 
     # -- exchanges ----------------------------------------------------------------
 
@@ -513,15 +515,25 @@ class VirtualHost:
 
     # -- persistence helpers used by queues ----------------------------------------
 
+    @property
+    def store(self) -> Store:
+        return self.broker.store
+
+    def store_body(self, message: Message) -> int:
+        """Write a message body to the store once; its id (also in `message.store_id`)."""
+        if not message.store_id:
+            message.store_id = self.broker.next_message_id()
+            data = encode_message(message)
+            self.broker.store.put_message(message.store_id, data)
+            self.broker.flow.wrote(len(data))
+        return message.store_id
+
     def store_entry(self, queue: str, entry: QueueEntry) -> None:
         """Write a persistent entry (and its message body, once)."""
         store = self.broker.store
         message = entry.message
         if not message.store_id:
-            message.store_id = self.broker.next_message_id()
-            data = encode_message(message)
-            store.put_message(message.store_id, data)
-            self.broker.flow.wrote(len(data))
+            self.store_body(message)
         if entry.expires_at:
             store.enqueue(self.name, queue, entry.seq, message.store_id, entry.expires_at)
         else:

@@ -1,18 +1,34 @@
-"""MQTT sessions on the broker core: packets in, calls on the core, packets out.
+"""MQTT connections on the broker core: packets in, calls on the core, packets out.
 
 Theory of operation
 -------------------
-`MQTTConnection` is one network connection. The asyncio shell (`server.py`)
-drives it with `data_received(data, now)`, `handle_timer(now)`,
-`set_writable(flag)` and `connection_lost()`; it writes through a `Shell` and
-never touches a socket or a clock itself.
+`MQTTConnection` is one network connection. The asyncio shell (`server.py`,
+`websocket.py`) drives it with `data_received(data, now)`,
+`handle_timer(now)`, `set_writable(flag)` and `connection_lost()`; it writes
+through a `Shell` and never touches a socket or a clock itself. Bytes become
+packets in the codec (`codec.Connection`), and every packet it sends is
+encoded there too.
 
-An MQTT *session* outlives its network connections, so its state lives in a
-`SessionState` kept by the broker-wide `SessionRegistry` (one per `Broker`):
-subscriptions, QoS 2 packet identifiers in both directions, the session
-expiry and a pending will. A network connection attaches to a session after
-CONNECT and detaches when it ends; a second connection with the same client
-identifier takes the session over [MQTT-3.1.4-3].
+The package is split along MQTT's concerns, one module each (mosquitto keeps
+one file per concern the same way):
+
+- `session_state`: what survives a disconnect (subscriptions, QoS 2 packet
+  ids, expiry, will), matched against deliveries through a topic trie;
+- `registry`: every session of a broker, their lifetime and persistence,
+  takeover by client id [MQTT-3.1.4-3];
+- `mapping`: MQTT PUBLISH <-> core `Message`, topic <-> routing key;
+- `retained`: MQTT's rules over the core's retained messages
+  (`broker.retained`);
+- `subscriptions`: SUBSCRIBE / UNSUBSCRIBE as queues, bindings and
+  consumers on the core;
+- `deliveries`: core deliveries to the client as PUBLISH, and their acks;
+- `wills`, `sys_topics`, `dead_letters`: will messages, `$SYS`, the session
+  queue limit.
+
+This module is the connection: CONNECT (authentication, attaching to a
+session), PUBLISH from the client and its acknowledgement, DISCONNECT,
+keep-alive, dispatch of every packet, and the one place protocol errors meet
+the wire.
 
 Mapping onto the core (see README.md):
 
@@ -25,26 +41,9 @@ Mapping onto the core (see README.md):
   `mqtt-shared-<group>-<filter>`, consumed by every member session;
 - PUBLISH is `session.publish("amq.topic", Message(...))`; QoS 1 and 2 make
   the message persistent, and PUBACK/PUBREC wait for `store.when_durable`
-  when the publish was written to the store;
-- deliveries are matched again against the session's subscriptions, which
-  decides the QoS granted, the subscription identifiers, no-local and
-  retain-as-published. QoS 0 deliveries are acked to the core at once; QoS 1
-  at PUBACK; QoS 2 at PUBREC (then the packet id waits for PUBCOMP in the
-  session state). The client's Receive Maximum is the core session's
-  prefetch, so the core never has more QoS>0 messages in flight.
-
-MQTT-only metadata that has no AMQP property (the publisher's client id for
-no-local, the RETAIN flag for retain-as-published, the absolute expiry) rides
-on the message as annotations (`message.annotations`, stored with it).
-
-Persistence: a persistent session's state (protocol version, expiry,
-subscriptions with their options and identifiers, QoS 2 packet ids in both
-directions, when it was left) is written to the store with `put_session`
-whenever it changes, and read back by `SessionRegistry.recover` when the
-first listener starts; its queue and messages are the core's durable queue.
-Retained messages are stored with `put_retained` (their own body). A PUBREC
-or PUBCOMP that follows a session change is sent only after the store has
-it, so QoS 2 exactly-once holds across a broker restart.
+  when the publish was written to the store (retained messages included).
+  A PUBREC or PUBCOMP that follows a session change is sent only after the
+  store has it, so QoS 2 exactly-once holds across a broker restart.
 
 Ordering constraints:
 - SUBACK is written before retained messages are put into the session's
@@ -57,25 +56,15 @@ Ordering constraints:
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import itertools
-import json
 import logging
-import time
 import uuid
-import weakref
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from moorage.broker import __version__
-from moorage.broker.auth import Permission, User
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
-from moorage.broker.errors import AccessRefused, BrokerError, NotFound
-from moorage.broker.message import EXPIRES_AT_ANNOTATION, PERSISTENT, Message, Properties
-from moorage.broker.serialization import decode_message, encode_message
+from moorage.broker.errors import AccessRefused, BrokerError
+from moorage.broker.message import Message
 from moorage.broker.session import Session
 from moorage.protocols.mqtt.codec import (
     MQTT_5,
@@ -98,648 +87,34 @@ from moorage.protocols.mqtt.codec import (
     ReasonCode,
     SubAck,
     Subscribe,
-    Subscription,
     UnsubAck,
     Unsubscribe,
     Will,
-    encode_publish_fast,
+    encode_puback_fast,
 )
 from moorage.protocols.mqtt.codec import Properties as MQTTProperties
-from moorage.protocols.mqtt.topics import (
-    filter_to_binding_key,
-    matches,
-    routing_key_to_topic,
-    split_shared,
-    topic_to_routing_key,
+from moorage.protocols.mqtt.deliveries import (
+    MAX_PACKET_SIZE,
+    Deliveries,
 )
+from moorage.protocols.mqtt.mapping import EXCHANGE, to_message
+from moorage.protocols.mqtt.registry import registry_for
+from moorage.protocols.mqtt.retained import retain
+from moorage.protocols.mqtt.session_state import (
+    SESSION_NEVER_EXPIRES,
+    PendingWill,
+    SessionState,
+)
+from moorage.protocols.mqtt.subscriptions import SessionSubscriptions
 from moorage.protocols.tcp import Shell
-from moorage.storage import StoreError
+
+__all__ = ["MQTTConnection"]
 
 log = logging.getLogger("moorage.mqtt")
 
-EXCHANGE = "amq.topic"
 DEFAULT_VHOST = "/"
-SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 SERVER_RECEIVE_MAXIMUM = 1024
 TOPIC_ALIAS_MAXIMUM = 64
-MAX_PACKET_SIZE = 268_435_460  # the protocol's own limit
-QOS_HEADER = "x-mqtt-publish-qos"  # as RabbitMQ names it
-CORRELATION_HEADER = "x-mqtt-correlation-data"  # correlation data that is not UTF-8
-SESSION_CONSUMER = "mqtt-session"
-SHARED_CONSUMER_PREFIX = "mqtt-shared:"
-STORE_PROTOCOL = "mqtt"  # the `protocol` of our Store sessions
-DEAD_LETTER_EXCHANGE = "mqtt.dead-letter"  # where a full session queue's oldest message goes
-DEAD_LETTER_COUNTER = "mqtt-dead-letter-counter"  # transient queue counting them
-INTERNAL_USER = "mqtt-internal"
-ANN_PUBLISHER = "mqtt.publisher"
-ANN_RETAIN = "mqtt.retain"
-ANN_PAYLOAD_FORMAT = "mqtt.payload-format"
-ANN_RETAINED_COPY = "mqtt.retained-copy"
-
-
-# -- message annotations -------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Annotation:
-    """MQTT facts about a message that no AMQP property carries."""
-
-    publisher: str | None = None  # client id, for no-local [MQTT-3.8.3-3]
-    retain: bool = False  # the RETAIN flag as published, for retain-as-published
-    expires_at: float | None = None  # wall-clock seconds, for the message expiry interval
-    payload_format: int | None = None
-    retained_copy: bool = False  # sent from the retained store: RETAIN=1 [MQTT-3.3.1-8]
-
-
-def annotation(message: Message) -> Annotation | None:
-    """The MQTT facts in a message's annotations (None when it has none)."""
-    a = message.annotations
-    if not a:
-        return None
-    expires_at = a.get(EXPIRES_AT_ANNOTATION)
-    payload_format = a.get(ANN_PAYLOAD_FORMAT)
-    return Annotation(
-        publisher=a.get(ANN_PUBLISHER),
-        retain=bool(a.get(ANN_RETAIN, False)),
-        expires_at=float(expires_at) if isinstance(expires_at, int | float) else None,
-        payload_format=payload_format if isinstance(payload_format, int) else None,
-        retained_copy=bool(a.get(ANN_RETAINED_COPY, False)),
-    )
-
-
-def _annotate(message: Message, note: Annotation) -> Message:
-    """Write `note` into the message's annotations (only what differs from the default)."""
-    a: dict[str, Any] = {}
-    if note.publisher is not None:
-        a[ANN_PUBLISHER] = note.publisher
-    if note.retain:
-        a[ANN_RETAIN] = True
-    if note.expires_at is not None:
-        a[EXPIRES_AT_ANNOTATION] = float(note.expires_at)  # every queue honours it
-    if note.payload_format is not None:
-        a[ANN_PAYLOAD_FORMAT] = note.payload_format
-    if note.retained_copy:
-        a[ANN_RETAINED_COPY] = True
-    message.annotations = a
-    return message
-
-
-# -- session state -------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class SubscriptionState:
-    options: Subscription
-    identifier: int | None
-    group: str | None  # shared subscription group, or None
-    topic_filter: str  # without the $share/group/ prefix
-
-
-@dataclass(slots=True)
-class PendingWill:
-    will: Will
-    user: Any
-    vhost: str
-    client_id: str
-    timer: Any = None
-
-
-@dataclass(eq=False)
-class SessionState:
-    """What survives a client's disconnect (section 4.1)."""
-
-    vhost: str
-    client_id: str
-    expiry_interval: int = 0
-    subscriptions: dict[str, SubscriptionState] = field(default_factory=dict)
-    incoming_qos2: set[int] = field(default_factory=set)  # PUBREC sent, PUBREL awaited
-    outgoing_pubrel: set[int] = field(default_factory=set)  # PUBREL sent, PUBCOMP awaited
-    owner: MQTTConnection | None = None
-    expiry_timer: Any = None
-    will: PendingWill | None = None
-    queue_declared: bool = False
-    version: int = 4
-    saved: bool = False  # a record of it is in the store
-    disconnected_at: float | None = None  # wall clock, while no connection owns it
-
-    @property
-    def queue_name(self) -> str:
-        return f"mqtt-subscription-{self.client_id}qos1"
-
-    @property
-    def persistent(self) -> bool:
-        return self.expiry_interval != 0
-
-    def encode(self) -> bytes:
-        """The state kept in the store (JSON; pending wills are not kept)."""
-        return json.dumps(
-            {
-                "version": self.version,
-                "expiry": self.expiry_interval,
-                "disconnected_at": self.disconnected_at,
-                "subscriptions": [
-                    [
-                        name,
-                        sub.options.qos,
-                        sub.options.no_local,
-                        sub.options.retain_as_published,
-                        sub.options.retain_handling,
-                        sub.identifier,
-                    ]
-                    for name, sub in self.subscriptions.items()
-                ],
-                "incoming_qos2": sorted(self.incoming_qos2),
-                "outgoing_pubrel": sorted(self.outgoing_pubrel),
-            },
-            separators=(",", ":"),
-        ).encode()
-
-    @classmethod
-    def decode(cls, vhost: str, client_id: str, data: bytes) -> SessionState:
-        """Inverse of `encode`. Raises ValueError (or KeyError/TypeError) on a bad record."""
-        d = json.loads(data)
-        state = cls(vhost, client_id, int(d["expiry"]), version=int(d["version"]))
-        state.disconnected_at = d.get("disconnected_at")
-        for name, qos, no_local, rap, rh, identifier in d["subscriptions"]:
-            group, topic_filter = split_shared(name)
-            options = Subscription(name, int(qos), bool(no_local), bool(rap), int(rh))
-            state.subscriptions[name] = SubscriptionState(options, identifier, group, topic_filter)
-        state.incoming_qos2 = {int(i) for i in d["incoming_qos2"]}
-        state.outgoing_pubrel = {int(i) for i in d["outgoing_pubrel"]}
-        return state
-
-
-@dataclass(slots=True)
-class RetainedMessage:
-    topic: str
-    message: Message
-    qos: int
-    store_id: int = 0  # its body in the store (0: not stored, e.g. $SYS)
-
-
-@dataclass(slots=True)
-class Statistics:
-    """Broker-wide MQTT counters, published under $SYS/broker/."""
-
-    received: int = 0  # PUBLISH packets from clients
-    sent: int = 0  # PUBLISH packets to clients
-    dead_lettered: int = 0  # dropped by a session queue's limit (dead-lettered)
-
-
-class SessionRegistry:
-    """Every MQTT session and retained message of one broker (in memory for now)."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.sessions: dict[tuple[str, str], SessionState] = {}
-        self.shared_members: dict[tuple[str, str], set[SessionState]] = {}  # (vhost, queue)
-        self.retained: dict[tuple[str, str], RetainedMessage] = {}
-        self.call_later: Callable[[float, Callable[[], None]], Any] | None = None
-        self.clock: Callable[[], float] = time.time
-        self.stats = Statistics()
-        self.started_at = time.time()
-        self.recovered = False
-        self._sys_timer: Any = None
-        self._internal: dict[str, ClientConnection] = {}  # vhost -> dead-letter counter
-
-    def schedule(self, delay: float, callback: Callable[[], None]) -> Any:
-        if self.call_later is None:
-            raise RuntimeError("SessionRegistry has no timer (started outside a listener)")
-        return self.call_later(delay, callback)
-
-    # -- retained messages -------------------------------------------------------------
-
-    def retain(
-        self, vhost: str, topic: str, message: Message, qos: int, *, persist: bool = True
-    ) -> bool:
-        """Keep (or with an empty payload, clear) a topic's retained message [MQTT-3.3.1-5..7].
-
-        The message is written to the store (its own body, `put_retained`)
-        unless `persist` is False. Returns True when something was queued to
-        the store, so that a PUBACK/PUBREC must wait for `when_durable`.
-        """
-        store = self.broker.store
-        key = (vhost, topic)
-        if not message.body:
-            old = self.retained.pop(key, None)
-            if old is not None and old.store_id:
-                store.delete_retained(vhost, topic)
-                return True
-            return False
-        item = RetainedMessage(topic, message, qos)
-        self.retained[key] = item
-        if not persist:
-            return False
-        copy = message.copy()
-        item.store_id = self.broker.next_message_id()
-        data = encode_message(copy)
-        store.put_message(item.store_id, data)
-        store.put_retained(vhost, topic, item.store_id)
-        self.broker.flow.wrote(len(data))
-        return True
-
-    def retained_for(self, vhost: str, topic_filter: str) -> list[RetainedMessage]:
-        now = self.clock()
-        found = []
-        for (v, topic), item in list(self.retained.items()):
-            if v != vhost or not matches(topic_filter, topic):
-                continue
-            note = annotation(item.message)
-            if note is not None and note.expires_at is not None and note.expires_at <= now:
-                del self.retained[(v, topic)]  # [MQTT-3.3.2-5]
-                if item.store_id:
-                    self.broker.store.delete_retained(v, topic)
-                continue
-            found.append(item)
-        return found
-
-    # -- session lifetime ----------------------------------------------------------------
-
-    def end_session(self, state: SessionState) -> None:
-        """The session is over: drop its queue and shared memberships, send a pending will."""
-        if self.sessions.get((state.vhost, state.client_id)) is state:
-            del self.sessions[(state.vhost, state.client_id)]
-        if state.expiry_timer is not None:
-            state.expiry_timer.cancel()
-            state.expiry_timer = None
-        if state.saved:
-            state.saved = False
-            self.broker.store.delete_session(state.vhost, STORE_PROTOCOL, state.client_id)
-        vhost = self.broker.vhosts.get(state.vhost)
-        if vhost is not None:
-            for sub in state.subscriptions.values():
-                if sub.group is not None:
-                    self.leave_group(state, shared_queue_name(sub.group, sub.topic_filter))
-            if state.queue_name in vhost.queues:
-                vhost.delete_queue(state.queue_name)
-        state.subscriptions.clear()
-        if state.will is not None:
-            self.publish_will(state)  # the session ended before the will delay [MQTT-3.1.3-9]
-
-    def leave_group(self, state: SessionState, queue: str) -> None:
-        members = self.shared_members.get((state.vhost, queue))
-        if members is None:
-            return
-        members.discard(state)
-        if not members:
-            del self.shared_members[(state.vhost, queue)]
-            vhost = self.broker.vhosts.get(state.vhost)
-            if vhost is not None and queue in vhost.queues:
-                vhost.delete_queue(queue)
-
-    def save(self, state: SessionState) -> bool:
-        """Write a persistent session's state to the store; True if something was queued."""
-        if not state.persistent or self.sessions.get((state.vhost, state.client_id)) is not state:
-            return False
-        self.broker.store.put_session(state.vhost, STORE_PROTOCOL, state.client_id, state.encode())
-        state.saved = True
-        return True
-
-    def detached(self, state: SessionState) -> None:
-        """Its connection is gone: expire it now or after its expiry interval."""
-        state.owner = None
-        if state.expiry_interval == 0:
-            self.end_session(state)
-            return
-        state.disconnected_at = self.clock()
-        with contextlib.suppress(StoreError):  # a closed store at shutdown: nothing to do
-            self.save(state)
-        if state.expiry_interval != SESSION_NEVER_EXPIRES:
-            state.expiry_timer = self.schedule(
-                state.expiry_interval, lambda: self.end_session(state)
-            )
-
-    # -- recovery after a restart ------------------------------------------------------
-
-    async def recover(self) -> None:
-        """Read sessions and retained messages back from the store (once per broker).
-
-        A session whose expiry passed while the broker was down (counted from
-        when it was left, or from now for one that was connected when the
-        broker died) is removed with its queue [MQTT-3.1.2-23].
-        """
-        if self.recovered:
-            return
-        self.recovered = True
-        store = self.broker.store
-        now = self.clock()
-        for record in await store.load_sessions(STORE_PROTOCOL):
-            try:
-                state = SessionState.decode(record.vhost, record.client_id, record.state)
-            except (ValueError, KeyError, TypeError) as e:
-                log.warning("dropping unreadable MQTT session %r: %s", record.client_id, e)
-                store.delete_session(record.vhost, STORE_PROTOCOL, record.client_id)
-                continue
-            state.saved = True
-            self.sessions[(state.vhost, state.client_id)] = state
-            for sub in state.subscriptions.values():
-                if sub.group is not None:
-                    queue = shared_queue_name(sub.group, sub.topic_filter)
-                    self.shared_members.setdefault((state.vhost, queue), set()).add(state)
-            left = state.disconnected_at if state.disconnected_at is not None else now
-            if state.disconnected_at is None:
-                state.disconnected_at = now
-                self.save(state)
-            if state.expiry_interval == SESSION_NEVER_EXPIRES:
-                continue
-            remaining = left + state.expiry_interval - now
-            if remaining <= 0 or record.vhost not in self.broker.vhosts:
-                self.end_session(state)
-            else:
-                state.expiry_timer = self.schedule(remaining, self._ender(state))
-        for item in await store.load_retained():
-            try:
-                message = decode_message(item.data)
-            except ValueError as e:
-                log.warning("dropping unreadable retained message of %r: %s", item.topic, e)
-                store.delete_retained(item.vhost, item.topic)
-                continue
-            self.retained[(item.vhost, item.topic)] = RetainedMessage(
-                item.topic, message, published_qos(message), item.message_id
-            )
-        for name in self.broker.vhosts:
-            self.watch_dead_letters(name)
-        self.start_sys()
-
-    def _ender(self, state: SessionState) -> Callable[[], None]:
-        return lambda: self.end_session(state)
-
-    # -- the session queue limit -------------------------------------------------------
-
-    def session_queue_arguments(self) -> dict[str, Any]:
-        """x-arguments of a persistent session's queue: the configured length limit."""
-        limit = getattr(self.broker.limits, "mqtt_session_queue_limit", 0)
-        if not limit:
-            return {}
-        return {
-            "x-max-length": limit,
-            "x-overflow": "drop-head",
-            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
-        }
-
-    def watch_dead_letters(self, vhost_name: str) -> None:
-        """Declare the vhost's dead-letter exchange and count what reaches it (`stats`)."""
-        if vhost_name in self._internal or not getattr(
-            self.broker.limits, "mqtt_session_queue_limit", 0
-        ):
-            return
-        user = User(INTERNAL_USER, None, (), {vhost_name: Permission(".*", ".*", ".*")})
-        try:
-            core = self.broker.connect(vhost_name, user, protocol="mqtt", peer="internal")
-        except BrokerError as e:
-            log.warning("no MQTT dead-letter counter in %r: %s", vhost_name, e.text)
-            return
-        self._internal[vhost_name] = core
-        session = core.open_session(_DeadLetterCounter(self.stats))
-        session.declare_exchange(DEAD_LETTER_EXCHANGE, "topic", durable=True)
-        session.declare_queue(DEAD_LETTER_COUNTER, durable=False, auto_delete=False)
-        session.bind_queue(DEAD_LETTER_COUNTER, DEAD_LETTER_EXCHANGE, "#", {})
-        session.consume(DEAD_LETTER_COUNTER, "count", no_ack=True).start()
-
-    # -- $SYS ------------------------------------------------------------------------------
-
-    def start_sys(self) -> None:
-        interval = float(getattr(self.broker.limits, "mqtt_sys_interval", 0))
-        if interval > 0 and self._sys_timer is None and self.call_later is not None:
-            self.publish_sys()
-            self._sys_timer = self.schedule(interval, self._sys_tick)
-
-    def _sys_tick(self) -> None:
-        interval = float(getattr(self.broker.limits, "mqtt_sys_interval", 0))
-        self.publish_sys()
-        self._sys_timer = self.schedule(interval, self._sys_tick)
-
-    def sys_values(self) -> dict[str, str]:
-        """The $SYS/broker/... topics and their current values (as Mosquitto names them)."""
-        connected = sum(1 for s in self.sessions.values() if s.owner is not None)
-        stats = self.stats
-        return {
-            "$SYS/broker/version": f"moorage {__version__}",
-            "$SYS/broker/uptime": f"{int(self.clock() - self.started_at)} seconds",
-            "$SYS/broker/clients/connected": str(connected),
-            "$SYS/broker/clients/disconnected": str(len(self.sessions) - connected),
-            "$SYS/broker/clients/total": str(len(self.sessions)),
-            "$SYS/broker/messages/received": str(stats.received),
-            "$SYS/broker/messages/sent": str(stats.sent),
-            "$SYS/broker/publish/messages/received": str(stats.received),
-            "$SYS/broker/publish/messages/sent": str(stats.sent),
-            "$SYS/broker/publish/messages/dropped": str(stats.dead_lettered),
-            "$SYS/broker/retained messages/count": str(len(self.retained)),
-            "$SYS/broker/subscriptions/count": str(
-                sum(len(s.subscriptions) for s in self.sessions.values())
-            ),
-        }
-
-    def publish_sys(self) -> None:
-        """Retain the $SYS values (in memory only) and send them to connected subscribers.
-
-        They go straight to the queues of connected sessions with a matching
-        subscription (not through `amq.topic`), so offline sessions and `#`
-        subscribers [MQTT-4.7.2-1] do not collect them.
-        """
-        for vhost_name, vhost in self.broker.vhosts.items():
-            owners = [
-                s
-                for s in self.sessions.values()
-                if s.vhost == vhost_name and s.owner is not None and s.subscriptions
-            ]
-            for topic, value in self.sys_values().items():
-                message = Message(
-                    EXCHANGE,
-                    topic_to_routing_key(topic),
-                    Properties(headers={QOS_HEADER: 0}, delivery_mode=1),
-                    value.encode(),
-                )
-                _annotate(message, Annotation(retain=True))
-                self.retain(vhost_name, topic, message, 0, persist=False)
-                for state in owners:
-                    if not any(
-                        s.group is None and matches(s.topic_filter, topic)
-                        for s in state.subscriptions.values()
-                    ):
-                        continue
-                    queue = vhost.queues.get(state.queue_name)
-                    if queue is not None:
-                        queue.publish(message)
-
-    def close(self) -> None:
-        """Stop the $SYS timer and the internal connections (broker shutdown)."""
-        if self._sys_timer is not None:
-            self._sys_timer.cancel()
-            self._sys_timer = None
-        for core in self._internal.values():
-            core.close()
-        self._internal.clear()
-
-    def schedule_will(self, state: SessionState, pending: PendingWill) -> None:
-        """Publish a will now, or after its delay unless the session is resumed first."""
-        delay = pending.will.properties.will_delay_interval or 0
-        if delay and state.expiry_interval:
-            state.will = pending
-            pending.timer = self.schedule(
-                min(delay, state.expiry_interval), lambda: self.publish_will(state)
-            )
-        else:
-            state.will = pending
-            self.publish_will(state)
-
-    def publish_will(self, state: SessionState) -> None:
-        pending, state.will = state.will, None
-        if pending is None:
-            return
-        if pending.timer is not None:
-            pending.timer.cancel()
-        try:
-            core = self.broker.connect(
-                pending.vhost, pending.user, protocol="mqtt", peer=f"will:{pending.client_id}"
-            )
-        except BrokerError as e:
-            log.info("will of %s not published: %s", pending.client_id, e.text)
-            return
-        try:
-            session = core.open_session(_NullSink())
-            will = pending.will
-            publish = Publish(will.topic, will.payload, will.qos, will.retain, False, None)
-            publish.properties = will.properties
-            message = to_message(publish, pending.client_id, self.clock())
-            if will.retain:
-                self.retain(pending.vhost, will.topic, message, will.qos)
-            session.publish(EXCHANGE, message)
-        except BrokerError as e:
-            log.info("will of %s not published: %s", pending.client_id, e.text)
-        finally:
-            core.close()
-
-
-class _DeadLetterCounter:
-    """Counts what the session queues' length limit dead-lettered (reason maxlen)."""
-
-    def __init__(self, stats: Statistics) -> None:
-        self.stats = stats
-
-    def deliver(self, consumer_tag: str, delivery_tag: int, redelivered: bool, m: Message) -> None:
-        if m.header("x-last-death-reason") == "maxlen":
-            self.stats.dead_lettered += 1
-
-    def returned(self, message: Message, reply_code: int, reply_text: str) -> None:
-        pass
-
-    def cancelled(self, consumer_tag: str, error: BrokerError | None) -> None:
-        pass
-
-
-class _NullSink:
-    def deliver(self, consumer_tag: str, delivery_tag: int, redelivered: bool, m: Message) -> None:
-        pass
-
-    def returned(self, message: Message, reply_code: int, reply_text: str) -> None:
-        pass
-
-    def cancelled(self, consumer_tag: str, error: BrokerError | None) -> None:
-        pass
-
-
-_registries: weakref.WeakKeyDictionary[Broker, SessionRegistry] = weakref.WeakKeyDictionary()
-
-
-def registry_for(broker: Broker) -> SessionRegistry:
-    """The one session registry of `broker` (shared by every MQTT listener)."""
-    reg = _registries.get(broker)
-    if reg is None:
-        reg = _registries[broker] = SessionRegistry(broker)
-    return reg
-
-
-def shared_queue_name(group: str, topic_filter: str) -> str:
-    return f"mqtt-shared-{group}-{topic_filter}"
-
-
-# -- message mapping -------------------------------------------------------------------------
-
-
-def to_message(packet: Publish, client_id: str | None, now: float) -> Message:
-    """An MQTT PUBLISH as a core message (README.md, "Message mapping")."""
-    p = packet.properties
-    headers: dict[str, Any] = dict(p.user_property) if p.user_property else {}
-    headers[QOS_HEADER] = packet.qos
-    correlation_id = None
-    if p.correlation_data is not None:
-        try:
-            correlation_id = p.correlation_data.decode("utf-8")
-        except UnicodeDecodeError:
-            headers[CORRELATION_HEADER] = p.correlation_data
-        else:
-            if len(correlation_id) > 255:
-                correlation_id = None
-                headers[CORRELATION_HEADER] = p.correlation_data
-    expiry = p.message_expiry_interval
-    props = Properties(
-        content_type=p.content_type,
-        headers=headers,
-        delivery_mode=PERSISTENT if packet.qos else 1,
-        correlation_id=correlation_id,
-        reply_to=p.response_topic,
-        expiration=str(expiry * 1000) if expiry is not None else None,
-    )
-    # What `_annotate(message, Annotation(...))` writes, without the Annotation.
-    a: dict[str, Any] = {}
-    if client_id is not None:
-        a[ANN_PUBLISHER] = client_id
-    if packet.retain:
-        a[ANN_RETAIN] = True
-    if expiry is not None:
-        a[EXPIRES_AT_ANNOTATION] = float(now + expiry)
-    if p.payload_format_indicator is not None:
-        a[ANN_PAYLOAD_FORMAT] = p.payload_format_indicator
-    return Message(
-        EXCHANGE, topic_to_routing_key(packet.topic), props, packet.payload, annotations=a
-    )
-
-
-def _header_text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
-
-
-def publish_properties(message: Message, remaining_expiry: int | None) -> MQTTProperties:
-    """MQTT 5 PUBLISH properties for a core message (any protocol published it)."""
-    p = message.properties
-    out = MQTTProperties(content_type=p.content_type, response_topic=p.reply_to)
-    note = annotation(message)
-    if note is not None:
-        out.payload_format_indicator = note.payload_format
-    if p.correlation_id is not None:
-        out.correlation_data = p.correlation_id.encode()
-    for name, value in (p.headers or {}).items():
-        if name == CORRELATION_HEADER and isinstance(value, bytes):
-            out.correlation_data = value
-        elif name != QOS_HEADER and isinstance(value, str | bytes | int | float | bool):
-            out.user_property.append((name, _header_text(value)))
-    out.message_expiry_interval = remaining_expiry
-    return out
-
-
-def published_qos(message: Message) -> int:
-    """The QoS a message was published with; AMQP messages: persistent = 1 (as RabbitMQ)."""
-    headers = message.properties.headers
-    if headers:
-        qos = headers.get(QOS_HEADER)
-        if isinstance(qos, int) and 0 <= qos <= 2:
-            return qos
-    return 1 if message.persistent else 0
-
-
-# -- the connection ---------------------------------------------------------------------------
-
-# `Message.wire_cache` keys of an encoded QoS 0 PUBLISH, per (3.x version, retain).
-_QOS0_CACHE_KEYS = {
-    (version, retain): f"mqtt-publish-{version}-{int(retain)}"
-    for version in (3, 4)
-    for retain in (False, True)
-}
 
 
 class State(enum.Enum):
@@ -765,15 +140,14 @@ class MQTTConnection:
         self.core: ClientConnection | None = None
         self.session: Session | None = None
         self.mqtt: SessionState | None = None
+        self.subscriptions: SessionSubscriptions | None = None  # once attached to a session
         self.user: Any = None
         self.vhost = DEFAULT_VHOST
         self.will: Will | None = None
         self.client_receive_maximum = 65535
-        self.client_max_packet_size = MAX_PACKET_SIZE
         self.topic_aliases: dict[int, str] = {}
-        self.inflight: dict[int, int] = {}  # outgoing packet id -> core delivery tag
+        self.deliveries = Deliveries(shell, self.codec, self.registry)
         self.incoming_unacked = 0  # QoS 1 publishes whose PUBACK waits for the store
-        self._packet_ids = itertools.cycle(range(1, 65536))
         self._deferred = 0
         self._now = now
         self._last_recv = now
@@ -897,7 +271,7 @@ class MQTTConnection:
         if state is not None and state.owner is self:
             state.owner = None
             if self.will is not None and publish_will:
-                self.registry.schedule_will(
+                self.registry.wills.schedule(
                     state, PendingWill(self.will, self.user, self.vhost, self.client_id)
                 )
             if not keep_session:
@@ -910,13 +284,15 @@ class MQTTConnection:
         if isinstance(packet, Publish):
             self._on_publish(packet)
         elif isinstance(packet, PubAck):
-            self._on_puback(packet)
+            self.deliveries.on_puback(self.session, packet)
         elif isinstance(packet, PubRec):
-            self._on_pubrec(packet)
+            assert self.mqtt is not None
+            self.deliveries.on_pubrec(self.session, self.mqtt, packet)
         elif isinstance(packet, PubRel):
             self._on_pubrel(packet)
         elif isinstance(packet, PubComp):
-            self._on_pubcomp(packet)
+            assert self.mqtt is not None
+            self.deliveries.on_pubcomp(self.mqtt, packet)
         elif isinstance(packet, Subscribe):
             self._on_subscribe(packet)
         elif isinstance(packet, Unsubscribe):
@@ -995,7 +371,7 @@ class MQTTConnection:
         self.will = packet.will
         if v5:
             self.client_receive_maximum = props.receive_maximum or 65535
-            self.client_max_packet_size = props.maximum_packet_size or MAX_PACKET_SIZE
+            self.deliveries.client_max_packet_size = props.maximum_packet_size or MAX_PACKET_SIZE
             expiry = props.session_expiry_interval or 0
         else:
             expiry = 0 if packet.clean_start else SESSION_NEVER_EXPIRES
@@ -1053,50 +429,14 @@ class MQTTConnection:
         session.qos(self.client_receive_maximum, global_=True)  # [MQTT-3.3.4-9]
         for packet_id in sorted(state.outgoing_pubrel):
             self.send(PubRel(packet_id))  # [MQTT-4.4.0-1]: resend PUBREL on resume
-        self._resume_consumers(state)
+        self.subscriptions = SessionSubscriptions(session, state, self.registry, client_id)
+        self.subscriptions.resume()
 
     def core_session(self) -> Session:
         if self.session is None:
             assert self.core is not None
             self.session = self.core.open_session(self)
         return self.session
-
-    def _resume_consumers(self, state: SessionState) -> None:
-        """Start consuming the session queue and every shared group queue it belongs to."""
-        if any(s.group is None for s in state.subscriptions.values()):
-            self._ensure_queue(state)
-        for sub in state.subscriptions.values():
-            if sub.group is not None:
-                self._consume(shared_queue_name(sub.group, sub.topic_filter))
-
-    def _ensure_queue(self, state: SessionState) -> None:
-        session = self.core_session()
-        persistent = state.persistent
-        vhost = session.vhost
-        existing = vhost.queues.get(state.queue_name)
-        if existing is None:
-            arguments: dict[str, Any] = {}
-            if persistent:
-                arguments = self.registry.session_queue_arguments()
-                if arguments:
-                    self.registry.watch_dead_letters(self.vhost)
-            session.declare_queue(
-                state.queue_name,
-                durable=persistent,
-                exclusive=False,
-                auto_delete=False,
-                arguments=arguments,
-            )
-        if SESSION_CONSUMER not in session.consumers:
-            self._consume(state.queue_name, SESSION_CONSUMER)
-
-    def _consume(self, queue: str, tag: str | None = None) -> None:
-        session = self.core_session()
-        tag = tag or SHARED_CONSUMER_PREFIX + queue
-        if tag in session.consumers:
-            return
-        consumer = session.consume(queue, tag)
-        consumer.start()
 
     # -- PUBLISH from the client ---------------------------------------------------------------
 
@@ -1145,7 +485,7 @@ class MQTTConnection:
                 ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, publish_will=True, text=e.text
             )
             return
-        if packet.retain and self.registry.retain(self.vhost, packet.topic, message, qos):
+        if packet.retain and retain(session.vhost, packet.topic, message):
             stored = True  # PUBACK/PUBREC once the retained message is on disk
         if qos == 2:
             state.incoming_qos2.add(packet_id)  # type: ignore[arg-type]
@@ -1166,7 +506,7 @@ class MQTTConnection:
         ack: Packet = PubAck(pid, reason) if packet.qos == 1 else PubRec(pid, reason)
         if not stored and not self._deferred:
             if packet.qos == 1 and reason == ReasonCode.SUCCESS and self.codec.version != MQTT_5:
-                self.shell.send(b"\x40\x02" + pid.to_bytes(2, "big"))  # == encode(ack)
+                self.shell.send(encode_puback_fast(pid))  # == self.codec.send(ack)
             else:
                 self.send(ack)
             return
@@ -1211,135 +551,17 @@ class MQTTConnection:
         else:
             self.send(comp)
 
-    # -- acknowledgements of our deliveries ----------------------------------------------------
-
-    def _settle(self, packet_id: int) -> bool:
-        tag = self.inflight.pop(packet_id, None)
-        if tag is None or self.session is None:
-            return False
-        with contextlib.suppress(BrokerError):
-            self.session.ack(tag)
-        return True
-
-    def _on_puback(self, packet: PubAck) -> None:
-        self._settle(packet.packet_id)
-
-    def _on_pubrec(self, packet: PubRec) -> None:
-        state = self.mqtt
-        assert state is not None
-        known = self._settle(packet.packet_id)
-        if packet.reason_code >= 0x80:
-            return  # the client refused it; the exchange ends here [MQTT-4.3.3-4]
-        if known or packet.packet_id in state.outgoing_pubrel:
-            state.outgoing_pubrel.add(packet.packet_id)
-            self.registry.save(state)
-            self.send(PubRel(packet.packet_id))
-        else:
-            self.send(PubRel(packet.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
-
-    def _on_pubcomp(self, packet: PubComp) -> None:
-        assert self.mqtt is not None
-        if packet.packet_id in self.mqtt.outgoing_pubrel:
-            self.mqtt.outgoing_pubrel.discard(packet.packet_id)
-            self.registry.save(self.mqtt)
-
     # -- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------------------
 
     def _on_subscribe(self, packet: Subscribe) -> None:
-        state = self.mqtt
-        assert state is not None
-        session = self.core_session()
-        v5 = self.version == MQTT_5
-        identifier = packet.properties.subscription_identifier
-        sub_id = identifier[0] if identifier else None
-        codes: list[int] = []
-        retained: list[tuple[Subscription, bool]] = []
-        for sub in packet.subscriptions:
-            group, topic_filter = split_shared(sub.topic_filter)
-            binding = filter_to_binding_key(topic_filter)
-            try:
-                if group is None:
-                    self._ensure_queue(state)
-                    session.bind_queue(state.queue_name, EXCHANGE, binding, {})
-                else:
-                    queue = shared_queue_name(group, topic_filter)
-                    if queue not in session.vhost.queues:
-                        session.declare_queue(queue, durable=True)
-                    session.bind_queue(queue, EXCHANGE, binding, {})
-                    self.registry.shared_members.setdefault((self.vhost, queue), set()).add(state)
-                    self._consume(queue)
-            except BrokerError as e:
-                log.info(
-                    "subscription %r of %s refused: %s", sub.topic_filter, self.client_id, e.text
-                )
-                codes.append(ReasonCode.NOT_AUTHORIZED if v5 else 0x80)
-                continue
-            existed = sub.topic_filter in state.subscriptions
-            # [MQTT-3.8.4-3]: a subscription with the same filter is replaced
-            state.subscriptions[sub.topic_filter] = SubscriptionState(
-                sub, sub_id, group, topic_filter
-            )
-            codes.append(sub.qos)  # QoS 2 is granted as asked [MQTT-3.9.3-1]
-            if group is None:
-                retained.append((sub, existed))
-        self.registry.save(state)
+        assert self.subscriptions is not None
+        codes, retained = self.subscriptions.subscribe(packet, self.version == MQTT_5)
         self.send(SubAck(packet.packet_id, codes))
-        # retained messages go after SUBACK (section 3.3.1.3)
-        for sub, existed in retained:
-            if sub.retain_handling == 2 or (sub.retain_handling == 1 and existed):
-                continue
-            self._send_retained(state, sub)
-
-    def _send_retained(self, state: SessionState, sub: Subscription) -> None:
-        vhost = self.core_session().vhost
-        queue = vhost.queues.get(state.queue_name)
-        if queue is None:
-            return
-        for item in self.registry.retained_for(self.vhost, sub.topic_filter):
-            original = item.message
-            note = annotation(original) or Annotation()
-            copy = Message(
-                original.exchange, original.routing_key, original.properties, original.body
-            )
-            _annotate(
-                copy,
-                Annotation(
-                    publisher=None,  # no-local does not apply to retained messages
-                    retain=True,
-                    expires_at=note.expires_at,
-                    payload_format=note.payload_format,
-                    retained_copy=True,
-                ),
-            )
-            queue.publish(copy)
+        self.subscriptions.send_retained(retained)  # after SUBACK (section 3.3.1.3)
 
     def _on_unsubscribe(self, packet: Unsubscribe) -> None:
-        state = self.mqtt
-        assert state is not None
-        session = self.core_session()
-        codes: list[int] = []
-        for topic_filter in packet.topic_filters:
-            sub = state.subscriptions.pop(topic_filter, None)
-            if sub is None:
-                codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
-                continue
-            binding = filter_to_binding_key(sub.topic_filter)
-            try:
-                if sub.group is None:
-                    if not any(
-                        s.group is None and filter_to_binding_key(s.topic_filter) == binding
-                        for s in state.subscriptions.values()
-                    ):
-                        session.unbind_queue(state.queue_name, EXCHANGE, binding, {})
-                else:
-                    queue = shared_queue_name(sub.group, sub.topic_filter)
-                    session.cancel(SHARED_CONSUMER_PREFIX + queue)
-                    self.registry.leave_group(state, queue)
-            except (NotFound, AccessRefused):
-                pass
-            codes.append(ReasonCode.SUCCESS)
-        self.registry.save(state)
-        self.send(UnsubAck(packet.packet_id, codes))
+        assert self.subscriptions is not None
+        self.send(UnsubAck(packet.packet_id, self.subscriptions.unsubscribe(packet)))
 
     # -- DISCONNECT from the client ----------------------------------------------------------------
 
@@ -1365,97 +587,9 @@ class MQTTConnection:
         state = self.mqtt
         if session is None or state is None or self.state is not State.CONNECTED:
             return
-        topic = routing_key_to_topic(message.routing_key)
-        a = message.annotations  # read directly: what `annotation(message)` would say
-        if consumer_tag == SESSION_CONSUMER:
-            subs = [
-                s
-                for s in state.subscriptions.values()
-                if s.group is None and matches(s.topic_filter, topic)
-            ]
-            if a and a.get(ANN_PUBLISHER) == self.client_id:
-                subs = [s for s in subs if not s.options.no_local]  # [MQTT-3.8.3-3]
-        else:
-            queue = consumer_tag[len(SHARED_CONSUMER_PREFIX) :]
-            subs = [
-                s
-                for s in state.subscriptions.values()
-                if s.group is not None and shared_queue_name(s.group, s.topic_filter) == queue
-            ]
-        remaining: int | None = None
-        expires_at = a.get(EXPIRES_AT_ANNOTATION) if a else None
-        if isinstance(expires_at, int | float):
-            left = float(expires_at) - self.registry.clock()
-            if left <= 0:
-                subs = []  # expired [MQTT-3.3.2-5]
-            else:
-                remaining = max(1, round(left))  # [MQTT-3.3.2-6]
-        elif message.properties.expiration:
-            with contextlib.suppress(ValueError):
-                remaining = max(1, int(message.properties.expiration) // 1000)
-        if not subs:
-            session.ack(delivery_tag)
-            return
-        granted = subs[0].options.qos if len(subs) == 1 else max(s.options.qos for s in subs)
-        qos = min(published_qos(message), granted)
-        retain = False
-        if a:
-            retain = bool(a.get(ANN_RETAINED_COPY, False)) or (
-                bool(a.get(ANN_RETAIN, False)) and any(s.options.retain_as_published for s in subs)
-            )
-        packet_id = None
-        if qos:
-            packet_id = self._next_packet_id(state)
-            self.inflight[packet_id] = delivery_tag
-        version = self.codec.version
-        if version != MQTT_5:
-            # Fast path: no properties to carry, so the bytes come from the cached
-            # topic (and, for QoS 0, from the message's cache when fanned out).
-            if qos:
-                data = encode_publish_fast(
-                    topic, message.body, qos, retain, redelivered, packet_id, version
-                )
-            else:
-                data = self._qos0_bytes(message, topic, retain, version)
-        else:
-            packet = Publish(topic, message.body, qos, retain, redelivered and qos > 0, packet_id)
-            packet.properties = publish_properties(message, remaining)
-            packet.properties.subscription_identifier = sorted(
-                {s.identifier for s in subs if s.identifier is not None}
-            )
-            data = self.codec.send(packet)
-        if len(data) > self.client_max_packet_size:
-            # [MQTT-3.1.2-25]: too large for the client: discard as if delivered
-            self.inflight.pop(packet_id or 0, None)
-            session.ack(delivery_tag)
-            return
-        self.shell.send(data)
-        self.registry.stats.sent += 1
-        if not qos:
-            session.ack(delivery_tag)
-
-    @staticmethod
-    def _qos0_bytes(message: Message, topic: str, retain: bool, version: int) -> bytes:
-        """A QoS 0 PUBLISH of `message` (3.x), encoded once per message for fan-out."""
-        key = _QOS0_CACHE_KEYS[version, retain]
-        cache = message.wire_cache
-        if cache is None:
-            cache = message.wire_cache = {}
-        else:
-            data: bytes | None = cache.get(key)
-            if data is not None:
-                return data
-        data = cache[key] = encode_publish_fast(
-            topic, message.body, 0, retain, False, None, version
+        self.deliveries.deliver(
+            session, state, self.client_id, consumer_tag, delivery_tag, redelivered, message
         )
-        return data
-
-    def _next_packet_id(self, state: SessionState) -> int:
-        for _ in range(65535):
-            pid = next(self._packet_ids)
-            if pid not in self.inflight and pid not in state.outgoing_pubrel:
-                return pid
-        raise RuntimeError("no free packet identifier")  # bounded by receive maximum
 
     def returned(self, message: Message, reply_code: int, reply_text: str) -> None:
         """MQTT never publishes mandatory messages."""

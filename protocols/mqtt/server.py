@@ -11,7 +11,8 @@ import asyncio
 import ssl
 from typing import TYPE_CHECKING
 
-from moorage.protocols.mqtt.adapter import MQTTConnection, registry_for
+from moorage.protocols.mqtt.adapter import MQTTConnection
+from moorage.protocols.mqtt.registry import registry_for
 from moorage.protocols.tcp import TCPListener, listen
 
 if TYPE_CHECKING:

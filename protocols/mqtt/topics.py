@@ -5,11 +5,12 @@ Translation follows RabbitMQ's MQTT plugin (`mqtt_to_amqp` in
 bijection and a topic survives the trip to a routing key and back; in
 filters `+` becomes `*` and `#` stays `#`.
 
-Matching is done again in the adapter on delivery, because one session
-queue carries the messages of all its subscriptions and the adapter must
-know which of them matched (granted QoS, subscription identifiers, no-local,
-retain-as-published), and because MQTT's `$` rule [MQTT-4.7.2-1] is not an
-AMQP rule.
+Matching is done again on delivery (`SessionState.matching`), because one
+session queue carries the messages of all its subscriptions and the adapter
+must know which of them matched (granted QoS, subscription identifiers,
+no-local, retain-as-published), and because MQTT's `$` rule [MQTT-4.7.2-1]
+is not an AMQP rule: a topic trie finds the candidates, `matches` confirms
+them.
 """
 
 from __future__ import annotations

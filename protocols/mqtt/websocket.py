@@ -19,7 +19,9 @@ import ssl
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from moorage.protocols.mqtt.adapter import MAX_PACKET_SIZE, MQTTConnection, registry_for
+from moorage.protocols.mqtt.adapter import MQTTConnection
+from moorage.protocols.mqtt.deliveries import MAX_PACKET_SIZE
+from moorage.protocols.mqtt.registry import registry_for
 from moorage.protocols.websocket import (
     Adapter,
     Framing,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -725,3 +727,14 @@ def test_client_role_send_connect_sets_version() -> None:
     wire = conn.send(Connect(client_id="x", protocol_version=MQTT_5))
     assert conn.version == MQTT_5
     assert wire[8] == MQTT_5
+
+
+def test_the_codec_stands_alone():
+    """Importing the codec loads neither the broker core nor pamqp (issue 12)."""
+    code = (
+        "import sys, moorage.protocols.mqtt.codec\n"
+        "loaded = sorted(m for m in sys.modules"
+        " if m.startswith(('moorage.broker', 'moorage.storage', 'pamqp')))\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from moorage.broker.message import Message
 from moorage.broker.message import Properties as CoreProperties
-from moorage.protocols.mqtt import adapter, codec
+from moorage.protocols.mqtt import codec, mapping
 from moorage.protocols.mqtt.codec import (
     MQTT_3_1,
     MQTT_3_1_1,
@@ -38,8 +38,10 @@ from moorage.protocols.mqtt.codec import (
     decode_fast,
     decode_varint,
     encode,
+    encode_puback_fast,
     encode_publish_fast,
 )
+from moorage.protocols.mqtt.deliveries import qos0_bytes
 from moorage.protocols.mqtt.topics import (
     _SWAP,
     match_uncached,
@@ -237,27 +239,29 @@ def test_fast_publish_encode_equals_general(
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 65535), st.sampled_from([MQTT_3_1, MQTT_3_1_1]))
 def test_fast_puback_bytes_equal_encode(packet_id: int, version: int) -> None:
-    assert b"\x40\x02" + packet_id.to_bytes(2, "big") == encode(PubAck(packet_id), version)
+    expected = encode(PubAck(packet_id), version)
+    assert encode_puback_fast(packet_id) == expected == b"\x40\x02" + packet_id.to_bytes(2, "big")
+    assert Connection(version=version).send(PubAck(packet_id)) == expected
 
 
 # -- adapter mapping ------------------------------------------------------------------------
 
 
 def _reference_message(packet: Publish, client_id: str | None, now: float) -> Message:
-    """to_message as it was: properties as now, annotations through Annotation/_annotate."""
+    """to_message as it was: properties as now, annotations through Annotation/annotate."""
     p = packet.properties
     expiry = p.message_expiry_interval
-    note = adapter.Annotation(
+    note = mapping.Annotation(
         publisher=client_id,
         retain=packet.retain,
         expires_at=now + expiry if expiry is not None else None,
         payload_format=p.payload_format_indicator,
     )
-    message = adapter.to_message(packet, client_id, now)
+    message = mapping.to_message(packet, client_id, now)
     reference = Message(
         message.exchange, packet.topic.translate(_SWAP), message.properties, packet.payload
     )
-    return adapter._annotate(reference, note)
+    return mapping.annotate(reference, note)
 
 
 @settings(max_examples=300, deadline=None)
@@ -274,17 +278,17 @@ def test_to_message_annotations_equal_general(
     packet.properties.payload_format_indicator = fmt
     packet.properties.correlation_data = corr
     now = 1_700_000_000.5
-    message = adapter.to_message(packet, client_id, now)
+    message = mapping.to_message(packet, client_id, now)
     reference = _reference_message(packet, client_id, now)
     assert message.routing_key == reference.routing_key
     assert message.annotations == reference.annotations
     assert list(message.annotations) == list(reference.annotations)  # same order when stored
     headers = message.properties.headers
     assert headers is not None
-    assert headers[adapter.QOS_HEADER] == packet.qos
+    assert headers[mapping.QOS_HEADER] == packet.qos
     for name, _ in packet.properties.user_property:
         assert (
-            name == adapter.QOS_HEADER
+            name == mapping.QOS_HEADER
             or headers[name] == dict(packet.properties.user_property)[name]
         )
 
@@ -298,8 +302,8 @@ def test_qos0_delivery_cache_equals_encode(topic: str, body: bytes, retain: bool
             expected = encode(Publish(topic, body, 0, retain), version)
         except ValueError:
             return
-        first = adapter.MQTTConnection._qos0_bytes(message, topic, retain, version)
-        again = adapter.MQTTConnection._qos0_bytes(message, topic, retain, version)
+        first = qos0_bytes(message, topic, retain, version)
+        again = qos0_bytes(message, topic, retain, version)
         assert first == again == expected
 
 

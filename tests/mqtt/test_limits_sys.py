@@ -8,7 +8,8 @@ import paho.mqtt.client as paho
 import pika
 import pytest
 
-from moorage.protocols.mqtt.adapter import DEAD_LETTER_EXCHANGE, registry_for
+from moorage.protocols.mqtt.dead_letters import DEAD_LETTER_EXCHANGE
+from moorage.protocols.mqtt.registry import registry_for
 from tests.mqtt.conftest import MQTTBroker, PahoClient
 
 pytestmark = pytest.mark.timeout(10)
@@ -45,7 +46,7 @@ def test_full_offline_session_dead_letters_the_oldest_and_counts_it(
     connection.close()
     registry = registry_for(mqtt_broker.broker)
     assert mqtt_broker.call(lambda: registry.stats.dead_lettered) == 2
-    assert mqtt_broker.call(registry.sys_values)["$SYS/broker/publish/messages/dropped"] == "2"
+    assert mqtt_broker.call(registry.sys.values)["$SYS/broker/publish/messages/dropped"] == "2"
 
 
 def test_session_queue_limit_zero_means_unlimited(
@@ -80,14 +81,14 @@ def test_sys_topics_are_retained_and_not_matched_by_hash(
     pub.connect()
     pub.publish("x", b"1", 0)
     assert everything.get().payload == b"1"
-    mqtt_broker.call(registry.publish_sys)  # as the periodic timer does
+    mqtt_broker.call(registry.sys.publish)  # as the periodic timer does
     live = {}
     while len(live) < 2:
         m = sys_sub.get()
         live[m.topic] = m
     assert live["$SYS/broker/clients/connected"].payload == b"3"
     assert not live["$SYS/broker/clients/connected"].retain  # a live update
-    assert int(registry.sys_values()["$SYS/broker/messages/received"]) >= 1
+    assert int(registry.sys.values()["$SYS/broker/messages/received"]) >= 1
     # [MQTT-4.7.2-1]: "#" never sees $SYS, neither live nor retained
     everything.sync()
     assert everything.nothing_more()

@@ -13,7 +13,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from moorage.protocols.mqtt.adapter import INTERNAL_USER
+from moorage.protocols.mqtt.dead_letters import INTERNAL_USER
 from tests.mqtt.conftest import MQTTBroker, PahoClient
 
 pytestmark = pytest.mark.timeout(5)
@@ -180,7 +180,7 @@ def test_expired_message_is_not_delivered(paho_client: Make, mqtt_broker: MQTTBr
     pub.connect()
     pub.publish("exp", b"short", 1, properties=publish_props(MessageExpiryInterval=1))
     pub.publish("exp", b"long", 1, properties=publish_props(MessageExpiryInterval=100))
-    from moorage.protocols.mqtt.adapter import registry_for
+    from moorage.protocols.mqtt.registry import registry_for
 
     reg = mqtt_broker.call(registry_for, mqtt_broker.broker)
     real_clock = reg.clock

@@ -230,6 +230,9 @@ def test_qos2_exactly_once_across_restart(
     assert (msg.payload, msg.qos) == (b"exactly", 2)
     back.sync()
     assert back.nothing_more()
+    # gone before the restart: paho would reconnect it as "sub" and take the
+    # session over from `final` below
+    back.disconnect()
     # after PUBCOMP the id is free again, even across another restart
     restart(broker, "kill-9")
     last = RawClient(broker.mqtt_port)

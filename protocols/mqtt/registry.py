@@ -1,0 +1,186 @@
+"""The broker-wide registry of MQTT sessions, keyed by (vhost, client id).
+
+One `SessionRegistry` per `Broker` (`registry_for`), shared by every MQTT
+listener, TCP and WebSocket alike. It owns the sessions' lifetime: a network
+connection attaches to a session after CONNECT and detaches when it ends; a
+session with no expiry ends with its connection, others end when their
+expiry interval runs out (`detached`), or when a clean start replaces them.
+Ending a session deletes its queue, leaves its shared subscription groups and
+publishes a pending will.
+
+Persistence: a persistent session's state is written to the store with
+`put_session` whenever it changes (`save`), and read back by `recover` when
+the first listener starts, together with the retained messages; its queue
+and messages are the core's durable queue.
+
+It also holds the broker-wide parts that hang off sessions: the statistics
+and `$SYS` topics (`sys_topics`), wills (`wills`) and the session queue limit
+(`dead_letters`), all reading the one clock `clock` (wall-clock seconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from moorage.broker.broker import Broker
+from moorage.protocols.mqtt.dead_letters import SessionQueueLimit
+from moorage.protocols.mqtt.retained import restore
+from moorage.protocols.mqtt.session_state import (
+    SESSION_NEVER_EXPIRES,
+    SessionState,
+    shared_queue_name,
+)
+from moorage.protocols.mqtt.sys_topics import Statistics, SysTopics
+from moorage.protocols.mqtt.wills import Wills
+from moorage.storage import StoreError
+
+log = logging.getLogger("moorage.mqtt")
+
+STORE_PROTOCOL = "mqtt"  # the `protocol` of our Store sessions
+
+
+class SessionRegistry:
+    """Every MQTT session of one broker, and the broker-wide MQTT services."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.sessions: dict[tuple[str, str], SessionState] = {}
+        self.shared_members: dict[tuple[str, str], set[SessionState]] = {}  # (vhost, queue)
+        self.call_later: Callable[[float, Callable[[], None]], Any] | None = None
+        self.clock: Callable[[], float] = time.time
+        self.stats = Statistics()
+        self.recovered = False
+        self.sys = SysTopics(broker, self.sessions, self.stats, self.now)
+        self.wills = Wills(broker, self.now, self.schedule)
+        self.queue_limit = SessionQueueLimit(broker, self.stats)
+
+    def now(self) -> float:
+        """Wall-clock seconds, from `clock` (tests may replace it)."""
+        return self.clock()
+
+    def schedule(self, delay: float, callback: Callable[[], None]) -> Any:
+        if self.call_later is None:
+            raise RuntimeError("SessionRegistry has no timer (started outside a listener)")
+        return self.call_later(delay, callback)
+
+    # -- session lifetime ----------------------------------------------------------------
+
+    def end_session(self, state: SessionState) -> None:
+        """The session is over: drop its queue and shared memberships, send a pending will."""
+        if self.sessions.get((state.vhost, state.client_id)) is state:
+            del self.sessions[(state.vhost, state.client_id)]
+        if state.expiry_timer is not None:
+            state.expiry_timer.cancel()
+            state.expiry_timer = None
+        if state.saved:
+            state.saved = False
+            self.broker.store.delete_session(state.vhost, STORE_PROTOCOL, state.client_id)
+        vhost = self.broker.vhosts.get(state.vhost)
+        if vhost is not None:
+            for sub in state.subscriptions.values():
+                if sub.group is not None:
+                    self.leave_group(state, shared_queue_name(sub.group, sub.topic_filter))
+            if state.queue_name in vhost.queues:
+                vhost.delete_queue(state.queue_name)
+        state.clear_subscriptions()
+        if state.will is not None:
+            self.wills.publish(state)  # the session ended before the will delay [MQTT-3.1.3-9]
+
+    def leave_group(self, state: SessionState, queue: str) -> None:
+        members = self.shared_members.get((state.vhost, queue))
+        if members is None:
+            return
+        members.discard(state)
+        if not members:
+            del self.shared_members[(state.vhost, queue)]
+            vhost = self.broker.vhosts.get(state.vhost)
+            if vhost is not None and queue in vhost.queues:
+                vhost.delete_queue(queue)
+
+    def save(self, state: SessionState) -> bool:
+        """Write a persistent session's state to the store; True if something was queued."""
+        if not state.persistent or self.sessions.get((state.vhost, state.client_id)) is not state:
+            return False
+        self.broker.store.put_session(state.vhost, STORE_PROTOCOL, state.client_id, state.encode())
+        state.saved = True
+        return True
+
+    def detached(self, state: SessionState) -> None:
+        """Its connection is gone: expire it now or after its expiry interval."""
+        state.owner = None
+        if state.expiry_interval == 0:
+            self.end_session(state)
+            return
+        state.disconnected_at = self.clock()
+        with contextlib.suppress(StoreError):  # a closed store at shutdown: nothing to do
+            self.save(state)
+        if state.expiry_interval != SESSION_NEVER_EXPIRES:
+            state.expiry_timer = self.schedule(state.expiry_interval, self._ender(state))
+
+    # -- recovery after a restart ------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Read sessions and retained messages back from the store (once per broker).
+
+        A session whose expiry passed while the broker was down (counted from
+        when it was left, or from now for one that was connected when the
+        broker died) is removed with its queue [MQTT-3.1.2-23].
+        """
+        if self.recovered:
+            return
+        self.recovered = True
+        store = self.broker.store
+        now = self.clock()
+        for record in await store.load_sessions(STORE_PROTOCOL):
+            try:
+                state = SessionState.decode(record.vhost, record.client_id, record.state)
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("dropping unreadable MQTT session %r: %s", record.client_id, e)
+                store.delete_session(record.vhost, STORE_PROTOCOL, record.client_id)
+                continue
+            state.saved = True
+            self.sessions[(state.vhost, state.client_id)] = state
+            for sub in state.subscriptions.values():
+                if sub.group is not None:
+                    queue = shared_queue_name(sub.group, sub.topic_filter)
+                    self.shared_members.setdefault((state.vhost, queue), set()).add(state)
+            left = state.disconnected_at if state.disconnected_at is not None else now
+            if state.disconnected_at is None:
+                state.disconnected_at = now
+                self.save(state)
+            if state.expiry_interval == SESSION_NEVER_EXPIRES:
+                continue
+            remaining = left + state.expiry_interval - now
+            if remaining <= 0 or record.vhost not in self.broker.vhosts:
+                self.end_session(state)
+            else:
+                state.expiry_timer = self.schedule(remaining, self._ender(state))
+        restore(self.broker.vhosts, store, await store.load_retained())
+        for name in self.broker.vhosts:
+            self.queue_limit.watch(name)
+        if self.call_later is not None:
+            self.sys.start(self.schedule)
+
+    def _ender(self, state: SessionState) -> Callable[[], None]:
+        return lambda: self.end_session(state)
+
+    def close(self) -> None:
+        """Stop the $SYS timer and the internal connections (broker shutdown)."""
+        self.sys.stop()
+        self.queue_limit.close()
+
+
+_registries: weakref.WeakKeyDictionary[Broker, SessionRegistry] = weakref.WeakKeyDictionary()
+
+
+def registry_for(broker: Broker) -> SessionRegistry:
+    """The one session registry of `broker` (shared by every MQTT listener)."""
+    reg = _registries.get(broker)
+    if reg is None:
+        reg = _registries[broker] = SessionRegistry(broker)
+    return reg
