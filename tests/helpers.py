@@ -30,6 +30,7 @@ from pamqp import commands, frame, header, heartbeat
 from pamqp.base import Frame
 
 from moorage.broker.auth import Permission, User, hash_password
+from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Config, default_guest
 from moorage.broker.daemon import Daemon
 from moorage.broker.loop import loop_factory
@@ -95,10 +96,13 @@ class _LoopErrorHandler(logging.Handler):
 class RunningBroker:
     """A `Daemon` running on a background thread; `start()` then `stop()`."""
 
-    def __init__(self, config: Config, loop_name: str = "asyncio") -> None:
+    def __init__(
+        self, config: Config, loop_name: str = "asyncio", clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.config = config
         self.loop_name = loop_name
-        self.daemon = Daemon(config)
+        self.clock = clock
+        self.daemon = Daemon(config, clock=clock)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
         self.errors: list[str] = []
