@@ -123,8 +123,8 @@ class ManualClock:
     """
 
     def __init__(self, *, wall: float = 1_700_000_000.0, monotonic: float = 1_000.0) -> None:
-        self._wall = wall
         self._monotonic = monotonic
+        self._wall_offset = wall - monotonic  # wall() is monotonic() + this, until set_wall
         self._timers: list[tuple[float, int, ManualTimer]] = []
         self._order = itertools.count()
 
@@ -132,7 +132,7 @@ class ManualClock:
         return self._monotonic
 
     def wall(self) -> float:
-        return self._wall
+        return self._monotonic + self._wall_offset
 
     def call_at(self, when: float, callback: Callable[[], object]) -> ManualTimer:
         timer = ManualTimer(when, callback)
@@ -174,13 +174,13 @@ class ManualClock:
         self._step_to(target)
         return fired
 
-    def advance_to_wall(self, instant: float) -> int:
-        """Advance until `wall()` is `instant` (no-op if already past)."""
-        return self.advance(max(instant - self._wall, 0.0))
+    def advance_to(self, instant: float) -> int:
+        """Advance until `monotonic()` is `instant` (no-op if already past)."""
+        return self.advance(max(instant - self._monotonic, 0.0))
 
     def set_wall(self, instant: float) -> None:
         """Step the wall clock alone, as an NTP correction does."""
-        self._wall = instant
+        self._wall_offset = instant - self._monotonic
 
     def next_due(self) -> float | None:
         """Seconds until the earliest pending timer (None when there is none)."""
@@ -195,6 +195,4 @@ class ManualClock:
         return sum(1 for _when, _order, timer in self._timers if not timer.cancelled)
 
     def _step_to(self, when: float) -> None:
-        if when > self._monotonic:
-            self._wall += when - self._monotonic
-            self._monotonic = when
+        self._monotonic = max(self._monotonic, when)
