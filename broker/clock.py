@@ -33,7 +33,10 @@ so a timer armed by a callback fires in the same advance if it falls inside
 the span) and returns how many fired. Nothing depends on the machine's
 speed: a test states the time at which behaviour must happen and checks it
 exactly. Callbacks run synchronously inside `advance`; work they hand to the
-loop (tasks, `call_soon`) runs when the test next yields to the loop.
+loop (tasks, `call_soon`) runs when the test next yields to the loop. A timer
+armed outside `advance` for an instant already reached (a store read that
+finished after its messages fell due) runs on the loop's next iteration, as
+on a real loop: what is due never waits for the test to move time.
 """
 
 from __future__ import annotations
@@ -96,6 +99,10 @@ class SystemClock:
 SYSTEM_CLOCK = SystemClock()
 
 
+_SPIN_LIMIT = 100_000
+"""Timers fired at one instant before `advance` calls it a loop (a real loop would spin)."""
+
+
 class ManualTimer:
     """A call pending on a `ManualClock`."""
 
@@ -127,6 +134,7 @@ class ManualClock:
         self._wall_offset = wall - monotonic  # wall() is monotonic() + this, until set_wall
         self._timers: list[tuple[float, int, ManualTimer]] = []
         self._order = itertools.count()
+        self._advancing = False
 
     def monotonic(self) -> float:
         return self._monotonic
@@ -136,6 +144,15 @@ class ManualClock:
 
     def call_at(self, when: float, callback: Callable[[], object]) -> ManualTimer:
         timer = ManualTimer(when, callback)
+        if when <= self._monotonic and not self._advancing:
+            # Already due: a real loop runs it on its next iteration, and so do we.
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # no loop: the next `advance` (even by 0) runs it
+            else:
+                loop.call_soon(self._run, timer)
+                return timer
         heapq.heappush(self._timers, (when, next(self._order), timer))
         return timer
 
@@ -164,13 +181,21 @@ class ManualClock:
         target = self._monotonic + seconds
         fired = 0
         timers = self._timers
-        while timers and timers[0][0] <= target:
-            when, _order, timer = heapq.heappop(timers)
-            if timer.cancelled:
-                continue
-            self._step_to(when)
-            timer.callback()
-            fired += 1
+        same_instant = 0
+        self._advancing = True
+        try:
+            while timers and timers[0][0] <= target:
+                when, _order, timer = heapq.heappop(timers)
+                if timer.cancelled:
+                    continue
+                same_instant = same_instant + 1 if when <= self._monotonic else 0
+                if same_instant > _SPIN_LIMIT:
+                    raise RuntimeError(f"a timer keeps re-arming itself in the past: {timer!r}")
+                self._step_to(when)
+                timer.callback()
+                fired += 1
+        finally:
+            self._advancing = False
         self._step_to(target)
         return fired
 
@@ -193,6 +218,12 @@ class ManualClock:
     def pending(self) -> int:
         """Timers armed and not cancelled nor fired."""
         return sum(1 for _when, _order, timer in self._timers if not timer.cancelled)
+
+    @staticmethod
+    def _run(timer: ManualTimer) -> None:
+        if not timer.cancelled:
+            timer.cancelled = True  # fired: a later cancel() is a no-op, as for a TimerHandle
+            timer.callback()
 
     def _step_to(self, when: float) -> None:
         self._monotonic = max(self._monotonic, when)

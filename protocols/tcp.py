@@ -204,8 +204,8 @@ class TCPShell(asyncio.Protocol):
     # -- timer --------------------------------------------------------------------------------
 
     def _arm_timer(self) -> None:
-        if self.adapter is None or self.transport is None:
-            return
+        if self.adapter is None or self.transport is None or self._closing:
+            return  # a closing connection needs no timer (its deadline may be past)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
