@@ -9,7 +9,6 @@ process and assert behaviour (all delivered, none early, bounded memory).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -19,31 +18,15 @@ from pamqp import body as pamqp_body
 from pamqp import commands, frame, header
 
 from moorage.broker.clock import ManualClock
-from tests.helpers import Inbox, RawClient, RunningBroker, make_config
-from tests.queues.helpers import get_all, persistent, wait_get
+from tests.helpers import Inbox, RawClient, RunningBroker
+from tests.queues.helpers import get_all, persistent, settled_count, wait_get
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def clocked(start_broker, tmp_path) -> tuple[RunningBroker, ManualClock]:
-    """A broker (SQLite store) whose timers run on a manual clock."""
-    config = make_config(tmp_path)
-    config.storage.backend = "sqlite"
-    config.storage.durability = "nosync"
-    clock = ManualClock()
-    return start_broker(config, clock=clock), clock
 
 
 def advance_to(running: RunningBroker, clock: ManualClock, instant: float) -> None:
     """Move the broker's manual clock (on its loop thread) to `instant` (monotonic)."""
     running.call(clock.advance_to, instant)
-
-
-def settled_count(running: RunningBroker, queue: str) -> int:
-    """Messages in a queue once the loop has run what the last timer handed it."""
-    running.run(asyncio.sleep(0))
-    return running.call(lambda: running.core.vhosts["/"].queues[queue].message_count)
 
 
 def declare_delayed(ch, name="delayed", kind="direct", durable=True):
@@ -53,7 +36,7 @@ def declare_delayed(ch, name="delayed", kind="direct", durable=True):
 
 
 def test_delayed_exchange_holds_until_due(clocked):
-    running, clock = clocked
+    running, clock = clocked, clocked.clock
     conn = pika.BlockingConnection(pika.URLParameters(running.url))
     ch = conn.channel()
     declare_delayed(ch)
@@ -89,7 +72,7 @@ def test_delayed_exchange_needs_delayed_type(connect):
 
 
 def test_delayed_topic_routing(clocked):
-    running, clock = clocked
+    running, clock = clocked, clocked.clock
     conn = pika.BlockingConnection(pika.URLParameters(running.url))
     ch = conn.channel()
     declare_delayed(ch, "dtopic", "topic")
@@ -106,7 +89,7 @@ def test_delayed_topic_routing(clocked):
 
 
 def test_queue_delivery_delay(clocked):
-    running, clock = clocked
+    running, clock = clocked, clocked.clock
     conn = pika.BlockingConnection(pika.URLParameters(running.url))
     ch = conn.channel()
     ch.queue_declare("sqs-delay", arguments={"x-delivery-delay": 200})
@@ -252,7 +235,7 @@ def test_delay_window_stays_bounded(clocked):
     """
     from moorage.broker.delayed import WINDOW_MAX
 
-    running, clock = clocked
+    running, clock = clocked, clocked.clock
     conn = pika.BlockingConnection(pika.URLParameters(running.url))
     publisher = raw_publisher(running.port)
     try:
