@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -1325,11 +1324,11 @@ def _set(attr: str, convert: Callable[[str], Any] = str) -> Callable[..., bool]:
     return setter
 
 
-def _set_expires(_conn: StompConnection, p: Properties, value: str) -> bool:
+def _set_expires(conn: StompConnection, p: Properties, value: str) -> bool:
     """ActiveMQ `expires`: absolute time in ms since the epoch, 0 = never."""
     at = _int_header("expires", value, 0, 2**63)
     if at:
-        p.expiration = str(max(0, at - int(time.time() * 1000)))
+        p.expiration = str(max(0, at - int(conn.broker.clock.wall() * 1000)))
     return True
 
 

@@ -113,3 +113,33 @@ async def test_stomp_heart_beats_both_ways(core):
     assert not harness.closed
     harness.advance(0.01)
     assert harness.closed
+
+
+def mqtt5_connect(client_id: bytes, session_expiry: int) -> bytes:
+    """MQTT 5 CONNECT, clean start off, no keep-alive, guest/guest, a Session Expiry Interval."""
+    properties = b"\x11" + session_expiry.to_bytes(4, "big")
+    body = (
+        b"\x00\x04MQTT\x05\xc0\x00\x00"
+        + bytes([len(properties)])
+        + properties
+        + len(client_id).to_bytes(2, "big")
+        + client_id
+        + b"\x00\x05guest\x00\x05guest"
+    )
+    return b"\x10" + bytes([len(body)]) + body
+
+
+async def test_mqtt5_session_expires_at_its_interval_after_the_connection_is_gone(core):
+    broker, clock = core
+    sessions = registry_for(broker).sessions
+    harness = AdapterHarness(broker, clock, MQTTConnection)
+    harness.feed(mqtt5_connect(b"sx", session_expiry=10))
+    connack = harness.take()
+    assert (connack[0], connack[2:4]) == (0x20, b"\x00\x00")  # CONNACK: new session, success
+    assert ("/", "sx") in sessions
+    harness.advance(100.0)  # connected: the interval counts only once it is gone
+    harness.lose_connection()
+    harness.advance(9.995)
+    assert ("/", "sx") in sessions
+    harness.advance(0.01)  # [MQTT-3.1.2-23]
+    assert ("/", "sx") not in sessions

@@ -26,8 +26,8 @@ def get_all(channel: Any, queue: str, timeout: float = 3.0, expect: int | None =
     return got
 
 
-def wait_get(channel: Any, queue: str, timeout: float = 3.0) -> tuple[Any, Any, bytes]:
-    """basic.get until one message comes (auto-ack). Fails after `timeout`."""
+def wait_get(channel: Any, queue: str, timeout: float = 30.0) -> tuple[Any, Any, bytes]:
+    """basic.get until one message comes (auto-ack). Fails after `timeout` (generous: a bound)."""
     got = get_all(channel, queue, timeout, expect=1)
     assert got, f"nothing arrived on {queue!r} within {timeout}s"
     return got[0]

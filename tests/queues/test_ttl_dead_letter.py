@@ -15,7 +15,7 @@ import pytest
 
 from tests.queues.helpers import advance, get_all, persistent, settled_count, wait_get
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(120)
 
 
 def declare_dlx(ch, dlq: str = "dlq", exchange: str = "dlx") -> None:
@@ -112,7 +112,8 @@ def test_rejected_message_is_dead_lettered_with_routing_key(connect):
 
 
 def wait_get_manual(ch, queue):
-    for _ in range(100):
+    deadline = time.monotonic() + 30  # a generous bound, not a speed
+    while time.monotonic() < deadline:
         method, props, body = ch.basic_get(queue)
         if method is not None:
             return method, props, body

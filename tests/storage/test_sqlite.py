@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import sys
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -816,13 +815,11 @@ async def test_100k_enqueues_in_one_batch(db: Path, settle: Settle) -> None:
     store = await opened(db)
     try:
         store.put_queue(QueueRecord(V, "q"))
-        start = time.monotonic()
         for i in range(1, 100_001):
             store.put_message(i, b"%d" % i)
             store.enqueue(V, "q", i, i)
         await settle(store)
-        assert time.monotonic() - start < 5
-        assert store.stats.batches == 1
+        assert store.stats.batches == 1  # one transaction, whatever the machine's speed
         assert (await store.queue_stats(V, "q"))[0] == 100_000
         page = await store.read_queue(V, "q", 99_990, 100)
         assert [e.seq for e in page] == list(range(99_991, 100_001))
@@ -887,14 +884,12 @@ async def test_expire_200k_entries(db: Path, settle: Settle) -> None:
         store.put_message(n + 1, b"kept")
         store.enqueue(V, "q", n + 1, n + 1, 0.0)
         await settle(store)
-        start = time.monotonic()
         assert await store.expire(V, "q", 1000.0 + 499, limit=n) == n // 2
         removed = n // 2
         while count := await store.expire(V, "q", 3000.0, limit=25_000):
+            assert count <= 25_000  # in slices of `limit`
             removed += count
-        elapsed = time.monotonic() - start
         assert removed == n
-        assert elapsed < 10, f"{n / elapsed:.0f} entries/s"
         assert await store.queue_stats(V, "q") == (1, 4, n + 1)
         assert await store.max_message_id() == n + 1
     finally:
