@@ -735,11 +735,11 @@ class Queue:
                 return
             self._expiry_timer.cancel()
         clock = self.clock
-        self._expiry_due = due
         try:
             self._expiry_timer = clock.call_later(due - clock.wall() + 0.001, self._expire_heads)
         except RuntimeError:
             return  # no loop running (a queue built outside the broker's loop)
+        self._expiry_due = due
 
     def _expire_heads(self) -> None:
         self._expiry_timer = None
