@@ -20,6 +20,10 @@ from hypothesis.stateful import (
 
 from moorage.broker.topic_trie import TopicTrie, split_words, words_match
 
+# hypothesis runs hundreds of examples: CPU time that a loaded machine stretches far
+# past the suite's 60 s default (a bound for a hung test, not a speed to meet)
+pytestmark = pytest.mark.timeout(600)
+
 
 def split(key: str) -> list[str]:
     """RabbitMQ's split_topic_key: "" is zero words, otherwise split on every dot."""
