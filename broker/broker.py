@@ -12,6 +12,7 @@ from typing import Any
 
 from moorage.broker.arguments import QueueOptions, parse_queue_arguments
 from moorage.broker.auth import User, UserDirectory
+from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Limits
 from moorage.broker.connection import ClientConnection
 from moorage.broker.errors import NotAllowed, PreconditionFailed
@@ -35,13 +36,15 @@ class Broker:
         vhosts: Iterable[str] = ("/",),
         limits: Limits | None = None,
         retention: float = 0.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.clock = clock  # every timer of the core reads and arms this (broker.clock)
         self.store: Store = store if store is not None else MemoryStore()
         self.users = users if users is not None else UserDirectory()
         self.limits = limits or Limits()
         self.flow = WriteFlow(self.store, self.limits.store_backlog)
         self.retention = retention  # seconds a message may stay queued; 0 = forever
-        self.sweeper = RetentionSweeper(self)
+        self.sweeper = RetentionSweeper(self, clock=clock)
         self.memory = MemoryMonitor(self, watermark_bytes(self.limits.memory_high_watermark))
         self.vhosts: dict[str, VirtualHost] = {}
         self.connections: set[ClientConnection] = set()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from contextlib import suppress
 
 from moorage.broker.broker import Broker
+from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Config, ConfigError
 from moorage.broker.listeners import Listener, discover
 from moorage.broker.systemd import Notifier, Watchdog
@@ -60,9 +61,12 @@ def make_store(config: Config) -> Store:
 class Daemon:
     """A running broker with its listeners. `start()`, then `stop()`."""
 
-    def __init__(self, config: Config, store: Store | None = None) -> None:
+    def __init__(
+        self, config: Config, store: Store | None = None, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.config = config
         self.store = store
+        self.clock = clock  # the broker's timers and the protocol shells read it
         self.broker: Broker | None = None
         self.listeners: dict[str, Listener] = {}
         self.ports: dict[str, int] = {}
@@ -78,6 +82,7 @@ class Daemon:
             vhosts=config.vhosts,
             limits=config.limits,
             retention=config.storage.retention,
+            clock=self.clock,
         )
         try:
             await broker.start()

@@ -38,10 +38,10 @@ import bisect
 import heapq
 import itertools
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
+from moorage.broker.clock import Timer
 from moorage.broker.message import Message
 from moorage.broker.serialization import decode_message, encode_message
 
@@ -105,6 +105,7 @@ class DelayScheduler:
         stored: bool,
     ) -> None:
         self.broker = broker
+        self.clock = broker.clock
         self.vhost = vhost
         self.store_name = store_name
         self.release = release
@@ -116,7 +117,7 @@ class DelayScheduler:
         self.on_disk = 0  # stored entries not in memory (an estimate after recovery)
         self.peak_loaded = 0  # for tests and metrics: the most stored entries held in memory
         self.closed = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._timer_due = 0.0
         self._refilling = False
         self._generation = 0
@@ -134,7 +135,7 @@ class DelayScheduler:
 
     def schedule(self, message: Message, delay_ms: int) -> bool:
         """Hold `message` for `delay_ms`; True when it was written to the store."""
-        due = time.time() + delay_ms / 1000.0
+        due = self.clock.wall() + delay_ms / 1000.0
         seq = due_seq(due)
         stored = self.stored and message.persistent
         item = _Delayed(seq, message, stored)
@@ -194,15 +195,14 @@ class DelayScheduler:
             if self._timer_due <= due:
                 return
             self._timer.cancel()
-        loop = asyncio.get_running_loop()
         self._timer_due = due
-        self._timer = loop.call_at(loop.time() + max(due - time.time(), 0.0), self._fire)
+        self._timer = self.clock.call_later(due - self.clock.wall(), self._fire)
 
     def _fire(self) -> None:
         self._timer = None
         if self.closed:
             return
-        now_seq = (int(time.time() * 1000) + 1) << _COUNTER_BITS
+        now_seq = (int(self.clock.wall() * 1000) + 1) << _COUNTER_BITS
         released = 0
         store = self.broker.store
         while released < RELEASE_BATCH:

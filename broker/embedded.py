@@ -44,6 +44,7 @@ from urllib.parse import quote
 
 from moorage.broker.auth import Permission, User, hash_password
 from moorage.broker.broker import Broker
+from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Config, default_guest
 from moorage.broker.daemon import Daemon, StartupError
 from moorage.broker.loop import loop_factory
@@ -61,9 +62,11 @@ _T = TypeVar("_T")
 
 DEFAULT_PROTOCOLS = ("amqp",)
 LOOPBACK = "127.0.0.1"
-START_TIMEOUT = 10.0  # seconds the background thread may take to open the store and listen
-CALL_TIMEOUT = 5.0  # seconds `call` and `run` wait for the broker's loop
-STOP_TIMEOUT = 10.0  # more than the daemon's own SHUTDOWN_GRACE for clients to leave
+# Bounds for what must happen, not speeds: a loaded machine (one core, another
+# busy) may take many seconds to start a broker or to reach a call on its loop.
+START_TIMEOUT = 60.0  # seconds the background thread may take to open the store and listen
+CALL_TIMEOUT = 60.0  # seconds `call` and `run` wait for the broker's loop
+STOP_TIMEOUT = 60.0  # more than the daemon's own SHUTDOWN_GRACE for clients to leave
 PORT_ATTEMPTS = 3  # starts tried when a chosen free port was taken before it was bound
 
 _URL_FORMS = {
@@ -217,6 +220,7 @@ class EmbeddedBroker:
         vhosts: Iterable[str] | None = None,
         limits: Mapping[str, Any] | None = None,
         loop: str = "asyncio",
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         settings = (protocols, storage, data_dir, users, vhosts, limits)
         self._requested: tuple[str, ...] = ()  # listeners asked for by name, on chosen ports
@@ -237,7 +241,8 @@ class EmbeddedBroker:
             raise TypeError("pass either a Config or embedded_config settings, not both")
         self.config = config
         self.loop_name = loop
-        self.daemon = Daemon(config)
+        self.clock = clock  # the broker's time (broker.clock): a ManualClock in tests
+        self.daemon = Daemon(config, clock=clock)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_errors = _LoopErrors()
         self._thread: threading.Thread | None = None
@@ -472,7 +477,7 @@ class EmbeddedBroker:
                     raise
                 for name in self._requested:
                     self.config.ports[name] = free_port(self.config.bind)
-                self.daemon = Daemon(self.config)
+                self.daemon = Daemon(self.config, clock=self.clock)
         missing = [name for name in self._requested if name not in self.daemon.ports]
         if missing:
             await self.daemon.stop()

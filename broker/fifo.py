@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import time
 from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -162,6 +161,7 @@ class Deduplicator:
 
     def __init__(self, vhost: VirtualHost, queue: str, *, stored: bool) -> None:
         self.vhost = vhost
+        self.clock = vhost.broker.clock
         self.store_name = DEDUP_STORE_PREFIX + queue
         self.stored = stored
         self.seen: dict[str, float] = {}  # id -> until (wall clock)
@@ -184,14 +184,14 @@ class Deduplicator:
 
     def is_duplicate(self, key: str) -> bool:
         """Was `key` seen within the window? (Does not record it.)"""
-        now = time.time()
+        now = self.clock.wall()
         self._prune(now)
         until = self.seen.get(key)
         return until is not None and until > now
 
     def record(self, key: str) -> None:
         """Remember `key` for the window from now (written to the store when stored)."""
-        until = time.time() + DEDUP_WINDOW
+        until = self.clock.wall() + DEDUP_WINDOW
         self.seen[key] = until
         seq = 0
         if self.stored:
@@ -207,7 +207,7 @@ class Deduplicator:
     async def recover(self) -> None:
         """Read the ids still inside their window back from the store."""
         store = self.vhost.broker.store
-        now = time.time()
+        now = self.clock.wall()
         after = 0
         while True:
             batch = await store.read_queue(self.vhost.name, self.store_name, after, 10000)

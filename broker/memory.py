@@ -71,7 +71,7 @@ class MemoryMonitor:
         self.used = 0
         self.unacked_bytes = 0
         """Bodies + `ENTRY_OVERHEAD` of every delivery awaiting an ack (kept by sessions)."""
-        self.periodic = Periodic(INTERVAL, self._tick)
+        self.periodic = Periodic(INTERVAL, self._tick, broker.clock)
 
     def start(self) -> None:
         """Start measuring, unless the watermark is 0 (off)."""

@@ -10,12 +10,17 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
+from moorage.broker.clock import SYSTEM_CLOCK, Clock
+
 
 class Periodic:
     """Calls `tick` every `interval` seconds (after each wait) while running."""
 
-    def __init__(self, interval: float, tick: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self, interval: float, tick: Callable[[], Awaitable[None]], clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.interval = interval
+        self.clock = clock
         self._tick = tick
         self._task: asyncio.Task[None] | None = None
 
@@ -38,5 +43,5 @@ class Periodic:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            await self.clock.sleep(self.interval)
             await self._tick()

@@ -49,7 +49,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -60,6 +59,7 @@ if TYPE_CHECKING:
     from moorage.broker.vhost import VirtualHost
 
 from moorage.broker.arguments import QueueOptions, message_ttl_ms
+from moorage.broker.clock import Timer
 from moorage.broker.dead_letter import dead_letter
 from moorage.broker.fifo import Deduplicator, FifoReady, deduplication_id, group_of
 from moorage.broker.message import EXPIRES_AT_ANNOTATION, Message
@@ -183,6 +183,7 @@ class Queue:
         options: QueueOptions | None = None,
     ) -> None:
         self.vhost = vhost
+        self.clock = vhost.broker.clock
         self.name = name
         self.durable = durable
         self.exclusive_owner = exclusive_owner
@@ -218,9 +219,9 @@ class Queue:
         self.sources: set[Any] = set()
         # features
         self._may_expire = options.message_ttl is not None
-        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._expiry_timer: Timer | None = None
         self._expiry_due = 0.0
-        self._unused_timer: asyncio.TimerHandle | None = None
+        self._unused_timer: Timer | None = None
         self._filters = 0  # consumers with a filter
         self._prioritised = False  # some consumer has a non-zero x-priority
         self._plain_publish = not (
@@ -353,13 +354,14 @@ class Queue:
         per_message = message_ttl_ms(message.properties.expiration)
         if per_message is not None and (ttl is None or per_message < ttl):
             ttl = per_message
-        expires_at = time.time() + ttl / 1000.0 if ttl is not None else 0.0
+        now = self.clock.wall()
+        expires_at = now + ttl / 1000.0 if ttl is not None else 0.0
         absolute = message.annotations.get(EXPIRES_AT_ANNOTATION) if message.annotations else None
         if isinstance(absolute, int | float) and absolute > 0:
             expires_at = min(expires_at, float(absolute)) if expires_at else float(absolute)
         retention = self.vhost.broker.retention
         if retention:
-            limit = time.time() + retention
+            limit = now + retention
             expires_at = min(expires_at, limit) if expires_at else limit
         return expires_at
 
@@ -470,7 +472,7 @@ class Queue:
         try:
             if self._may_expire and self.options.dead_letter_exchange is None:
                 # Due entries would only be read to be dropped: delete them on disk.
-                expired = await store.expire(self.vhost.name, self.name, time.time())
+                expired = await store.expire(self.vhost.name, self.name, self.clock.wall())
                 if expired:
                     head.count -= expired
                     self.tail_count = max(0, self.tail_count - expired)
@@ -560,7 +562,7 @@ class Queue:
             self._dispatch_filtered()
             return
         may_expire = self._may_expire
-        now = time.time() if may_expire else 0.0
+        now = self.clock.wall() if may_expire else 0.0
         while self.consumers:
             entry = ready.peek()
             if entry is None:
@@ -578,7 +580,7 @@ class Queue:
     def _dispatch_filtered(self) -> None:
         """Each ready entry goes to the next consumer with credit that accepts it."""
         ready = self.ready
-        now = time.time() if self._may_expire else 0.0
+        now = self.clock.wall() if self._may_expire else 0.0
         for entry in ready.candidates():
             if not any(c.has_credit() for c in self._eligible()):
                 break
@@ -644,7 +646,7 @@ class Queue:
         ready = self.ready
         entry = ready.peek()
         if self._may_expire:
-            now = time.time()
+            now = self.clock.wall()
             while entry is not None and entry.expires_at and entry.expires_at <= now:
                 self._drop(entry, "expired")
                 entry = ready.peek()
@@ -732,20 +734,18 @@ class Queue:
             if self._expiry_due <= due:
                 return
             self._expiry_timer.cancel()
+        clock = self.clock
         try:
-            loop = asyncio.get_running_loop()
+            self._expiry_timer = clock.call_later(due - clock.wall() + 0.001, self._expire_heads)
         except RuntimeError:
-            return
+            return  # no loop running (a queue built outside the broker's loop)
         self._expiry_due = due
-        self._expiry_timer = loop.call_at(
-            loop.time() + max(due - time.time(), 0.0) + 0.001, self._expire_heads
-        )
 
     def _expire_heads(self) -> None:
         self._expiry_timer = None
         if self.deleted:
             return
-        now = time.time()
+        now = self.clock.wall()
         ready = self.ready
         head = ready.peek()
         while head is not None and head.expires_at and head.expires_at <= now:
@@ -766,10 +766,9 @@ class Queue:
         if self.consumers:
             return
         try:
-            loop = asyncio.get_running_loop()
+            self._unused_timer = self.clock.call_later(expires / 1000.0, self._expire_queue)
         except RuntimeError:
-            return
-        self._unused_timer = loop.call_later(expires / 1000.0, self._expire_queue)
+            return  # no loop running (a queue built outside the broker's loop)
 
     def _expire_queue(self) -> None:
         self._unused_timer = None

@@ -16,9 +16,9 @@ are left as they are, since reading back trusts the store, not the counts.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
+from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.periodic import Periodic
 from moorage.storage import StoreError
 
@@ -31,9 +31,12 @@ log = logging.getLogger("moorage.retention")
 class RetentionSweeper:
     """Runs `sweep` every `interval` seconds until stopped."""
 
-    def __init__(self, broker: Broker, interval: float = 5.0) -> None:
+    def __init__(
+        self, broker: Broker, interval: float = 5.0, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.broker = broker
-        self.periodic = Periodic(interval, self._tick)
+        self.clock = clock
+        self.periodic = Periodic(interval, self._tick, clock)
 
     def start(self) -> None:
         self.periodic.start()
@@ -49,7 +52,7 @@ class RetentionSweeper:
 
     async def sweep(self, now: float | None = None) -> int:
         """Delete due entries of paged-out queues; returns how many went."""
-        now = time.time() if now is None else now
+        now = self.clock.wall() if now is None else now
         store = self.broker.store
         removed = 0
         for vhost in list(self.broker.vhosts.values()):

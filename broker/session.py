@@ -27,11 +27,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from moorage.broker.clock import Timer
 from moorage.broker.delayed import delay_of
 from moorage.broker.errors import (
     AccessRefused,
@@ -125,6 +125,7 @@ class Session:
     def __init__(self, connection: ClientConnection, sink: DeliverySink) -> None:
         self.connection = connection
         self.vhost = connection.vhost
+        self.clock = connection.vhost.broker.clock
         self.user = connection.user
         self.sink = sink
         self.consumers: dict[str, Consumer] = {}
@@ -138,7 +139,7 @@ class Session:
         self._permitted: dict[tuple[str, str, str], bool] = {}
         # consumer timeouts: (deadline, delivery tag), armed only when a queue has one
         self._deadlines: list[tuple[float, int]] = []
-        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_timer: Timer | None = None
         self._timed_out: set[int] = set()
         self._memory = connection.vhost.broker.memory  # counts what `unacked` holds
 
@@ -665,7 +666,7 @@ class Session:
 
     def _watch(self, tag: int, timeout: float) -> None:
         """Return delivery `tag` to its queue unless it is settled within `timeout` seconds."""
-        deadline = time.monotonic() + timeout
+        deadline = self.clock.monotonic() + timeout
         heapq.heappush(self._deadlines, (deadline, tag))
         if self._deadline_timer is None or self._deadlines[0][1] == tag:
             self._arm_deadline()
@@ -676,13 +677,12 @@ class Session:
             self._deadline_timer = None
         if not self._deadlines or self.closed:
             return
-        loop = asyncio.get_running_loop()
-        delay = max(self._deadlines[0][0] - time.monotonic(), 0.0)
-        self._deadline_timer = loop.call_later(delay + 0.001, self._deadline_passed)
+        due = self._deadlines[0][0] + 0.001
+        self._deadline_timer = self.clock.call_at(due, self._deadline_passed)
 
     def _deadline_passed(self) -> None:
         self._deadline_timer = None
-        now = time.monotonic()
+        now = self.clock.monotonic()
         deadlines = self._deadlines
         limits = self.vhost.broker.limits
         closer = getattr(self.sink, "closed_by_broker", None)

@@ -19,6 +19,7 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from moorage.broker.clock import Timer
 from moorage.protocols.reading import ReadPacer
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ class ConnectionAdapter(Protocol):
         """Bytes from the socket; b"" is the end of the stream."""
 
     def next_deadline(self) -> float:
-        """When `handle_timer` must run next (loop time; inf: never)."""
+        """When `handle_timer` must run next (on `broker.clock.monotonic()`; inf: never)."""
         ...
 
     @property
@@ -101,6 +102,7 @@ class TCPShell(asyncio.Protocol):
     def __init__(self, listener: TCPListener) -> None:
         self.listener = listener
         self.loop = asyncio.get_running_loop()
+        self.clock = listener.broker.clock  # `now` for the adapter and its one timer
         self.transport: asyncio.Transport | None = None
         self.peer = "unknown"
         self.from_loopback = False
@@ -108,7 +110,7 @@ class TCPShell(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._closing = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._timer_when = float("inf")
         self._pacer: ReadPacer | None = None
 
@@ -161,14 +163,16 @@ class TCPShell(asyncio.Protocol):
         self._pacer = ReadPacer(stream, self.loop, self.listener.broker.flow)
         self.peer, self.from_loopback = peer_of(transport)
         self.listener.connections.add(self)
-        self.adapter = self.listener.adapter_factory(self.listener.broker, self, self.loop.time())
+        self.adapter = self.listener.adapter_factory(
+            self.listener.broker, self, self.clock.monotonic()
+        )
         self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
         adapter = self.adapter
         if adapter is None:
             return
-        adapter.data_received(data, self.loop.time())
+        adapter.data_received(data, self.clock.monotonic())
         if adapter.next_deadline() != self._timer_when:
             self._arm_timer()
         if self._pacer is not None and not adapter.closed:
@@ -176,7 +180,7 @@ class TCPShell(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         if self.adapter is not None and not self.adapter.closed:
-            self.adapter.data_received(b"", self.loop.time())
+            self.adapter.data_received(b"", self.clock.monotonic())
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -200,20 +204,20 @@ class TCPShell(asyncio.Protocol):
     # -- timer --------------------------------------------------------------------------------
 
     def _arm_timer(self) -> None:
-        if self.adapter is None or self.transport is None:
-            return
+        if self.adapter is None or self.transport is None or self._closing:
+            return  # a closing connection needs no timer (its deadline may be past)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._timer_when = self.adapter.next_deadline()
         if self._timer_when != float("inf"):
-            self._timer = self.loop.call_at(self._timer_when, self._on_timer)
+            self._timer = self.clock.call_at(self._timer_when, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         if self.adapter is None or self.transport is None:
             return
-        now = self.loop.time()
+        now = self.clock.monotonic()
         if self._pacer is not None and self._pacer.held:
             self.adapter.peer_held(now)
         self.adapter.handle_timer(now)

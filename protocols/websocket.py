@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from moorage.broker.clock import Timer
 from moorage.protocols.tcp import ConnectionAdapter as Adapter
 from moorage.protocols.tcp import peer_of
 
@@ -97,6 +98,7 @@ class WebSocketConnection:
         self.listener = listener
         self.ws = ws
         self.loop = asyncio.get_running_loop()
+        self.clock = listener.broker.clock  # `now` for the adapter and its one timer
         self.peer, self.from_loopback = _peer(request.transport)
         self.close_code = WSCloseCode.OK
         self.adapter: Adapter | None = None
@@ -105,7 +107,7 @@ class WebSocketConnection:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._writable = True
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._timer_when = float("inf")
         self._held: asyncio.Future[None] | None = None  # reading paused by flow control
 
@@ -130,7 +132,7 @@ class WebSocketConnection:
     async def run(self) -> None:
         """Feed messages to the adapter until either side closes; returns when all is done."""
         adapter = self.adapter = self.listener.plugin.make_adapter(
-            self.listener.broker, self, self.loop.time()
+            self.listener.broker, self, self.clock.monotonic()
         )
         writer = asyncio.create_task(self._write_loop())
         self._arm_timer()
@@ -142,7 +144,7 @@ class WebSocketConnection:
                 self._timer.cancel()
                 self._timer = None
             if peer_closed and not self._closing:
-                adapter.data_received(b"", self.loop.time())  # end of stream, as eof_received
+                adapter.data_received(b"", self.clock.monotonic())  # end of stream, as eof_received
             adapter.connection_lost()
             self._closing = True
             self._wakeup.set()
@@ -162,7 +164,7 @@ class WebSocketConnection:
                 return True
             else:  # CLOSE, CLOSING, CLOSED
                 return True
-            adapter.data_received(data, self.loop.time())
+            adapter.data_received(data, self.clock.monotonic())
             if adapter.next_deadline() != self._timer_when:
                 self._arm_timer()
             await self._flow_control(adapter)
@@ -253,13 +255,13 @@ class WebSocketConnection:
             self._timer = None
         self._timer_when = self.adapter.next_deadline()
         if self._timer_when != float("inf"):
-            self._timer = self.loop.call_at(self._timer_when, self._on_timer)
+            self._timer = self.clock.call_at(self._timer_when, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         if self.adapter is None or self._closing:
             return
-        now = self.loop.time()
+        now = self.clock.monotonic()
         if self._held is not None:
             self.adapter.peer_held(now)
         self.adapter.handle_timer(now)

@@ -22,6 +22,7 @@ from typing import Any
 import pika
 import pytest
 
+from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Config
 from tests.helpers import RunningBroker
 
@@ -31,8 +32,10 @@ def start_broker() -> Iterator[Callable[..., RunningBroker]]:
     """Start brokers on demand; each is stopped and checked for loop errors at teardown."""
     started: list[RunningBroker] = []
 
-    def start(config: Config | None = None, loop: str = "asyncio") -> RunningBroker:
-        running = RunningBroker(config, loop)
+    def start(
+        config: Config | None = None, loop: str = "asyncio", clock: Clock = SYSTEM_CLOCK
+    ) -> RunningBroker:
+        running = RunningBroker(config, loop, clock)
         started.append(running)
         return running.start()
 

@@ -27,6 +27,7 @@ from pamqp import commands, frame, header, heartbeat
 from pamqp.base import Frame
 
 from moorage.broker.auth import User
+from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Config
 from moorage.broker.daemon import Daemon
 from moorage.broker.embedded import (
@@ -56,8 +57,15 @@ class RunningBroker:
     gets the embedded defaults (an AMQP listener, memory store, guest).
     """
 
-    def __init__(self, config: Config | None = None, loop_name: str = "asyncio") -> None:
-        self.embedded = EmbeddedBroker(config, loop=loop_name)
+    def __init__(
+        self, config: Config | None = None, loop_name: str = "asyncio", clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        self.embedded = EmbeddedBroker(config, loop=loop_name, clock=clock)
+
+    @property
+    def clock(self) -> Clock:
+        """The broker's clock (a ManualClock in the timer tests)."""
+        return self.embedded.clock
 
     def start(self) -> RunningBroker:
         """Start and wait until it listens; raises the daemon's StartupError."""

@@ -1,13 +1,12 @@
 """The MQTT listener: the shared TCP shell (`protocols.tcp`) around `MQTTConnection`.
 
-The broker-wide `SessionRegistry` gets the loop's `call_later` for session
+The broker-wide `SessionRegistry` gets the broker clock's `call_later` for session
 expiry and will delays, and recovers stored sessions and retained messages,
 the first time a listener starts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from typing import TYPE_CHECKING
 
@@ -29,7 +28,8 @@ class MQTTPlugin:
         self, broker: Broker, host: str, port: int, ssl_context: ssl.SSLContext | None = None
     ) -> TCPListener:
         registry = registry_for(broker)
-        registry.call_later = asyncio.get_running_loop().call_later
+        registry.call_later = broker.clock.call_later
+        registry.clock = broker.clock.wall
         await registry.recover()  # persistent sessions and retained messages (once)
         return await listen(
             broker, host, port, MQTTConnection, ssl_context=ssl_context, on_shutdown=registry.close

@@ -14,7 +14,6 @@ shell in `protocols.websocket`. MQTT 5.0 section 6 (3.1.1 section 6 alike):
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -62,7 +61,8 @@ class MQTTWebSocketPlugin(WebSocketPlugin):
         self, broker: Broker, host: str, port: int, ssl_context: ssl.SSLContext | None = None
     ) -> WebSocketListener:
         registry = registry_for(broker)
-        registry.call_later = asyncio.get_running_loop().call_later
+        registry.call_later = broker.clock.call_later
+        registry.clock = broker.clock.wall
         await registry.recover()  # persistent sessions and retained messages (once)
         return await super().start(broker, host, port, ssl_context)
 

@@ -237,6 +237,10 @@ class StompConnection:
         assert self.session is not None
         return self.session
 
+    def wall_ms(self) -> int:
+        """The broker clock's wall time in milliseconds (mapping.Sender)."""
+        return int(self.broker.clock.wall() * 1000)
+
     def reply_to(self, value: str) -> str:
         """A reply-to naming /temp-queue/<t> becomes /reply-queue/<real name> (RabbitMQ)."""
         if value.startswith(Kind.TEMP_QUEUE.value):

@@ -55,6 +55,10 @@ class Sender(Protocol):
         """The `reply-to` property for a `reply-to` header (temporary queues resolved)."""
         ...
 
+    def wall_ms(self) -> int:
+        """The broker clock's wall time in milliseconds (ActiveMQ's `expires` is absolute)."""
+        ...
+
 
 def header_text(value: Any) -> str | None:
     """An AMQP header value as STOMP header text; None when it has no text form."""
@@ -219,8 +223,8 @@ def _set(attr: str, convert: Callable[[str], Any] = str) -> _Setter:
     return setter
 
 
-def _set_expires(_sender: Sender, p: Properties, value: str) -> bool:
-    expiration = expiration_of_expires(value, int(time.time() * 1000))
+def _set_expires(sender: Sender, p: Properties, value: str) -> bool:
+    expiration = expiration_of_expires(value, sender.wall_ms())
     if expiration is not None:
         p.expiration = expiration
     return True

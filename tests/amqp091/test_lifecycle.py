@@ -24,13 +24,15 @@ LOOPS = pytest.mark.parametrize("broker", ["asyncio", "uvloop"], indirect=True)
 
 @LOOPS
 def test_silent_client_is_disconnected_after_missed_heartbeats(broker: RunningBroker) -> None:
-    with RawClient(broker.port, timeout=6) as client:
+    with RawClient(broker.port, timeout=30) as client:
         client.handshake(heartbeat_interval=1)
         assert broker.connection_count() == 1
         started = time.monotonic()
         frames = client.wait_closed()  # raises TimeoutError if the server never hangs up
         elapsed = time.monotonic() - started
-    assert 1.5 < elapsed < 3.5
+    # never before two missed heartbeats; the exact instant is checked on a manual
+    # clock (tests/broker/test_shell_timers.py), how late depends on the machine
+    assert elapsed > 1.5
     # the server kept sending its own heartbeats while it waited
     assert frames
     assert all(isinstance(f, heartbeat.Heartbeat) for f in frames)
@@ -65,12 +67,10 @@ def test_pika_idle_with_heartbeat_stays_connected(broker: RunningBroker, connect
 
 def test_handshake_timeout(tmp_path: Path, start_broker: Callable[..., RunningBroker]) -> None:
     running = start_broker(make_config(tmp_path, handshake_timeout=0.5))
-    with RawClient(running.port) as client:
+    with RawClient(running.port, timeout=30) as client:  # a bound, not a speed
         client.send(pamqp_header.ProtocolHeader().marshal())
         client.expect(commands.Connection.Start)
-        started = time.monotonic()
-        client.wait_closed()
-        assert time.monotonic() - started < 2.0
+        client.wait_closed()  # the exact instant: tests/broker/test_shell_timers.py
 
 
 @LOOPS

@@ -1,16 +1,19 @@
-"""Retention: expired paged-out messages are deleted from disk without being read."""
+"""Retention: expired paged-out messages are deleted from disk without being read.
+
+The broker runs on a manual clock: expiry happens when the test advances it,
+and store round trips are waited on with generous bounds (`until`).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from moorage.broker.auth import UserDirectory
 from moorage.broker.broker import Broker
+from moorage.broker.clock import ManualClock
 from moorage.broker.config import Limits, default_guest
 from moorage.broker.message import Message, Properties
 from moorage.storage.sqlite import SQLiteStore
 from tests.broker.test_paging import Sink, session_for
+from tests.harness import settle, until
 
 
 async def _broker(tmp_path, **kwargs) -> Broker:
@@ -18,6 +21,7 @@ async def _broker(tmp_path, **kwargs) -> Broker:
         store=SQLiteStore(tmp_path / "r.db"),
         users=UserDirectory([default_guest()]),
         limits=Limits(queue_memory_limit=2_000),
+        clock=ManualClock(),
         **kwargs,
     )
     await broker.start()
@@ -42,13 +46,12 @@ async def test_due_paged_entries_are_deleted_on_disk_not_read(tmp_path):
     for i in range(900):
         session.publish("", Message("", "ttl", paged, b"p%03d" % i + b"p" * 96))
     assert queue.tail_count >= 900
+    broker.clock.advance(0.399)
+    assert queue.message_count == 930
     # When the head expires the queue refills from disk: by then every paged
     # entry is due, so the store deletes them instead of returning them.
-    for _ in range(300):
-        await asyncio.sleep(0.01)
-        if queue.message_count == 0:
-            break
-    assert queue.message_count == 0
+    broker.clock.advance(0.003)
+    await until(lambda: queue.message_count == 0)
     assert broker.store.stats.expired >= 900  # only 30 were ever in memory
     assert (await broker.store.queue_stats("/", "ttl"))[0] == 0
     await broker.stop()
@@ -63,7 +66,9 @@ async def test_sweeper_deletes_due_entries_behind_a_non_expiring_head(tmp_path):
         props = Properties(delivery_mode=2, expiration="30")
         session.publish("", Message("", "mixed", props, b"e%03d" % i + b"e" * 96))
     assert queue.tail_count >= 400
-    await asyncio.sleep(0.06)
+    broker.clock.advance(0.029)
+    assert await broker.sweeper.sweep() == 0
+    broker.clock.advance(0.002)
     assert await broker.sweeper.sweep() == 400
     assert queue.message_count == 100
     await broker.stop()
@@ -76,13 +81,13 @@ async def test_broker_wide_retention_applies_to_every_queue(tmp_path):
     _fill(session, "plain", 500)
     stored = await broker.store.read_queue("/", "plain", 0, 500)
     assert len(stored) == 500
-    latest = time.time() + 0.2
+    latest = broker.clock.wall() + 0.2
     assert [item.expires_at for item in stored if not 0 < item.expires_at <= latest] == []
-    for _ in range(100):
-        await asyncio.sleep(0.01)
-        if queue.message_count == 0:
-            break
-    assert queue.message_count == 0
+    broker.clock.advance(0.199)
+    await settle()
+    assert queue.message_count == 500
+    broker.clock.advance(0.003)
+    await until(lambda: queue.message_count == 0)
     assert broker.store.stats.expired > 0
     assert (await broker.store.queue_stats("/", "plain"))[0] == 0
     await broker.stop()
@@ -96,6 +101,6 @@ async def test_dead_letter_queues_are_left_to_the_queue(tmp_path):
         "src", durable=True, arguments={"x-message-ttl": 10, "x-dead-letter-exchange": ""}
     )
     _fill(session, "src", 300)
-    await asyncio.sleep(0.05)
+    broker.clock.advance(0.05)
     assert await broker.sweeper.sweep() == 0  # must be read back and dead-lettered instead
     await broker.stop()

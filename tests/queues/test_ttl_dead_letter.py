@@ -1,4 +1,9 @@
-"""Expiry (x-message-ttl, expiration, x-expires) and dead-lettering with x-death, over pika."""
+"""Expiry (x-message-ttl, expiration, x-expires) and dead-lettering with x-death, over pika.
+
+Tests about *when* something expires run the broker on a manual clock
+(`clocked`, `advance`): they state the instant and never sleep. The others
+wait on conditions with generous bounds.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,9 @@ import time
 import pika
 import pytest
 
-from tests.queues.helpers import get_all, persistent, wait_get
+from tests.queues.helpers import advance, get_all, persistent, settled_count, wait_get
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(120)
 
 
 def declare_dlx(ch, dlq: str = "dlq", exchange: str = "dlx") -> None:
@@ -42,12 +47,14 @@ def test_queue_ttl_dead_letters_with_x_death(connect):
     assert ch.queue_declare("work", passive=True).method.message_count == 0
 
 
-def test_expired_message_is_never_delivered(connect):
-    conn = connect()
-    ch = conn.channel()
+def test_expired_message_is_never_delivered(clocked, clocked_channel):
+    ch = clocked_channel
     ch.queue_declare("slow", arguments={"x-message-ttl": 50})
     ch.basic_publish("", "slow", b"old")
-    time.sleep(0.2)
+    ch.queue_declare("slow", passive=True)  # a round trip: "old" is queued
+    advance(clocked, 0.049)
+    assert settled_count(clocked, "slow") == 1
+    advance(clocked, 0.003)
     ch.basic_publish("", "slow", b"new")
     assert [b for _, _, b in get_all(ch, "slow")] == [b"new"]
 
@@ -66,11 +73,19 @@ def test_per_message_expiration_and_original_expiration(connect):
     assert [b for _, _, b in get_all(ch, "pm")] == [b"forever"]
 
 
-def test_lower_of_queue_and_message_ttl_wins(connect):
-    ch = connect().channel()
+def test_lower_of_queue_and_message_ttl_wins(clocked, clocked_channel):
+    ch = clocked_channel
     ch.queue_declare("both", arguments={"x-message-ttl": 60_000})
     ch.basic_publish("", "both", b"x", pika.BasicProperties(expiration="50"))
-    time.sleep(0.2)
+    ch.basic_publish("", "both", b"y", pika.BasicProperties(expiration="90000"))
+    ch.queue_declare("both", passive=True)  # a round trip: both are queued
+    advance(clocked, 0.049)
+    assert settled_count(clocked, "both") == 2
+    advance(clocked, 0.003)
+    assert settled_count(clocked, "both") == 1
+    advance(clocked, 59.947)
+    assert settled_count(clocked, "both") == 1  # the queue's 60 s beat y's 90 s
+    advance(clocked, 0.003)
     assert get_all(ch, "both") == []
 
 
@@ -97,7 +112,8 @@ def test_rejected_message_is_dead_lettered_with_routing_key(connect):
 
 
 def wait_get_manual(ch, queue):
-    for _ in range(100):
+    deadline = time.monotonic() + 30  # a generous bound, not a speed
+    while time.monotonic() < deadline:
         method, props, body = ch.basic_get(queue)
         if method is not None:
             return method, props, body
@@ -134,8 +150,8 @@ def test_x_death_count_grows_and_entry_moves_to_front(connect):
     assert props.headers["x-last-death-queue"] == "r"
 
 
-def test_expiry_cycle_without_rejection_is_dropped(connect):
-    ch = connect().channel()
+def test_expiry_cycle_without_rejection_is_dropped(clocked, clocked_channel):
+    ch = clocked_channel
     ch.queue_declare(
         "loop",
         arguments={
@@ -145,32 +161,41 @@ def test_expiry_cycle_without_rejection_is_dropped(connect):
         },
     )
     ch.basic_publish("", "loop", b"spin")
-    time.sleep(0.3)
+    ch.queue_declare("loop", passive=True)  # a round trip: "spin" is queued
+    advance(clocked, 0.019)
+    assert settled_count(clocked, "loop") == 1
+    advance(clocked, 0.003)  # expired, dead-lettered to itself: a cycle, so dropped
+    assert settled_count(clocked, "loop") == 0
+    advance(clocked, 1.0)
     assert ch.queue_declare("loop", passive=True).method.message_count == 0
 
 
-def test_missing_dead_letter_exchange_drops(connect):
-    ch = connect().channel()
+def test_missing_dead_letter_exchange_drops(clocked, clocked_channel):
+    ch = clocked_channel
     ch.queue_declare("nodlx", arguments={"x-message-ttl": 10, "x-dead-letter-exchange": "absent"})
     ch.basic_publish("", "nodlx", b"gone")
-    time.sleep(0.2)
+    ch.queue_declare("nodlx", passive=True)  # a round trip: "gone" is queued
+    advance(clocked, 0.012)
+    assert settled_count(clocked, "nodlx") == 0
     assert get_all(ch, "nodlx") == []
 
 
-def test_queue_expires_when_unused(connect, broker):
-    ch = connect().channel()
+def test_queue_expires_when_unused(clocked, clocked_channel):
+    ch = clocked_channel
     ch.queue_declare("ephemeral", arguments={"x-expires": 150})
-    assert broker.queue_exists("ephemeral")
-    assert broker.wait_until(lambda: "ephemeral" not in broker.core.vhosts["/"].queues, 3)
+    advance(clocked, 0.149)
+    assert clocked.queue_exists("ephemeral")
+    advance(clocked, 0.002)
+    assert not clocked.queue_exists("ephemeral")
 
 
-def test_queue_with_consumer_does_not_expire(connect, broker):
-    conn = connect()
-    ch = conn.channel()
+def test_queue_with_consumer_does_not_expire(clocked, clocked_channel):
+    ch = clocked_channel
     ch.queue_declare("kept", arguments={"x-expires": 100})
     ch.basic_consume("kept", lambda *a: None)
-    conn.process_data_events(time_limit=0.4)
-    assert broker.queue_exists("kept")
+    ch.queue_declare("kept", passive=True)  # a round trip: the consumer is there
+    advance(clocked, 10.0)  # less than pika's heartbeat: the connection stays quiet
+    assert clocked.queue_exists("kept")
 
 
 def test_ttl_and_dead_letter_survive_restart(broker_process):
@@ -194,8 +219,8 @@ def test_ttl_and_dead_letter_survive_restart(broker_process):
     broker_process.start()
     conn = pika.BlockingConnection(broker_process.params)
     ch = conn.channel()
-    # still there (1.5 s have not passed), then dead-lettered on time after the restart
-    _m, props, body = wait_get(ch, "dlq-r", timeout=5)
+    # still there after the restart, then dead-lettered (a generous bound: restarts vary)
+    _m, props, body = wait_get(ch, "dlq-r", timeout=60)
     assert body == b"persisted"
     assert props.headers["x-death"][0]["reason"] == "expired"
     assert ch.queue_declare("ttl-r", passive=True).method.message_count == 0

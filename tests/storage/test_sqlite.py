@@ -806,7 +806,7 @@ async def test_100k_enqueues_in_one_batch(db: Path, settle: Settle) -> None:
             store.put_message(i, b"%d" % i)
             store.enqueue(V, "q", i, i)
         await settle(store)
-        assert store.stats.batches == 1
+        assert store.stats.batches == 1  # one transaction, whatever the machine's speed
         assert (await store.queue_stats(V, "q"))[0] == 100_000
         page = await store.read_queue(V, "q", 99_990, 100)
         assert [e.seq for e in page] == list(range(99_991, 100_001))
@@ -874,6 +874,7 @@ async def test_expire_200k_entries(db: Path, settle: Settle) -> None:
         assert await store.expire(V, "q", 1000.0 + 499, limit=n) == n // 2
         removed = n // 2
         while count := await store.expire(V, "q", 3000.0, limit=25_000):
+            assert count <= 25_000  # in slices of `limit`
             removed += count
         assert removed == n
         assert await store.queue_stats(V, "q") == (1, 4, n + 1)

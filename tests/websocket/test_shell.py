@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from aiohttp import WSCloseCode, WSMessage, WSMsgType
 
+from moorage.broker.clock import SYSTEM_CLOCK
 from moorage.broker.flow import WriteFlow
 from moorage.protocols.websocket import (
     HIGH_WATER,
@@ -94,7 +95,8 @@ def make_connection(framing: Framing) -> tuple[WebSocketConnection, FakeWS]:
     plugin = Plugin()
     plugin.framing = framing
     flow = WriteFlow(MemoryStore(), 1 << 20)
-    listener: Any = SimpleNamespace(plugin=plugin, broker=SimpleNamespace(flow=flow))
+    broker = SimpleNamespace(flow=flow, clock=SYSTEM_CLOCK)  # what the shell reads of it
+    listener: Any = SimpleNamespace(plugin=plugin, broker=broker)
     request: Any = SimpleNamespace(transport=None)
     ws = FakeWS()
     return WebSocketConnection(listener, request, ws), ws  # type: ignore[arg-type]
