@@ -41,8 +41,9 @@ discards everything but those). Before RUNNING:
 * a method or content on another channel is a 504 CHANNEL_ERROR.
 
 Once RUNNING, channel 0 carries only the methods of
-:data:`RUNNING_ON_CHANNEL_0` (any other is a 503 COMMAND_INVALID); other
-channels are the application's.
+:data:`RUNNING_ON_CHANNEL_0` (another connection method is a 503
+COMMAND_INVALID, another class's method a 504 CHANNEL_ERROR, as RabbitMQ
+answers); other channels are the application's.
 
 These sequencing errors leave the framing intact: the connection moves to
 CLOSING and still hands out the peer's close-ok. A framing error (a
@@ -56,7 +57,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NoReturn
 
 from pamqp import base, commands, constants
 
@@ -78,6 +79,7 @@ from moorage.protocols.amqp091.events import (
     ProtocolHeaderReceived,
     ReplyCode,
     _NeedDataType,
+    method_ids,
 )
 from moorage.protocols.amqp091.frames import (
     CONTENT_METHODS,
@@ -284,15 +286,31 @@ class Connection:
         return event
 
     def _check_running_channel_0(self, method: base.Frame) -> None:
-        if not isinstance(method, self._on_channel_0):
+        if isinstance(method, self._on_channel_0):
+            return
+        class_id, method_id = method_ids(method)
+        if class_id != commands.Connection.frame_id:
+            # RabbitMQ 3.10 (recorded): another class's method on channel 0 is a 504
+            # naming that method, "CHANNEL_ERROR - unexpected method in connection
+            # state running".
             self._out_of_sequence(
-                ReplyCode.COMMAND_INVALID,
-                f"COMMAND_INVALID - unexpected method '{method.name}' on channel 0",
+                ReplyCode.CHANNEL_ERROR,
+                "CHANNEL_ERROR - unexpected method in connection state running",
+                class_id,
+                method_id,
             )
+        self._out_of_sequence(
+            ReplyCode.COMMAND_INVALID,
+            f"COMMAND_INVALID - unexpected method '{method.name}' on channel 0",
+            class_id,
+            method_id,
+        )
 
-    def _out_of_sequence(self, reply_code: ReplyCode, text: str) -> None:
+    def _out_of_sequence(
+        self, reply_code: ReplyCode, text: str, class_id: int = 0, method_id: int = 0
+    ) -> NoReturn:
         self.state = _S.CLOSING
-        raise FrameError(reply_code, text)
+        raise FrameError(reply_code, text, class_id, method_id)
 
     # -- output ------------------------------------------------------------------------
 
