@@ -30,9 +30,11 @@ import itertools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from moorage.broker.auth import User
 from moorage.broker.delayed import delay_of
+from moorage.broker.entry import QueueEntry
 from moorage.broker.errors import (
     AccessRefused,
     BrokerError,
@@ -41,11 +43,8 @@ from moorage.broker.errors import (
 )
 from moorage.broker.memory import ENTRY_OVERHEAD
 from moorage.broker.message import Message
-from moorage.broker.queue import DUPLICATE, REJECTED, WRITTEN, Consumer, Queue, QueueEntry
-
-if TYPE_CHECKING:
-    from moorage.broker.connection import ClientConnection
-    from moorage.broker.vhost import Exchange
+from moorage.broker.queue import DUPLICATE, REJECTED, WRITTEN, Consumer, Queue
+from moorage.broker.vhost import Exchange, VirtualHost
 
 _consumer_ids = itertools.count(1)
 
@@ -119,10 +118,22 @@ class _Unacked:
         self.consumer = consumer
 
 
+class SessionOwner(Protocol):
+    """The client connection a session belongs to (`broker.broker.ClientConnection`)."""
+
+    exclusive_queues: list[Queue]
+    published: bool  # set on the first publish: the memory alarm pauses only publishers
+
+    @property
+    def vhost(self) -> VirtualHost: ...
+    @property
+    def user(self) -> User: ...
+
+
 class Session:
     """One logical channel of a client connection onto a vhost."""
 
-    def __init__(self, connection: ClientConnection, sink: DeliverySink) -> None:
+    def __init__(self, connection: SessionOwner, sink: DeliverySink) -> None:
         self.connection = connection
         self.vhost = connection.vhost
         self.user = connection.user

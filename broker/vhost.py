@@ -16,10 +16,11 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from moorage.broker.arguments import parse_queue_arguments
 from moorage.broker.delayed import DELAY_STORE_PREFIX, DelayScheduler
+from moorage.broker.entry import QueueEntry
 from moorage.broker.errors import (
     AccessRefused,
     CommandInvalid,
@@ -29,13 +30,10 @@ from moorage.broker.errors import (
 )
 from moorage.broker.exchange_types import EXCHANGE_TYPES, ExchangeType, exchange_type
 from moorage.broker.message import Message
-from moorage.broker.queue import Queue, QueueEntry
+from moorage.broker.queue import Queue, QueueOwner
 from moorage.broker.serialization import encode_arguments, encode_message
+from moorage.broker.services import BrokerServices
 from moorage.storage import BindingRecord, ExchangeRecord, QueueRecord
-
-if TYPE_CHECKING:
-    from moorage.broker.broker import Broker
-    from moorage.broker.connection import ClientConnection
 
 STANDARD_EXCHANGES: tuple[tuple[str, str], ...] = (
     ("amq.direct", "direct"),
@@ -142,7 +140,7 @@ def server_queue_name() -> str:
 class VirtualHost:
     """One vhost: its exchanges, queues and bindings, kept in memory and in the store."""
 
-    def __init__(self, broker: Broker, name: str) -> None:
+    def __init__(self, broker: BrokerServices, name: str) -> None:
         self.broker = broker
         self.name = name
         self.exchanges: dict[str, Exchange] = {}
@@ -257,7 +255,7 @@ class VirtualHost:
         self,
         name: str,
         *,
-        owner: ClientConnection | None,
+        owner: QueueOwner | None,
         durable: bool = False,
         exclusive: bool = False,
         auto_delete: bool = False,
@@ -321,7 +319,7 @@ class VirtualHost:
             )
         return queue, True
 
-    def check_exclusive(self, queue: Queue, connection: ClientConnection | None) -> None:
+    def check_exclusive(self, queue: Queue, connection: QueueOwner | None) -> None:
         """Raise ResourceLocked when an exclusive queue is used by another connection."""
         if queue.exclusive_owner is not None and queue.exclusive_owner is not connection:
             raise ResourceLocked(
@@ -453,6 +451,11 @@ class VirtualHost:
                     seen.add(dest)
                     pending.append(dest)
         return list(found)
+
+    def route_from(self, exchange: str, message: Message) -> list[Queue]:
+        """Every queue `message` reaches from the exchange named `exchange` ([] if none)."""
+        source = self.exchanges.get(exchange)
+        return [] if source is None else self.route(source, message)
 
     # -- persistence helpers used by queues ----------------------------------------
 
