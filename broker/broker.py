@@ -150,6 +150,8 @@ class Broker:
             source.router.bind(dest, b.routing_key, args)
             if b.destination_kind == "queue":
                 dest.sources.add(source)
+        for vhost in self.vhosts.values():
+            vhost.routes.clear()  # the tables changed behind the vhosts' backs
 
     async def _recover_messages(self) -> None:
         """Give every stored queue its entries back, reading only a first batch of each."""

@@ -293,7 +293,17 @@ class Session:
         happens until `tx_commit` (the result has `deferred` set).
         Raises NotFound (no such exchange), AccessRefused (no write permission,
         internal exchange).
+
+        A repeated (exchange, routing key) takes the vhost's route cache
+        (`broker.routes`): no exchange lookup, no routing; the result, the
+        permission check and the effects are the same (proven against a broker
+        without the cache in tests/queues/test_publish_to_queue.py).
         """
+        route = self.vhost.routes.get(exchange_name, message.routing_key)
+        if route is not None and self._tx is None:
+            self._check("write", exchange_name, "exchange")
+            self.connection.published = True
+            return self._publish_to(route.queues, message, mandatory)
         exchange = self.vhost.lookup_exchange(exchange_name)
         self._check("write", exchange_name, "exchange")
         self.connection.published = True
@@ -313,7 +323,11 @@ class Session:
             if delay:
                 stored = self.vhost.delay_scheduler(exchange).schedule(message, delay)
                 return PublishResult(routed=1, stored=stored, delayed=True)
-        queues = self.vhost.route(exchange, message)
+        return self._publish_to(self.vhost.route(exchange, message), message, mandatory)
+
+    def _publish_to(
+        self, queues: tuple[Queue, ...], message: Message, mandatory: bool
+    ) -> PublishResult:
         if not queues:
             if mandatory:
                 self.sink.returned(message, 312, "NO_ROUTE")
@@ -326,24 +340,14 @@ class Session:
         return result
 
     def publish_to_queue(self, queue: Queue, message: Message) -> PublishResult:
-        """`publish("", message)` when the caller holds the queue its routing key names.
+        """`publish("", message)`, kept for the STOMP adapter's `/queue/` fast path.
 
-        For an adapter that keeps where a destination goes (STOMP `/queue/`):
-        it must have checked that `queue` is still the vhost's queue named
-        `message.routing_key`. Only the exchange lookup and the routing are
-        skipped (the default exchange is a direct one, never internal or
-        delayed); result, permission check and effects are `publish`'s. In a
-        transaction this is `publish`, which routes at commit.
+        The caller has checked that `queue` is still the vhost's queue named
+        `message.routing_key`; the route cache reaches that same queue, so
+        this is `publish` (one cached lookup instead of the exchange lookup
+        and the routing), with its result, permission check and effects.
         """
-        if self._tx is not None:
-            return self.publish("", message)
-        self._check("write", "", "exchange")
-        self.connection.published = True
-        result = PublishResult(routed=1)
-        outcome = queue.publish(message)
-        if outcome:
-            _count(result, outcome, queue, message)
-        return result
+        return self.publish("", message)
 
     # -- consuming --------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from moorage.broker.errors import (
 from moorage.broker.exchange_types import EXCHANGE_TYPES, ExchangeType, exchange_type
 from moorage.broker.message import Message
 from moorage.broker.queue import Queue, QueueOwner
+from moorage.broker.routes import RouteCache
 from moorage.broker.serialization import encode_arguments, encode_message
 from moorage.broker.services import BrokerServices
 from moorage.storage import BindingRecord, ExchangeRecord, QueueRecord
@@ -112,6 +113,16 @@ class Exchange:
         return str(value) if value else None
 
 
+class CachedRoute:
+    """Where messages published to `exchange` with one routing key go (`broker.routes`)."""
+
+    __slots__ = ("exchange", "queues")
+
+    def __init__(self, exchange: Exchange, queues: tuple[Queue, ...]) -> None:
+        self.exchange = exchange
+        self.queues = queues
+
+
 def _inequivalent(
     what: str, name: str, vhost: str, arg: str, received: Any, current: Any
 ) -> PreconditionFailed:
@@ -143,6 +154,8 @@ class VirtualHost:
     def __init__(self, broker: BrokerServices, name: str) -> None:
         self.broker = broker
         self.name = name
+        self.routes: RouteCache[CachedRoute] = RouteCache()
+        """Routes by (exchange, routing key); cleared by every topology change below."""
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.exchanges[""] = Exchange("", "direct", durable=True)
@@ -198,6 +211,7 @@ class VirtualHost:
             except KeyError:
                 raise CommandInvalid(f"unknown exchange type '{type_name}'") from None
             self.exchanges[name] = exchange
+            self.routes.clear()  # (no route changes before it has a binding: kept simple)
             if durable:
                 self.broker.store.put_exchange(self._exchange_record(exchange))
             return exchange
@@ -231,6 +245,7 @@ class VirtualHost:
 
     def _remove_exchange(self, exchange: Exchange) -> None:
         del self.exchanges[exchange.name]
+        self.routes.clear()
         scheduler = self.delay_schedulers.pop(exchange.name, None)
         if scheduler is not None:
             scheduler.close(delete=True)
@@ -311,6 +326,7 @@ class VirtualHost:
             options=options,
         )
         self.queues[name] = queue
+        self.routes.clear()  # the default exchange reaches it now
         if exclusive and owner is not None:
             owner.exclusive_queues.append(queue)
         if queue.stored:
@@ -337,6 +353,7 @@ class VirtualHost:
             raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' not empty")
         count = queue.message_count
         del self.queues[name]
+        self.routes.clear()
         queue.deleted = True
         queue.deleted_now()
         for exchange in list(queue.sources):
@@ -376,6 +393,7 @@ class VirtualHost:
         except ValueError as e:
             raise PreconditionFailed(str(e)) from None
         if exchange.router.bind(destination, routing_key, arguments):
+            self.routes.clear()
             if isinstance(destination, Queue):
                 destination.sources.add(exchange)
             if _stored(exchange) and _stored(destination):
@@ -395,6 +413,7 @@ class VirtualHost:
             raise AccessRefused("operation not permitted on the default exchange")
         exchange = self.lookup_exchange(source)
         if exchange.router.unbind(destination, routing_key, arguments):
+            self.routes.clear()
             if isinstance(destination, Queue) and not any(
                 d is destination for d, _, _ in exchange.router.bindings()
             ):
@@ -423,18 +442,38 @@ class VirtualHost:
 
     # -- routing ------------------------------------------------------------------
 
-    def route(self, exchange: Exchange, message: Message) -> list[Queue]:
-        """Every queue `message` reaches from `exchange`, each once."""
+    def route(self, exchange: Exchange, message: Message) -> tuple[Queue, ...]:
+        """Every queue `message` reaches from `exchange`, each once, through the route
+        cache (`broker.routes`) when the route depends on the routing key alone."""
+        routing_key = message.routing_key
+        cached = self.routes.get(exchange.name, routing_key)
+        if cached is not None and cached.exchange is exchange:
+            return cached.queues
+        queues, by_key = self._walk(exchange, message)
+        if (
+            by_key
+            and not exchange.internal
+            and not exchange.delayed
+            and self.exchanges.get(exchange.name) is exchange
+        ):
+            self.routes.put(exchange.name, routing_key, CachedRoute(exchange, queues))
+        return queues
+
+    def _walk(self, exchange: Exchange, message: Message) -> tuple[tuple[Queue, ...], bool]:
+        """The queues `message` reaches from `exchange`, and whether every exchange on
+        the way routed by the routing key alone (the route may then be cached)."""
         if exchange.name == "":
             queue = self.queues.get(message.routing_key)
-            return [queue] if queue is not None else []
+            return ((queue,) if queue is not None else ()), True
         routing_key = message.routing_key
         headers = message.properties.headers
         found: dict[Queue, None] = {}
         seen = {exchange}
         pending = [exchange]
+        by_key = True
         while pending:
             current = pending.pop()
+            by_key = by_key and current.router.routes_by_key
             destinations = current.router.route(routing_key, headers)
             if not destinations:
                 alternate = current.alternate
@@ -450,12 +489,13 @@ class VirtualHost:
                 elif isinstance(dest, Exchange) and dest not in seen:
                     seen.add(dest)
                     pending.append(dest)
-        return list(found)
+        return tuple(found), by_key
 
-    def route_from(self, exchange: str, message: Message) -> list[Queue]:
-        """Every queue `message` reaches from the exchange named `exchange` ([] if none)."""
+    def route_from(self, exchange: str, message: Message) -> tuple[Queue, ...]:
+        """Every queue `message` reaches from the exchange named `exchange` (none if
+        there is no such exchange)."""
         source = self.exchanges.get(exchange)
-        return [] if source is None else self.route(source, message)
+        return () if source is None else self.route(source, message)
 
     # -- persistence helpers used by queues ----------------------------------------
 
