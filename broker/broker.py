@@ -2,6 +2,12 @@
 
 Adapters authenticate a client with `authenticate`, attach it to a vhost with
 `connect`, and then work through the `Session`s of the `ClientConnection`.
+
+This is the top of the core's imports: the modules below it reach the broker
+and a connection only through narrow interfaces (`services.BrokerServices`,
+`retention.SweptBroker`, `session.SessionOwner`, `queue.QueueOwner`) that
+`Broker` and `ClientConnection` satisfy, so no module of `broker/` imports
+this one (tests/test_layering.py checks that there is no cycle).
 """
 
 from __future__ import annotations
@@ -14,15 +20,18 @@ from moorage.broker.arguments import QueueOptions, parse_queue_arguments
 from moorage.broker.auth import User, UserDirectory
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Limits
-from moorage.broker.connection import ClientConnection
 from moorage.broker.errors import NotAllowed, PreconditionFailed
 from moorage.broker.flow import WriteFlow
-from moorage.broker.memory import MemoryMonitor, watermark_bytes
+from moorage.broker.memory import ENTRY_OVERHEAD, MemoryMonitor, watermark_bytes
 from moorage.broker.queue import Queue
+from moorage.broker.replies import OrderedReplies
 from moorage.broker.retention import RetentionSweeper
 from moorage.broker.serialization import decode_arguments
+from moorage.broker.session import DeliverySink, Session
 from moorage.broker.vhost import HIDDEN_QUEUE_PREFIX, Exchange, VirtualHost
 from moorage.storage import MemoryStore, Store, Topology
+
+_connection_ids = itertools.count(1)
 
 
 class Broker:
@@ -45,7 +54,12 @@ class Broker:
         self.flow = WriteFlow(self.store, self.limits.store_backlog)
         self.retention = retention  # seconds a message may stay queued; 0 = forever
         self.sweeper = RetentionSweeper(self, clock=clock)
-        self.memory = MemoryMonitor(self, watermark_bytes(self.limits.memory_high_watermark))
+        self.memory = MemoryMonitor(
+            watermark_bytes(self.limits.memory_high_watermark),
+            self.flow,
+            self.queued_memory,
+            clock,
+        )
         self.vhosts: dict[str, VirtualHost] = {}
         self.connections: set[ClientConnection] = set()
         # listener name -> bound port, filled by whoever starts listeners (the daemon)
@@ -82,6 +96,15 @@ class Broker:
 
     def next_message_id(self) -> int:
         return self._message_ids()
+
+    def queued_memory(self) -> int:
+        """Bytes held by the messages queued in every queue, or delivered and not acked
+        yet (an estimate, see `broker.memory`)."""
+        total = self.memory.unacked_bytes
+        for vhost in self.vhosts.values():
+            for queue in vhost.queues.values():
+                total += queue.memory_bytes(ENTRY_OVERHEAD)
+        return total
 
     # -- vhosts ---------------------------------------------------------------------
 
@@ -136,6 +159,8 @@ class Broker:
             source.router.bind(dest, b.routing_key, args)
             if b.destination_kind == "queue":
                 dest.sources.add(source)
+        for vhost in self.vhosts.values():
+            vhost.routes.clear()  # the tables changed behind the vhosts' backs
 
     async def _recover_messages(self) -> None:
         """Give every stored queue its entries back, reading only a first batch of each."""
@@ -186,3 +211,57 @@ class Broker:
         )
         self.connections.add(connection)
         return connection
+
+
+class ClientConnection:
+    """Owns a connection's sessions and exclusive queues; closing it releases both."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        vhost: VirtualHost,
+        user: User,
+        *,
+        protocol: str,
+        peer: str,
+        client_properties: dict[str, Any] | None = None,
+    ) -> None:
+        self.id = next(_connection_ids)
+        self.broker = broker
+        self.vhost = vhost
+        self.user = user
+        self.protocol = protocol
+        self.peer = peer
+        self.client_properties = client_properties or {}
+        self.sessions: set[Session] = set()
+        self.exclusive_queues: list[Queue] = []
+        self.closed = False
+        self.published = False  # the memory alarm pauses only connections that publish
+
+    def ordered_replies(self) -> OrderedReplies:
+        """A new ordered stream of replies that wait for the store (`broker.replies`)."""
+        return OrderedReplies(self.broker.store)
+
+    def open_session(self, sink: DeliverySink) -> Session:
+        """A new session whose deliveries go to `sink`."""
+        session = Session(self, sink)
+        self.sessions.add(session)
+        return session
+
+    def close_session(self, session: Session) -> None:
+        """Close one session: its consumers end, its unacked messages are requeued."""
+        session.close()
+        self.sessions.discard(session)
+
+    def close(self) -> None:
+        """Close every session, then delete the exclusive queues. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        for session in list(self.sessions):
+            self.close_session(session)
+        for queue in list(self.exclusive_queues):
+            if not queue.deleted:
+                self.vhost.delete_queue(queue.name)
+        self.exclusive_queues.clear()
+        self.broker.connections.discard(self)

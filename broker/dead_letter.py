@@ -30,15 +30,39 @@ message rather than loses it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from moorage.broker.arguments import QueueOptions
 from moorage.broker.message import Message
 
-if TYPE_CHECKING:
-    from moorage.broker.queue import Queue
-
 REASONS = ("rejected", "expired", "maxlen", "delivery_limit")
+
+
+class DeadLetterTarget(Protocol):
+    """A queue a dead-lettered copy reaches (`broker.queue.Queue`)."""
+
+    @property
+    def name(self) -> str: ...
+    def publish(self, message: Message) -> int: ...
+
+
+class DeadLetterRouter(Protocol):
+    """Routing by exchange name (`broker.vhost.VirtualHost.route_from`)."""
+
+    def route_from(self, exchange: str, message: Message) -> Sequence[DeadLetterTarget]: ...
+
+
+class DeadLetterSource(Protocol):
+    """The queue a message dies in (`broker.queue.Queue`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def options(self) -> QueueOptions: ...
+    @property
+    def vhost(self) -> DeadLetterRouter: ...
 
 
 def dead_lettered_copy(message: Message, queue: str, reason: str, routing_key: str) -> Message:
@@ -93,19 +117,16 @@ def _is_cycle(message: Message, target: str) -> bool:
     return seen
 
 
-def dead_letter(queue: Queue, message: Message, reason: str) -> int:
+def dead_letter(queue: DeadLetterSource, message: Message, reason: str) -> int:
     """Republish `message` through `queue`'s dead-letter exchange; returns queues reached.
 
     Does nothing (0) when the queue has no dead-letter exchange or it does
-    not exist. Never raises a BrokerError: dead-lettering is best effort.
+    not exist (`route_from` reaches no queue then). Never raises a
+    BrokerError: dead-lettering is best effort.
     """
     options = queue.options
     exchange_name = options.dead_letter_exchange
     if exchange_name is None:
-        return 0
-    vhost = queue.vhost
-    exchange = vhost.exchanges.get(exchange_name)
-    if exchange is None:
         return 0
     routing_key = options.dead_letter_routing_key
     copy = dead_lettered_copy(
@@ -113,7 +134,7 @@ def dead_letter(queue: Queue, message: Message, reason: str) -> int:
     )
     copy.exchange = exchange_name
     reached = 0
-    for target in vhost.route(exchange, copy):
+    for target in queue.vhost.route_from(exchange_name, copy):
         if _is_cycle(copy, target.name):
             continue
         target.publish(copy)

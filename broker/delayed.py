@@ -39,11 +39,11 @@ import heapq
 import itertools
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from moorage.broker.clock import Timer
 from moorage.broker.message import Message
 from moorage.broker.serialization import decode_message, encode_message
+from moorage.broker.services import BrokerServices
 
 log = logging.getLogger("moorage.delayed")
 
@@ -97,7 +97,7 @@ class DelayScheduler:
 
     def __init__(
         self,
-        broker: Any,
+        broker: BrokerServices,
         vhost: str,
         store_name: str,
         release: Callable[[Message], None],

@@ -58,6 +58,9 @@ class ExchangeType(Protocol):
     """The interface the broker core uses for every exchange type."""
 
     name: ClassVar[str]
+    routes_by_key: ClassVar[bool]
+    """Does ``route`` depend on the routing key alone (never on headers)? Such routes
+    may be cached per routing key until a binding changes (``broker.routes``)."""
 
     def validate_binding(self, routing_key: str, arguments: Mapping[str, Any]) -> None:
         """Raise ValueError (its text goes to the client) if the binding is not valid."""
@@ -283,6 +286,7 @@ class DirectExchangeType(_BindingTable):
     """
 
     name: ClassVar[str] = "direct"
+    routes_by_key: ClassVar[bool] = True
 
     __slots__ = ("_routes",)
 
@@ -311,6 +315,7 @@ class FanoutExchangeType(_BindingTable):
     """Route to every bound destination, whatever the routing key and headers."""
 
     name: ClassVar[str] = "fanout"
+    routes_by_key: ClassVar[bool] = True
 
     __slots__ = ("_destinations",)
 
@@ -339,6 +344,7 @@ class TopicExchangeType(_BindingTable):
     """
 
     name: ClassVar[str] = "topic"
+    routes_by_key: ClassVar[bool] = True
 
     __slots__ = ("_refs", "_trie")
 
@@ -488,6 +494,7 @@ class HeadersExchangeType(_BindingTable):
     """
 
     name: ClassVar[str] = "headers"
+    routes_by_key: ClassVar[bool] = False
 
     __slots__ = ("_matchers",)
 

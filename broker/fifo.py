@@ -29,15 +29,12 @@ import hashlib
 import heapq
 from collections import deque
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from moorage.broker.arguments import DEDUP_WINDOW
+from moorage.broker.entry import QueueEntry
+from moorage.broker.message import Message
 from moorage.broker.ready import PlainReady, sorted_by_seq
-
-if TYPE_CHECKING:
-    from moorage.broker.message import Message
-    from moorage.broker.queue import QueueEntry
-    from moorage.broker.vhost import VirtualHost
+from moorage.broker.services import VhostServices
 
 GROUP_HEADER = "x-message-group-id"
 DEDUP_HEADER = "x-deduplication-id"
@@ -159,7 +156,7 @@ def deduplication_id(message: Message, content_based: bool) -> str | None:
 class Deduplicator:
     """Deduplication ids seen by one FIFO queue within the last `DEDUP_WINDOW` seconds."""
 
-    def __init__(self, vhost: VirtualHost, queue: str, *, stored: bool) -> None:
+    def __init__(self, vhost: VhostServices, queue: str, *, stored: bool) -> None:
         self.vhost = vhost
         self.clock = vhost.broker.clock
         self.store_name = DEDUP_STORE_PREFIX + queue

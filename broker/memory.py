@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
+from moorage.broker.clock import SYSTEM_CLOCK, Clock
+from moorage.broker.flow import WriteFlow
 from moorage.broker.periodic import Periodic
-
-if TYPE_CHECKING:
-    from moorage.broker.broker import Broker
 
 log = logging.getLogger("moorage.memory")
 
@@ -52,26 +51,28 @@ def watermark_bytes(setting: float, total: int | None = None) -> int:
     return int(setting)
 
 
-def queued_memory(broker: Broker) -> int:
-    """Bytes held by the messages queued in every queue of `broker`, or delivered and
-    not acked yet (an estimate)."""
-    total = broker.memory.unacked_bytes
-    for vhost in broker.vhosts.values():
-        for queue in vhost.queues.values():
-            total += queue.memory_bytes(ENTRY_OVERHEAD)
-    return total
-
-
 class MemoryMonitor:
-    """Measures queued memory periodically and sets or clears the broker's memory alarm."""
+    """Measures queued memory periodically and sets or clears the broker's memory alarm.
 
-    def __init__(self, broker: Broker, watermark: int) -> None:
-        self.broker = broker
+    `measure` returns the bytes that queued messages hold (`Broker.queued_memory`:
+    every queue's `memory_bytes(ENTRY_OVERHEAD)` plus `unacked_bytes`); the
+    alarm is `flow`'s.
+    """
+
+    def __init__(
+        self,
+        watermark: int,
+        flow: WriteFlow,
+        measure: Callable[[], int],
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.watermark = watermark
+        self.flow = flow
+        self.measure = measure
         self.used = 0
         self.unacked_bytes = 0
         """Bodies + `ENTRY_OVERHEAD` of every delivery awaiting an ack (kept by sessions)."""
-        self.periodic = Periodic(INTERVAL, self._tick, broker.clock)
+        self.periodic = Periodic(INTERVAL, self._tick, clock)
 
     def start(self) -> None:
         """Start measuring, unless the watermark is 0 (off)."""
@@ -86,8 +87,8 @@ class MemoryMonitor:
 
     def check(self) -> None:
         """Measure now and set or clear the alarm."""
-        self.used = used = queued_memory(self.broker)
-        flow = self.broker.flow
+        self.used = used = self.measure()
+        flow = self.flow
         if used > self.watermark and not flow.memory_alarm:
             log.warning(
                 "memory alarm set: queued messages hold %d MiB, over the high watermark "

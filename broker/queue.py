@@ -50,21 +50,20 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from moorage.broker.connection import ClientConnection
-    from moorage.broker.session import Session
-    from moorage.broker.vhost import VirtualHost
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 from moorage.broker.arguments import QueueOptions, message_ttl_ms
 from moorage.broker.clock import Timer
 from moorage.broker.dead_letter import dead_letter
+from moorage.broker.delayed import DELAY_STORE_PREFIX, DelayScheduler
+from moorage.broker.entry import DiskRange, QueueEntry
+from moorage.broker.errors import BrokerError
 from moorage.broker.fifo import Deduplicator, FifoReady, deduplication_id, group_of
 from moorage.broker.message import EXPIRES_AT_ANNOTATION, Message
 from moorage.broker.ready import PlainReady, PriorityReady, ReadyEntries, sorted_by_seq
 from moorage.broker.serialization import decode_message
+from moorage.broker.services import BrokerServices
 
 log = logging.getLogger("moorage.queue")
 
@@ -79,42 +78,39 @@ DELAYED_STORED = 4  # held by `x-delivery-delay` and written to the store
 DELAYED = 5  # held by `x-delivery-delay` in memory
 WRITTEN = frozenset({STORED, DELAYED_STORED})
 
-
-class DiskRange:
-    """Entries `first..last` (by seq) that are in the store but not in memory."""
-
-    __slots__ = ("count", "first", "last")
-
-    def __init__(self, first: int, last: int, count: int) -> None:
-        self.first = first
-        self.last = last
-        self.count = count
+__all__ = ["DiskRange", "QueueEntry"]  # re-exported: they were born here
 
 
-class QueueEntry:
-    """One message's place in one queue.
+class QueueHost(Protocol):
+    """What a queue needs of its vhost (`broker.vhost.VirtualHost`)."""
 
-    `expires_at` is a wall-clock time (0: never); `group` the FIFO message
-    group and `priority` the level in a priority queue (set only there).
-    """
+    @property
+    def name(self) -> str: ...
+    @property
+    def broker(self) -> BrokerServices: ...
+    @property
+    def queues(self) -> Mapping[str, Queue]: ...
+    def store_entry(self, queue: str, entry: QueueEntry) -> None: ...
+    def remove_entry(self, queue: str, entry: QueueEntry) -> None: ...
+    def delete_queue(self, name: str) -> int: ...
+    def route_from(self, exchange: str, message: Message) -> tuple[Queue, ...]:
+        """The queues `message` reaches from the exchange named so (none if there is none)."""
+        ...
 
-    __slots__ = ("delivery_count", "expires_at", "group", "message", "persisted", "priority", "seq")
 
-    def __init__(
-        self,
-        seq: int,
-        message: Message,
-        persisted: bool,
-        delivery_count: int = 0,
-        expires_at: float = 0.0,
-    ) -> None:
-        self.seq = seq
-        self.message = message
-        self.persisted = persisted
-        self.delivery_count = delivery_count
-        self.expires_at = expires_at
-        self.group = ""
-        self.priority = 0
+class ConsumingSession(Protocol):
+    """What a queue needs of the session a consumer belongs to (`broker.session.Session`)."""
+
+    def can_deliver(self) -> bool: ...
+    def deliver(self, consumer: Consumer, entry: QueueEntry) -> None: ...
+    def consumer_cancelled(self, consumer: Consumer, error: BrokerError | None) -> None: ...
+
+
+class QueueOwner(Protocol):
+    """The client connection an exclusive queue belongs to (`broker.broker.ClientConnection`)."""
+
+    id: int  # the connection's number, for operators' views (`broker.overview`)
+    exclusive_queues: list[Queue]
 
 
 class Consumer:
@@ -137,7 +133,7 @@ class Consumer:
         self,
         tag: str,
         queue: Queue,
-        session: Session,
+        session: ConsumingSession,
         *,
         no_ack: bool,
         prefetch: int,
@@ -173,11 +169,11 @@ class Queue:
 
     def __init__(
         self,
-        vhost: VirtualHost,
+        vhost: QueueHost,
         name: str,
         *,
         durable: bool,
-        exclusive_owner: ClientConnection | None,
+        exclusive_owner: QueueOwner | None,
         auto_delete: bool,
         arguments: dict[str, Any],
         options: QueueOptions | None = None,
@@ -237,7 +233,7 @@ class Queue:
         self.dedup: Deduplicator | None = None
         if options.fifo:
             self.dedup = Deduplicator(vhost, name, stored=self.stored)
-        self.delays: Any = None  # DelayScheduler for x-delivery-delay, made on first use
+        self.delays: DelayScheduler | None = None  # for x-delivery-delay, made on first use
         self.consumer_timeout: float = (options.consumer_timeout or 0) / 1000.0
         if not self.consumer_timeout:
             self.consumer_timeout = getattr(vhost.broker.limits, "consumer_timeout", 0) / 1000.0
@@ -368,10 +364,9 @@ class Queue:
     def _delay(self, message: Message, delay_ms: int) -> int:
         return DELAYED_STORED if self._delay_scheduler().schedule(message, delay_ms) else DELAYED
 
-    def _delay_scheduler(self) -> Any:
+    def _delay_scheduler(self) -> DelayScheduler:
         """The scheduler holding this queue's `x-delivery-delay` messages (made on first use)."""
         if self.delays is None:
-            from moorage.broker.delayed import DELAY_STORE_PREFIX, DelayScheduler
 
             def release(message: Message) -> None:
                 if not self.deleted:

@@ -18,7 +18,7 @@ now), `candidates()` every entry that may go out now in delivery order (for
 consumers with filters), `remove(entry, delivered)` takes one of those out
 (`delivered` marks its FIFO group busy), `requeue(entries)` puts delivered
 entries back in seq order, and `released(entry)` says that a delivered entry
-was settled. Entries are `broker.queue.QueueEntry` objects; nothing here
+was settled. Entries are `broker.entry.QueueEntry` objects; nothing here
 touches the store or the consumers.
 """
 
@@ -27,10 +27,9 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from moorage.broker.queue import QueueEntry
+from moorage.broker.entry import QueueEntry
 
 
 class ReadyEntries(Protocol):

@@ -16,23 +16,31 @@ are left as they are, since reading back trusts the store, not the counts.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Protocol
 
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.periodic import Periodic
-from moorage.storage import StoreError
-
-if TYPE_CHECKING:
-    from moorage.broker.broker import Broker
+from moorage.broker.vhost import VirtualHost
+from moorage.storage import Store, StoreError
 
 log = logging.getLogger("moorage.retention")
+
+
+class SweptBroker(Protocol):
+    """What the sweeper reads of the broker (`broker.broker.Broker`)."""
+
+    @property
+    def store(self) -> Store: ...
+    @property
+    def vhosts(self) -> Mapping[str, VirtualHost]: ...
 
 
 class RetentionSweeper:
     """Runs `sweep` every `interval` seconds until stopped."""
 
     def __init__(
-        self, broker: Broker, interval: float = 5.0, *, clock: Clock = SYSTEM_CLOCK
+        self, broker: SweptBroker, interval: float = 5.0, *, clock: Clock = SYSTEM_CLOCK
     ) -> None:
         self.broker = broker
         self.clock = clock

@@ -29,10 +29,12 @@ import heapq
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from moorage.broker.auth import User
 from moorage.broker.clock import Timer
 from moorage.broker.delayed import delay_of
+from moorage.broker.entry import QueueEntry
 from moorage.broker.errors import (
     AccessRefused,
     BrokerError,
@@ -41,11 +43,9 @@ from moorage.broker.errors import (
 )
 from moorage.broker.memory import ENTRY_OVERHEAD
 from moorage.broker.message import Message
-from moorage.broker.queue import DUPLICATE, REJECTED, WRITTEN, Consumer, Queue, QueueEntry
-
-if TYPE_CHECKING:
-    from moorage.broker.connection import ClientConnection
-    from moorage.broker.vhost import Exchange
+from moorage.broker.queue import DUPLICATE, REJECTED, WRITTEN, Consumer, Queue
+from moorage.broker.replies import OrderedReplies
+from moorage.broker.vhost import Exchange, VirtualHost
 
 _consumer_ids = itertools.count(1)
 
@@ -119,10 +119,27 @@ class _Unacked:
         self.consumer = consumer
 
 
+class SessionOwner(Protocol):
+    """The client connection a session belongs to (`broker.broker.ClientConnection`)."""
+
+    id: int
+    exclusive_queues: list[Queue]
+    published: bool  # set on the first publish: the memory alarm pauses only publishers
+
+    @property
+    def vhost(self) -> VirtualHost: ...
+    @property
+    def user(self) -> User: ...
+
+    def ordered_replies(self) -> OrderedReplies:
+        """A new ordered stream of replies that wait for the store (`broker.replies`)."""
+        ...
+
+
 class Session:
     """One logical channel of a client connection onto a vhost."""
 
-    def __init__(self, connection: ClientConnection, sink: DeliverySink) -> None:
+    def __init__(self, connection: SessionOwner, sink: DeliverySink) -> None:
         self.connection = connection
         self.vhost = connection.vhost
         self.clock = connection.vhost.broker.clock
@@ -334,7 +351,17 @@ class Session:
         happens until `tx_commit` (the result has `deferred` set).
         Raises NotFound (no such exchange), AccessRefused (no write permission,
         internal exchange).
+
+        A repeated (exchange, routing key) takes the vhost's route cache
+        (`broker.routes`): no exchange lookup, no routing; the result, the
+        permission check and the effects are the same (proven against a broker
+        without the cache in tests/queues/test_publish_to_queue.py).
         """
+        route = self.vhost.routes.get(exchange_name, message.routing_key)
+        if route is not None and self._tx is None:
+            self._check("write", exchange_name, "exchange")
+            self.connection.published = True
+            return self._publish_to(route.queues, message, mandatory)
         exchange = self.vhost.lookup_exchange(exchange_name)
         self._check("write", exchange_name, "exchange")
         self.connection.published = True
@@ -354,7 +381,11 @@ class Session:
             if delay:
                 stored = self.vhost.delay_scheduler(exchange).schedule(message, delay)
                 return PublishResult(routed=1, stored=stored, delayed=True)
-        queues = self.vhost.route(exchange, message)
+        return self._publish_to(self.vhost.route(exchange, message), message, mandatory)
+
+    def _publish_to(
+        self, queues: tuple[Queue, ...], message: Message, mandatory: bool
+    ) -> PublishResult:
         if not queues:
             if mandatory:
                 self.sink.returned(message, 312, "NO_ROUTE")
@@ -367,24 +398,14 @@ class Session:
         return result
 
     def publish_to_queue(self, queue: Queue, message: Message) -> PublishResult:
-        """`publish("", message)` when the caller holds the queue its routing key names.
+        """`publish("", message)`, kept for the STOMP adapter's `/queue/` fast path.
 
-        For an adapter that keeps where a destination goes (STOMP `/queue/`):
-        it must have checked that `queue` is still the vhost's queue named
-        `message.routing_key`. Only the exchange lookup and the routing are
-        skipped (the default exchange is a direct one, never internal or
-        delayed); result, permission check and effects are `publish`'s. In a
-        transaction this is `publish`, which routes at commit.
+        The caller has checked that `queue` is still the vhost's queue named
+        `message.routing_key`; the route cache reaches that same queue, so
+        this is `publish` (one cached lookup instead of the exchange lookup
+        and the routing), with its result, permission check and effects.
         """
-        if self._tx is not None:
-            return self.publish("", message)
-        self._check("write", "", "exchange")
-        self.connection.published = True
-        result = PublishResult(routed=1)
-        outcome = queue.publish(message)
-        if outcome:
-            _count(result, outcome, queue, message)
-        return result
+        return self.publish("", message)
 
     # -- consuming --------------------------------------------------------------------
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from moorage.broker.arguments import parse_queue_arguments
 from moorage.broker.delayed import DELAY_STORE_PREFIX, DelayScheduler
+from moorage.broker.entry import QueueEntry
 from moorage.broker.errors import (
     AccessRefused,
     CommandInvalid,
@@ -29,14 +30,12 @@ from moorage.broker.errors import (
 )
 from moorage.broker.exchange_types import EXCHANGE_TYPES, ExchangeType, exchange_type
 from moorage.broker.message import Message
-from moorage.broker.queue import Queue, QueueEntry
+from moorage.broker.queue import Queue, QueueOwner
 from moorage.broker.retained import RetainedMessages
+from moorage.broker.routes import RouteCache
 from moorage.broker.serialization import encode_arguments, encode_message
+from moorage.broker.services import BrokerServices
 from moorage.storage import BindingRecord, ExchangeRecord, QueueRecord, Store
-
-if TYPE_CHECKING:
-    from moorage.broker.broker import Broker
-    from moorage.broker.connection import ClientConnection
 
 STANDARD_EXCHANGES: tuple[tuple[str, str], ...] = (
     ("amq.direct", "direct"),
@@ -115,6 +114,16 @@ class Exchange:
         return str(value) if value else None
 
 
+class CachedRoute:
+    """Where messages published to `exchange` with one routing key go (`broker.routes`)."""
+
+    __slots__ = ("exchange", "queues")
+
+    def __init__(self, exchange: Exchange, queues: tuple[Queue, ...]) -> None:
+        self.exchange = exchange
+        self.queues = queues
+
+
 def _inequivalent(
     what: str, name: str, vhost: str, arg: str, received: Any, current: Any
 ) -> PreconditionFailed:
@@ -143,9 +152,11 @@ def server_queue_name() -> str:
 class VirtualHost:
     """One vhost: its exchanges, queues and bindings, kept in memory and in the store."""
 
-    def __init__(self, broker: Broker, name: str) -> None:
+    def __init__(self, broker: BrokerServices, name: str) -> None:
         self.broker = broker
         self.name = name
+        self.routes: RouteCache[CachedRoute] = RouteCache()
+        """Routes by (exchange, routing key); cleared by every topology change below."""
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.exchanges[""] = Exchange("", "direct", durable=True)
@@ -237,6 +248,7 @@ class VirtualHost:
             except KeyError:
                 raise CommandInvalid(f"unknown exchange type '{type_name}'") from None
             self.exchanges[name] = exchange
+            self.routes.clear()  # (no route changes before it has a binding: kept simple)
             if durable:
                 self.broker.store.put_exchange(self._exchange_record(exchange))
             return exchange
@@ -272,6 +284,7 @@ class VirtualHost:
 
     def _remove_exchange(self, exchange: Exchange) -> None:
         del self.exchanges[exchange.name]
+        self.routes.clear()
         scheduler = self.delay_schedulers.pop(exchange.name, None)
         if scheduler is not None:
             scheduler.close(delete=True)
@@ -296,7 +309,7 @@ class VirtualHost:
         self,
         name: str,
         *,
-        owner: ClientConnection | None,
+        owner: QueueOwner | None,
         durable: bool = False,
         exclusive: bool = False,
         auto_delete: bool = False,
@@ -361,6 +374,7 @@ class VirtualHost:
             options=options,
         )
         self.queues[name] = queue
+        self.routes.clear()  # the default exchange reaches it now
         if exclusive and owner is not None:
             owner.exclusive_queues.append(queue)
         if queue.stored:
@@ -370,7 +384,7 @@ class VirtualHost:
         return queue, True
 
     def check_exclusive(
-        self, queue: Queue, connection: ClientConnection | None, *, strict: bool = False
+        self, queue: Queue, connection: QueueOwner | None, *, strict: bool = False
     ) -> None:
         """Raise ResourceLocked when an exclusive queue is used by another connection.
 
@@ -395,6 +409,7 @@ class VirtualHost:
             raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' not empty")
         count = queue.message_count
         del self.queues[name]
+        self.routes.clear()
         queue.deleted = True
         queue.deleted_now()
         for exchange in list(queue.sources):
@@ -425,7 +440,7 @@ class VirtualHost:
         routing_key: str,
         arguments: Mapping[str, Any],
         *,
-        owner: ClientConnection | None = None,
+        owner: QueueOwner | None = None,
     ) -> None:
         """Bind `destination` to `exchange` (idempotent).
 
@@ -440,6 +455,7 @@ class VirtualHost:
         if owner is not None and isinstance(destination, Queue):
             self.check_exclusive(destination, owner)
         if exchange.router.bind(destination, routing_key, arguments):
+            self.routes.clear()
             if isinstance(destination, Queue):
                 destination.sources.add(exchange)
             if _stored(exchange) and _stored(destination):
@@ -456,6 +472,7 @@ class VirtualHost:
     ) -> None:
         """Remove a binding; a missing binding is not an error (RabbitMQ 3.x)."""
         if exchange.router.unbind(destination, routing_key, arguments):
+            self.routes.clear()
             if isinstance(destination, Queue) and not any(
                 d is destination for d, _, _ in exchange.router.bindings()
             ):
@@ -484,18 +501,38 @@ class VirtualHost:
 
     # -- routing ------------------------------------------------------------------
 
-    def route(self, exchange: Exchange, message: Message) -> list[Queue]:
-        """Every queue `message` reaches from `exchange`, each once."""
+    def route(self, exchange: Exchange, message: Message) -> tuple[Queue, ...]:
+        """Every queue `message` reaches from `exchange`, each once, through the route
+        cache (`broker.routes`) when the route depends on the routing key alone."""
+        routing_key = message.routing_key
+        cached = self.routes.get(exchange.name, routing_key)
+        if cached is not None and cached.exchange is exchange:
+            return cached.queues
+        queues, by_key = self._walk(exchange, message)
+        if (
+            by_key
+            and not exchange.internal
+            and not exchange.delayed
+            and self.exchanges.get(exchange.name) is exchange
+        ):
+            self.routes.put(exchange.name, routing_key, CachedRoute(exchange, queues))
+        return queues
+
+    def _walk(self, exchange: Exchange, message: Message) -> tuple[tuple[Queue, ...], bool]:
+        """The queues `message` reaches from `exchange`, and whether every exchange on
+        the way routed by the routing key alone (the route may then be cached)."""
         if exchange.name == "":
             queue = self.queues.get(message.routing_key)
-            return [queue] if queue is not None else []
+            return ((queue,) if queue is not None else ()), True
         routing_key = message.routing_key
         headers = message.properties.headers
         found: dict[Queue, None] = {}
         seen = {exchange}
         pending = [exchange]
+        by_key = True
         while pending:
             current = pending.pop()
+            by_key = by_key and current.router.routes_by_key
             destinations = current.router.route(routing_key, headers)
             if not destinations:
                 alternate = current.alternate
@@ -511,7 +548,13 @@ class VirtualHost:
                 elif isinstance(dest, Exchange) and dest not in seen:
                     seen.add(dest)
                     pending.append(dest)
-        return list(found)
+        return tuple(found), by_key
+
+    def route_from(self, exchange: str, message: Message) -> tuple[Queue, ...]:
+        """Every queue `message` reaches from the exchange named `exchange` (none if
+        there is no such exchange)."""
+        source = self.exchanges.get(exchange)
+        return () if source is None else self.route(source, message)
 
     # -- persistence helpers used by queues ----------------------------------------
 

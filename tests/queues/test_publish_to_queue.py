@@ -1,11 +1,13 @@
-"""`Session.publish_to_queue` is `Session.publish("", ...)` minus the routing (no network).
+"""`Session.publish` through the route cache is `Session.publish` routing every time,
+and `Session.publish_to_queue` (kept for the STOMP adapter) is the same call (no network).
 
-The same messages go to twin brokers, one through each call, for queues of
-every kind that acts on publish (limits, TTL, FIFO deduplication, delays,
+The same messages go to three brokers: one through `publish_to_queue`, one
+through `publish`, one through `publish` with the route cache off, for queues
+of every kind that acts on publish (limits, TTL, FIFO deduplication, delays,
 priorities, durable with persistent messages) with and without a consumer,
 and in a transaction: the results, the deliveries and the queues' contents
 must be equal. A user who may not write to the default exchange is refused
-by both.
+by both calls, also once the route is cached.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from moorage.broker.broker import Broker
 from moorage.broker.config import default_guest
 from moorage.broker.errors import AccessRefused
 from moorage.broker.message import Message, Properties
+from moorage.broker.routes import RouteCache
 from moorage.broker.session import PublishResult
 from moorage.storage import MemoryStore
 
@@ -52,10 +55,17 @@ class Sink:
 
 
 async def run(
-    kind: str, consumer: str | None, tx: bool, messages: list[tuple[bytes, int, int]], direct: bool
+    kind: str,
+    consumer: str | None,
+    tx: bool,
+    messages: list[tuple[bytes, int, int]],
+    direct: bool,
+    cached: bool = True,
 ) -> tuple[list[PublishResult], list[Any], list[bytes], bool]:
     broker = Broker(store=MemoryStore(), users=UserDirectory([default_guest()]))
     await broker.start()
+    if not cached:
+        broker.vhosts["/"].routes = RouteCache(limit=0)
     try:
         conn = broker.connect("/", broker.users.users["guest"], protocol="test", peer="test")
         sink = Sink()
@@ -99,7 +109,8 @@ async def test_publish_to_queue_equals_publish(
 ) -> None:
     direct = await run(kind, consumer, tx, messages, direct=True)
     routed = await run(kind, consumer, tx, messages, direct=False)
-    assert direct == routed
+    uncached = await run(kind, consumer, tx, messages, direct=False, cached=False)
+    assert direct == routed == uncached
 
 
 async def test_publish_to_queue_checks_write_permission() -> None:
@@ -109,6 +120,8 @@ async def test_publish_to_queue_checks_write_permission() -> None:
     try:
         guest = broker.connect("/", broker.users.users["guest"], protocol="test", peer="test")
         queue, _, _ = guest.open_session(Sink()).declare_queue("q")
+        guest.open_session(Sink()).publish("", Message("", "q", Properties(), b"cached"))
+        assert broker.vhosts["/"].routes.get("", "q") is not None
         conn = broker.connect("/", reader, protocol="test", peer="test")
         session = conn.open_session(Sink())
         for publish in (
@@ -117,6 +130,6 @@ async def test_publish_to_queue_checks_write_permission() -> None:
         ):
             with pytest.raises(AccessRefused):
                 publish(Message("", "q", Properties(), b"x"))
-        assert queue.message_count == 0
+        assert queue.message_count == 1  # the guest's
     finally:
         await broker.stop()
