@@ -18,6 +18,7 @@ from typing import Any
 
 from moorage.broker.arguments import QueueOptions, parse_queue_arguments
 from moorage.broker.auth import User, UserDirectory
+from moorage.broker.client_ids import ClientIds
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Limits
 from moorage.broker.errors import NotAllowed, PreconditionFailed
@@ -64,6 +65,7 @@ class Broker:
         self.connections: set[ClientConnection] = set()
         # listener name -> bound port, filled by whoever starts listeners (the daemon)
         self.ports: dict[str, int] = {}
+        self._client_ids: dict[str, ClientIds[Any]] = {}
         self._configured_vhosts = list(vhosts)
         self._message_ids = itertools.count(1).__next__
 
@@ -186,6 +188,13 @@ class Broker:
         if username is None:
             return self.users.authenticate_anonymous(from_loopback=from_loopback)
         return self.users.authenticate(username, password, from_loopback=from_loopback)
+
+    def client_ids(self, protocol: str) -> ClientIds[Any]:
+        """The one client-id registry of `protocol` on this broker (`broker.client_ids`)."""
+        registry = self._client_ids.get(protocol)
+        if registry is None:
+            registry = self._client_ids[protocol] = ClientIds()
+        return registry
 
     def connect(
         self,

@@ -146,3 +146,12 @@ def test_client_id_claims() -> None:
 )
 def test_header_text(value: object, text: str | None) -> None:
     assert header_text(value) == text
+
+
+def test_the_broker_owns_one_registry_per_protocol() -> None:
+    from moorage.broker.broker import Broker
+
+    broker = Broker()
+    assert broker.client_ids("mqtt") is broker.client_ids("mqtt")
+    assert broker.client_ids("mqtt") is not broker.client_ids("stomp")
+    assert Broker().client_ids("mqtt") is not broker.client_ids("mqtt")  # brokers never share
