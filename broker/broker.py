@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from moorage.broker.arguments import QueueOptions, parse_queue_arguments
@@ -188,6 +189,15 @@ class Broker:
         if username is None:
             return self.users.authenticate_anonymous(from_loopback=from_loopback)
         return self.users.authenticate(username, password, from_loopback=from_loopback)
+
+    @property
+    def store_location(self) -> Path | None:
+        """The folder the store keeps its files in (None: nothing on disk)."""
+        return self.store.location
+
+    async def backup(self, destination: Path) -> int:
+        """A consistent copy of the running store at `destination`; its size. Raises StoreError."""
+        return await self.store.backup(destination)
 
     def client_ids(self, protocol: str) -> ClientIds[Any]:
         """The one client-id registry of `protocol` on this broker (`broker.client_ids`)."""

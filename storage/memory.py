@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from pathlib import Path
 
 from moorage.storage.store import (
     BindingRecord,
@@ -262,3 +263,10 @@ class MemoryStore:
     async def max_message_id(self) -> int:
         self._check()
         return max(self._messages, default=0)
+
+    @property
+    def location(self) -> Path | None:
+        return None
+
+    async def backup(self, destination: Path) -> int:
+        raise StoreError("the memory store keeps nothing on disk to back up")

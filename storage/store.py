@@ -50,6 +50,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 DurabilityCallback = Callable[["BaseException | None"], None]
@@ -267,6 +268,24 @@ class Store(Protocol):
 
     async def max_message_id(self) -> int:
         """The highest message id stored, or 0: ids continue from it after a restart."""
+        ...
+
+    @property
+    def location(self) -> Path | None:
+        """The folder the store keeps its files in; None for a store with no files."""
+        ...
+
+    async def backup(self, destination: Path) -> int:
+        """Copy the store into a new file at `destination`, consistently, while it runs.
+
+        The copy holds everything written so far and every change queued
+        before the call (it runs after them, like a read); a broker started
+        on it recovers as from this store. Returns the copy's size in bytes.
+
+        Raises:
+            StoreError: the store has nothing on disk (the memory store), the
+                destination exists, or the copy failed.
+        """
         ...
 
     def put_session(self, vhost: str, protocol: str, client_id: str, state: bytes) -> None:

@@ -1,4 +1,4 @@
-"""Definitions export and import in RabbitMQ's JSON format, and vhost creation.
+"""Definitions export and import in RabbitMQ's JSON format, vhost creation, and backups.
 
 `GET /api/definitions` writes what `rabbitmqctl export_definitions` or the
 management UI of RabbitMQ 3.x write: vhosts, users (with their password hashes),
@@ -14,7 +14,9 @@ accepted in RabbitMQ's `rabbit_password_hashing_sha256` format.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +28,7 @@ from moorage.broker.vhost import STANDARD_EXCHANGES
 from moorage.protocols.management import actions
 from moorage.protocols.management.auth import Level, http_error, require
 from moorage.protocols.management.requests import after_store, body_of, broker_of, ok, user_of
+from moorage.storage import StoreError
 
 routes = web.RouteTableDef()
 
@@ -235,3 +238,38 @@ async def put_vhost(request: web.Request) -> web.Response:
     existed = name in broker.vhosts
     broker.add_vhost(name)
     return web.Response(status=204 if existed else 201)
+
+
+@routes.get("/api/backup")
+async def get_backup(request: web.Request) -> web.StreamResponse:
+    """A consistent copy of the running store as a SQLite file (administrator).
+
+    The store writes the copy next to itself (same file system, so no /tmp
+    size limit), it is streamed, then deleted. A broker started with the file
+    as its `moorage.db` recovers everything that was confirmed before the
+    request. The memory store has nothing to copy: 400.
+    """
+    require(user_of(request), Level.ADMINISTRATOR)
+    broker = broker_of(request)
+    location = broker.store_location
+    if location is None:
+        raise http_error(400, "bad_request", "the memory store keeps nothing on disk to back up")
+    with tempfile.TemporaryDirectory(prefix=".backup-", dir=location) as folder:
+        path = Path(folder) / "moorage.db"
+        try:
+            size = await broker.backup(path)
+        except StoreError as e:
+            raise http_error(500, "internal_error", str(e)) from None
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/vnd.sqlite3",
+                "Content-Disposition": 'attachment; filename="moorage.db"',
+                "Content-Length": str(size),
+            }
+        )
+        await response.prepare(request)
+        with path.open("rb") as copy:
+            while chunk := copy.read(1 << 20):
+                await response.write(chunk)
+        await response.write_eof()
+        return response

@@ -273,3 +273,22 @@ class Writer:
         self.stats.vacuumed_pages += pages
         if self.durability == "fsync":
             self.stats.fsyncs += 1
+
+
+def backup_to(conn: sqlite3.Connection, destination: Path) -> int:
+    """On the writer thread: copy the database into a new file at `destination` with
+    SQLite's online backup, in one step (one consistent state); the copy's size.
+
+    Raises StoreError (and leaves no partial file) when the copy fails.
+    """
+    try:
+        target = sqlite3.connect(destination)
+        try:
+            conn.backup(target)
+        finally:
+            target.close()
+        return destination.stat().st_size
+    except (sqlite3.Error, OSError) as e:
+        with contextlib.suppress(OSError):
+            destination.unlink()
+        raise StoreError(f"backup to {destination} failed: {e}") from e

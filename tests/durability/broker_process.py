@@ -29,6 +29,7 @@ class BrokerProcess:
         durability: str = "fsync",
         stomp: bool = False,
         mqtt: bool = False,
+        http: bool = False,
         extra_config: str = "",
     ) -> None:
         self.data_dir = data_dir
@@ -37,6 +38,8 @@ class BrokerProcess:
         self.stomp_port = free_port() if stomp else 0
         # mqtt=True: an MQTT listener on its own free port too (`mqtt_port`), waited for
         self.mqtt_port = free_port() if mqtt else 0
+        # http=True: the management listener on its own free port too (`http_port`)
+        self.http_port = free_port() if http else 0
         self.config = data_dir.parent / f"{data_dir.name}.toml"
         # extra_config: more TOML appended to the config file (e.g. a [limits] table)
         self.config.write_text(f'[storage]\ndurability = "{durability}"\n{extra_config}')
@@ -55,7 +58,7 @@ class BrokerProcess:
             "--config", str(self.config), "--data-dir", str(self.data_dir),
             "--amqp-port", str(self.port),
             "--mqtt-port", str(self.mqtt_port), "--stomp-port", str(self.stomp_port),
-            "--http-port", "0",
+            "--http-port", str(self.http_port),
             "--mqtt-ws-port", "0", "--stomp-ws-port", "0",
         ]  # fmt: skip
         with open(self.log, "ab") as log:
@@ -67,7 +70,7 @@ class BrokerProcess:
                     f"broker exited with {self.proc.returncode}: {self.log.read_text()}"
                 )
             try:
-                for port in (self.port, self.stomp_port, self.mqtt_port):
+                for port in (self.port, self.stomp_port, self.mqtt_port, self.http_port):
                     if port:
                         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                             pass

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pika
 import pytest
 
+from tests.durability.broker_process import BrokerProcess
 from tests.helpers import RunningBroker, free_port, make_config
 
 MOORAGE = [sys.executable, "-m", "moorage.broker.cli"]
@@ -75,3 +78,69 @@ def test_errors_are_one_line_and_exit_1(port: str) -> None:
     result = moorage("--port", str(free_port()), "status")
     assert result.returncode == 1
     assert "cannot reach" in result.stderr
+
+
+def test_backup_of_a_running_store(tmp_path: Path) -> None:
+    """`moorage backup` while a publisher keeps writing; a broker on the copy has every
+    message confirmed before the backup, in order."""
+    broker = BrokerProcess(tmp_path / "data", http=True).start()
+    http = str(broker.http_port)
+    try:
+        connection = pika.BlockingConnection(broker.params)
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_declare("kept", durable=True)
+        for i in range(300):
+            channel.basic_publish(
+                "", "kept", str(i).encode(), pika.BasicProperties(delivery_mode=2)
+            )
+        stop = threading.Event()
+
+        def keep_publishing() -> None:  # the store keeps writing while the copy is made
+            other = pika.BlockingConnection(broker.params)
+            ch = other.channel()
+            ch.queue_declare("busy", durable=True)
+            while not stop.is_set():
+                ch.basic_publish("", "busy", b"x", pika.BasicProperties(delivery_mode=2))
+            other.close()
+
+        publisher = threading.Thread(target=keep_publishing)
+        publisher.start()
+        copy = tmp_path / "copy" / "moorage.db"
+        copy.parent.mkdir()
+        try:
+            result = moorage("--port", http, "backup", str(copy))
+        finally:
+            stop.set()
+            publisher.join(60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"backed up {copy.stat().st_size} bytes to {copy}\n"
+        again = moorage("--port", http, "backup", str(copy))
+        assert again.returncode == 1
+        assert "exists; not overwriting it" in again.stderr
+        connection.close()
+        leftovers = [p.name for p in (tmp_path / "data").iterdir() if p.name.startswith(".backup")]
+        assert leftovers == []  # the temporary copy next to the store is gone
+    finally:
+        broker.kill()
+    restored = BrokerProcess(tmp_path / "copy").start()
+    try:
+        connection = pika.BlockingConnection(restored.params)
+        channel = connection.channel()
+        bodies = []
+        while True:
+            method, _props, body = channel.basic_get("kept", auto_ack=True)
+            if method is None:
+                break
+            bodies.append(body)
+        assert bodies == [str(i).encode() for i in range(300)]
+        connection.close()
+    finally:
+        restored.kill()
+
+
+def test_backup_of_a_memory_store_is_refused(port: str, tmp_path: Path) -> None:
+    result = moorage("--port", port, "backup", str(tmp_path / "nothing.db"))
+    assert result.returncode == 1
+    assert "memory store keeps nothing on disk" in result.stderr
+    assert not (tmp_path / "nothing.db").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 
 import pytest
 
@@ -735,3 +736,30 @@ async def test_put_retained_of_a_message_never_put_raises(store: Store) -> None:
     declare(store)
     with pytest.raises(StoreError):
         store.put_retained(V, "t", 99)
+
+
+async def test_backup_copies_a_running_store(store: Store, tmp_path: Path) -> None:
+    """A copy holds every change queued before it and opens as a store of its own."""
+    from moorage.storage.sqlite import SQLiteStore
+
+    destination = tmp_path / "copy" / "moorage.db"
+    destination.parent.mkdir()
+    if store.location is None:
+        with pytest.raises(StoreError, match="nothing on disk"):
+            await store.backup(destination)
+        return
+    store.put_vhost("v")
+    store.put_queue(QueueRecord("v", "q"))
+    store.put_message(1, b"kept")
+    store.enqueue("v", "q", 1, 1)  # queued, maybe not yet written: the copy still has it
+    size = await store.backup(destination)
+    assert size == destination.stat().st_size > 0
+    with pytest.raises(StoreError, match="exists"):
+        await store.backup(destination)
+    copy = SQLiteStore(destination)
+    await copy.open()
+    try:
+        assert [q.name for q in (await copy.load_topology()).queues] == ["q"]
+        assert [e.seq for e in await copy.read_queue("v", "q", 0, 10)] == [1]
+    finally:
+        await copy.close()
