@@ -1,4 +1,4 @@
-"""AMQP 0-9-1 connections and channels: frames in, calls on the broker core, frames out.
+"""AMQP 0-9-1 connections: frames in, calls on the broker core, frames out.
 
 Theory of operation
 -------------------
@@ -9,37 +9,34 @@ per loop tick) and never touches a socket or a clock itself.
 
 The codec (`codec.Connection`) owns the wire: it decodes every frame, keeps
 the handshake's state table (spec 2.2.4) and encodes every frame sent here.
-This module decides what the handshake's answers are (credentials, limits,
-the vhost) and what each channel method does in the core. Translation
-between the core's `Message` and AMQP properties is `mapping`'s.
+This module owns the connection: the handshake's answers (credentials,
+limits, the vhost; the vocabulary is `handshake`'s), liveness (heartbeats
+and the handshake timeout through the core's `KeepAlive`, plus the close-ok
+timeout), dispatch, basic.publish (the hot path, kept here) and the one
+mapping of errors to the wire. The rooms around it:
 
-Each open channel is an `AMQPChannel`: it owns one core `Session` and is that
-session's `DeliverySink`. Method frames are dispatched through a table from
-pamqp class to handler. A core `BrokerError` with a soft scope closes the
-channel (`channel.close` with the reply code); a hard one, or a codec
-`FrameError`, closes the connection (`connection.close`).
+- `channel`: `AMQPChannel`, one core `Session`'s delivery sink, with its
+  publisher confirms and ordered replies (`OrderedReplies`: replies that
+  promise durability wait for the store; this adapter never touches it);
+- `channel_methods`: what each channel method does in the core, by class;
+- `mapping`: the core's `Message` <-> AMQP properties.
 
-Durability: replies that promise something is on disk (declare-ok of durable
-entities, tx.commit-ok, publisher confirms) go out through `_reply_when_durable`,
-which waits for the store's `when_durable` when anything is pending. Callbacks
-fire in registration order, so a channel's replies keep their order.
+Errors: a core `BrokerError` with a soft scope closes the channel
+(`channel.close` with the reply code); a hard one, or a codec `FrameError`,
+closes the connection (`connection.close`), both in `channel_error` /
+`_connection_error`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
-import platform
-from collections import deque
-from collections.abc import Callable
+import math
 from typing import Any
 
 from pamqp import commands
 from pamqp.base import Frame
 
-from moorage.broker import __version__
 from moorage.broker.auth import User
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
@@ -50,19 +47,19 @@ from moorage.broker.errors import (
     CommandInvalid,
     ConnectionForced,
     NotAllowed,
-    NotFound,
     NotImplementedFeature,
     PreconditionFailed,
 )
+from moorage.broker.keepalive import Due, KeepAlive
 from moorage.broker.message import Message
-from moorage.broker.session import Session
+from moorage.protocols.amqp091.channel import AMQPChannel
+from moorage.protocols.amqp091.channel_methods import CHANNEL_HANDLERS
 from moorage.protocols.amqp091.codec import (
     NEED_DATA,
     Connection,
     ConnectionState,
     Content,
     ContentReceived,
-    Deliver,
     FrameError,
     Heartbeat,
     HeartbeatReceived,
@@ -71,213 +68,15 @@ from moorage.protocols.amqp091.codec import (
     ProtocolHeader,
     ProtocolHeaderMismatch,
     ProtocolHeaderReceived,
-    shortstr,
 )
 from moorage.protocols.amqp091.events import method_ids
-from moorage.protocols.amqp091.mapping import properties_payload, route, to_properties
+from moorage.protocols.amqp091.handshake import FRAME_MIN_SIZE, credentials, start_method
+from moorage.protocols.amqp091.mapping import properties_payload, to_properties
 from moorage.protocols.tcp import Shell
 
 log = logging.getLogger("moorage.amqp")
 
-FRAME_MIN_SIZE = 4096
 CLOSE_OK_TIMEOUT = 3.0  # seconds a client gets to answer our connection.close
-GET_READ_BACKS = 5  # reads of paged-out entries one basic.get waits for, at most
-
-
-def server_properties(cluster_name: str = "moorage") -> dict[str, Any]:
-    """What connection.start announces: product, version and RabbitMQ's capability flags."""
-    return {
-        "product": "Moorage",
-        "version": __version__,
-        "platform": f"Python {platform.python_version()}",
-        "cluster_name": cluster_name,
-        "copyright": "The Moorage authors",
-        "information": "Licensed under the Apache License 2.0",
-        "capabilities": {
-            "publisher_confirms": True,
-            "exchange_exchange_bindings": True,
-            "basic.nack": True,
-            "consumer_cancel_notify": True,
-            "connection.blocked": True,
-            "authentication_failure_close": True,
-            "per_consumer_qos": True,
-        },
-    }
-
-
-@functools.cache
-def _start_method() -> commands.Connection.Start:
-    """connection.start is the same for every client (the codec keeps its bytes)."""
-    return commands.Connection.Start(
-        server_properties=server_properties(), mechanisms="PLAIN AMQPLAIN", locales="en_US"
-    )
-
-
-class AMQPChannel:
-    """One open channel: a core session plus confirm and reply bookkeeping."""
-
-    def __init__(self, connection: AMQPConnection, number: int, session: Session) -> None:
-        self.connection = connection
-        self.number = number
-        self.session = session
-        self.closing = False  # we sent channel.close and wait for close-ok
-        self.confirm = False
-        self.publish_seq = 0  # last publish sequence number (confirm mode)
-        self.confirmed = 0  # highest sequence number acked or nacked
-        self.unconfirmed = 0  # highest sequence number waiting to be confirmed
-        self.confirm_needs_sync = False
-        self.deferred = 0  # replies waiting for the store
-        # basic.gets not answered yet, each with the queue name it meant when it came
-        self.gets: deque[tuple[commands.Basic.Get, str]] = deque()
-        self.client_flow = True
-        self.last_queue = ""  # the last queue declared here: what an empty queue name means
-        self._tags: dict[str, bytes] = {}
-
-    def queue_name(self, name: str) -> str:
-        """Spec (and RabbitMQ): an empty queue name is the queue last declared on the channel."""
-        if name:
-            return name
-        if not self.last_queue:
-            raise NotFound("no previously declared queue")
-        return self.last_queue
-
-    # -- DeliverySink ------------------------------------------------------------------
-
-    def deliver(
-        self, consumer_tag: str, delivery_tag: int, redelivered: bool, message: Message
-    ) -> None:
-        conn = self.connection
-        tag = self._tags.get(consumer_tag)
-        if tag is None:
-            tag = self._tags[consumer_tag] = shortstr(consumer_tag)
-        exchange, routing_key = route(message)
-        conn.shell.send(
-            conn.codec.send(
-                Deliver(
-                    self.number,
-                    tag,
-                    delivery_tag,
-                    redelivered,
-                    exchange,
-                    routing_key,
-                    properties_payload(message),
-                    message.body,
-                )
-            )
-        )
-
-    def returned(self, message: Message, reply_code: int, reply_text: str) -> None:
-        method = commands.Basic.Return(
-            reply_code, reply_text, message.exchange, message.routing_key
-        )
-        self.connection.send_content(self.number, method, message)
-
-    def cancelled(self, consumer_tag: str, error: BrokerError | None) -> None:
-        self._tags.pop(consumer_tag, None)
-        if self.connection.capabilities.get("consumer_cancel_notify"):
-            self.connection.send_method(
-                self.number, commands.Basic.Cancel(consumer_tag, nowait=True)
-            )
-
-    def closed_by_broker(self, error: BrokerError) -> None:
-        """The core ends this channel (consumer ack timeout with RabbitMQ's behaviour)."""
-        if not self.closing and self.connection.channels.get(self.number) is self:
-            self.connection.channel_error(self, error, None)
-
-    # -- confirms ------------------------------------------------------------------------
-
-    def confirm_published(self, stored: bool, rejected: bool = False) -> None:
-        """Note one more publish in confirm mode; it is confirmed at end of input.
-
-        A publish that a queue refused (`x-overflow: reject-publish`) is
-        nacked on its own, after everything published before it is confirmed.
-        """
-        if rejected:
-            self.flush_confirms()
-            self.publish_seq += 1
-            seq = self.publish_seq
-            if self.deferred:  # keep order behind the confirms that wait for the store
-                self.deferred += 1
-                self.connection.broker.store.when_durable(
-                    lambda _error: self._confirmed(seq, _RejectedPublish(), True), removals=False
-                )
-            else:
-                self._confirmed(seq, _RejectedPublish(), False)
-            return
-        self.publish_seq += 1
-        self.unconfirmed = self.publish_seq
-        self.confirm_needs_sync |= stored
-
-    def flush_confirms(self) -> None:
-        """Confirm everything published so far, after the store has it if needed."""
-        upto = self.unconfirmed
-        if upto <= self.confirmed:
-            return
-        if self.confirm_needs_sync or self.deferred:
-            self.confirm_needs_sync = False
-            self.deferred += 1
-            # A confirm promises the messages are safe, not that earlier acks are.
-            self.connection.broker.store.when_durable(
-                lambda error: self._confirmed(upto, error, True), removals=False
-            )
-        else:
-            self._confirmed(upto, None, False)
-
-    def _confirmed(self, upto: int, error: BaseException | None, deferred: bool) -> None:
-        if deferred:
-            self.deferred -= 1
-        if (
-            self.closing
-            or self.connection.channels.get(self.number) is not self
-            or upto <= self.confirmed
-        ):
-            return
-        multiple = upto - self.confirmed > 1
-        self.confirmed = upto
-        if error is None:
-            frame: Frame = commands.Basic.Ack(upto, multiple)
-        elif isinstance(error, _RejectedPublish):
-            # As RabbitMQ (rabbit_channel:coalesce_and_send): everything before it is
-            # confirmed, so multiple; requeue keeps the record's default, true.
-            frame = commands.Basic.Nack(upto, True, requeue=True)
-        else:
-            frame = commands.Basic.Nack(upto, multiple, requeue=False)
-        self.connection.send_method(self.number, frame)
-
-    def reply(
-        self, method: Frame, after: Callable[[], None] | None = None, *, durable: bool = False
-    ) -> None:
-        """Send a synchronous reply, waiting for the store when it holds pending writes."""
-        store = self.connection.broker.store
-        if self.deferred or (durable and store.pending):
-            self.deferred += 1
-
-            def send(_error: BaseException | None) -> None:
-                self.deferred -= 1
-                if self.closing or self.connection.channels.get(self.number) is not self:
-                    return
-                if _error is not None:
-                    self.connection.channel_error(self, InternalStoreError(str(_error)), method)
-                    return
-                self.connection.send_method(self.number, method)
-                if after is not None:
-                    after()
-
-            store.when_durable(send)
-        else:
-            self.connection.send_method(self.number, method)
-            if after is not None:
-                after()
-
-
-class _RejectedPublish(Exception):
-    """A queue refused the message (x-overflow reject-publish): confirm it with a nack."""
-
-
-class InternalStoreError(BrokerError):
-    """The store could not write what a reply would have promised."""
-
-    code, name, hard = 541, "INTERNAL_ERROR", True
 
 
 class AMQPConnection:
@@ -297,12 +96,11 @@ class AMQPConnection:
         self.core: ClientConnection | None = None
         self.channels: dict[int, AMQPChannel] = {}
         self.writable = True
-        self._started = now
-        self._last_recv = self._now = now
-        self._sent_since_timer = False
-        self._timer_due = now + limits.handshake_timeout
+        self.keepalive = KeepAlive(now, limits.handshake_timeout)
+        self._now = now  # the last time the shell gave us
+        self._close_deadline = math.inf  # connection.close is out: when we stop waiting
         self._confirming: set[AMQPChannel] = set()
-        self._reading_back: set[asyncio.Task[None]] = set()  # basic.gets waiting for the store
+        self.read_backs: set[asyncio.Task[None]] = set()  # basic.gets waiting for the store
         self._username = ""
         self._user: User | None = None  # set once start-ok's credentials are accepted
         self._blocked_sent = False  # connection.blocked is out, connection.unblocked owed
@@ -313,7 +111,8 @@ class AMQPConnection:
         """Feed bytes from the socket; handle every complete frame in order."""
         if self.closed:
             return
-        self._last_recv = self._now = now
+        self._now = now
+        self.keepalive.received(now)
         codec = self.codec
         codec.receive_data(data)
         try:
@@ -355,7 +154,7 @@ class AMQPConnection:
 
     def peer_held(self, now: float) -> None:
         """The shell is not reading us (flow control): missing heartbeats are not the client's."""
-        self._last_recv = now
+        self.keepalive.received(now)
 
     def _on_memory_alarm(self, on: bool) -> None:
         """connection.blocked / unblocked, to publishers that announced the capability."""
@@ -369,37 +168,35 @@ class AMQPConnection:
             self.send_method(0, commands.Connection.Unblocked())
 
     def next_deadline(self) -> float:
-        """When `handle_timer` must run next (monotonic seconds)."""
-        return self._timer_due
+        """When `handle_timer` must run next (monotonic seconds; inf: never)."""
+        if self._close_deadline != math.inf:
+            return self._close_deadline
+        return self.keepalive.deadline()
 
     def handle_timer(self, now: float) -> None:
         """Heartbeats, the handshake timeout and the close-ok timeout."""
         if self.closed:
             return
         self._now = now
-        state = self.codec.state
-        if state is not ConnectionState.RUNNING:
-            # CLOSING (or ERROR): the client had CLOSE_OK_TIMEOUT to answer our
-            # connection.close; before RUNNING: the handshake timeout.
-            if now >= self._timer_due:
-                log.info("closing %s: %s timeout", self.shell.peer, state.value)
+        if self._close_deadline != math.inf:
+            # CLOSING: the client had CLOSE_OK_TIMEOUT to answer our connection.close.
+            if now >= self._close_deadline:
+                log.info("closing %s: %s timeout", self.shell.peer, self.codec.state.value)
                 self._close_transport()
             return
-        if self.heartbeat:
-            if now - self._last_recv > 2 * self.heartbeat:
-                log.info(
-                    "closing %s: missed heartbeats from client, timeout %ds",
-                    self.shell.peer,
-                    self.heartbeat,
-                )
-                self._close_transport()
-                return
-            if not self._sent_since_timer:
-                self.shell.send(self.codec.send(Heartbeat()))
-            self._sent_since_timer = False
-            self._timer_due = now + self.heartbeat / 2
-        else:
-            self._timer_due = now + 3600.0
+        due = self.keepalive.poll(now)
+        if due is Due.HEARTBEAT:  # we sent nothing for half the interval
+            self.shell.send(self.codec.send(Heartbeat()))
+        elif due is Due.HANDSHAKE_TIMEOUT:
+            log.info("closing %s: %s timeout", self.shell.peer, self.codec.state.value)
+            self._close_transport()
+        elif due is Due.PEER_SILENT:  # two heartbeat intervals without a byte
+            log.info(
+                "closing %s: missed heartbeats from client, timeout %ds",
+                self.shell.peer,
+                self.heartbeat,
+            )
+            self._close_transport()
 
     def set_writable(self, writable: bool) -> None:
         """Transport back-pressure: stop deliveries while the write buffer is full."""
@@ -425,7 +222,8 @@ class AMQPConnection:
     # -- output ------------------------------------------------------------------------
 
     def send_method(self, channel: int, method: Frame) -> None:
-        self._sent_since_timer = True
+        """A method frame without content (and no heartbeat is owed for this interval)."""
+        self.keepalive.sent()
         self.shell.send(self.codec.send(Method(channel, method)))
 
     def send_content(self, channel: int, method: Frame, message: Message) -> None:
@@ -444,7 +242,7 @@ class AMQPConnection:
         for channel in self.channels.values():
             channel.closing = True
         self.channels.clear()
-        for task in self._reading_back:
+        for task in self.read_backs:
             task.cancel()
         if self.core is not None:
             self.core.close()
@@ -460,7 +258,15 @@ class AMQPConnection:
             return
         self.send_method(0, commands.Connection.Close(code, text[:255], class_id, method_id))
         self._release()
-        self._timer_due = self._now + CLOSE_OK_TIMEOUT
+        self._close_deadline = self._now + CLOSE_OK_TIMEOUT
+
+    def close_channel(self, channel: AMQPChannel) -> None:
+        """channel.close from the client: release the channel (the caller sends close-ok)."""
+        assert self.core is not None
+        channel.closing = True
+        self._confirming.discard(channel)
+        self.core.close_session(channel.session)
+        del self.channels[channel.number]
 
     def channel_error(self, channel: AMQPChannel, error: BrokerError, method: Frame | None) -> None:
         """Map a core error to the wire: channel.close (soft) or connection.close (hard)."""
@@ -481,13 +287,13 @@ class AMQPConnection:
     # -- handshake -----------------------------------------------------------------------
 
     def _on_protocol_header(self) -> None:
-        self.send_method(0, _start_method())
+        self.send_method(0, start_method())
 
     def _on_start_ok(self, method: commands.Connection.StartOk) -> None:
         self.client_properties = dict(method.client_properties or {})
         caps = self.client_properties.get("capabilities")
         self.capabilities = dict(caps) if isinstance(caps, dict) else {}
-        username, password = _credentials(method.mechanism, method.response)
+        username, password = credentials(method.mechanism, method.response)
         try:
             user = self.broker.authenticate(
                 username, password, from_loopback=self.shell.from_loopback
@@ -540,9 +346,14 @@ class AMQPConnection:
                 e.text,
             )
             raise
+        # Spec 4.2.7: heartbeat when idle for half the interval; a client silent
+        # for two intervals is gone. Started before open-ok goes out, which
+        # then counts as sent in the first interval.
+        self.keepalive.start(
+            self._now, recv_timeout=2.0 * self.heartbeat, send_interval=self.heartbeat / 2
+        )
         self.send_method(0, commands.Connection.OpenOk())
         self.broker.flow.alarm_listeners.add(self._on_memory_alarm)
-        self._timer_due = self._last_recv + (self.heartbeat / 2 if self.heartbeat else 3600.0)
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -585,7 +396,7 @@ class AMQPConnection:
             elif isinstance(method, commands.Channel.Close):
                 self.send_method(number, commands.Channel.CloseOk())
             return
-        handler = _CHANNEL_HANDLERS.get(type(method))
+        handler = CHANNEL_HANDLERS.get(type(method))
         if handler is None:
             raise CommandInvalid(f"unexpected method '{method.name}' on channel {number}")
         try:
@@ -613,7 +424,7 @@ class AMQPConnection:
 
     def _open_channel(self, number: int) -> None:
         assert self.core is not None
-        channel = AMQPChannel(self, number, None)  # type: ignore[arg-type]
+        channel = AMQPChannel(self, number, self.core.ordered_replies())
         channel.session = self.core.open_session(channel)
         if not self.writable:
             channel.session.set_flow(False)
@@ -650,277 +461,3 @@ class AMQPConnection:
         if channel.confirm:
             channel.confirm_published(result.stored, rejected=result.rejected > 0)
             self._confirming.add(channel)
-
-    # -- channel methods -------------------------------------------------------------------
-
-    def _channel_close(self, channel: AMQPChannel, method: commands.Channel.Close) -> None:
-        assert self.core is not None
-        channel.closing = True
-        self._confirming.discard(channel)
-        self.core.close_session(channel.session)
-        del self.channels[channel.number]
-        self.send_method(channel.number, commands.Channel.CloseOk())
-
-    def _channel_close_ok(self, channel: AMQPChannel, method: Frame) -> None:
-        raise CommandInvalid("unexpected 'channel.close-ok'")  # RabbitMQ: 503
-
-    def _channel_flow(self, channel: AMQPChannel, method: commands.Channel.Flow) -> None:
-        active = bool(method.active)
-        channel.client_flow = active
-        channel.session.set_flow(active and self.writable)
-        channel.reply(commands.Channel.FlowOk(active))
-
-    def _channel_open(self, channel: AMQPChannel, method: Frame) -> None:
-        raise ChannelError(f"second 'channel.open' seen on channel {channel.number}")
-
-    def _exchange_declare(self, channel: AMQPChannel, m: commands.Exchange.Declare) -> None:
-        exchange = channel.session.declare_exchange(
-            m.exchange,
-            m.exchange_type,
-            passive=m.passive,
-            durable=m.durable,
-            auto_delete=m.auto_delete,
-            internal=m.internal,
-            arguments=m.arguments or {},
-        )
-        if not m.nowait:
-            channel.reply(commands.Exchange.DeclareOk(), durable=exchange.durable)
-
-    def _exchange_delete(self, channel: AMQPChannel, m: commands.Exchange.Delete) -> None:
-        channel.session.delete_exchange(m.exchange, if_unused=m.if_unused)
-        if not m.nowait:
-            channel.reply(commands.Exchange.DeleteOk(), durable=True)
-
-    def _exchange_bind(self, channel: AMQPChannel, m: commands.Exchange.Bind) -> None:
-        channel.session.bind_exchange(m.destination, m.source, m.routing_key, m.arguments or {})
-        if not m.nowait:
-            channel.reply(commands.Exchange.BindOk(), durable=True)
-
-    def _exchange_unbind(self, channel: AMQPChannel, m: commands.Exchange.Unbind) -> None:
-        channel.session.unbind_exchange(m.destination, m.source, m.routing_key, m.arguments or {})
-        if not m.nowait:
-            channel.reply(commands.Exchange.UnbindOk(), durable=True)
-
-    def _queue_declare(self, channel: AMQPChannel, m: commands.Queue.Declare) -> None:
-        queue, messages, consumers = channel.session.declare_queue(
-            m.queue,
-            passive=m.passive,
-            durable=m.durable,
-            exclusive=m.exclusive,
-            auto_delete=m.auto_delete,
-            arguments=m.arguments or {},
-        )
-        channel.last_queue = queue.name
-        if not m.nowait:
-            channel.reply(
-                commands.Queue.DeclareOk(queue.name, messages, consumers), durable=queue.stored
-            )
-
-    def _queue_bind(self, channel: AMQPChannel, m: commands.Queue.Bind) -> None:
-        queue = channel.queue_name(m.queue)
-        routing_key = m.routing_key if m.queue or m.routing_key else queue
-        channel.session.bind_queue(queue, m.exchange, routing_key, m.arguments or {})
-        if not m.nowait:
-            channel.reply(commands.Queue.BindOk(), durable=True)
-
-    def _queue_unbind(self, channel: AMQPChannel, m: commands.Queue.Unbind) -> None:
-        queue = channel.queue_name(m.queue)
-        routing_key = m.routing_key if m.queue or m.routing_key else queue
-        channel.session.unbind_queue(queue, m.exchange, routing_key, m.arguments or {})
-        channel.reply(commands.Queue.UnbindOk(), durable=True)
-
-    def _queue_purge(self, channel: AMQPChannel, m: commands.Queue.Purge) -> None:
-        count = channel.session.purge_queue(channel.queue_name(m.queue))
-        if not m.nowait:
-            channel.reply(commands.Queue.PurgeOk(count), durable=True)
-
-    def _queue_delete(self, channel: AMQPChannel, m: commands.Queue.Delete) -> None:
-        count = channel.session.delete_queue(
-            channel.queue_name(m.queue), if_unused=m.if_unused, if_empty=m.if_empty
-        )
-        if not m.nowait:
-            channel.reply(commands.Queue.DeleteOk(count), durable=True)
-
-    def _basic_qos(self, channel: AMQPChannel, m: commands.Basic.Qos) -> None:
-        if m.prefetch_size:
-            raise NotImplementedFeature(f"prefetch_size!=0 ({m.prefetch_size})")
-        channel.session.qos(m.prefetch_count, global_=m.global_)
-        channel.reply(commands.Basic.QosOk())
-
-    def _basic_consume(self, channel: AMQPChannel, m: commands.Basic.Consume) -> None:
-        consumer = channel.session.consume(
-            channel.queue_name(m.queue),
-            m.consumer_tag,
-            no_ack=m.no_ack,
-            exclusive=m.exclusive,
-            arguments=m.arguments or {},
-        )
-        if m.nowait:
-            consumer.start()
-        else:
-            channel.reply(commands.Basic.ConsumeOk(consumer.tag), after=consumer.start)
-
-    def _basic_cancel(self, channel: AMQPChannel, m: commands.Basic.Cancel) -> None:
-        tag = m.consumer_tag or ""
-        channel.session.cancel(tag)
-        channel._tags.pop(tag, None)
-        if not m.nowait:
-            channel.reply(commands.Basic.CancelOk(m.consumer_tag))
-
-    def _basic_get(self, channel: AMQPChannel, m: commands.Basic.Get) -> None:
-        channel.gets.append((m, channel.queue_name(m.queue)))
-        if len(channel.gets) == 1:  # else it is answered after the one waiting
-            self._answer_gets(channel, GET_READ_BACKS)
-
-    def _answer_gets(self, channel: AMQPChannel, read_backs: int) -> None:
-        """Answer the channel's basic.gets in order, waiting while entries are paged back in.
-
-        A queue whose ready entries are all paged out is not empty: rather
-        than get-empty, the get waits for the read that brings them back
-        (`read_backs` times at most, in case reads keep failing) and tries
-        again. Later gets on the channel wait behind it.
-        """
-        gets = channel.gets
-        while gets:
-            m, name = gets[0]
-            try:
-                reading = self._answer_get(channel, m, name, read_backs > 0)
-            except BrokerError as e:
-                gets.clear()
-                self.channel_error(channel, e, m)
-                return
-            if reading is not None:
-                task = asyncio.get_running_loop().create_task(
-                    self._after_read_back(channel, reading, read_backs - 1)
-                )
-                self._reading_back.add(task)
-                task.add_done_callback(self._reading_back.discard)
-                return
-            gets.popleft()
-            read_backs = GET_READ_BACKS
-
-    async def _after_read_back(
-        self, channel: AMQPChannel, reading: asyncio.Task[None], read_backs: int
-    ) -> None:
-        with contextlib.suppress(Exception):  # a failed read was logged by the queue
-            await asyncio.shield(reading)
-        if self.running and self.channels.get(channel.number) is channel and not channel.closing:
-            self._answer_gets(channel, read_backs)
-
-    def _answer_get(
-        self, channel: AMQPChannel, m: commands.Basic.Get, name: str, may_wait: bool
-    ) -> asyncio.Task[None] | None:
-        """get-ok or get-empty; or, sending nothing, the read to wait for first."""
-        got = channel.session.get(name, no_ack=m.no_ack)
-        if got is None:
-            reading = channel.session.read_back(name) if may_wait else None
-            if reading is not None:
-                return reading
-            channel.reply(commands.Basic.GetEmpty())
-            return None
-        tag, redelivered, message, remaining = got
-        method = commands.Basic.GetOk(
-            tag, redelivered, message.exchange, message.routing_key, remaining
-        )
-        self._sent_since_timer = True
-        self.send_content(channel.number, method, message)
-        return None
-
-    def _basic_ack(self, channel: AMQPChannel, m: commands.Basic.Ack) -> None:
-        channel.session.ack(m.delivery_tag, multiple=m.multiple)
-
-    def _basic_nack(self, channel: AMQPChannel, m: commands.Basic.Nack) -> None:
-        channel.session.nack(m.delivery_tag, multiple=m.multiple, requeue=m.requeue)
-
-    def _basic_reject(self, channel: AMQPChannel, m: commands.Basic.Reject) -> None:
-        channel.session.nack(int(m.delivery_tag or 0), multiple=False, requeue=m.requeue)
-
-    def _basic_recover(self, channel: AMQPChannel, m: commands.Basic.Recover) -> None:
-        if not m.requeue:
-            raise NotImplementedFeature("requeue=false")
-        # RabbitMQ sends recover-ok before the requeued messages are delivered again
-        channel.reply(commands.Basic.RecoverOk(), after=channel.session.recover)
-
-    def _basic_recover_async(self, channel: AMQPChannel, m: commands.Basic.RecoverAsync) -> None:
-        if not m.requeue:
-            raise NotImplementedFeature("requeue=false")
-        channel.session.recover()
-
-    def _confirm_select(self, channel: AMQPChannel, m: commands.Confirm.Select) -> None:
-        if channel.session.transactional:
-            raise PreconditionFailed("cannot switch from tx to confirm mode")
-        channel.confirm = True
-        if not m.nowait:
-            channel.reply(commands.Confirm.SelectOk())
-
-    def _tx_select(self, channel: AMQPChannel, m: commands.Tx.Select) -> None:
-        if channel.confirm:
-            raise PreconditionFailed("cannot switch from confirm to tx mode")
-        channel.session.tx_select()
-        channel.reply(commands.Tx.SelectOk())
-
-    def _tx_commit(self, channel: AMQPChannel, m: commands.Tx.Commit) -> None:
-        channel.session.tx_commit()
-        channel.reply(commands.Tx.CommitOk(), durable=True)
-
-    def _tx_rollback(self, channel: AMQPChannel, m: commands.Tx.Rollback) -> None:
-        channel.session.tx_rollback()
-        channel.reply(commands.Tx.RollbackOk())
-
-
-_CHANNEL_HANDLERS: dict[type[Frame], Callable[[AMQPConnection, AMQPChannel, Any], None]] = {
-    commands.Channel.Open: AMQPConnection._channel_open,
-    commands.Channel.Close: AMQPConnection._channel_close,
-    commands.Channel.CloseOk: AMQPConnection._channel_close_ok,
-    commands.Channel.Flow: AMQPConnection._channel_flow,
-    commands.Exchange.Declare: AMQPConnection._exchange_declare,
-    commands.Exchange.Delete: AMQPConnection._exchange_delete,
-    commands.Exchange.Bind: AMQPConnection._exchange_bind,
-    commands.Exchange.Unbind: AMQPConnection._exchange_unbind,
-    commands.Queue.Declare: AMQPConnection._queue_declare,
-    commands.Queue.Bind: AMQPConnection._queue_bind,
-    commands.Queue.Unbind: AMQPConnection._queue_unbind,
-    commands.Queue.Purge: AMQPConnection._queue_purge,
-    commands.Queue.Delete: AMQPConnection._queue_delete,
-    commands.Basic.Qos: AMQPConnection._basic_qos,
-    commands.Basic.Consume: AMQPConnection._basic_consume,
-    commands.Basic.Cancel: AMQPConnection._basic_cancel,
-    commands.Basic.Get: AMQPConnection._basic_get,
-    commands.Basic.Ack: AMQPConnection._basic_ack,
-    commands.Basic.Nack: AMQPConnection._basic_nack,
-    commands.Basic.Reject: AMQPConnection._basic_reject,
-    commands.Basic.Recover: AMQPConnection._basic_recover,
-    commands.Basic.RecoverAsync: AMQPConnection._basic_recover_async,
-    commands.Confirm.Select: AMQPConnection._confirm_select,
-    commands.Tx.Select: AMQPConnection._tx_select,
-    commands.Tx.Commit: AMQPConnection._tx_commit,
-    commands.Tx.Rollback: AMQPConnection._tx_rollback,
-}
-
-
-def _credentials(mechanism: str, response: str | bytes) -> tuple[str | None, str]:
-    """Username and password from a PLAIN, AMQPLAIN or ANONYMOUS start-ok response.
-
-    A user name of None means the client gave no credentials: the ANONYMOUS
-    mechanism (RFC 4505, which RabbitMQ 4 offers) or a PLAIN response with an
-    empty user name and password. The core's anonymous rule then decides.
-    """
-    raw = response.encode() if isinstance(response, str) else bytes(response)
-    if mechanism == "ANONYMOUS":
-        return None, ""
-    if mechanism == "PLAIN":
-        parts = raw.split(b"\x00")
-        if len(parts) != 3:
-            raise AccessRefused("malformed PLAIN response")
-        if parts[1] == parts[2] == b"":
-            return None, ""
-        return parts[1].decode(errors="replace"), parts[2].decode(errors="replace")
-    if mechanism == "AMQPLAIN":
-        from pamqp import decode
-
-        try:
-            _, table = decode.field_table(len(raw).to_bytes(4, "big") + raw)
-        except (ValueError, KeyError, IndexError) as e:
-            raise AccessRefused("malformed AMQPLAIN response") from e
-        return str(table.get("LOGIN", "")), str(table.get("PASSWORD", ""))
-    raise AccessRefused(f"unsupported authentication mechanism '{mechanism}'")

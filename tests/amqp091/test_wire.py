@@ -407,13 +407,13 @@ def test_pre_encoded_handshake_replies_match_the_general_encoder(
     channel_max, frame_max, heartbeat, channel
 ):
     """The handshake's methods come from the codec's cache the second time: same bytes."""
-    from moorage.protocols.amqp091.adapter import _start_method
     from moorage.protocols.amqp091.codec import encode_method
+    from moorage.protocols.amqp091.handshake import start_method
 
     tune = commands.Connection.Tune(channel_max, frame_max, heartbeat)
     for _ in range(2):
         assert encode_method(0, tune) == frame.marshal(tune, 0)
-        assert encode_method(0, _start_method()) == frame.marshal(_start_method(), 0)
+        assert encode_method(0, start_method()) == frame.marshal(start_method(), 0)
         for method in (commands.Connection.OpenOk(), commands.Connection.CloseOk()):
             assert encode_method(0, method) == frame.marshal(method, 0)
         expected = frame.marshal(commands.Channel.OpenOk(), channel)
