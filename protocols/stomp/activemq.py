@@ -1,7 +1,9 @@
 """ActiveMQ's STOMP dialect: the pieces an ActiveMQ (or JMS-over-STOMP) client expects.
 
 - `client-id` on CONNECT is connected at most once per broker, so that a
-  durable subscription has one reader (:class:`ClientIds`);
+  durable subscription has one reader: the broker's STOMP registry
+  (`Broker.client_ids`) knows the holder, and :func:`refuse_second_holder`
+  turns a newcomer away (InvalidClientIDException);
 - durable topic subscriptions named by `activemq.subscriptionName` (with the
   client id), beside RabbitMQ's `durable:true` (:func:`durable_subscription_name`);
 - `JMSXGroupID`, the message group, is the core's FIFO group header
@@ -16,10 +18,10 @@ are read where their frames are handled.
 
 from __future__ import annotations
 
-import weakref
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
+from moorage.broker.client_ids import ClientIds
 from moorage.protocols.stomp.codec import Frame, ProtocolError, int_header
 
 # ActiveMQ's message group header, mapped onto the core's FIFO group header.
@@ -36,40 +38,21 @@ class ClientHolder(Protocol):
     def peer(self) -> str: ...
 
 
-class ClientIds:
-    """The connected `client-id`s of each broker: each is held by one connection.
+def refuse_second_holder(client_ids: ClientIds[Any], client_id: str) -> None:
+    """Raise ProtocolError when a live connection holds `client_id` already.
 
-    Keyed weakly by the broker (any object): a test's brokers come and go.
+    ActiveMQ refuses the newcomer (MQTT would take over instead). A holder
+    whose connection is closed no longer counts; the newcomer's `claim`,
+    once it is connected, replaces it.
     """
-
-    def __init__(self) -> None:
-        self._holders: weakref.WeakKeyDictionary[object, dict[str, ClientHolder]] = (
-            weakref.WeakKeyDictionary()
+    current: ClientHolder | None = client_ids.holder(client_id)
+    if current is not None and not current.closed:
+        raise ProtocolError(
+            "InvalidClientIDException - client-id already connected",
+            f"Client '{client_id}' is already connected (from {current.peer}); "
+            "a client-id may be connected only once (ActiveMQ's rule), so that a "
+            "durable subscription has one reader.",
         )
-
-    def claim(self, broker: object, client_id: str) -> None:
-        """Check that `client_id` is free in `broker` (raises ProtocolError if not).
-
-        The claim is recorded by :meth:`hold`, once the connection is made.
-        """
-        current = self._holders.get(broker, {}).get(client_id)
-        if current is not None and not current.closed:
-            raise ProtocolError(
-                "InvalidClientIDException - client-id already connected",
-                f"Client '{client_id}' is already connected (from {current.peer}); "
-                "a client-id may be connected only once (ActiveMQ's rule), so that a "
-                "durable subscription has one reader.",
-            )
-
-    def hold(self, broker: object, client_id: str, holder: ClientHolder) -> None:
-        """`holder` is connected with `client_id` (checked by :meth:`claim`)."""
-        self._holders.setdefault(broker, {})[client_id] = holder
-
-    def release(self, broker: object, client_id: str, holder: ClientHolder) -> None:
-        """`holder` is gone: its `client_id` is free again (if it still held it)."""
-        holders = self._holders.get(broker)
-        if holders is not None and holders.get(client_id) is holder:
-            del holders[client_id]
 
 
 def durable_subscription_name(frame: Frame, sub_id: str, client_id: str | None) -> str | None:

@@ -32,12 +32,18 @@ connections are untouched.
 
 Receipts: a RECEIPT is sent after its frame was handled; when the frame
 wrote to the store (SEND of a persistent message to a durable queue, COMMIT,
-SUBSCRIBE that declared a durable queue) it waits for `store.when_durable`.
-Receipts keep their order: once one waits, the later ones queue behind it
-(durability callbacks fire in registration order).
+SUBSCRIBE that declared a durable queue) it waits until the store has it.
+The connection's `OrderedReplies` (`broker.replies`, made at CONNECT) keeps
+both that rule and the receipts' order: once one waits, the later ones
+queue behind it.
 
-`client-id`: connected at most once per broker (`activemq.ClientIds`); it is
-registered at CONNECT and released in `_release`.
+Heart-beats and the CONNECT deadline: `broker.keepalive.KeepAlive`, told
+what was received and sent; its `deadline()` is the shell's one timer.
+
+`client-id`: connected at most once per broker, in the broker's STOMP
+client-id registry (`Broker.client_ids`); a second holder is refused
+(`activemq.refuse_second_holder`). It is claimed at CONNECT and released in
+`_release`.
 """
 
 from __future__ import annotations
@@ -50,10 +56,13 @@ from moorage.broker import __version__
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
 from moorage.broker.errors import BrokerError
+from moorage.broker.keepalive import Due, KeepAlive
 from moorage.broker.message import Message
+from moorage.broker.overview import vhost_names
+from moorage.broker.replies import OrderedReplies
 from moorage.broker.selector import SelectorError
 from moorage.broker.session import Session
-from moorage.protocols.stomp.activemq import ClientIds
+from moorage.protocols.stomp.activemq import refuse_second_holder
 from moorage.protocols.stomp.codec import (
     NEED_DATA,
     ConnectionClosed,
@@ -85,9 +94,7 @@ PRE_AUTH_MAX_HEADER: Final = 8 * 1024
 PRE_AUTH_MAX_BODY: Final = 64 * 1024
 MAX_HEADER_SIZE: Final = 64 * 1024
 RECEIPT_FLUSH_FRAMES: Final = 32  # frames of one read after which a RECEIPT is written at once
-
-# Connected STOMP clients by `client-id`, per broker.
-_CLIENT_IDS: Final = ClientIds()
+PROTOCOL: Final = "stomp"  # the core's name for this protocol (connections, client ids)
 
 
 class StompConnection:
@@ -103,20 +110,17 @@ class StompConnection:
         self.session: Session | None = None
         self.user_name = ""
         self.client_id: str | None = None
+        self.client_ids = broker.client_ids(PROTOCOL)
         self.sends = Publisher(self)
         self.subscriptions = Subscriptions(self)
         self.transactions = Transactions()
-        self._deferred = 0  # receipts waiting for the store
+        self.replies: OrderedReplies | None = None  # the receipts' order (made at CONNECT)
         # A shell that can write before the end of the tick (`TCPShell.flush`), and
         # the frames of the current read handled since it last did: see `receipt`.
         self._flush_now: Callable[[], None] | None = getattr(shell, "flush", None)
         self.frames_in_read = 0
-        self._send_interval = 0.0  # seconds; 0 = we send no heart-beats
-        self._recv_interval = 0.0  # seconds; 0 = we expect none
         self._now = now
-        self._last_recv = now
-        self._sent_since_tick = False
-        self._timer_due = now + broker.limits.handshake_timeout
+        self.keepalive = KeepAlive(now, broker.limits.handshake_timeout)
 
     @property
     def state(self) -> State:
@@ -144,7 +148,8 @@ class StompConnection:
         codec = self.codec
         if codec.state is State.CLOSED or codec.state is State.CLOSING:
             return
-        self._now = self._last_recv = now
+        self._now = now
+        self.keepalive.received(now)
         codec.receive_data(data)
         frame: Frame | None = None
         self.frames_in_read = 0
@@ -183,36 +188,26 @@ class StompConnection:
 
     def peer_held(self, now: float) -> None:
         """The shell is not reading us (flow control): its silence is no missed heart-beat."""
-        self._last_recv = now
+        self.keepalive.received(now)
 
     def next_deadline(self) -> float:
-        """When `handle_timer` must run next (monotonic seconds)."""
-        return self._timer_due
+        """When `handle_timer` must run next (monotonic seconds; inf: never)."""
+        return self.keepalive.deadline()
 
     def handle_timer(self, now: float) -> None:
         """Heart-beats in both directions and the CONNECT deadline (1.2 "Heart-beating")."""
         if self.state is State.CLOSED:
             return
         self._now = now
-        if self.state is not State.CONNECTED:
-            if now >= self._timer_due:
-                log.info("closing %s: no CONNECT in time", self.shell.peer)
-                self._close_transport()
-            return
-        due = now + 3600.0
-        if self._recv_interval:
-            limit = self._last_recv + self._recv_interval * HEARTBEAT_TOLERANCE
-            if now >= limit:
-                log.info("closing %s: missed heart-beats", self.shell.peer)
-                self._close_transport()
-                return
-            due = min(due, limit)
-        if self._send_interval:
-            if not self._sent_since_tick:
-                self.shell.send(self.codec.send_heartbeat())
-            self._sent_since_tick = False
-            due = min(due, now + self._send_interval / 2)
-        self._timer_due = due
+        due = self.keepalive.poll(now)
+        if due is Due.HANDSHAKE_TIMEOUT:
+            log.info("closing %s: no CONNECT in time", self.shell.peer)
+            self._close_transport()
+        elif due is Due.PEER_SILENT:
+            log.info("closing %s: missed heart-beats", self.shell.peer)
+            self._close_transport()
+        elif due is Due.HEARTBEAT and self.state is State.CONNECTED:
+            self.shell.send(self.codec.send_heartbeat())
 
     def set_writable(self, writable: bool) -> None:
         """Transport back-pressure: stop deliveries while the write buffer is full."""
@@ -267,27 +262,27 @@ class StompConnection:
                 self._close_transport()
             return
         reply = receipt_frame(receipt)
-        store = self.broker.store
-        if self._deferred or (durable and store.pending):
-            self._deferred += 1
 
-            def send(error: BaseException | None) -> None:
-                self._deferred -= 1
-                if self.state is State.CLOSED:
-                    return
-                if error is not None:
-                    self._fatal("store failure", f"The message could not be stored: {error}", frame)
-                    return
-                self._send(reply)
-                if then_close:
-                    self._close_transport()
+        def send(error: BaseException | None) -> None:
+            if self.state is State.CLOSED:
+                return
+            if error is not None:
+                self._fatal("store failure", f"The message could not be stored: {error}", frame)
+                return
+            self._send(reply)
+            if then_close:
+                self._close_transport()
 
-            store.when_durable(send, removals=removals)
-            return
-        self._send(reply)
-        if then_close:
-            self._close_transport()
-        elif self.frames_in_read >= RECEIPT_FLUSH_FRAMES and self._flush_now is not None:
+        replies = self.replies
+        assert replies is not None  # receipts are asked for once CONNECTED
+        waits = replies.must_wait(durable=durable)
+        replies.send(send, durable=durable, removals=removals)
+        if (
+            not waits
+            and not then_close
+            and self.frames_in_read >= RECEIPT_FLUSH_FRAMES
+            and self._flush_now is not None
+        ):
             # Deep into a large read: a pipelining client waits for this receipt to
             # send more, and the end of the tick is the rest of the read away.
             self._flush_now()
@@ -296,7 +291,7 @@ class StompConnection:
     # -- output ------------------------------------------------------------------------
 
     def _send(self, frame: Frame) -> None:
-        self._sent_since_tick = True
+        self.keepalive.sent()
         self.shell.send(self.codec.send(frame))
 
     def _close_transport(self) -> None:
@@ -306,7 +301,7 @@ class StompConnection:
 
     def _release(self) -> None:
         if self.client_id is not None:
-            _CLIENT_IDS.release(self.broker, self.client_id, self)
+            self.client_ids.release(self.client_id, self)
         self.transactions.clear()
         self.subscriptions.clear()
         if self.core is not None:
@@ -350,36 +345,37 @@ class StompConnection:
         login = user.name
         client_id = frame.get("client-id")
         if client_id is not None:
-            _CLIENT_IDS.claim(self.broker, client_id)
+            refuse_second_holder(self.client_ids, client_id)
         host = frame.get("host")
-        vhost = host if host is not None and host in self.broker.vhosts else "/"
+        # A `host` naming no vhost (clients send the server's host name) means "/".
+        vhost = host if host is not None and host in vhost_names(self.broker) else "/"
         self.core = self.broker.connect(
             vhost,
             user,
-            protocol="stomp",
+            protocol=PROTOCOL,
             peer=self.shell.peer,
             client_properties={"version": version, "client-id": frame.get("client-id")},
         )
         self.session = self.core.open_session(self)
+        self.replies = self.core.ordered_replies()
         self.user_name = login
         self.client_id = client_id
         if client_id is not None:
-            _CLIENT_IDS.hold(self.broker, client_id, self)
+            self.client_ids.claim(client_id, self)
         # We agree to what the client asks, with a floor (RabbitMQ mirrors the client).
         send_ms = max(cy, MIN_HEARTBEAT_MS) if cy else 0
         recv_ms = max(cx, MIN_HEARTBEAT_MS) if cx else 0
-        self._send_interval = send_ms / 1000
-        self._recv_interval = recv_ms / 1000
+        # 1.2 "Heart-beating": we beat at half our interval so that a beat is never late.
+        self.keepalive.start(
+            self._now,
+            recv_timeout=recv_ms / 1000 * HEARTBEAT_TOLERANCE,
+            send_interval=send_ms / 1000 / 2,
+        )
         self.codec.max_header_size = MAX_HEADER_SIZE
         self.codec.max_body_size = self.broker.limits.max_message_size
         negotiated = version if frame.get("accept-version") is not None else None
         self._send(
             connected_frame(f"session-{self.core.id}", SERVER_NAME, negotiated, (send_ms, recv_ms))
-        )
-        self._timer_due = self._now + (
-            min(x for x in (self._send_interval / 2, self._recv_interval) if x)
-            if self._send_interval or self._recv_interval
-            else 3600.0
         )
 
     # -- the other frames: their rooms ---------------------------------------------------
@@ -434,7 +430,7 @@ class StompConnection:
         if out is None:
             return
         if type(out) is bytes:
-            self._sent_since_tick = True
+            self.keepalive.sent()
             self.shell.send(out)
         else:
             assert isinstance(out, Frame)

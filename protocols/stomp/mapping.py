@@ -6,7 +6,9 @@
   becomes a message header. The first occurrence of a header wins (1.2
   "Repeated Header Entries").
 - message -> MESSAGE (:func:`message_headers`): the properties under the
-  same names, every AMQP header with a text form under its own name; cached
+  same names, every AMQP header with a text form under its own name (the
+  core's one rule, `broker.header_values.header_text`: timestamps as epoch
+  seconds, booleans as true/false, byte strings as UTF-8); cached
   on the message for fan-out, and as header lines per version
   (:func:`message_wire_headers`) for the codec's MESSAGE fast path.
 - Selectors see a message through :func:`selector_view`: JMS names, message
@@ -16,11 +18,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, Final, Protocol
 
 from moorage.broker.errors import PreconditionFailed
 from moorage.broker.fifo import GROUP_HEADER
+from moorage.broker.header_values import header_text
 from moorage.broker.message import PERSISTENT, Message, Properties
 from moorage.broker.selector import Selector, message_lookup
 from moorage.protocols.stomp.activemq import JMSX_GROUP_ID, expiration_of_expires, timestamp_of
@@ -57,19 +59,6 @@ class Sender(Protocol):
     def wall_ms(self) -> int:
         """The broker clock's wall time in milliseconds (ActiveMQ's `expires` is absolute)."""
         ...
-
-
-def header_text(value: Any) -> str | None:
-    """An AMQP header value as STOMP header text; None when it has no text form."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", errors="replace")
-    if isinstance(value, datetime):
-        return str(int(value.timestamp()))
-    return None
 
 
 def message_headers(message: Message) -> list[tuple[str, str]]:
@@ -112,7 +101,7 @@ def message_headers(message: Message) -> list[tuple[str, str]]:
         ("expiration", p.expiration),
         ("amqp-message-id", p.message_id),
         ("type", p.message_type),
-        ("timestamp", None if p.timestamp is None else str(int(p.timestamp.timestamp()))),
+        ("timestamp", header_text(p.timestamp)),
         ("user-id", p.user_id),
         ("app-id", p.app_id),
     ):

@@ -12,7 +12,8 @@ transaction, no queue argument header) to a destination a SEND reached
 before, and skips the work whose answer cannot have changed:
 
 - the destination, resolved once per text (`_send_targets`), with the
-  `/queue/`'s Queue object, whose presence is checked by identity;
+  `/queue/`'s Queue object (as its declare gave it), still the vhost's
+  queue of that name while it is not `deleted`;
 - what a header set decides (`SendPlan`), once per header set: the codec
   gives frames that repeat the previous header block the same headers tuple
   (`codec.decode_repeat`), so the usual case is one identity check; the
@@ -107,7 +108,7 @@ class Publisher:
         conn = self.conn
         session = conn.active_session()
         destination = parse_destination(frame.get("destination"))
-        exchange, routing_key = self._publish_target(destination, queue_arguments(frame))
+        exchange, routing_key, queue = self._publish_target(destination, queue_arguments(frame))
         message = Message(exchange, routing_key, message_properties(frame, conn), frame.body)
         session.vhost.lookup_exchange(exchange)  # NotFound now, not at COMMIT
         tx = conn.transactions.of(frame)
@@ -118,7 +119,7 @@ class Publisher:
         stored = session.publish(exchange, message).stored
         if destination.kind is not Kind.TEMP_QUEUE and plain_send(frame) is not None:
             text = frame.get("destination") or ""
-            self._remember_target(text, destination.kind, exchange, routing_key)
+            self._remember_target(text, exchange, routing_key, queue)
         conn.receipt(frame, durable=stored, removals=False)
 
     def send_fast(self, frame: Frame) -> bool:
@@ -126,13 +127,14 @@ class Publisher:
 
         It does what `send` does for such a frame, minus the work whose
         answer cannot have changed: parsing the destination, and for /queue/
-        the declare (the same Queue object is still there, so the passive
-        declare's exclusive-owner check passes again; `touch` restarts its
-        `x-expires` clock as that declare would). Properties come from the
-        headers as in `send`, once per header set (`send_plan`); the
-        message then starts with the STOMP header caches such properties
-        give. `Session.publish` raises NotFound, as `lookup_exchange` would,
-        when the exchange has gone.
+        the declare (the same Queue object is still there, not deleted, so
+        the passive declare's exclusive-owner check passes again; `touch`
+        restarts its `x-expires` clock as that declare would). Properties
+        come from the headers as in `send`, once per header set
+        (`send_plan`); the message then starts with the STOMP header caches
+        such properties give. `Session.publish` (a repeated destination
+        takes its route cache, `broker.routes`) raises NotFound, as
+        `lookup_exchange` would, when the exchange has gone.
         """
         plan = self.send_plan(frame)
         return plan is not None and self._send_planned(plan, frame.body, frame)
@@ -148,7 +150,7 @@ class Publisher:
         conn = self.conn
         session = conn.active_session()
         if queue is not None:
-            if session.vhost.queues.get(routing_key) is not queue:
+            if queue.deleted:  # the general path declares it again
                 del self._send_targets[plan.destination]
                 return False
             queue.touch()
@@ -165,10 +167,7 @@ class Publisher:
             if wire is None:
                 wire = plan.wire = wire_cache_for(properties)
             message.wire_cache = wire.copy()
-        if queue is not None:
-            stored = session.publish_to_queue(queue, message).stored
-        else:
-            stored = session.publish(exchange, message).stored
+        stored = session.publish(exchange, message).stored
         if plan.receipt:
             assert frame is not None
             conn.receipt(frame, durable=stored, removals=False)
@@ -235,22 +234,24 @@ class Publisher:
         self._last_plan = plan
         return plan
 
-    def _remember_target(self, text: str, kind: Kind, exchange: str, routing_key: str) -> None:
-        """Cache a destination a simple SEND reached (see `send_fast`)."""
-        queue = None
-        if kind is Kind.QUEUE:
-            queue = self.conn.active_session().vhost.queues.get(routing_key)
-            if queue is None:  # published, then gone (e.g. an exclusive auto-delete)
-                return
+    def _remember_target(
+        self, text: str, exchange: str, routing_key: str, queue: Queue | None
+    ) -> None:
+        """Cache a destination a simple SEND reached (see `send_fast`); `queue`
+        is the `/queue/`'s queue (None for other destinations)."""
+        if queue is not None and queue.deleted:  # published, then gone (exclusive auto-delete)
+            return
         if len(self._send_targets) >= SEND_TARGET_CACHE_LIMIT:
             self._send_targets.clear()
         self._send_targets[text] = (exchange, routing_key, queue)
 
     def _publish_target(
         self, destination: Destination, arguments: dict[str, Any]
-    ) -> tuple[str, str]:
+    ) -> tuple[str, str, Queue | None]:
+        """(exchange, routing key, the `/queue/`'s queue or None) of a SEND's destination."""
         if destination.kind is Kind.TEMP_QUEUE:
-            return "", self.conn.subscriptions.temp_queue(destination.name)
+            return "", self.conn.subscriptions.temp_queue(destination.name), None
         if destination.kind is Kind.QUEUE:
-            ensure_queue(self.conn.active_session(), destination.name, arguments)
-        return destination.publish_target()
+            queue, _ = ensure_queue(self.conn.active_session(), destination.name, arguments)
+            return (*destination.publish_target(), queue)
+        return (*destination.publish_target(), None)

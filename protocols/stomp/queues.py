@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from moorage.broker.errors import PreconditionFailed
+from moorage.broker.errors import NotFound, PreconditionFailed
+from moorage.broker.queue import Queue
 from moorage.broker.session import Session
 from moorage.protocols.stomp.codec import Frame, ProtocolError
 
@@ -51,26 +52,31 @@ def queue_arguments(frame: Frame) -> dict[str, Any]:
     return arguments
 
 
-def ensure_queue(session: Session, name: str, arguments: dict[str, Any] | None = None) -> bool:
-    """Declare /queue/<name> as a durable queue unless it exists; True if declared.
+def ensure_queue(
+    session: Session, name: str, arguments: dict[str, Any] | None = None
+) -> tuple[Queue, bool]:
+    """Declare /queue/<name> as a durable queue unless it exists; returns
+    (the queue, True if this call declared it).
 
     `arguments` (from queue argument headers) are used to declare it; an
     existing queue must have the same value for each one given (else
     PreconditionFailed, as an inequivalent AMQP redeclare); the others
     are not checked.
     """
-    existing = session.vhost.queues.get(name)
-    if existing is not None:
-        session.declare_queue(name, passive=True)  # exclusive-owner check
-        for arg, value in (arguments or {}).items():
-            current = existing.arguments.get(arg)
-            if arg == "x-queue-type":
-                current = existing.options.queue_type
-            if current != value:
-                raise PreconditionFailed(
-                    f"inequivalent arg '{arg}' for queue '{name}' in vhost "
-                    f"'{session.vhost.name}': received {value!r} but current is {current!r}"
-                )
-        return False
-    session.declare_queue(name, durable=True, arguments=arguments)
-    return True
+    try:
+        existing, _, _ = session.declare_queue(name, passive=True)  # exclusive-owner check
+    except NotFound:
+        existing = None
+    if existing is None:
+        declared, _, _ = session.declare_queue(name, durable=True, arguments=arguments)
+        return declared, True
+    for arg, value in (arguments or {}).items():
+        current = existing.arguments.get(arg)
+        if arg == "x-queue-type":
+            current = existing.options.queue_type
+        if current != value:
+            raise PreconditionFailed(
+                f"inequivalent arg '{arg}' for queue '{name}' in vhost "
+                f"'{session.vhost.name}': received {value!r} but current is {current!r}"
+            )
+    return existing, False

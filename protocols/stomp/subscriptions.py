@@ -122,7 +122,7 @@ class Subscriptions:
                 core_filter = selector_filter(selector)
                 selector = None
             if kind is Kind.QUEUE:
-                durable = ensure_queue(session, destination.name, queue_arguments(frame))
+                _, durable = ensure_queue(session, destination.name, queue_arguments(frame))
             queue = destination.name
         elif kind is Kind.TEMP_QUEUE:
             queue = self.temp_queue(destination.name)

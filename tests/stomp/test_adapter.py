@@ -70,6 +70,34 @@ async def test_heartbeats_sent_and_enforced(broker: Broker) -> None:
     assert not broker.connections
 
 
+CONNECT_AS = b"STOMP\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\nclient-id:%s\n\n\x00"
+
+
+async def test_client_ids_live_in_each_brokers_registry(broker: Broker) -> None:
+    first = StompConnection(broker, FakeShell(), now=0.0)
+    first.data_received(CONNECT_AS % b"c1", now=0.0)
+    assert broker.client_ids("stomp").holder("c1") is first
+    refused_shell = FakeShell()
+    refused = StompConnection(broker, refused_shell, now=0.0)
+    refused.data_received(CONNECT_AS % b"c1", now=0.0)
+    (error,) = refused_shell.frames()
+    assert error.command == "ERROR"
+    assert (error.get("message") or "").startswith("InvalidClientIDException")
+    assert broker.client_ids("stomp").holder("c1") is first  # ActiveMQ: the newcomer is refused
+    other = Broker(store=MemoryStore(), users=UserDirectory([default_guest()]))
+    await other.start()
+    try:  # another broker in the process has its own clients
+        elsewhere = StompConnection(other, FakeShell(), now=0.0)
+        elsewhere.data_received(CONNECT_AS % b"c1", now=0.0)
+        assert elsewhere.state is State.CONNECTED
+        assert other.client_ids("stomp").holder("c1") is elsewhere
+        elsewhere.connection_lost()
+    finally:
+        await other.stop()
+    first.connection_lost()
+    assert broker.client_ids("stomp").holder("c1") is None
+
+
 async def test_no_connect_in_time(broker: Broker) -> None:
     shell = FakeShell()
     conn = StompConnection(broker, shell, now=0.0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import pika
 import pytest
@@ -267,6 +269,43 @@ def test_interop_amqp_to_stomp_topic(
     assert h["n"] == "7"
     assert h["persistent"] == "true"
     assert h["priority"] == "3"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_interop_amqp_typed_headers_as_stomp_text(
+    stomp_client: ClientFactory, stomp_broker: StompBroker, version: str
+) -> None:
+    """AMQP's typed header values read as the core's one text rule (`broker.header_values`)."""
+    c = stomp_client(version)
+    c.subscribe("/topic/typed", id="t", ack="auto")
+    c.sync()
+    params = pika.ConnectionParameters("127.0.0.1", stomp_broker.amqp_port)
+    with pika.BlockingConnection(params) as amqp:
+        amqp.channel().basic_publish(
+            "amq.topic",
+            "typed",
+            b"typed",
+            pika.BasicProperties(
+                timestamp=1700000000,
+                headers={
+                    "at": datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC),
+                    "yes": True,
+                    "no": False,
+                    "raw": b"caf\xc3\xa9",
+                    "price": Decimal("12.50"),
+                    "nested": {"a": 1},
+                },
+            ),
+        )
+    (frame,) = c.collector.wait_messages(1)
+    h = frame.headers
+    assert h["timestamp"] == "1700000000"  # epoch seconds, the property
+    assert h["at"] == "1700000000"  # and a timestamp header alike
+    assert h["yes"] == "true"
+    assert h["no"] == "false"
+    assert h["raw"] == "café"
+    assert h["price"] == "12.5"  # pika sends the normalized decimal (125, 1 place)
+    assert "nested" not in h  # a table has no text form
 
 
 @pytest.mark.parametrize("version", VERSIONS)

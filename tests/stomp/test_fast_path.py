@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import re
 from collections.abc import Callable
+from datetime import UTC
 from typing import Any
 from unittest import mock
 
@@ -372,11 +373,25 @@ def test_header_line_equals_encode(name: str, value: str, version: str, command:
 # -- MESSAGE frames -------------------------------------------------------------------------
 
 
+# Core header values of every AMQP type (`broker.header_values.header_text` gives their text).
+_header_value = st.one_of(
+    _header_text,
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False),
+    st.binary(max_size=8),
+    st.decimals(allow_nan=False, allow_infinity=False, places=2),
+    st.datetimes(timezones=st.just(UTC)),
+    st.none(),
+    st.lists(st.integers(), max_size=2),
+)
+
+
 @st.composite
 def messages(draw: st.DrawFn) -> Message:
     p = Properties()
     if draw(st.booleans()):
-        p.headers = dict(draw(st.lists(st.tuples(_header_text, _header_text), max_size=4)))
+        p.headers = dict(draw(st.lists(st.tuples(_header_text, _header_value), max_size=4)))
         if draw(st.booleans()):
             p.headers["x-message-group-id"] = draw(_header_text)
     p.content_type = draw(st.none() | _plain)
@@ -385,6 +400,7 @@ def messages(draw: st.DrawFn) -> Message:
     p.correlation_id = draw(st.none() | _header_text)
     p.reply_to = draw(st.none() | st.sampled_from(["q", "/queue/r", "/temp-queue/t"]))
     p.message_id = draw(st.none() | _plain)
+    p.timestamp = draw(st.none() | st.datetimes(timezones=st.just(UTC)))
     exchange = draw(st.sampled_from(["", "amq.topic", "amq.direct", "ex:1"]))
     return Message(exchange, draw(_header_text), p, draw(st.binary(max_size=80)))
 
