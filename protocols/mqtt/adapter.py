@@ -269,8 +269,7 @@ class MQTTConnection:
             self.core = None
             self.session = None
         state = self.mqtt
-        if state is not None and state.owner is self:
-            state.owner = None
+        if state is not None and self.registry.release(state, self):
             if self.will is not None and publish_will:
                 self.registry.wills.schedule(
                     state, PendingWill(self.will, self.user, self.vhost, self.client_id)
@@ -386,9 +385,8 @@ class MQTTConnection:
 
         registry = self.registry
         key = (self.vhost, client_id)
+        registry.attach(self.vhost, client_id, self)  # takes over [MQTT-3.1.4-3]
         state = registry.sessions.get(key)
-        if state is not None and state.owner is not None:
-            state.owner.taken_over()
         if state is not None and packet.clean_start:
             registry.end_session(state)  # [MQTT-3.1.2-4]
             state = None
@@ -405,7 +403,6 @@ class MQTTConnection:
                 state.will = None  # resumed before the will delay [MQTT-3.1.3-9]
         state.expiry_interval = expiry
         state.version = self.version
-        state.owner = self
         state.disconnected_at = None
         self.mqtt = state
         registry.save(state)
