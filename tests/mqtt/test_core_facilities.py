@@ -15,7 +15,9 @@ from moorage.broker.broker import Broker
 from moorage.broker.clock import ManualClock
 from moorage.protocols.mqtt.adapter import MQTTConnection
 from moorage.protocols.mqtt.registry import client_key, registry_for
-from tests.harness import AdapterHarness, clocked_core
+from moorage.storage import MemoryStore
+from moorage.storage.store import DurabilityCallback
+from tests.harness import AdapterHarness, clocked_core, settle
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -81,3 +83,38 @@ async def test_a_client_held_by_flow_control_is_not_silent(core) -> None:
     harness.advance(14.0)
     harness.adapter.peer_held(clock.monotonic())  # the shell is not reading it
     assert harness.adapter.next_deadline() == pytest.approx(clock.monotonic() + 15.0)
+
+
+class HeldStore(MemoryStore):
+    """A memory store whose writes become durable only when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[DurabilityCallback] = []
+
+    def when_durable(self, callback: DurabilityCallback, *, removals: bool = True) -> None:
+        self.waiting.append(callback)
+
+    def make_durable(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for callback in waiting:
+            callback(None)
+
+
+async def test_a_puback_that_needs_nothing_waits_behind_one_that_waits_for_the_store() -> None:
+    store = HeldStore()
+    async with clocked_core(store=store) as (broker, clock):
+        registry = registry_for(broker)
+        registry.call_later = clock.call_later
+        registry.clock = clock.wall
+        harness = AdapterHarness(broker, clock, MQTTConnection)
+        harness.feed(connect(b"pub"))
+        assert harness.take() == CONNACK_311_ACCEPTED
+        harness.feed(b"\x33\x06\x00\x01t\x00\x01x")  # QoS 1, RETAIN: the store must have it
+        harness.feed(b"\x32\x06\x00\x01u\x00\x02x")  # QoS 1, routed nowhere: nothing to store
+        assert harness.take() == b""  # the second PUBACK may not overtake the first
+        store.make_durable()
+        await settle()
+        assert harness.take() == b"\x40\x02\x00\x01" + b"\x40\x02\x00\x02"
+        harness.feed(b"\x32\x06\x00\x01u\x00\x03x")  # nothing waits any more: at once
+        assert harness.take() == b"\x40\x02\x00\x03"
