@@ -13,9 +13,9 @@ this one (tests/test_layering.py checks that there is no cycle).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from moorage.broker.arguments import QueueOptions, parse_queue_arguments
 from moorage.broker.auth import User, UserDirectory
@@ -32,6 +32,8 @@ from moorage.broker.serialization import decode_arguments
 from moorage.broker.session import DeliverySink, Session
 from moorage.broker.vhost import HIDDEN_QUEUE_PREFIX, Exchange, VirtualHost
 from moorage.storage import MemoryStore, Store, Topology
+
+T = TypeVar("T")
 
 _connection_ids = itertools.count(1)
 
@@ -67,6 +69,7 @@ class Broker:
         # listener name -> bound port, filled by whoever starts listeners (the daemon)
         self.ports: dict[str, int] = {}
         self._client_ids: dict[str, ClientIds[Any]] = {}
+        self._extensions: dict[str, Any] = {}
         self._configured_vhosts = list(vhosts)
         self._message_ids = itertools.count(1).__next__
 
@@ -205,6 +208,17 @@ class Broker:
         if registry is None:
             registry = self._client_ids[protocol] = ClientIds()
         return registry
+
+    def extension(self, name: str, factory: Callable[[Broker], T]) -> T:
+        """The one object `name` an adapter keeps per broker, made by `factory` on first use.
+
+        For broker-wide protocol state (the MQTT session registry), so that it
+        lives and dies with its broker instead of in a module-level global.
+        """
+        found = self._extensions.get(name)
+        if found is None:
+            found = self._extensions[name] = factory(self)
+        return cast(T, found)
 
     def connect(
         self,

@@ -41,15 +41,17 @@ Mapping onto the core (see README.md):
   `mqtt-shared-<group>-<filter>`, consumed by every member session;
 - PUBLISH is `session.publish("amq.topic", Message(...))`; QoS 1 and 2 make
   the message persistent, and PUBACK/PUBREC wait for `store.when_durable`
-  when the publish was written to the store (retained messages included).
+  when the publish was written to the store (retained messages included),
+  through the connection's `OrderedReplies` (`broker.replies`).
   A PUBREC or PUBCOMP that follows a session change is sent only after the
   store has it, so QoS 2 exactly-once holds across a broker restart.
 
 Ordering constraints:
 - SUBACK is written before retained messages are put into the session's
   queue, so they reach the client after it.
-- A PUBACK/PUBREC that must wait for the store makes every later one wait
-  too (`_deferred`), so acknowledgements keep the order of the publishes.
+- A PUBACK/PUBREC/PUBCOMP that must wait for the store makes every later
+  one wait too (`OrderedReplies`), so acknowledgements keep the order of the
+  packets they answer.
 - On takeover the old connection releases its core connection (requeueing
   its unacked deliveries) before the new one starts consuming.
 """
@@ -64,7 +66,9 @@ from typing import Any
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
 from moorage.broker.errors import AccessRefused, BrokerError
+from moorage.broker.keepalive import Due, KeepAlive
 from moorage.broker.message import Message
+from moorage.broker.replies import OrderedReplies
 from moorage.broker.session import Session
 from moorage.protocols.mqtt.codec import (
     MQTT_5,
@@ -138,6 +142,7 @@ class MQTTConnection:
         self.client_id = ""
         self.keep_alive = 0
         self.core: ClientConnection | None = None
+        self.replies: OrderedReplies  # PUBACK/PUBREC/PUBCOMP in order; set with `core`
         self.session: Session | None = None
         self.mqtt: SessionState | None = None
         self.subscriptions: SessionSubscriptions | None = None  # once attached to a session
@@ -148,10 +153,8 @@ class MQTTConnection:
         self.topic_aliases: dict[int, str] = {}
         self.deliveries = Deliveries(shell, self.codec, self.registry)
         self.incoming_unacked = 0  # QoS 1 publishes whose PUBACK waits for the store
-        self._deferred = 0
         self._now = now
-        self._last_recv = now
-        self._deadline = now + limits.handshake_timeout
+        self.liveness = KeepAlive(now, limits.handshake_timeout)  # CONNECT timeout, Keep Alive
         self.writable = True
 
     # -- driven by the shell -----------------------------------------------------------
@@ -160,9 +163,8 @@ class MQTTConnection:
         """Feed bytes from the socket; handle every complete packet in order."""
         if self.state is State.CLOSED:
             return
-        self._now = self._last_recv = now
-        if self.state is State.CONNECTED and self.keep_alive:
-            self._deadline = now + self.keep_alive * 1.5  # [MQTT-3.1.2-24]
+        self._now = now
+        self.liveness.received(now)
         self.codec.receive_data(data)
         next_event = self.codec.next_event
         try:
@@ -188,23 +190,22 @@ class MQTTConnection:
 
     def peer_held(self, now: float) -> None:
         """The shell is not reading us (flow control): its silence is no missed keep-alive."""
-        self._last_recv = now
+        self.liveness.received(now)
 
     def next_deadline(self) -> float:
         """When `handle_timer` must run next (loop time; inf = never)."""
-        return self._deadline
+        return self.liveness.deadline()
 
     def handle_timer(self, now: float) -> None:
         """The CONNECT timeout and keep-alive (1.5 x Keep Alive, [MQTT-3.1.2-24])."""
         if self.state is State.CLOSED:
             return
         self._now = now
-        if now < self._deadline:
-            return
-        if self.state is State.CONNECT:
+        due = self.liveness.poll(now)
+        if due is Due.HANDSHAKE_TIMEOUT:
             log.info("closing %s: no CONNECT in time", self.shell.peer)
             self._close(publish_will=False)
-        else:
+        elif due is Due.PEER_SILENT:
             log.info("closing %s (%s): keep-alive timeout", self.shell.peer, self.client_id)
             self._disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT, publish_will=True)
 
@@ -268,8 +269,7 @@ class MQTTConnection:
             self.core = None
             self.session = None
         state = self.mqtt
-        if state is not None and state.owner is self:
-            state.owner = None
+        if state is not None and self.registry.release(state, self):
             if self.will is not None and publish_will:
                 self.registry.wills.schedule(
                     state, PendingWill(self.will, self.user, self.vhost, self.client_id)
@@ -350,9 +350,10 @@ class MQTTConnection:
         except BrokerError as e:
             self._refuse(ReasonCode.NOT_AUTHORIZED, e.text)
             return False
+        self.replies = self.core.ordered_replies()
         return True
 
-    def _on_connect(self, packet: Connect) -> None:  # noqa: C901 - section 3.1.4 in order
+    def _on_connect(self, packet: Connect) -> None:  # section 3.1.4, in order
         self.version = packet.protocol_version
         v5 = self.version == MQTT_5
         props = packet.properties
@@ -384,9 +385,8 @@ class MQTTConnection:
 
         registry = self.registry
         key = (self.vhost, client_id)
+        registry.attach(self.vhost, client_id, self)  # takes over [MQTT-3.1.4-3]
         state = registry.sessions.get(key)
-        if state is not None and state.owner is not None:
-            state.owner.taken_over()
         if state is not None and packet.clean_start:
             registry.end_session(state)  # [MQTT-3.1.2-4]
             state = None
@@ -403,15 +403,12 @@ class MQTTConnection:
                 state.will = None  # resumed before the will delay [MQTT-3.1.3-9]
         state.expiry_interval = expiry
         state.version = self.version
-        state.owner = self
         state.disconnected_at = None
         self.mqtt = state
         registry.save(state)
         self.state = State.CONNECTED
-        if self.keep_alive:
-            self._deadline = self._now + self.keep_alive * 1.5
-        else:
-            self._deadline = float("inf")
+        # [MQTT-3.1.2-24]: silent for 1.5 x Keep Alive is gone; the server sends no pings
+        self.liveness.start(self._now, recv_timeout=self.keep_alive * 1.5, send_interval=0)
 
         connack_props = MQTTProperties()
         if v5:
@@ -504,18 +501,18 @@ class MQTTConnection:
         if reason >= 0x80 and packet.qos == 2 and self.mqtt is not None:
             self.mqtt.incoming_qos2.discard(pid)
         ack: Packet = PubAck(pid, reason) if packet.qos == 1 else PubRec(pid, reason)
-        if not stored and not self._deferred:
+        replies = self.replies
+        if not replies.must_wait(stored=stored):
             if packet.qos == 1 and reason == ReasonCode.SUCCESS and self.codec.version != MQTT_5:
                 self.shell.send(encode_puback_fast(pid))  # == self.codec.send(ack)
             else:
                 self.send(ack)
             return
-        self._deferred += 1
-        self.incoming_unacked += packet.qos == 1
+        qos1 = packet.qos == 1
+        self.incoming_unacked += qos1
 
         def send(error: BaseException | None) -> None:
-            self._deferred -= 1
-            self.incoming_unacked -= packet.qos == 1
+            self.incoming_unacked -= qos1
             if self.state is not State.CONNECTED:
                 return
             if error is not None:
@@ -524,7 +521,7 @@ class MQTTConnection:
             self.send(ack)
 
         # PUBACK/PUBREC promise the message is safe, not that earlier acks are.
-        self.broker.store.when_durable(send, removals=False)
+        replies.send(send, stored=stored, removals=False)
 
     def _on_pubrel(self, packet: PubRel) -> None:
         state = self.mqtt
@@ -537,19 +534,14 @@ class MQTTConnection:
         else:
             reason = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND  # [MQTT-4.3.3-12]
         comp = PubComp(packet.packet_id, reason)
+
+        def send(_error: BaseException | None) -> None:
+            if self.state is State.CONNECTED:
+                self.send(comp)
+
         # PUBCOMP only once the store forgot the packet id: else a restart
         # would take a new PUBLISH reusing it for a duplicate
-        if self._deferred or saved:
-            self._deferred += 1
-
-            def send(_error: BaseException | None) -> None:
-                self._deferred -= 1
-                if self.state is State.CONNECTED:
-                    self.send(comp)
-
-            self.broker.store.when_durable(send)
-        else:
-            self.send(comp)
+        self.replies.send(send, stored=saved)
 
     # -- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from moorage.broker.header_values import header_text
 from moorage.broker.message import EXPIRES_AT_ANNOTATION, PERSISTENT, Message, Properties
 from moorage.protocols.mqtt.codec import Properties as MQTTProperties
 from moorage.protocols.mqtt.codec import Publish
@@ -122,14 +123,6 @@ def to_message(packet: Publish, client_id: str | None, now: float) -> Message:
     )
 
 
-def _header_text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
-
-
 def publish_properties(message: Message, remaining_expiry: int | None) -> MQTTProperties:
     """MQTT 5 PUBLISH properties for a core message (any protocol published it)."""
     p = message.properties
@@ -142,8 +135,8 @@ def publish_properties(message: Message, remaining_expiry: int | None) -> MQTTPr
     for name, value in (p.headers or {}).items():
         if name == CORRELATION_HEADER and isinstance(value, bytes):
             out.correlation_data = value
-        elif name != QOS_HEADER and isinstance(value, str | bytes | int | float | bool):
-            out.user_property.append((name, _header_text(value)))
+        elif name != QOS_HEADER and (text := header_text(value)) is not None:
+            out.user_property.append((name, text))  # the core's one rule (header_values)
     out.message_expiry_interval = remaining_expiry
     return out
 

@@ -1,8 +1,11 @@
 """The broker-wide registry of MQTT sessions, keyed by (vhost, client id).
 
-One `SessionRegistry` per `Broker` (`registry_for`), shared by every MQTT
-listener, TCP and WebSocket alike. It owns the sessions' lifetime: a network
-connection attaches to a session after CONNECT and detaches when it ends; a
+One `SessionRegistry` per `Broker` (`registry_for`, kept by
+`Broker.extension`), shared by every MQTT listener, TCP and WebSocket alike.
+It owns the sessions' lifetime: a network connection attaches to a session
+after CONNECT (`attach`, which takes over from a connection still attached
+[MQTT-3.1.4-3]) and detaches when it ends (`release`); which connection holds
+a session is the broker's `ClientIds` of "mqtt", keyed by `client_key`; a
 session with no expiry ends with its connection, others end when their
 expiry interval runs out (`detached`), or when a clean start replaces them.
 Ending a session deletes its queue, leaves its shared subscription groups and
@@ -11,7 +14,11 @@ publishes a pending will.
 Persistence: a persistent session's state is written to the store with
 `put_session` whenever it changes (`save`), and read back by `recover` when
 the first listener starts, together with the retained messages; its queue
-and messages are the core's durable queue.
+and messages are the core's durable queue. This is the one module of the
+MQTT package that calls the store (session records and the retained
+messages' recovery); acknowledgements wait for it through the connection's
+`OrderedReplies`, and retained messages are written by the core
+(`broker.retained`).
 
 It also holds the broker-wide parts that hang off sessions: the statistics
 and `$SYS` topics (`sys_topics`), wills (`wills`) and the session queue limit
@@ -23,11 +30,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from moorage.broker.broker import Broker
+from moorage.broker.client_ids import ClientIds
 from moorage.protocols.mqtt.dead_letters import SessionQueueLimit
 from moorage.protocols.mqtt.retained import restore
 from moorage.protocols.mqtt.session_state import (
@@ -44,18 +51,35 @@ log = logging.getLogger("moorage.mqtt")
 STORE_PROTOCOL = "mqtt"  # the `protocol` of our Store sessions
 
 
+class SessionOwner(Protocol):
+    """The network connection attached to a session."""
+
+    def taken_over(self) -> None:
+        """Another connection with the same client id arrived [MQTT-3.1.4-3]."""
+
+
+def client_key(vhost: str, client_id: str) -> str:
+    """A session's key in the broker's `ClientIds`: one client id per vhost.
+
+    Unambiguous because a client id never holds U+0000 [MQTT-1.5.4-2] (the
+    codec refuses it).
+    """
+    return f"{vhost}\x00{client_id}"
+
+
 class SessionRegistry:
     """Every MQTT session of one broker, and the broker-wide MQTT services."""
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.sessions: dict[tuple[str, str], SessionState] = {}
+        self.connections: ClientIds[SessionOwner] = broker.client_ids(STORE_PROTOCOL)
         self.shared_members: dict[tuple[str, str], set[SessionState]] = {}  # (vhost, queue)
         self.call_later: Callable[[float, Callable[[], None]], Any] | None = None
         self.clock: Callable[[], float] = time.time
         self.stats = Statistics()
         self.recovered = False
-        self.sys = SysTopics(broker, self.sessions, self.stats, self.now)
+        self.sys = SysTopics(broker, self.sessions, self.stats, self.now, self.connected)
         self.wills = Wills(broker, self.now, self.schedule)
         self.queue_limit = SessionQueueLimit(broker, self.stats)
 
@@ -67,6 +91,24 @@ class SessionRegistry:
         if self.call_later is None:
             raise RuntimeError("SessionRegistry has no timer (started outside a listener)")
         return self.call_later(delay, callback)
+
+    # -- which connection holds a session -------------------------------------------------
+
+    def attach(self, vhost: str, client_id: str, connection: SessionOwner) -> None:
+        """`connection` holds the client id now; one holding it before is taken over."""
+        key = client_key(vhost, client_id)
+        previous = self.connections.holder(key)
+        if previous is not None and previous is not connection:
+            previous.taken_over()  # [MQTT-3.1.4-3]: it leaves first (its will, its core)
+        self.connections.claim(key, connection)
+
+    def release(self, state: SessionState, connection: SessionOwner) -> bool:
+        """`connection` leaves `state`; False if it no longer held it (taken over)."""
+        return self.connections.release(client_key(state.vhost, state.client_id), connection)
+
+    def connected(self, state: SessionState) -> bool:
+        """Is a network connection attached to the session?"""
+        return self.connections.holder(client_key(state.vhost, state.client_id)) is not None
 
     # -- session lifetime ----------------------------------------------------------------
 
@@ -112,7 +154,6 @@ class SessionRegistry:
 
     def detached(self, state: SessionState) -> None:
         """Its connection is gone: expire it now or after its expiry interval."""
-        state.owner = None
         if state.expiry_interval == 0:
             self.end_session(state)
             return
@@ -160,7 +201,8 @@ class SessionRegistry:
                 self.end_session(state)
             else:
                 state.expiry_timer = self.schedule(remaining, self._ender(state))
-        restore(self.broker.vhosts, store, await store.load_retained())
+        for unreadable in restore(self.broker.vhosts, await store.load_retained()):
+            store.delete_retained(unreadable.vhost, unreadable.topic)
         for name in self.broker.vhosts:
             self.queue_limit.watch(name)
         if self.call_later is not None:
@@ -175,12 +217,6 @@ class SessionRegistry:
         self.queue_limit.close()
 
 
-_registries: weakref.WeakKeyDictionary[Broker, SessionRegistry] = weakref.WeakKeyDictionary()
-
-
 def registry_for(broker: Broker) -> SessionRegistry:
     """The one session registry of `broker` (shared by every MQTT listener)."""
-    reg = _registries.get(broker)
-    if reg is None:
-        reg = _registries[broker] = SessionRegistry(broker)
-    return reg
+    return broker.extension("mqtt.sessions", SessionRegistry)

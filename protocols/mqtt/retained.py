@@ -12,7 +12,8 @@ store, found through a word tree); this module holds MQTT's rules on top:
   confirms each result with MQTT's own grammar;
 - `retained_copy`: the copy a subscriber is sent, with RETAIN=1
   [MQTT-3.3.1-8] and without the publisher's id (no-local does not apply);
-- `restore`: retained messages read back from the store after a restart.
+- `restore`: retained messages read back from the store after a restart
+  (the registry reads them; this module never touches the store).
 
 Topics are the store's keys, as they always were (`Store.put_retained`).
 """
@@ -27,7 +28,6 @@ from moorage.broker.serialization import decode_message
 from moorage.broker.vhost import VirtualHost
 from moorage.protocols.mqtt.mapping import Annotation, annotate, annotation
 from moorage.protocols.mqtt.topics import filter_to_binding_key, matches
-from moorage.storage import Store
 from moorage.storage.store import RetainedRecord
 
 log = logging.getLogger("moorage.mqtt")
@@ -71,8 +71,13 @@ def retained_copy(original: Message) -> Message:
     )
 
 
-def restore(vhosts: dict[str, VirtualHost], store: Store, records: list[RetainedRecord]) -> None:
-    """File the retained messages read back from the store in their vhosts."""
+def restore(vhosts: dict[str, VirtualHost], records: list[RetainedRecord]) -> list[RetainedRecord]:
+    """File the retained messages read back from the store in their vhosts.
+
+    Returns:
+        The unreadable records, for the caller to delete from the store.
+    """
+    unreadable: list[RetainedRecord] = []
     for item in records:
         vhost = vhosts.get(item.vhost)
         if vhost is None:
@@ -82,6 +87,7 @@ def restore(vhosts: dict[str, VirtualHost], store: Store, records: list[Retained
             message = decode_message(item.data)
         except ValueError as e:
             log.warning("dropping unreadable retained message of %r: %s", item.topic, e)
-            store.delete_retained(item.vhost, item.topic)
+            unreadable.append(item)
             continue
         vhost.retained.restore(item.topic, message, item.message_id)
+    return unreadable

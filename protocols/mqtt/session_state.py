@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from moorage.broker.topic_trie import TopicTrie
 from moorage.protocols.mqtt.codec import Subscription, Will
@@ -41,13 +41,6 @@ SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 # Routing keys whose matching subscriptions a session remembers (emptied when
 # full); a session usually sees few topics, and the cache is per session.
 MATCH_CACHE_SIZE = 64
-
-
-class SessionOwner(Protocol):
-    """The network connection attached to a session."""
-
-    def taken_over(self) -> None:
-        """Another connection with the same client id arrived [MQTT-3.1.4-3]."""
 
 
 @dataclass(slots=True)
@@ -82,7 +75,6 @@ class SessionState:
     subscriptions: dict[str, SubscriptionState] = field(default_factory=dict)  # read-only
     incoming_qos2: set[int] = field(default_factory=set)  # PUBREC sent, PUBREL awaited
     outgoing_pubrel: set[int] = field(default_factory=set)  # PUBREL sent, PUBCOMP awaited
-    owner: SessionOwner | None = None
     expiry_timer: Any = None
     will: PendingWill | None = None
     queue_declared: bool = False

@@ -41,9 +41,11 @@ class SysTopics:
         sessions: Mapping[tuple[str, str], SessionState],
         stats: Statistics,
         now: Callable[[], float],
+        connected: Callable[[SessionState], bool],
     ) -> None:
         self.broker = broker
         self.sessions = sessions  # the registry's, read only
+        self._connected = connected  # is a connection attached to the session?
         self.stats = stats
         self._now = now
         self.started_at = now()
@@ -74,7 +76,7 @@ class SysTopics:
     def values(self) -> dict[str, str]:
         """The $SYS/broker/... topics and their current values (as Mosquitto names them)."""
         sessions = self.sessions
-        connected = sum(1 for s in sessions.values() if s.owner is not None)
+        connected = sum(1 for s in sessions.values() if self._connected(s))
         stats = self.stats
         retained = sum(len(vhost.retained) for vhost in self.broker.vhosts.values())
         return {
@@ -100,7 +102,7 @@ class SysTopics:
             owners = [
                 s
                 for s in self.sessions.values()
-                if s.vhost == vhost_name and s.owner is not None and s.subscriptions
+                if s.vhost == vhost_name and s.subscriptions and self._connected(s)
             ]
             for topic, value in self.values().items():
                 routing_key = topic_to_routing_key(topic)

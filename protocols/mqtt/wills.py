@@ -65,9 +65,8 @@ class Wills:
             publish = Publish(will.topic, will.payload, will.qos, will.retain, False, None)
             publish.properties = will.properties
             message = to_message(publish, pending.client_id, self._now())
-            vhost = self.broker.vhosts.get(pending.vhost)
-            if will.retain and vhost is not None:
-                retain(vhost, will.topic, message)
+            if will.retain:
+                retain(session.vhost, will.topic, message)
             session.publish(EXCHANGE, message)
         except BrokerError as e:
             log.info("will of %s not published: %s", pending.client_id, e.text)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -272,3 +274,34 @@ def test_amqp_transient_message_is_qos0(mqtt_broker: MQTTBroker, paho_client: Ma
     with contextlib.closing(connection):
         connection.channel().basic_publish("amq.topic", "t", b"x")
     assert sub.get().qos == 0
+
+
+def test_amqp_typed_headers_reach_mqtt_as_the_core_header_text(
+    mqtt_broker: MQTTBroker, paho_client: Make
+) -> None:
+    """AMQP header types become user properties by `header_values.header_text`."""
+    sub = paho_client("sub", protocol=paho.MQTTv5)
+    sub.connect()
+    sub.subscribe("typed", 1)
+    connection = pika.BlockingConnection(pika.URLParameters(mqtt_broker.amqp_url))
+    with contextlib.closing(connection):
+        connection.channel().basic_publish(
+            "amq.topic",
+            "typed",
+            b"x",
+            pika.BasicProperties(
+                headers={
+                    "at": datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC),
+                    "flag": True,
+                    "off": False,
+                    "raw": b"caf\xc3\xa9",
+                    "price": Decimal("12.5"),
+                },
+                delivery_mode=2,
+            ),
+        )
+    properties = dict(sub.get().properties.UserProperty)
+    assert properties["at"] == "1700000000"  # an AMQP timestamp: epoch seconds
+    assert (properties["flag"], properties["off"]) == ("true", "false")
+    assert properties["raw"] == "café"
+    assert properties["price"] == "12.5"
