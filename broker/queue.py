@@ -15,12 +15,8 @@ message body is put once per message, whatever the number of queues it
 reaches (`Message.store_id`).
 
 Paging: a stored queue keeps at most `memory_limit` bytes of ready bodies in
-RAM. Past that, new persistent entries are written to the store only and
-represented in `tail` by a `DiskRange` (a run of seqs, a few bytes whatever
-its length); transient entries keep their place in `tail` as themselves, so
-order is kept. When `ready` falls under half the limit, `_refill` reads the
-next batch back from the store, ahead of the consumers. Recovery after a
-restart is the same mechanism: each stored queue starts as one DiskRange.
+RAM; the rest waits in `tail`, mostly as runs of seqs in the store, and is
+read back ahead of the consumers (`broker.queue_paging`).
 
 Features (docs/queue-arguments.md): a queue's validated arguments are its
 `options` (`broker.arguments.QueueOptions`). They cost only when set:
@@ -39,46 +35,51 @@ Features (docs/queue-arguments.md): a queue's validated arguments are its
   TTL, dead-lettering, delivery limits, SAC and consumer timeouts page as
   plain queues do; entries read back keep their expiry time.
 
-Expiry follows RabbitMQ: an entry expires when it reaches the head of the
-queue past its time (a timer drops heads even without consumers); an expired
-entry behind a live one waits for it. Dead-lettering is `broker.dead_letter`.
+Rooms: this module owns the entries' bookkeeping (publish, requeue, settle,
+purge), the consumers and dispatch (never re-entrant: `_dispatching`).
+Paging is `broker.queue_paging`, expiry (TTL, `x-expires`)
+`broker.queue_expiry`, length limits and `x-delivery-delay`
+`broker.queue_limits`: mixins of `Queue`, sharing its state with no call in
+between. Dead-lettering is `broker.dead_letter`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from moorage.broker.arguments import QueueOptions, message_ttl_ms
+from moorage.broker.arguments import QueueOptions
 from moorage.broker.clock import Timer
 from moorage.broker.dead_letter import dead_letter
-from moorage.broker.delayed import DELAY_STORE_PREFIX, DelayScheduler
+from moorage.broker.delayed import DelayScheduler
 from moorage.broker.entry import DiskRange, QueueEntry
 from moorage.broker.errors import BrokerError
 from moorage.broker.fifo import Deduplicator, FifoReady, deduplication_id, group_of
 from moorage.broker.message import EXPIRES_AT_ANNOTATION, Message
+from moorage.broker.queue_expiry import QueueExpiry
+from moorage.broker.queue_limits import DELAYED, DELAYED_STORED, QueueLimits
+from moorage.broker.queue_paging import REFILL_BATCH, QueuePaging
 from moorage.broker.ready import PlainReady, PriorityReady, ReadyEntries, sorted_by_seq
-from moorage.broker.serialization import decode_message
 from moorage.broker.services import BrokerServices
-
-log = logging.getLogger("moorage.queue")
-
-REFILL_BATCH = 1000  # entries read back from the store at a time
 
 # What `Queue.publish` says happened to a message.
 ENQUEUED = 0  # queued, not written to the store
 STORED = 1  # queued and written: a confirm must wait for `when_durable`
 REJECTED = 2  # refused by `x-overflow: reject-publish(-dlx)`: the publisher gets a nack
 DUPLICATE = 3  # FIFO deduplication: accepted, confirmed, not queued again
-DELAYED_STORED = 4  # held by `x-delivery-delay` and written to the store
-DELAYED = 5  # held by `x-delivery-delay` in memory
+# DELAYED_STORED = 4 and DELAYED = 5: held by `x-delivery-delay` (`broker.queue_limits`)
 WRITTEN = frozenset({STORED, DELAYED_STORED})
 
-__all__ = ["DiskRange", "QueueEntry"]  # re-exported: they were born here
+__all__ = [  # re-exported: they were born here
+    "DELAYED",
+    "DELAYED_STORED",
+    "REFILL_BATCH",
+    "DiskRange",
+    "QueueEntry",
+]
 
 
 class QueueHost(Protocol):
@@ -164,8 +165,10 @@ class Consumer:
         self.queue.dispatch()
 
 
-class Queue:
+class Queue(QueueExpiry, QueuePaging, QueueLimits):
     """A queue in one vhost. Created through `VirtualHost.declare_queue`."""
+
+    vhost: QueueHost
 
     def __init__(
         self,
@@ -257,10 +260,6 @@ class Queue:
         in_memory = len(self.ready) + self.tail_entries
         return self.ready_bytes + self.tail_bytes + in_memory * entry_overhead
 
-    def set_next_seq(self, seq: int) -> None:
-        """Continue numbering after `seq` (used by recovery)."""
-        self._next_seq = itertools.count(seq + 1).__next__
-
     def _update_dispatch_mode(self) -> None:
         options = self.options
         self._plain_dispatch = not (
@@ -343,175 +342,6 @@ class Queue:
         if options.limited:
             self._enforce_limits()
         return STORED if persisted else ENQUEUED
-
-    def _expiry_of(self, message: Message) -> float:
-        """When an entry for `message` published now expires (0: never)."""
-        ttl = self.options.message_ttl
-        per_message = message_ttl_ms(message.properties.expiration)
-        if per_message is not None and (ttl is None or per_message < ttl):
-            ttl = per_message
-        now = self.clock.wall()
-        expires_at = now + ttl / 1000.0 if ttl is not None else 0.0
-        absolute = message.annotations.get(EXPIRES_AT_ANNOTATION) if message.annotations else None
-        if isinstance(absolute, int | float) and absolute > 0:
-            expires_at = min(expires_at, float(absolute)) if expires_at else float(absolute)
-        retention = self.vhost.broker.retention
-        if retention:
-            limit = now + retention
-            expires_at = min(expires_at, limit) if expires_at else limit
-        return expires_at
-
-    def _delay(self, message: Message, delay_ms: int) -> int:
-        return DELAYED_STORED if self._delay_scheduler().schedule(message, delay_ms) else DELAYED
-
-    def _delay_scheduler(self) -> DelayScheduler:
-        """The scheduler holding this queue's `x-delivery-delay` messages (made on first use)."""
-        if self.delays is None:
-
-            def release(message: Message) -> None:
-                if not self.deleted:
-                    self.publish(message, delayed=True)
-
-            self.delays = DelayScheduler(
-                self.vhost.broker,
-                self.vhost.name,
-                DELAY_STORE_PREFIX + "q." + self.name,
-                release,
-                stored=self.stored,
-            )
-        return self.delays
-
-    def _full(self, size: int) -> bool:
-        """Would one more message of `size` bytes go past a length limit?"""
-        options = self.options
-        if options.max_length is not None and self.message_count >= options.max_length:
-            return True
-        return (
-            options.max_length_bytes is not None
-            and self.ready_bytes + size > options.max_length_bytes
-        )
-
-    def _enforce_limits(self) -> None:
-        """drop-head: drop (dead-letter `maxlen`) the oldest entries while over a limit."""
-        options = self.options
-        max_length, max_bytes = options.max_length, options.max_length_bytes
-        while self.ready and (
-            (max_length is not None and self.message_count > max_length)
-            or (max_bytes is not None and self.ready_bytes > max_bytes)
-        ):
-            head = self.ready.peek()
-            if head is None:
-                break
-            self._drop(head, "maxlen")
-
-    def _page_out(self, entry: QueueEntry) -> None:
-        """Keep an entry out of memory (persistent) or behind the paged ones (transient)."""
-        self.tail_count += 1
-        tail = self.tail
-        if not entry.persisted:
-            tail.append(entry)
-            self.tail_bytes += len(entry.message.body)
-            self.tail_entries += 1
-            return
-        last = tail[-1] if tail else None
-        if isinstance(last, DiskRange):
-            last.last = entry.seq
-            last.count += 1
-        else:
-            tail.append(DiskRange(entry.seq, entry.seq, 1))
-
-    def _classify(self, entry: QueueEntry) -> None:
-        """Set the FIFO group or priority level of an entry read back from the store."""
-        options = self.options
-        if options.fifo:
-            entry.group = group_of(entry.message)
-        elif options.max_priority is not None:
-            entry.priority = min(entry.message.properties.priority or 0, options.max_priority)
-
-    def recover(self, count: int, max_seq: int) -> None:
-        """After a restart: `count` stored entries up to `max_seq` wait in the store."""
-        self.set_next_seq(max_seq)
-        if count:
-            self.tail.append(DiskRange(1, max_seq, count))
-            self.tail_count += count
-
-    async def preload(self) -> None:
-        """Read the first batch of a recovered queue before clients connect."""
-        if self.dedup is not None and self.stored:
-            await self.dedup.recover()
-        if self.options.delivery_delay and self.stored:
-            await self._delay_scheduler().recover()
-        self._refill()
-        if self._refill_task is not None:
-            await self._refill_task
-
-    def _refill(self) -> None:
-        """Bring tail entries into memory while under half the memory limit."""
-        tail = self.tail
-        while tail and self.ready_bytes < self.memory_limit // 2 and self._refill_task is None:
-            head = tail[0]
-            if isinstance(head, QueueEntry):
-                tail.popleft()
-                self.tail_count -= 1
-                size = len(head.message.body)
-                self.tail_bytes -= size
-                self.tail_entries -= 1
-                self.ready.append(head)
-                self.ready_bytes += size
-            else:
-                self._refill_task = asyncio.get_running_loop().create_task(self._read_range(head))
-
-    async def _read_range(self, head: DiskRange) -> None:
-        generation = self._generation
-        store = self.vhost.broker.store
-        try:
-            if self._may_expire and self.options.dead_letter_exchange is None:
-                # Due entries would only be read to be dropped: delete them on disk.
-                expired = await store.expire(self.vhost.name, self.name, self.clock.wall())
-                if expired:
-                    head.count -= expired
-                    self.tail_count = max(0, self.tail_count - expired)
-            stored = await store.read_queue(
-                self.vhost.name, self.name, head.first - 1, REFILL_BATCH
-            )
-        except Exception:
-            log.exception("cannot read queue %s back from the store", self.name)
-            self._refill_task = None
-            return
-        self._refill_task = None
-        if generation != self._generation or not self.tail or self.tail[0] is not head:
-            return
-        loaded = 0
-        featured = not (self._plain_publish and self._plain_dispatch)
-        expiring = False
-        for item in stored:
-            if item.seq > head.last:
-                break
-            message = decode_message(item.data)
-            message.store_id = item.message_id
-            entry = QueueEntry(
-                item.seq, message, True, item.delivery_count, getattr(item, "expires_at", 0.0)
-            )
-            if featured:
-                self._classify(entry)
-            expiring |= entry.expires_at > 0
-            self.ready.append(entry)
-            self.ready_bytes += len(message.body)
-            head.first = item.seq + 1
-            loaded += 1
-        head.count -= loaded
-        self.tail_count -= loaded
-        if loaded == 0 or head.count <= 0 or head.first > head.last:
-            # exhausted (entries may have expired on disk: trust the store, not the count)
-            self.tail.popleft()
-            self.tail_count -= max(head.count, 0)
-        if expiring and not self._may_expire:
-            self._may_expire = True
-            self._update_dispatch_mode()
-        self.dispatch()
-        if self._may_expire:
-            self._schedule_expiry()
-        self._refill()
 
     # -- delivering -------------------------------------------------------------
 
@@ -655,17 +485,6 @@ class Queue:
             self._refill()
         return entry
 
-    def reading_back(self) -> asyncio.Task[None] | None:
-        """The read of paged-out entries (started if need be), or None if none is paged out.
-
-        A basic.get that found nothing in memory waits for it and tries
-        again, rather than call a queue empty that is not.
-        """
-        if not self.tail:
-            return None
-        self._refill()
-        return self._refill_task
-
     def requeue(self, entries: Iterable[QueueEntry]) -> None:
         """Put delivered entries back in seq order, to be delivered again.
 
@@ -716,60 +535,6 @@ class Queue:
             dead_letter(self, entry.message, reason)
         if entry.persisted:
             self.vhost.remove_entry(self.name, entry)
-
-    # -- expiry -------------------------------------------------------------------
-
-    def _schedule_expiry(self) -> None:
-        """Arm the timer for the head entry's expiry, if it has one."""
-        head = self.ready.peek()
-        if head is None or not head.expires_at or self.deleted:
-            return
-        due = head.expires_at
-        if self._expiry_timer is not None:
-            if self._expiry_due <= due:
-                return
-            self._expiry_timer.cancel()
-        clock = self.clock
-        try:
-            self._expiry_timer = clock.call_later(due - clock.wall() + 0.001, self._expire_heads)
-        except RuntimeError:
-            return  # no loop running (a queue built outside the broker's loop)
-        self._expiry_due = due
-
-    def _expire_heads(self) -> None:
-        self._expiry_timer = None
-        if self.deleted:
-            return
-        now = self.clock.wall()
-        ready = self.ready
-        head = ready.peek()
-        while head is not None and head.expires_at and head.expires_at <= now:
-            self._drop(head, "expired")
-            head = ready.peek()
-        if self.tail and self.ready_bytes < self.memory_limit // 2:
-            self._refill()
-        self._schedule_expiry()
-
-    def touch(self) -> None:
-        """The queue was used (declared, consumed from, read): restart its `x-expires` clock."""
-        expires = self.options.expires
-        if not expires or self.deleted:
-            return
-        if self._unused_timer is not None:
-            self._unused_timer.cancel()
-            self._unused_timer = None
-        if self.consumers:
-            return
-        try:
-            self._unused_timer = self.clock.call_later(expires / 1000.0, self._expire_queue)
-        except RuntimeError:
-            return  # no loop running (a queue built outside the broker's loop)
-
-    def _expire_queue(self) -> None:
-        self._unused_timer = None
-        if not self.deleted and not self.consumers and self.name in self.vhost.queues:
-            log.info("queue %s expired after %d ms unused", self.name, self.options.expires)
-            self.vhost.delete_queue(self.name)
 
     def purge(self) -> int:
         """Drop every ready entry, in memory or paged out; returns how many."""

@@ -2,7 +2,7 @@
 
 A session belongs to a client connection and talks back to its adapter
 through a `DeliverySink`. It owns the delivery tags and the unacked map of
-its deliveries, the channel-wide prefetch, flow control and transactions.
+its deliveries, the channel-wide prefetch and flow control.
 
 Ordering constraints:
 - `consume` registers the consumer but delivers nothing; the adapter must
@@ -10,30 +10,22 @@ Ordering constraints:
   `Consumer.start()`, so no delivery can overtake the announcement.
 - A delivery is recorded in `unacked` *before* the sink is called, so an ack
   that the sink's client sends back at once always finds it.
-- In a transaction, publishes and acks are held until `tx_commit`, then
-  applied in the order they were made.
 
-Consumer timeout (`x-consumer-timeout`, or the broker-wide
-`limits.consumer_timeout`): a delivery not settled in time is taken out of
-`unacked` and returned to its queue for another consumer, as SQS's
-visibility timeout does (it counts towards `x-delivery-limit`). A late ack
-or nack of its tag is ignored instead of being an unknown-tag error. With
-`limits.consumer_timeout_action = "close"` the session is closed with 406
-instead, as RabbitMQ does (through the sink's optional `closed_by_broker`).
+Rooms: this module owns topology calls, consuming, deliveries and acks and
+the session's lifetime. Publishing and transactions are
+`broker.session_publishing`, consumer timeouts `broker.session_timeouts`:
+mixins of `Session`, sharing its state with no call in between.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from moorage.broker.auth import User
 from moorage.broker.clock import Timer
-from moorage.broker.delayed import delay_of
 from moorage.broker.entry import QueueEntry
 from moorage.broker.errors import (
     AccessRefused,
@@ -43,9 +35,14 @@ from moorage.broker.errors import (
 )
 from moorage.broker.memory import ENTRY_OVERHEAD
 from moorage.broker.message import Message
-from moorage.broker.queue import DUPLICATE, REJECTED, WRITTEN, Consumer, Queue
+from moorage.broker.queue import Consumer, Queue
 from moorage.broker.replies import OrderedReplies
+from moorage.broker.session_publishing import PublishResult, SessionPublishing
+from moorage.broker.session_timeouts import SessionTimeouts
+from moorage.broker.unacked import Unacked
 from moorage.broker.vhost import Exchange, VirtualHost
+
+__all__ = ["PublishResult"]  # re-exported: it was born here
 
 _consumer_ids = itertools.count(1)
 
@@ -65,60 +62,6 @@ class DeliverySink(Protocol):
         """The broker ended a consumer (its queue was deleted)."""
 
 
-@dataclass(slots=True)
-class PublishResult:
-    """What `Session.publish` did with a message.
-
-    Attributes:
-        routed: queues the message was routed to (0: unroutable). A message
-            held by a delayed exchange counts as routed to 1.
-        stored: some copy was written to the store: a confirm (PUBACK,
-            RECEIPT) must wait for `store.when_durable`.
-        rejected: queues that refused it (`x-overflow: reject-publish`): the
-            publisher should get a negative confirm (AMQP `basic.nack`).
-        duplicates: FIFO queues that had already seen its deduplication id
-            (accepted and confirmed, not queued again).
-        delayed: held for later delivery (`x-delay`, `x-delivery-delay`).
-        deferred: inside a transaction; nothing is known until `tx_commit`.
-
-    For callers written when `publish` returned a bool, the result is truthy
-    exactly when `stored` is.
-    """
-
-    routed: int = 0
-    stored: bool = False
-    rejected: int = 0
-    duplicates: int = 0
-    delayed: bool = False
-    deferred: bool = False
-
-    def __bool__(self) -> bool:
-        return self.stored
-
-
-def _count(result: PublishResult, outcome: int, queue: Queue, message: Message) -> None:
-    """Add what `Queue.publish` said (other than ENQUEUED) to a publish's result."""
-    if outcome in WRITTEN:
-        result.stored = True
-        result.delayed |= outcome != 1
-    elif outcome == REJECTED:
-        result.rejected += 1
-    elif outcome == DUPLICATE:
-        result.duplicates += 1
-        result.stored |= message.persistent and queue.stored
-    else:
-        result.delayed = True
-
-
-class _Unacked:
-    __slots__ = ("consumer", "entry", "queue")
-
-    def __init__(self, entry: QueueEntry, queue: Queue, consumer: Consumer | None) -> None:
-        self.entry = entry
-        self.queue = queue
-        self.consumer = consumer
-
-
 class SessionOwner(Protocol):
     """The client connection a session belongs to (`broker.broker.ClientConnection`)."""
 
@@ -136,8 +79,11 @@ class SessionOwner(Protocol):
         ...
 
 
-class Session:
+class Session(SessionPublishing, SessionTimeouts):
     """One logical channel of a client connection onto a vhost."""
+
+    connection: SessionOwner
+    sink: DeliverySink
 
     def __init__(self, connection: SessionOwner, sink: DeliverySink) -> None:
         self.connection = connection
@@ -146,7 +92,7 @@ class Session:
         self.user = connection.user
         self.sink = sink
         self.consumers: dict[str, Consumer] = {}
-        self.unacked: dict[int, _Unacked] = {}
+        self.unacked: dict[int, Unacked] = {}
         self.prefetch_count = 0  # channel-wide limit (basic.qos global=true); 0 = none
         self.consumer_prefetch = 0  # default for new consumers (basic.qos global=false)
         self.flow = True  # client-side flow (channel.flow) and transport writability
@@ -336,77 +282,6 @@ class Session:
         self.vhost.check_exclusive(queue, self.connection)
         return queue
 
-    # -- publishing -----------------------------------------------------------------
-
-    def publish(
-        self, exchange_name: str, message: Message, *, mandatory: bool = False
-    ) -> PublishResult:
-        """Route a message to its queues.
-
-        Returns a `PublishResult`: `stored` when the message was written to
-        the store (the caller must wait for `store.when_durable` before
-        confirming it), `rejected` when a full queue refused it (nack it),
-        `routed` how many queues it reached. An unroutable mandatory message
-        is handed back through `sink.returned`. Inside a transaction nothing
-        happens until `tx_commit` (the result has `deferred` set).
-        Raises NotFound (no such exchange), AccessRefused (no write permission,
-        internal exchange).
-
-        A repeated (exchange, routing key) takes the vhost's route cache
-        (`broker.routes`): no exchange lookup, no routing; the result, the
-        permission check and the effects are the same (proven against a broker
-        without the cache in tests/queues/test_publish_to_queue.py).
-        """
-        route = self.vhost.routes.get(exchange_name, message.routing_key)
-        if route is not None and self._tx is None:
-            self._check("write", exchange_name, "exchange")
-            self.connection.published = True
-            return self._publish_to(route.queues, message, mandatory)
-        exchange = self.vhost.lookup_exchange(exchange_name)
-        self._check("write", exchange_name, "exchange")
-        self.connection.published = True
-        if exchange.internal:
-            raise AccessRefused(
-                f"cannot publish to internal exchange '{exchange_name}' "
-                f"in vhost '{self.vhost.name}'"
-            )
-        if self._tx is not None:
-            self._tx.append(lambda: self._route(exchange, message, mandatory))
-            return PublishResult(deferred=True)
-        return self._route(exchange, message, mandatory)
-
-    def _route(self, exchange: Exchange, message: Message, mandatory: bool) -> PublishResult:
-        if exchange.delayed:
-            delay = delay_of(message)
-            if delay:
-                stored = self.vhost.delay_scheduler(exchange).schedule(message, delay)
-                return PublishResult(routed=1, stored=stored, delayed=True)
-        return self._publish_to(self.vhost.route(exchange, message), message, mandatory)
-
-    def _publish_to(
-        self, queues: tuple[Queue, ...], message: Message, mandatory: bool
-    ) -> PublishResult:
-        if not queues:
-            if mandatory:
-                self.sink.returned(message, 312, "NO_ROUTE")
-            return PublishResult()
-        result = PublishResult(routed=len(queues))
-        for queue in queues:
-            outcome = queue.publish(message)
-            if outcome:
-                _count(result, outcome, queue, message)
-        return result
-
-    def publish_to_queue(self, queue: Queue, message: Message) -> PublishResult:
-        """`publish("", message)`, kept for the STOMP adapter's `/queue/` fast path.
-
-        The caller has checked that `queue` is still the vhost's queue named
-        `message.routing_key`; the route cache reaches that same queue, so
-        this is `publish` (one cached lookup instead of the exchange lookup
-        and the routing), with its result, permission check and effects.
-        """
-        return self.publish("", message)
-
     # -- consuming --------------------------------------------------------------------
 
     def consume(
@@ -485,7 +360,7 @@ class Session:
         if consumer.no_ack:
             queue.settle(entry)
         else:
-            self.unacked[tag] = _Unacked(entry, queue, consumer)
+            self.unacked[tag] = Unacked(entry, queue, consumer)
             self._memory.unacked_bytes += len(entry.message.body) + ENTRY_OVERHEAD
             consumer.unacked += 1
             if entry.persisted:
@@ -510,7 +385,7 @@ class Session:
         if no_ack:
             queue.settle(entry)
         else:
-            self.unacked[tag] = _Unacked(entry, queue, None)
+            self.unacked[tag] = Unacked(entry, queue, None)
             self._memory.unacked_bytes += len(entry.message.body) + ENTRY_OVERHEAD
             if queue.consumer_timeout:
                 self._watch(tag, queue.consumer_timeout)
@@ -541,7 +416,7 @@ class Session:
 
     # -- acknowledgements -------------------------------------------------------------
 
-    def _take(self, delivery_tag: int, multiple: bool) -> list[_Unacked]:
+    def _take(self, delivery_tag: int, multiple: bool) -> list[Unacked]:
         """Remove and return the unacked deliveries an ack/nack refers to."""
         unacked = self.unacked
         if multiple:
@@ -594,7 +469,7 @@ class Session:
         ):
             raise PreconditionFailed(f"unknown delivery tag {delivery_tag}")
 
-    def _settle(self, items: list[_Unacked], *, requeue: bool | None) -> None:
+    def _settle(self, items: list[Unacked], *, requeue: bool | None) -> None:
         """Finish deliveries: ack (requeue=None), requeue (True) or drop (False)."""
         touched: dict[Queue, list[QueueEntry]] = {}
         self._forget(items)
@@ -621,7 +496,7 @@ class Session:
                 if queue not in touched:
                     queue.dispatch()
 
-    def _forget(self, items: list[_Unacked]) -> None:
+    def _forget(self, items: list[Unacked]) -> None:
         """`items` left `unacked`: they no longer count as unacked memory."""
         if items:
             self._memory.unacked_bytes -= len(items) * ENTRY_OVERHEAD + sum(
@@ -633,30 +508,6 @@ class Session:
         items = list(self.unacked.values())
         self.unacked.clear()
         self._settle(items, requeue=True)
-
-    # -- transactions -------------------------------------------------------------------
-
-    @property
-    def transactional(self) -> bool:
-        return self._tx is not None
-
-    def tx_select(self) -> None:
-        if self._tx is None:
-            self._tx = []
-
-    def tx_commit(self) -> None:
-        """Apply held publishes and acks in order. Raises PreconditionFailed outside a tx."""
-        if self._tx is None:
-            raise PreconditionFailed("channel is not transactional")
-        actions, self._tx = self._tx, []
-        for action in actions:
-            action()
-
-    def tx_rollback(self) -> None:
-        """Discard held publishes and acks (deliveries stay unacked)."""
-        if self._tx is None:
-            raise PreconditionFailed("channel is not transactional")
-        self._tx = []
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -682,48 +533,3 @@ class Session:
             by_queue.setdefault(item.queue, []).append(item.entry)
         for queue, entries in by_queue.items():
             queue.requeue(entries)
-
-    # -- consumer timeout ------------------------------------------------------------------
-
-    def _watch(self, tag: int, timeout: float) -> None:
-        """Return delivery `tag` to its queue unless it is settled within `timeout` seconds."""
-        deadline = self.clock.monotonic() + timeout
-        heapq.heappush(self._deadlines, (deadline, tag))
-        if self._deadline_timer is None or self._deadlines[0][1] == tag:
-            self._arm_deadline()
-
-    def _arm_deadline(self) -> None:
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-            self._deadline_timer = None
-        if not self._deadlines or self.closed:
-            return
-        due = self._deadlines[0][0] + 0.001
-        self._deadline_timer = self.clock.call_at(due, self._deadline_passed)
-
-    def _deadline_passed(self) -> None:
-        self._deadline_timer = None
-        now = self.clock.monotonic()
-        deadlines = self._deadlines
-        limits = self.vhost.broker.limits
-        closer = getattr(self.sink, "closed_by_broker", None)
-        rabbit_mode = getattr(limits, "consumer_timeout_action", "requeue") == "close"
-        if (
-            rabbit_mode
-            and closer is not None
-            and any(tag in self.unacked for d, tag in deadlines if d <= now)
-        ):
-            deadlines.clear()
-            # RabbitMQ's behaviour: the channel closes, which requeues everything
-            closer(PreconditionFailed("delivery acknowledgement timed out"))
-            return
-        expired: list[_Unacked] = []
-        while deadlines and deadlines[0][0] <= now:
-            _deadline, tag = heapq.heappop(deadlines)
-            item = self.unacked.pop(tag, None)
-            if item is not None:
-                self._timed_out.add(tag)
-                expired.append(item)
-        if expired:
-            self._settle(expired, requeue=True)
-        self._arm_deadline()

@@ -1,14 +1,13 @@
-"""Virtual hosts: the namespace of exchanges, queues and bindings, and routing.
+"""Virtual hosts: the namespace of exchanges, queues and the bindings between them.
 
-Routing follows RabbitMQ: the default exchange (`""`) delivers to the queue
-named by the routing key; other exchanges ask their type plug-in
-(`broker.exchange_types`) for destinations, following exchange-to-exchange
-bindings (each exchange visited once) and an exchange's `alternate-exchange`
-when it routes the message nowhere.
+Rooms: this module owns declaring and deleting exchanges and queues, the
+bindings between them, and the store writes queues ask for (`store_entry`,
+`remove_entry`). `Exchange` is `broker.exchange`; routing (the route cache,
+delayed exchanges) is `broker.vhost_routing`, a mixin of `VirtualHost`
+sharing its state with no call in between.
 
-An `x-delayed-message` exchange routes with the table of its `x-delayed-type`;
-a message published to it with a positive `x-delay` header is first held by
-the exchange's `DelayScheduler` (`broker.delayed`) and routed when due.
+Ordering rules: every topology change (declare, delete, bind, unbind) clears
+the route cache (`routes`) before the next publish can route.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from moorage.broker.arguments import parse_queue_arguments
-from moorage.broker.delayed import DELAY_STORE_PREFIX, DelayScheduler
+from moorage.broker.delayed import DelayScheduler
 from moorage.broker.entry import QueueEntry
 from moorage.broker.errors import (
     AccessRefused,
@@ -28,22 +27,23 @@ from moorage.broker.errors import (
     PreconditionFailed,
     ResourceLocked,
 )
-from moorage.broker.exchange_types import EXCHANGE_TYPES, ExchangeType, exchange_type
+from moorage.broker.exchange import DELAYED_EXCHANGE_TYPE, STANDARD_EXCHANGES, Exchange
+from moorage.broker.exchange_types import EXCHANGE_TYPES
 from moorage.broker.message import Message
 from moorage.broker.queue import Queue, QueueOwner
 from moorage.broker.retained import RetainedMessages
 from moorage.broker.routes import RouteCache
 from moorage.broker.serialization import encode_arguments, encode_message
 from moorage.broker.services import BrokerServices
+from moorage.broker.vhost_routing import CachedRoute, VhostRouting
 from moorage.storage import BindingRecord, ExchangeRecord, QueueRecord, Store
 
-STANDARD_EXCHANGES: tuple[tuple[str, str], ...] = (
-    ("amq.direct", "direct"),
-    ("amq.fanout", "fanout"),
-    ("amq.topic", "topic"),
-    ("amq.headers", "headers"),
-    ("amq.match", "headers"),
-)
+__all__ = [  # re-exported: they were born here
+    "DELAYED_EXCHANGE_TYPE",
+    "STANDARD_EXCHANGES",
+    "CachedRoute",
+    "Exchange",
+]
 
 # Queue arguments whose values must match on redeclaration (RabbitMQ's list);
 # any other argument is accepted and ignored when comparing.
@@ -66,62 +66,7 @@ EQUIVALENT_QUEUE_ARGS = frozenset(
     }
 )
 
-DELAYED_EXCHANGE_TYPE = "x-delayed-message"
 HIDDEN_QUEUE_PREFIX = "amq.moorage."  # store queues the core keeps for itself
-
-
-class Exchange:
-    """An exchange: a named router of one type. Hashable by identity."""
-
-    __slots__ = (
-        "arguments",
-        "auto_delete",
-        "delayed",
-        "durable",
-        "internal",
-        "name",
-        "router",
-        "type_name",
-    )
-
-    def __init__(
-        self,
-        name: str,
-        type_name: str,
-        *,
-        durable: bool,
-        auto_delete: bool = False,
-        internal: bool = False,
-        arguments: dict[str, Any] | None = None,
-    ) -> None:
-        self.name = name
-        self.type_name = type_name
-        self.durable = durable
-        self.auto_delete = auto_delete
-        self.internal = internal
-        self.arguments = arguments or {}
-        self.delayed = type_name == DELAYED_EXCHANGE_TYPE
-        if self.delayed:
-            type_name = str(self.arguments.get("x-delayed-type", ""))
-        self.router: ExchangeType = exchange_type(type_name)
-
-    def __repr__(self) -> str:
-        return f"<Exchange {self.name!r} {self.type_name}>"
-
-    @property
-    def alternate(self) -> str | None:
-        value = self.arguments.get("alternate-exchange")
-        return str(value) if value else None
-
-
-class CachedRoute:
-    """Where messages published to `exchange` with one routing key go (`broker.routes`)."""
-
-    __slots__ = ("exchange", "queues")
-
-    def __init__(self, exchange: Exchange, queues: tuple[Queue, ...]) -> None:
-        self.exchange = exchange
-        self.queues = queues
 
 
 def _inequivalent(
@@ -149,7 +94,7 @@ def server_queue_name() -> str:
     return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
 
-class VirtualHost:
+class VirtualHost(VhostRouting):
     """One vhost: its exchanges, queues and bindings, kept in memory and in the store."""
 
     def __init__(self, broker: BrokerServices, name: str) -> None:
@@ -499,63 +444,6 @@ class VirtualHost:
             self.name, source.name, destination.name, kind, routing_key, encode_arguments(arguments)
         )
 
-    # -- routing ------------------------------------------------------------------
-
-    def route(self, exchange: Exchange, message: Message) -> tuple[Queue, ...]:
-        """Every queue `message` reaches from `exchange`, each once, through the route
-        cache (`broker.routes`) when the route depends on the routing key alone."""
-        routing_key = message.routing_key
-        cached = self.routes.get(exchange.name, routing_key)
-        if cached is not None and cached.exchange is exchange:
-            return cached.queues
-        queues, by_key = self._walk(exchange, message)
-        if (
-            by_key
-            and not exchange.internal
-            and not exchange.delayed
-            and self.exchanges.get(exchange.name) is exchange
-        ):
-            self.routes.put(exchange.name, routing_key, CachedRoute(exchange, queues))
-        return queues
-
-    def _walk(self, exchange: Exchange, message: Message) -> tuple[tuple[Queue, ...], bool]:
-        """The queues `message` reaches from `exchange`, and whether every exchange on
-        the way routed by the routing key alone (the route may then be cached)."""
-        if exchange.name == "":
-            queue = self.queues.get(message.routing_key)
-            return ((queue,) if queue is not None else ()), True
-        routing_key = message.routing_key
-        headers = message.properties.headers
-        found: dict[Queue, None] = {}
-        seen = {exchange}
-        pending = [exchange]
-        by_key = True
-        while pending:
-            current = pending.pop()
-            by_key = by_key and current.router.routes_by_key
-            destinations = current.router.route(routing_key, headers)
-            if not destinations:
-                alternate = current.alternate
-                if alternate is not None:
-                    ae = self.exchanges.get(alternate)
-                    if ae is not None and ae not in seen:
-                        seen.add(ae)
-                        pending.append(ae)
-                continue
-            for dest in destinations:
-                if isinstance(dest, Queue):
-                    found[dest] = None
-                elif isinstance(dest, Exchange) and dest not in seen:
-                    seen.add(dest)
-                    pending.append(dest)
-        return tuple(found), by_key
-
-    def route_from(self, exchange: str, message: Message) -> tuple[Queue, ...]:
-        """Every queue `message` reaches from the exchange named `exchange` (none if
-        there is no such exchange)."""
-        source = self.exchanges.get(exchange)
-        return () if source is None else self.route(source, message)
-
     # -- persistence helpers used by queues ----------------------------------------
 
     @property
@@ -584,29 +472,6 @@ class VirtualHost:
 
     def remove_entry(self, queue: str, entry: QueueEntry) -> None:
         self.broker.store.ack(self.name, queue, entry.seq)
-
-    # -- delayed delivery -----------------------------------------------------------
-
-    def delay_scheduler(self, exchange: Exchange) -> DelayScheduler:
-        """The scheduler of a delayed exchange (made on first use)."""
-        scheduler = self.delay_schedulers.get(exchange.name)
-        if scheduler is None:
-            name = exchange.name
-
-            def release(message: Message) -> None:
-                current = self.exchanges.get(name)
-                if current is not None:
-                    for queue in self.route(current, message):
-                        queue.publish(message)
-
-            scheduler = self.delay_schedulers[name] = DelayScheduler(
-                self.broker,
-                self.name,
-                DELAY_STORE_PREFIX + "x." + name,
-                release,
-                stored=exchange.durable,
-            )
-        return scheduler
 
     # -- redrive ----------------------------------------------------------------------
 
