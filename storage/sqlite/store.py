@@ -565,16 +565,11 @@ class SQLiteStore:
         return self.path.parent
 
     async def backup(self, destination: Path) -> int:
-        """SQLite's online backup from the writer's own connection, queued like a read.
-
-        One step: the writer copies every page while nothing else runs on it, so
-        the copy is one consistent state; commits wait meanwhile (a copy runs at
-        disk speed, so the pause is about a second per few hundred MiB).
-        """
+        """SQLite's online backup in one step on the writer thread, queued like a read:
+        one consistent state; commits wait while the pages are copied."""
         destination = Path(destination)
         if destination.exists():
             raise StoreError(f"{destination} exists; a backup never overwrites a file")
-
         return await self._submit(lambda conn: backup_to(conn, destination))
 
     async def expire(self, vhost: str, queue: str, now: float, limit: int = 10000) -> int:
