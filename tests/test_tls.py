@@ -5,7 +5,6 @@ connected client while a new client gets the new one."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import socket
 import ssl
@@ -17,7 +16,6 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import aiohttp
 import paho.mqtt.client as paho
 import pika
 import pytest
@@ -246,17 +244,3 @@ def test_sighup_swaps_the_certificate_under_a_connected_client(
     _m, _p, body = channel.basic_get("through-the-swap", auto_ack=True)
     assert body == b"still here"
     connected.close()
-
-
-async def _wss_raw(port: int, ca: trustme.CA) -> int:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.ws_connect(
-            f"wss://127.0.0.1:{port}/ws", protocols=["mqtt"], ssl=client_context(ca)
-        ) as ws,
-    ):
-        return 0 if ws.closed else 1
-
-
-def test_raw_wss_handshake(tls_broker: RunningBroker, ca: trustme.CA) -> None:
-    assert asyncio.run(_wss_raw(tls_broker.daemon.ports["mqtt_wss"], ca)) == 1
