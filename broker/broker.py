@@ -193,6 +193,10 @@ class Broker:
             return self.users.authenticate_anonymous(from_loopback=from_loopback)
         return self.users.authenticate(username, password, from_loopback=from_loopback)
 
+    def ordered_replies(self) -> OrderedReplies:
+        """A new ordered stream of replies that wait for the store (`broker.replies`)."""
+        return OrderedReplies(self.store)
+
     @property
     def store_location(self) -> Path | None:
         """The folder the store keeps its files in (None: nothing on disk)."""
@@ -273,7 +277,7 @@ class ClientConnection:
 
     def ordered_replies(self) -> OrderedReplies:
         """A new ordered stream of replies that wait for the store (`broker.replies`)."""
-        return OrderedReplies(self.broker.store)
+        return self.broker.ordered_replies()
 
     def open_session(self, sink: DeliverySink) -> Session:
         """A new session whose deliveries go to `sink`."""

@@ -220,8 +220,8 @@ async def post_definitions(request: web.Request) -> web.Response:
             vhost = _text(item, "vhost", "/")
             actions.run(broker, _importer(admin, vhost), vhost, peer, make(item))
             touched.add(vhost)
-    for vhost in sorted(touched):
-        await after_store(request, _importer(admin, vhost), vhost)
+    if touched:
+        await after_store(request)
     return web.Response(status=204)
 
 

@@ -82,7 +82,7 @@ async def put_exchange(request: web.Request) -> web.Response:
             arguments=arguments,
         ),
     )
-    await after_store(request, user, vhost)
+    await after_store(request)
     return web.Response(status=204 if existed else 201)
 
 
@@ -101,7 +101,7 @@ async def delete_exchange(request: web.Request) -> web.Response:
         request.remote or "",
         lambda s: s.delete_exchange(name, if_unused=if_unused),
     )
-    await after_store(request, user, vhost)
+    await after_store(request)
     return web.Response(status=204)
 
 
@@ -118,7 +118,7 @@ async def publish(request: web.Request) -> web.Response:
     result = actions.run(
         broker_of(request), user, vhost, request.remote or "", lambda s: s.publish(name, message)
     )
-    await after_store(request, user, vhost)
+    await after_store(request)
     return ok({"routed": bool(result.routed)})
 
 
@@ -226,7 +226,7 @@ async def post_binding(request: web.Request) -> web.Response:
             request.remote or "",
             lambda s: s.bind_exchange(destination, source, routing_key, arguments),
         )
-    await after_store(request, user, vhost)
+    await after_store(request)
     # RabbitMQ's Location: relative to this path, the destination and the quoted key
     key = render.properties_key(routing_key, arguments)
     location = f"{quote(destination, safe='')}/{quote(key, safe='')}"
@@ -274,5 +274,5 @@ async def delete_binding(request: web.Request) -> web.Response:
             request.remote or "",
             lambda s: s.unbind_exchange(destination, source, key, arguments),
         )
-    await after_store(request, user, vhost)
+    await after_store(request)
     return web.Response(status=204)

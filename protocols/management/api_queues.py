@@ -73,7 +73,7 @@ async def put_queue(request: web.Request) -> web.Response:
             name, durable=durable, auto_delete=auto_delete, arguments=arguments
         ),
     )
-    await after_store(request, user, vhost)
+    await after_store(request)
     return web.Response(status=204 if existed else 201)
 
 
@@ -93,7 +93,7 @@ async def delete_queue(request: web.Request) -> web.Response:
         request.remote or "",
         lambda s: s.delete_queue(name, if_empty=if_empty, if_unused=if_unused),
     )
-    await after_store(request, user, vhost)
+    await after_store(request)
     return web.Response(status=204)
 
 
@@ -105,7 +105,7 @@ async def purge_queue(request: web.Request) -> web.Response:
     actions.run(
         broker_of(request), user, vhost, request.remote or "", lambda s: s.purge_queue(name)
     )
-    await after_store(request, user, vhost)
+    await after_store(request)
     return web.Response(status=204)
 
 
@@ -148,7 +148,7 @@ async def get_messages(request: web.Request) -> web.Response:
                 s.nack(tag, requeue=True)
             else:
                 s.ack(tag)
-    await after_store(request, user, vhost)
+    await after_store(request)
     return ok(out)
 
 

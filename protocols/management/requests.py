@@ -12,7 +12,6 @@ from aiohttp import web
 from moorage.broker import overview
 from moorage.broker.auth import User
 from moorage.broker.broker import Broker
-from moorage.protocols.management import actions
 from moorage.protocols.management.auth import authenticate, http_error, may_see_vhost, not_found
 
 BROKER_KEY: web.AppKey[Broker] = web.AppKey("broker", Broker)
@@ -54,13 +53,10 @@ async def body_of(request: web.Request) -> dict[str, Any]:
     return data
 
 
-async def after_store(request: web.Request, user: User, vhost: str) -> None:
+async def after_store(request: web.Request) -> None:
     """Wait until every change queued so far is durable (a declare-ok's promise)."""
     done: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-    with actions.session(broker_of(request), user, vhost, request.remote or "") as _s:
-        _s.connection.ordered_replies().send(
-            lambda error: None if done.done() else done.set_result(error), durable=True
-        )
+    broker_of(request).ordered_replies().send(done.set_result, durable=True)
     error = await done
     if error is not None:
         raise http_error(500, "internal_error", f"the store could not write: {error}")
