@@ -19,7 +19,8 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import aio_pika
 import pika
@@ -29,6 +30,7 @@ from pika.exceptions import AMQPError
 from tests.helpers import RunningBroker
 
 pytestmark = pytest.mark.timeout(180)
+T = TypeVar("T")
 
 ROUNDS = 20
 MESSAGES = 60
@@ -142,6 +144,18 @@ def proxy(broker: RunningBroker, request: pytest.FixtureRequest) -> Iterator[Cut
     cutting.close()
 
 
+async def _retried(call: Callable[[], Awaitable[T]]) -> T:
+    """`call()` until it returns: a cut can fail any call in flight, setup calls too
+    (a robust connection restores what was set up, not a call that was cut)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return await call()
+        except Exception:
+            assert time.monotonic() < deadline, "setup never got through the cuts"
+            await asyncio.sleep(0.05)
+
+
 # Cut mid-handshake under load, aio-pika's robust channels can leave close callbacks
 # that fail after the test's loop is gone ("No active transport in channel"); they
 # surface as unraisable-exception warnings from the client library, not the broker
@@ -159,8 +173,8 @@ async def test_aio_pika_connect_robust_gets_every_confirmed_message(
         with contextlib.suppress(OSError, aio_pika.exceptions.AMQPError, asyncio.TimeoutError):
             connection = await aio_pika.connect_robust(url, timeout=5)
     async with connection:
-        consume_channel = await connection.channel()
-        queue = await consume_channel.declare_queue("reconnect-aio", durable=True)
+        consume_channel = await _retried(connection.channel)
+        queue = await _retried(lambda: consume_channel.declare_queue("reconnect-aio", durable=True))
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             received.add(message.body)
@@ -169,8 +183,8 @@ async def test_aio_pika_connect_robust_gets_every_confirmed_message(
             with contextlib.suppress(Exception):
                 await message.ack()
 
-        await queue.consume(on_message)
-        publish_channel = await connection.channel()
+        await _retried(lambda: queue.consume(on_message))
+        publish_channel = await _retried(connection.channel)
         deadline = time.monotonic() + 150
         for n in range(MESSAGES):
             body = f"m{n}".encode()
