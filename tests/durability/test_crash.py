@@ -25,13 +25,19 @@ PERSISTENT = pika.BasicProperties(delivery_mode=2)
 
 
 def publish_until_killed(
-    process: BrokerProcess, queue: str, kill_after: float
+    process: BrokerProcess, queue: str, kill_after: float, after_confirms: int = 0
 ) -> tuple[bool, list[int]]:
-    """Declare `queue`, publish with confirms until the broker dies; (declared, confirmed)."""
+    """Declare `queue`, publish with confirms until the broker dies; (declared, confirmed).
+
+    The SIGKILL comes `kill_after` seconds after the connection opens, or, with
+    `after_confirms` > 0, that long after the `after_confirms`-th confirm: a
+    moment tied to progress, so that a slow machine still reaches it.
+    """
     declared, confirmed = False, []
     killer = threading.Timer(kill_after, process.kill)
     connection = pika.BlockingConnection(process.params)
-    killer.start()
+    if not after_confirms:
+        killer.start()
     try:
         channel = connection.channel()
         channel.confirm_delivery()
@@ -40,10 +46,13 @@ def publish_until_killed(
         for i in range(1_000_000):
             channel.basic_publish("", queue, f"{queue}:{i}".encode(), PERSISTENT)
             confirmed.append(i)  # basic_publish returns once the broker acked it
+            if len(confirmed) == after_confirms:
+                killer.start()  # publishing goes on while the timer runs
     except (pika.exceptions.AMQPError, OSError):
         pass
     finally:
-        killer.join()
+        if killer.ident is not None:  # started
+            killer.join()
         process.kill()
     return declared, confirmed
 
@@ -78,7 +87,13 @@ def test_kill_9_loses_no_confirmed_message(broker_process: BrokerProcess):
     for cycle in range(CYCLES):
         queue = f"crash-{cycle}"
         kill_after = rng.choice([0.0, 0.01, rng.uniform(0.02, 0.8)])
-        ok, confirmed[queue] = publish_until_killed(broker_process, queue, kill_after)
+        # Every other cycle kills some time after a random number of confirms
+        # (so some cycles confirm something however slow the machine is); the
+        # others at a moment counted from the connection (handshake, declare).
+        after_confirms = rng.randrange(1, 2000) if cycle % 2 else 0
+        ok, confirmed[queue] = publish_until_killed(
+            broker_process, queue, kill_after, after_confirms
+        )
         if ok:
             declared.add(queue)
             # the declare-ok came after a commit that carried the last reads' delivery marks
