@@ -60,7 +60,7 @@ class ExchangeType(Protocol):
     name: ClassVar[str]
     routes_by_key: ClassVar[bool]
     """Does ``route`` depend on the routing key alone (never on headers)? Such routes
-    may be cached per routing key until a binding changes (``broker.routes``)."""
+    may be cached per routing key until a binding changes (``broker.vhost_routing``)."""
 
     def validate_binding(self, routing_key: str, arguments: Mapping[str, Any]) -> None:
         """Raise ValueError (its text goes to the client) if the binding is not valid."""

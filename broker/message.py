@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 PERSISTENT = 2
 
@@ -41,6 +41,12 @@ class Properties:
 
 PROPERTY_NAMES: tuple[str, ...] = tuple(Properties.__dataclass_fields__)
 
+# The `Message.wire_cache` key of bytes that identify a message's properties:
+# equal bytes only for equal properties. The AMQP adapter keeps its encoded
+# basic properties under it (they arrive with every AMQP publish); the store's
+# encoding caches its share of a message's record by them.
+PROPERTIES_FINGERPRINT: Final = "amqp"
+
 
 @dataclass(slots=True, eq=False)
 class Message:
@@ -48,7 +54,10 @@ class Message:
 
     `store_id` is the id under which the store keeps the body once the message
     has been written (0 = not stored). `wire_cache` lets an adapter keep its
-    encoded form of the properties so that fan-out encodes them once.
+    encoded form of the properties so that fan-out encodes them once; its
+    entry `PROPERTIES_FINGERPRINT`, when an adapter sets it, holds bytes that
+    identify the properties (equal bytes, equal properties), which the store's
+    encoding uses as a cache key (`broker.serialization`).
 
     `annotations` hold protocol facts that no AMQP property carries (MQTT's
     publisher client id, retain flag, absolute expiry...). They are stored

@@ -63,6 +63,7 @@ from moorage.broker.queue_expiry import QueueExpiry
 from moorage.broker.queue_limits import DELAYED, DELAYED_STORED, QueueLimits
 from moorage.broker.queue_paging import REFILL_BATCH, QueuePaging
 from moorage.broker.ready import PlainReady, PriorityReady, ReadyEntries, sorted_by_seq
+from moorage.broker.serialization import store_entry
 from moorage.broker.services import BrokerServices
 
 # What `Queue.publish` says happened to a message.
@@ -91,8 +92,6 @@ class QueueHost(Protocol):
     def broker(self) -> BrokerServices: ...
     @property
     def queues(self) -> Mapping[str, Queue]: ...
-    def store_entry(self, queue: str, entry: QueueEntry) -> None: ...
-    def remove_entry(self, queue: str, entry: QueueEntry) -> None: ...
     def delete_queue(self, name: str) -> int: ...
     def route_from(self, exchange: str, message: Message) -> tuple[Queue, ...]:
         """The queues `message` reaches from the exchange named so (none if there is none)."""
@@ -292,7 +291,7 @@ class Queue(QueueExpiry, QueuePaging, QueueLimits):
         persisted = self.stored and message.persistent
         entry = QueueEntry(self._next_seq(), message, persisted)
         if persisted:
-            self.vhost.store_entry(self.name, entry)
+            store_entry(self.vhost.broker, self.vhost.name, self.name, entry)
         if self.tail or (persisted and self.ready_bytes > self.memory_limit):
             self._page_out(entry)
             return STORED if persisted else ENQUEUED
@@ -324,7 +323,7 @@ class Queue(QueueExpiry, QueuePaging, QueueLimits):
         elif options.max_priority is not None:
             entry.priority = min(message.properties.priority or 0, options.max_priority)
         if persisted:
-            self.vhost.store_entry(self.name, entry)
+            store_entry(self.vhost.broker, self.vhost.name, self.name, entry)
         if dedup_key is not None and self.dedup is not None:
             self.dedup.record(dedup_key)
         if expires_at and not self._may_expire:
@@ -519,7 +518,7 @@ class Queue(QueueExpiry, QueuePaging, QueueLimits):
         if not self._plain_dispatch:
             self.ready.released(entry)
         if entry.persisted and not self.deleted:
-            self.vhost.remove_entry(self.name, entry)
+            self.vhost.broker.store.ack(self.vhost.name, self.name, entry.seq)
 
     def reject(self, entry: QueueEntry) -> None:
         """A delivered entry was rejected without requeue: dead-letter it, then forget it."""
@@ -534,7 +533,7 @@ class Queue(QueueExpiry, QueuePaging, QueueLimits):
         if self.options.dead_letter_exchange is not None:
             dead_letter(self, entry.message, reason)
         if entry.persisted:
-            self.vhost.remove_entry(self.name, entry)
+            self.vhost.broker.store.ack(self.vhost.name, self.name, entry.seq)
 
     def purge(self) -> int:
         """Drop every ready entry, in memory or paged out; returns how many."""
@@ -543,7 +542,7 @@ class Queue(QueueExpiry, QueuePaging, QueueLimits):
         store = self.vhost.broker.store
         for entry in self.ready:
             if entry.persisted:
-                self.vhost.remove_entry(self.name, entry)
+                self.vhost.broker.store.ack(self.vhost.name, self.name, entry.seq)
         for item in self.tail:
             if isinstance(item, DiskRange):
                 store.ack_range(self.vhost.name, self.name, item.first, item.last)

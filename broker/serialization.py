@@ -1,4 +1,5 @@
-"""How the core turns messages and argument tables into bytes for the store.
+"""How the core turns messages and argument tables into bytes for the store, and
+writes a queue's persistent entries (`store_body`, `store_entry`).
 
 Both use the AMQP 0-9-1 field-table encoding (through pamqp): it is typed,
 compact, versionable and round-trips every value a client can send, which
@@ -18,7 +19,9 @@ from typing import Any
 
 from pamqp import decode, encode
 
-from moorage.broker.message import PROPERTY_NAMES, Message, Properties
+from moorage.broker.entry import QueueEntry
+from moorage.broker.message import PROPERTIES_FINGERPRINT, PROPERTY_NAMES, Message, Properties
+from moorage.broker.services import BrokerServices
 from moorage.field_table import field_table
 
 _VERSION = 1
@@ -43,7 +46,7 @@ def decode_arguments(data: bytes) -> dict[str, Any]:
 def encode_message(message: Message) -> bytes:
     """Serialize a message (routing information, properties, body) for the store."""
     cache = message.wire_cache
-    raw = cache.get(_AMQP_PROPERTIES) if cache is not None else None
+    raw = cache.get(PROPERTIES_FINGERPRINT) if cache is not None else None
     if raw is not None and not message.annotations:
         fast = _encode_with_known_properties(message, raw)
         if fast is not None:
@@ -60,6 +63,27 @@ def encode_message(message: Message) -> bytes:
     if encoded is None:
         encoded = field_table(table)  # pamqp's, with doubles kept
     return _VERSION_OCTET + encoded + message.body
+
+
+def store_body(broker: BrokerServices, message: Message) -> int:
+    """Write a message body to the store once; its id (also in `message.store_id`)."""
+    if not message.store_id:
+        message.store_id = broker.next_message_id()
+        data = encode_message(message)
+        broker.store.put_message(message.store_id, data)
+        broker.flow.wrote(len(data))
+    return message.store_id
+
+
+def store_entry(broker: BrokerServices, vhost: str, queue: str, entry: QueueEntry) -> None:
+    """Write a persistent queue entry (and its message body, once)."""
+    message = entry.message
+    if not message.store_id:
+        store_body(broker, message)
+    if entry.expires_at:
+        broker.store.enqueue(vhost, queue, entry.seq, message.store_id, entry.expires_at)
+    else:
+        broker.store.enqueue(vhost, queue, entry.seq, message.store_id)
 
 
 # -- the hot path: a table of short text and small numbers, by hand -----------------------
@@ -103,10 +127,9 @@ def _flat_entries(table: dict[str, Any]) -> bytes | None:
 
 
 # An AMQP publisher sends the same few property sets over and over, and the adapter
-# keeps their wire bytes on the message (`wire_cache["amqp"]`; equal bytes, equal
-# properties). Their share of the table is encoded once per property set: the
+# keeps their wire bytes on the message (`wire_cache[PROPERTIES_FINGERPRINT]`;
+# equal bytes, equal properties). Their share of the table is encoded once per property set: the
 # entries sorted before "k" and those between "k" and "x" (none sort after "x").
-_AMQP_PROPERTIES = "amqp"
 _PROPERTY_PARTS_LIMIT = 1024
 _property_parts: dict[bytes, tuple[bytes, bytes] | None] = {}
 _TEXT_K = _KEYS["k"] + b"S"  # the routing key's entry up to its length

@@ -113,7 +113,7 @@ class SessionPublishing:
         internal exchange).
 
         A repeated (exchange, routing key) takes the vhost's route cache
-        (`broker.routes`): no exchange lookup, no routing; the result, the
+        (`broker.vhost_routing`): no exchange lookup, no routing; the result, the
         permission check and the effects are the same (proven against a broker
         without the cache in tests/queues/test_publish_to_queue.py).
         """

@@ -1,8 +1,8 @@
 """Virtual hosts: the namespace of exchanges, queues and the bindings between them.
 
-Rooms: this module owns declaring and deleting exchanges and queues, the
-bindings between them, and the store writes queues ask for (`store_entry`,
-`remove_entry`). `Exchange` is `broker.exchange`; routing (the route cache,
+Rooms: this module owns declaring and deleting exchanges and queues and the
+bindings between them (a queue writes its own entries to the store through
+`broker.serialization.store_entry`). `Exchange` is `broker.exchange`; routing (the route cache,
 delayed exchanges) is `broker.vhost_routing`, a mixin of `VirtualHost`
 sharing its state with no call in between.
 
@@ -19,7 +19,6 @@ from typing import Any
 
 from moorage.broker.arguments import parse_queue_arguments
 from moorage.broker.delayed import DelayScheduler
-from moorage.broker.entry import QueueEntry
 from moorage.broker.errors import (
     AccessRefused,
     CommandInvalid,
@@ -32,10 +31,9 @@ from moorage.broker.exchange_types import EXCHANGE_TYPES
 from moorage.broker.message import Message
 from moorage.broker.queue import Queue, QueueOwner
 from moorage.broker.retained import RetainedMessages
-from moorage.broker.routes import RouteCache
-from moorage.broker.serialization import encode_arguments, encode_message
+from moorage.broker.serialization import encode_arguments, store_body
 from moorage.broker.services import BrokerServices
-from moorage.broker.vhost_routing import CachedRoute, VhostRouting
+from moorage.broker.vhost_routing import CachedRoute, RouteCache, VhostRouting
 from moorage.storage import BindingRecord, ExchangeRecord, QueueRecord, Store
 
 __all__ = [  # re-exported: they were born here
@@ -451,27 +449,8 @@ class VirtualHost(VhostRouting):
         return self.broker.store
 
     def store_body(self, message: Message) -> int:
-        """Write a message body to the store once; its id (also in `message.store_id`)."""
-        if not message.store_id:
-            message.store_id = self.broker.next_message_id()
-            data = encode_message(message)
-            self.broker.store.put_message(message.store_id, data)
-            self.broker.flow.wrote(len(data))
-        return message.store_id
-
-    def store_entry(self, queue: str, entry: QueueEntry) -> None:
-        """Write a persistent entry (and its message body, once)."""
-        store = self.broker.store
-        message = entry.message
-        if not message.store_id:
-            self.store_body(message)
-        if entry.expires_at:
-            store.enqueue(self.name, queue, entry.seq, message.store_id, entry.expires_at)
-        else:
-            store.enqueue(self.name, queue, entry.seq, message.store_id)
-
-    def remove_entry(self, queue: str, entry: QueueEntry) -> None:
-        self.broker.store.ack(self.name, queue, entry.seq)
+        """Write a message body to the store once (`broker.serialization.store_body`)."""
+        return store_body(self.broker, message)
 
     # -- redrive ----------------------------------------------------------------------
 
@@ -502,6 +481,6 @@ class VirtualHost(VhostRouting):
             message = entry.message.copy()
             to.publish(message)
             if entry.persisted:
-                self.remove_entry(dlq.name, entry)
+                self.broker.store.ack(self.name, dlq.name, entry.seq)
             moved += 1
         return moved

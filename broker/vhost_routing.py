@@ -13,24 +13,86 @@ A message published to an `x-delayed-message` exchange with a positive
 
 Ordering rules:
 - A route that depends on the routing key alone is cached
-  (`broker.routes`, as `CachedRoute`) for a live, non-internal, non-delayed
+  (`RouteCache`, as `CachedRoute`) for a live, non-internal, non-delayed
   exchange; every topology change in `broker.vhost` clears the cache, so a
   cached route is always the route `_walk` would find.
 - Each queue is reached once per message, whatever the number of paths.
+
+The route cache
+---------------
+Routing a message walks the exchange's table, exchange-to-exchange bindings
+and alternate exchanges (`VhostRouting.route`). For the exchange types whose
+answer depends on the routing key alone (direct, fanout, topic and the
+default exchange) the answer is the same for every message with the same
+(exchange, routing key) until the topology changes, so the vhost keeps it
+here and `Session.publish` takes it without looking the exchange up again.
+
+- What is cached: the exchange object and the queues, in routing order
+  (`CachedRoute`). Routes that depend on headers (a headers exchange met
+  anywhere on the walk), and publishes to internal or delayed exchanges
+  (which `Session.publish` treats apart), are never cached.
+- Invalidation: every change of the vhost's topology (exchange declared or
+  deleted, queue declared or deleted, binding added or removed, the restored
+  topology at start) clears the whole cache, synchronously, before anything
+  else can publish. Changes are rare next to publishes; a precise
+  invalidation would cost more to keep right than the misses cost.
+- Bound: at most `limit` routes (MQTT topics carrying a device id can make
+  routing keys without end); when full, the cache is cleared and refills
+  with what is published next. `limit=0` turns it off (the twin-broker
+  tests compare both ways).
+
+The cache holds values of any type: `VirtualHost` stores its `CachedRoute`s.
 """
 
 from __future__ import annotations
+
+from typing import Generic, TypeVar
 
 from moorage.broker.delayed import DELAY_STORE_PREFIX, DelayScheduler
 from moorage.broker.exchange import Exchange
 from moorage.broker.message import Message
 from moorage.broker.queue import Queue
-from moorage.broker.routes import RouteCache
 from moorage.broker.services import BrokerServices
+
+ROUTE_CACHE_LIMIT = 4096
+"""Routes kept per vhost: far more (exchange, key) pairs than a publisher mix of
+queues and topics repeats, and a few hundred KiB at most."""
+
+RouteT = TypeVar("RouteT")
+
+
+class RouteCache(Generic[RouteT]):
+    """A bounded map (exchange name, routing key) -> route, cleared on topology changes."""
+
+    __slots__ = ("_routes", "limit")
+
+    def __init__(self, limit: int = ROUTE_CACHE_LIMIT) -> None:
+        self.limit = limit
+        self._routes: dict[tuple[str, str], RouteT] = {}
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def get(self, exchange: str, routing_key: str) -> RouteT | None:
+        """The route remembered for this pair, or None."""
+        return self._routes.get((exchange, routing_key))
+
+    def put(self, exchange: str, routing_key: str, route: RouteT) -> None:
+        """Remember a route (clears everything first when the cache is full)."""
+        routes = self._routes
+        if len(routes) >= self.limit:
+            if not self.limit:
+                return
+            routes.clear()
+        routes[(exchange, routing_key)] = route
+
+    def clear(self) -> None:
+        """The topology changed: forget every route."""
+        self._routes.clear()
 
 
 class CachedRoute:
-    """Where messages published to `exchange` with one routing key go (`broker.routes`)."""
+    """Where messages published to `exchange` with one routing key go (`RouteCache`)."""
 
     __slots__ = ("exchange", "queues")
 
@@ -54,7 +116,7 @@ class VhostRouting:
 
     def route(self, exchange: Exchange, message: Message) -> tuple[Queue, ...]:
         """Every queue `message` reaches from `exchange`, each once, through the route
-        cache (`broker.routes`) when the route depends on the routing key alone."""
+        cache (`RouteCache`) when the route depends on the routing key alone."""
         routing_key = message.routing_key
         cached = self.routes.get(exchange.name, routing_key)
         if cached is not None and cached.exchange is exchange:

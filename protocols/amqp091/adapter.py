@@ -71,7 +71,7 @@ from moorage.protocols.amqp091.codec import (
 )
 from moorage.protocols.amqp091.events import method_ids
 from moorage.protocols.amqp091.handshake import FRAME_MIN_SIZE, credentials, start_method
-from moorage.protocols.amqp091.mapping import properties_payload, to_properties
+from moorage.protocols.amqp091.mapping import PROPERTIES_KEY, properties_payload, to_properties
 from moorage.protocols.tcp import Shell
 
 log = logging.getLogger("moorage.amqp")
@@ -453,7 +453,7 @@ class AMQPConnection:
                 method.exchange, method.routing_key, to_properties(properties), event.body
             )
             if event.properties_raw is not None:
-                message.wire_cache = {"amqp": event.properties_raw}
+                message.wire_cache = {PROPERTIES_KEY: event.properties_raw}
             result = channel.session.publish(method.exchange, message, mandatory=method.mandatory)
         except BrokerError as e:
             self.channel_error(channel, e, method)

@@ -5,9 +5,10 @@ is field for field. What this module adds is caching on the message: a
 message fanned out to many consumers is encoded once, in
 ``Message.wire_cache``:
 
-* ``"amqp"``: the encoded basic properties. A message published over AMQP
-  arrives with them (the codec's canonical re-encoding); any other message
-  gets them from :func:`~moorage.protocols.amqp091.properties.encode_properties`.
+* ``PROPERTIES_FINGERPRINT`` (``"amqp"``): the encoded basic properties. A
+  message published over AMQP arrives with them (the codec's canonical
+  re-encoding); any other message gets them from
+  :func:`~moorage.protocols.amqp091.properties.encode_properties`.
 * ``"amqp-route"``: the exchange and routing key as shortstrs, for
   basic.deliver.
 
@@ -20,11 +21,11 @@ from typing import Final
 
 from pamqp import commands
 
-from moorage.broker.message import Message, Properties
+from moorage.broker.message import PROPERTIES_FINGERPRINT, Message, Properties
 from moorage.protocols.amqp091.frames import shortstr
 from moorage.protocols.amqp091.properties import SENT_PROPERTY_NAMES, encode_properties
 
-PROPERTIES_KEY: Final = "amqp"
+PROPERTIES_KEY: Final = PROPERTIES_FINGERPRINT  # the core caches its store encoding by them
 ROUTE_KEY: Final = "amqp-route"
 
 

@@ -133,7 +133,7 @@ class Publisher:
         come from the headers as in `send`, once per header set
         (`send_plan`); the message then starts with the STOMP header caches
         such properties give. `Session.publish` (a repeated destination
-        takes its route cache, `broker.routes`) raises NotFound, as
+        takes its route cache, `broker.vhost_routing`) raises NotFound, as
         `lookup_exchange` would, when the exchange has gone.
         """
         plan = self.send_plan(frame)

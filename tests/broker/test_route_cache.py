@@ -1,4 +1,4 @@
-"""The route cache (`broker.routes`): same results as routing every time, and never stale.
+"""The route cache (`broker.vhost_routing`): same results as routing every time, and never stale.
 
 Twin brokers, one with the cache and one without (`limit=0`), go through the
 same random mix of publishes and topology changes (bindings to queues and
@@ -24,8 +24,8 @@ from moorage.broker.broker import Broker
 from moorage.broker.config import default_guest
 from moorage.broker.errors import BrokerError
 from moorage.broker.message import Message, Properties
-from moorage.broker.routes import RouteCache
 from moorage.broker.session import Session
+from moorage.broker.vhost_routing import RouteCache
 from moorage.storage import MemoryStore
 
 pytestmark = pytest.mark.timeout(60)

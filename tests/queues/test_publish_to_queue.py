@@ -23,8 +23,8 @@ from moorage.broker.broker import Broker
 from moorage.broker.config import default_guest
 from moorage.broker.errors import AccessRefused
 from moorage.broker.message import Message, Properties
-from moorage.broker.routes import RouteCache
 from moorage.broker.session import PublishResult
+from moorage.broker.vhost_routing import RouteCache
 from moorage.storage import MemoryStore
 
 QUEUES: dict[str, dict[str, Any]] = {
