@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 from tests.helpers import RunningBroker
-
-pytestmark = pytest.mark.timeout(30)
 
 
 def test_celery_task_round_trip(broker: RunningBroker) -> None:

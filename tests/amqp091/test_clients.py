@@ -23,8 +23,6 @@ from pamqp import commands
 from moorage.protocols.tcp import TCPShell
 from tests.helpers import Inbox, RunningBroker
 
-pytestmark = pytest.mark.timeout(15)
-
 LOOPS = pytest.mark.parametrize("broker", ["asyncio", "uvloop"], indirect=True)
 
 

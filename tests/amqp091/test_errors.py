@@ -30,8 +30,6 @@ from moorage.broker.config import default_guest
 from moorage.broker.errors import AccessRefused
 from tests.helpers import RawClient, RunningBroker, make_config, make_user
 
-pytestmark = pytest.mark.timeout(15)
-
 Connect = Callable[..., pika.BlockingConnection]
 
 

@@ -16,8 +16,6 @@ from pika.exceptions import AMQPConnectionError, ConnectionClosedByBroker
 
 from tests.helpers import RawClient, RunningBroker, make_config, pump_until
 
-pytestmark = pytest.mark.timeout(20)
-
 Connect = Callable[..., pika.BlockingConnection]
 LOOPS = pytest.mark.parametrize("broker", ["asyncio", "uvloop"], indirect=True)
 

@@ -13,8 +13,6 @@ from pika.exceptions import ChannelClosedByBroker, UnroutableError
 
 from tests.helpers import RawClient, RunningBroker, pump_until
 
-pytestmark = pytest.mark.timeout(15)
-
 Connect = Callable[..., pika.BlockingConnection]
 
 

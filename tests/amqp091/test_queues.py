@@ -18,8 +18,6 @@ from pika.exceptions import ChannelClosedByBroker
 
 from tests.helpers import Inbox, RawClient, RunningBroker, pump_until
 
-pytestmark = pytest.mark.timeout(15)
-
 Connect = Callable[..., pika.BlockingConnection]
 
 

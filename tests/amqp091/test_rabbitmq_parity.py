@@ -20,8 +20,6 @@ from aiormq import exceptions as aiormq_errors
 
 from tests.helpers import RunningBroker
 
-pytestmark = pytest.mark.timeout(30)
-
 
 async def test_deleting_a_missing_queue_is_delete_ok(broker: RunningBroker) -> None:
     connection = await aiormq.connect(broker.url)

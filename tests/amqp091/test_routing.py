@@ -14,8 +14,6 @@ import pytest
 
 from tests.helpers import RunningBroker
 
-pytestmark = pytest.mark.timeout(15)
-
 
 @pytest.fixture
 def channel(connect: Callable[..., pika.BlockingConnection]) -> Any:

@@ -1,4 +1,4 @@
-"""An in-process broker with the MQTT and AMQP listeners on port 0, on a background loop.
+"""An embedded broker with the MQTT and AMQP listeners, on a background loop.
 
 paho-mqtt and pika are blocking clients, so the broker runs on its own thread
 (`mqtt_broker.call` runs a function there). `PahoClient` wraps paho so each
@@ -9,25 +9,19 @@ library would send.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import queue
 import socket
-import threading
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.properties import Properties as PahoProperties
 from paho.mqtt.reasoncodes import ReasonCode as PahoReasonCode
 
-import moorage.protocols.amqp091.server
-import moorage.protocols.mqtt.server
-from moorage.broker.auth import UserDirectory
 from moorage.broker.broker import Broker
-from moorage.broker.config import default_guest
+from moorage.broker.embedded import embedded_config
 from moorage.protocols.mqtt.codec import (
     NEED_DATA,
     Connect,
@@ -36,86 +30,47 @@ from moorage.protocols.mqtt.codec import (
     Packet,
     Role,
 )
-from moorage.storage import MemoryStore
-from tests.helpers import make_user
+from tests.helpers import RunningBroker, make_user
 
-T = TypeVar("T")
 TIMEOUT = 10.0  # a generous bound for what must arrive (a loaded machine is slow, not wrong)
 
 
-class MQTTBroker:
-    """A Broker with MQTT and AMQP listeners, running on a background event loop."""
+class MQTTBroker(RunningBroker):
+    """An embedded broker (`moorage.broker.embedded`) with the MQTT and AMQP listeners,
+    on a background thread, with the MQTT tests' users and shortcuts."""
 
     def __init__(self) -> None:
-        users = UserDirectory(
-            [
-                default_guest(),
-                make_user("alice", "secret", {"/": (".*", ".*", ".*")}),
-                make_user("reader", "secret", {"/": (".*", "mqtt-.*", ".*")}),
-                make_user("noread", "secret", {"/": (".*", ".*", "mqtt-.*")}),
-            ],
-            loopback_users=frozenset({"guest"}),
+        super().__init__(
+            embedded_config(
+                protocols=("mqtt", "amqp"),
+                users=[
+                    make_user("alice", "secret", {"/": (".*", ".*", ".*")}),
+                    make_user("reader", "secret", {"/": (".*", "mqtt-.*", ".*")}),
+                    make_user("noread", "secret", {"/": (".*", ".*", "mqtt-.*")}),
+                ],
+            )
         )
-        self.broker = Broker(store=MemoryStore(), users=users)
-        self.loop = asyncio.new_event_loop()
-        self.errors: list[str] = []
-        self.loop.set_exception_handler(lambda _loop, ctx: self.errors.append(str(ctx)))
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.mqtt_port = 0
-        self.amqp_port = 0
-        self.listeners: list[Any] = []
 
     def start(self) -> MQTTBroker:
-        self._thread.start()
-        self.run(self._start())
+        super().start()
         return self
 
-    async def _start(self) -> None:
-        await self.broker.start()
-        mqtt = await moorage.protocols.mqtt.server.plugin.start(self.broker, "127.0.0.1", 0)
-        amqp = await moorage.protocols.amqp091.server.plugin.start(self.broker, "127.0.0.1", 0)
-        self.listeners = [mqtt, amqp]
-        self.mqtt_port = mqtt.server.sockets[0].getsockname()[1]
-        self.amqp_port = amqp.server.sockets[0].getsockname()[1]
+    @property
+    def broker(self) -> Broker:
+        """The core (only touch it through `call`)."""
+        return self.embedded.core
 
-    async def _stop(self) -> None:
-        for listener in self.listeners:
-            listener.server.close()
-            listener.shutdown_connections("test over")
-        async with asyncio.timeout(2):
-            while any(listener.connection_count() for listener in self.listeners):  # noqa: ASYNC110 - no close event to await
-                await asyncio.sleep(0.01)
-        for listener in self.listeners:
-            await listener.server.wait_closed()
-        await self.broker.stop()
-
-    def stop(self) -> None:
-        self.run(self._stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(TIMEOUT)
-        self.loop.close()
-
-    def run(self, coro: Any, timeout: float = TIMEOUT) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        result: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                result.set_result(fn(*args))
-            except BaseException as e:
-                result.set_exception(e)
-
-        self.loop.call_soon_threadsafe(run)
-        return result.result(TIMEOUT)
+    @property
+    def mqtt_port(self) -> int:
+        return self.embedded.ports["mqtt"]
 
     @property
     def amqp_url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/%2F"
+        return self.url
 
     def connection_count(self) -> int:
-        return self.call(lambda: self.listeners[0].connection_count())
+        """Open MQTT connections."""
+        return self.call(lambda: self.daemon.listeners["mqtt"].connection_count())
 
 
 @pytest.fixture

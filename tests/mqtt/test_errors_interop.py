@@ -28,8 +28,6 @@ from moorage.protocols.mqtt.codec import (
 )
 from tests.mqtt.conftest import MQTTBroker, PahoClient, RawClient
 
-pytestmark = pytest.mark.timeout(5)
-
 Raw = Callable[..., RawClient]
 Make = Callable[..., PahoClient]
 

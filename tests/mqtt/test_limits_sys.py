@@ -12,8 +12,6 @@ from moorage.protocols.mqtt.dead_letters import DEAD_LETTER_EXCHANGE
 from moorage.protocols.mqtt.registry import registry_for
 from tests.mqtt.conftest import MQTTBroker, PahoClient
 
-pytestmark = pytest.mark.timeout(10)
-
 Make = Callable[..., PahoClient]
 
 

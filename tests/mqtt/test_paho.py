@@ -16,8 +16,6 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from moorage.protocols.mqtt.dead_letters import INTERNAL_USER
 from tests.mqtt.conftest import MQTTBroker, PahoClient
 
-pytestmark = pytest.mark.timeout(5)
-
 Make = Callable[..., PahoClient]
 BOTH = pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv5], ids=["3.1.1", "5.0"])
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import pika
 import pytest
 
-pytestmark = pytest.mark.timeout(20)
-
 
 @pytest.mark.parametrize(
     ("arguments", "needle"),

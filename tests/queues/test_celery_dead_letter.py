@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from kombu import Exchange, Queue
 
 from tests.helpers import RunningBroker
 from tests.queues.helpers import wait_get
-
-pytestmark = pytest.mark.timeout(40)
 
 
 def test_celery_task_retried_then_dead_lettered(broker: RunningBroker, connect) -> None:

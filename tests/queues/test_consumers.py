@@ -8,8 +8,6 @@ import pytest
 from tests.helpers import Inbox, make_config, pump_until
 from tests.queues.helpers import get_all, persistent
 
-pytestmark = pytest.mark.timeout(30)
-
 
 def test_max_priority_delivers_highest_first(connect):
     ch = connect().channel()

@@ -1,4 +1,4 @@
-"""Fixtures for the STOMP tests: a core broker with STOMP and AMQP listeners on port 0.
+"""Fixtures for the STOMP tests: an embedded broker with STOMP and AMQP listeners.
 
 The broker runs on a background thread with its own event loop (stomp.py and
 pika are blocking clients). `stomp_client(version)` opens stomp.py
@@ -9,85 +9,50 @@ and lets a test wait on it (a condition variable, never a fixed sleep).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import stomp
 import stomp.utils
 
-import moorage.protocols.amqp091
-import moorage.protocols.amqp091.server
-import moorage.protocols.stomp.server
-from moorage.broker.auth import UserDirectory
 from moorage.broker.broker import Broker
-from moorage.broker.config import default_guest
-from moorage.storage import MemoryStore
+from moorage.broker.embedded import embedded_config
+from tests.helpers import RunningBroker
 
-T = TypeVar("T")
-TIMEOUT = 3.0
+TIMEOUT = 10.0  # a generous bound for what must arrive (a loaded machine is slow)
 
 
-class StompBroker:
-    """A `Broker` with STOMP and AMQP listeners, on its own loop thread."""
+class StompBroker(RunningBroker):
+    """An embedded broker (`moorage.broker.embedded`) with the STOMP and AMQP listeners
+    and the vhosts `/` and `other`, on a background thread."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.errors: list[str] = []
-        self.loop.set_exception_handler(lambda _loop, ctx: self.errors.append(str(ctx)))
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.broker = Broker(
-            store=MemoryStore(),
-            users=UserDirectory([default_guest()], frozenset({"guest"})),
-            vhosts=("/", "other"),
-        )
-        self.run(self.broker.start())
-        stomp, amqp = moorage.protocols.stomp.server.plugin, moorage.protocols.amqp091.server.plugin
-        self.stomp = self.run(stomp.start(self.broker, "127.0.0.1", 0))
-        self.amqp = self.run(amqp.start(self.broker, "127.0.0.1", 0))
-        self.port = self.stomp.server.sockets[0].getsockname()[1]
-        self.amqp_port = self.amqp.server.sockets[0].getsockname()[1]
+        super().__init__(embedded_config(protocols=("stomp", "amqp"), vhosts=("/", "other")))
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(TIMEOUT)
+    def start(self) -> StompBroker:
+        super().start()
+        return self
 
-    def call(self, fn: Callable[[], T]) -> T:
-        async def wrapper() -> T:
-            return fn()
+    @property
+    def broker(self) -> Broker:
+        """The core (only touch it through `call`)."""
+        return self.embedded.core
 
-        return self.run(wrapper())
+    @property
+    def port(self) -> int:
+        return self.embedded.ports["stomp"]
+
+    @property
+    def amqp_port(self) -> int:
+        return self.embedded.ports["amqp"]
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
-        deadline = time.monotonic() + timeout
-        while not self.call(predicate):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
-
-    def queue_exists(self, name: str, vhost: str = "/") -> bool:
-        return self.call(lambda: name in self.broker.vhosts[vhost].queues)
-
-    def stop(self) -> None:
-        async def close() -> None:
-            for listener in (self.stomp, self.amqp):
-                listener.server.close()
-                for conn in list(listener.connections):
-                    if conn.transport is not None:
-                        conn.transport.abort()
-            await self.broker.stop()
-
-        with contextlib.suppress(Exception):
-            self.run(close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(TIMEOUT)
-        self.loop.close()
+        return super().wait_until(predicate, timeout)
 
 
 class Collector(stomp.ConnectionListener):
@@ -178,7 +143,7 @@ class Client:
 
 @pytest.fixture
 def stomp_broker() -> Iterator[StompBroker]:
-    running = StompBroker()
+    running = StompBroker().start()
     yield running
     running.stop()
     assert not running.errors, running.errors

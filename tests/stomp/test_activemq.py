@@ -13,7 +13,6 @@ from tests.stomp.conftest import Client, RawStomp, StompBroker
 
 VERSIONS = ["1.0", "1.1", "1.2"]
 
-pytestmark = pytest.mark.timeout(10)
 
 ClientFactory = Callable[..., Client]
 

@@ -31,8 +31,6 @@ from moorage.storage.store import (
 )
 from tests.storage.conftest import Settle
 
-pytestmark = pytest.mark.timeout(30)
-
 V = "/"
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -26,8 +26,6 @@ from moorage.storage.store import (
 )
 from tests.storage.conftest import Settle
 
-pytestmark = pytest.mark.timeout(20)
-
 V = "/"
 
 

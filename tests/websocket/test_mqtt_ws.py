@@ -16,8 +16,6 @@ from moorage.protocols.mqtt.codec import ConnAck, Connect, Connection, Role
 from tests.helpers import RunningBroker, free_port, make_config, pump_until
 from tests.websocket.conftest import TIMEOUT, PahoWS
 
-pytestmark = pytest.mark.timeout(20)
-
 
 @pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv5], ids=["3.1.1", "5.0"])
 def test_paho_publish_subscribe(paho_ws, protocol):

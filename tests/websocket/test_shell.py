@@ -6,7 +6,6 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
 from aiohttp import WSCloseCode, WSMessage, WSMsgType
 
 from moorage.broker.clock import SYSTEM_CLOCK
@@ -19,8 +18,6 @@ from moorage.protocols.websocket import (
     offered_subprotocols,
 )
 from moorage.storage import MemoryStore
-
-pytestmark = pytest.mark.timeout(5)
 
 
 class FakeWS:

@@ -13,8 +13,6 @@ from stomp.adapter.ws import WSStompConnection
 
 from tests.websocket.conftest import TIMEOUT
 
-pytestmark = pytest.mark.timeout(20)
-
 
 class Listener(stomp.ConnectionListener):
     def __init__(self) -> None:
