@@ -21,10 +21,16 @@ from typing import Any
 
 import pika
 import pytest
+from hypothesis import settings
 
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Config
 from tests.helpers import RunningBroker
+
+# Property tests bound their work by examples, never by time: hypothesis's
+# default 200 ms deadline per example fails on a loaded machine.
+settings.register_profile("moorage", deadline=None)
+settings.load_profile("moorage")
 
 
 @pytest.fixture
