@@ -19,6 +19,8 @@ from moorage.broker.broker import Broker
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Config, ConfigError
 from moorage.broker.listeners import Listener, discover
+from moorage.broker.mounts import UnsafeFileSystem
+from moorage.broker.shared_storage import LeaseLost, SharedStorage
 from moorage.broker.systemd import Notifier, Watchdog
 from moorage.broker.tls import TLS_LISTENERS, TLSError, load_certificate, server_context
 from moorage.storage import MemoryStore, Store, StoreError
@@ -41,8 +43,11 @@ class StartupError(Exception):
     """The daemon cannot start; the message is the one-line reason."""
 
 
-def make_store(config: Config) -> Store:
-    """The store the configuration asks for, in its data directory."""
+def make_store(config: Config, guard: Callable[[], None] | None = None) -> Store:
+    """The store the configuration asks for, in its data directory.
+
+    `guard` runs inside every write transaction and refuses it by raising
+    (shared storage: `SharedStorage.check`)."""
     if config.storage.backend == "memory":
         return MemoryStore()
     from moorage.storage.sqlite import SQLiteStore
@@ -55,6 +60,7 @@ def make_store(config: Config) -> Store:
         config.data_dir / "moorage.db",
         durability=config.storage.durability,
         ack_window=config.storage.ack_window,
+        guard=guard,
     )
 
 
@@ -220,23 +226,72 @@ async def serve(
     )
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, lambda: _reload(daemon, reload, notifier))
-    await daemon.start()
+    watchdog = Watchdog(loop, notifier)
+    shared: SharedStorage | None = None
+    if config.storage.mode == "shared":
+        # A waiting broker is up (as a standby, like an ActiveMQ slave) but
+        # opens neither the store nor a listener until it takes over.
+        shared = SharedStorage(
+            config.data_dir, lease=config.storage.lease, poll=config.storage.lock_poll
+        )
+        notifier.send("READY=1", "STATUS=waiting for the shared-storage lock")
+        watchdog.start()
+        try:
+            shared.check_file_system()
+            if not await shared.acquire_unless(stop):
+                watchdog.cancel()
+                return
+        except (UnsafeFileSystem, OSError) as e:
+            watchdog.cancel()
+            raise StartupError(str(e)) from e
+        daemon.store = make_store(config, guard=shared.check)
+    try:
+        await daemon.start()
+    except BaseException:
+        watchdog.cancel()
+        if shared is not None:
+            shared.close()
+        raise
     tune_gc()
     if on_ready is not None:
         on_ready(daemon)
     log.info("moorage ready")
     listening = ", ".join(f"{name} {port}" for name, port in sorted(daemon.ports.items()))
     notifier.send("READY=1", f"STATUS=accepting connections: {listening}")
-    watchdog = Watchdog(loop, notifier)
-    watchdog.start()
+    if shared is None:
+        watchdog.start()
     try:
-        await stop.wait()
+        await _until_stopped(stop, shared)
     finally:
         log.info("shutting down")
         notifier.send("STOPPING=1", "STATUS=shutting down")
         watchdog.cancel()
-        await daemon.stop()
+        if shared is not None and shared.lost.is_set():
+            # The store refuses every write now (its guard); what it could not
+            # write was never confirmed.
+            with suppress(StoreError):
+                await daemon.stop()
+            shared.close()
+        else:
+            await daemon.stop()
+            if shared is not None:
+                await shared.release()
         log.info("stopped")
+    if shared is not None and shared.lost.is_set():
+        raise LeaseLost(f"shared-storage lease lost: {shared.lease_lost_reason()}")
+
+
+async def _until_stopped(stop: asyncio.Event, shared: SharedStorage | None) -> None:
+    """Until SIGTERM/SIGINT, or until the shared-storage lease is lost."""
+    if shared is None:
+        await stop.wait()
+        return
+    waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(shared.lost.wait())}
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
 
 
 def _reload(daemon: Daemon, read: Callable[[], Config], notifier: Notifier) -> None:
@@ -249,4 +304,4 @@ def _reload(daemon: Daemon, read: Callable[[], Config], notifier: Notifier) -> N
     notifier.send("READY=1", "STATUS=configuration reloaded")
 
 
-__all__ = ["ConfigError", "Daemon", "StartupError", "serve"]
+__all__ = ["ConfigError", "Daemon", "LeaseLost", "StartupError", "serve"]
