@@ -138,16 +138,14 @@ def mount_of(path: str | os.PathLike[str], mounts: list[Mount]) -> Mount | None:
 def find_mount(path: str | os.PathLike[str], mountinfo: Path = MOUNTINFO) -> Mount | None:
     """The mount holding `path` according to the table at `mountinfo`; None when unreadable.
 
-    `path` need not exist yet: its nearest existing parent is looked up.
+    `path` need not exist yet (`os.path.realpath` resolves the links of the
+    part that exists and keeps the rest).
     """
     try:
         text = mountinfo.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError:
         return None  # not Linux, or /proc not mounted
-    existing = Path(path).absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    return mount_of(existing, parse_mountinfo(text))
+    return mount_of(path, parse_mountinfo(text))
 
 
 class UnsafeFileSystem(Exception):
