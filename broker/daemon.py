@@ -238,13 +238,16 @@ async def serve(
         watchdog.start()
         try:
             shared.check_file_system()
+            # Import every plug-in and the store now: a takeover must not spend
+            # its first lease on imports that block the loop (and its renewals).
+            discover()
+            daemon.store = make_store(config, guard=shared.check)
             if not await shared.acquire_unless(stop):
                 watchdog.cancel()
                 return
         except (UnsafeFileSystem, OSError) as e:
             watchdog.cancel()
             raise StartupError(str(e)) from e
-        daemon.store = make_store(config, guard=shared.check)
     try:
         await daemon.start()
     except BaseException:

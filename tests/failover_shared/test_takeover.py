@@ -1,0 +1,149 @@
+"""Two broker processes on one data directory: the waiter takes over, nothing confirmed is lost.
+
+- SIGKILL the holder while a pika publisher with confirms runs: the waiter
+  (whose ports refused connections until then) serves within the lease,
+  and every confirmed message is there.
+- SIGSTOP the holder for longer than its lease: the waiter cannot take
+  over while the stopped process keeps its OS locks (flock, and SQLite's
+  exclusive lock), so it does not serve during the stop; after SIGCONT
+  the old holder notices its lease ran out before it writes anything,
+  confirms nothing that was sent to it meanwhile, and exits 3; the waiter
+  then takes over, with every confirmed message and without the unconfirmed one.
+
+Measured takeover times (kill to the waiter's ports accepting) are printed
+(`-s` shows them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+
+import pika
+import pika.exceptions
+
+from tests.failover_shared.pair import LEASE, SharedNode
+
+TAKEOVER_BOUND = LEASE + 30.0
+"""Kill to serving, generously: takeover is at once, plus start-up on a loaded machine."""
+
+
+def connect(node: SharedNode) -> pika.BlockingConnection:
+    return pika.BlockingConnection(
+        pika.ConnectionParameters("127.0.0.1", node.amqp_port, connection_attempts=1)
+    )
+
+
+def publish_until_stopped(
+    node: SharedNode, queue: str, confirmed: list[int], stop: threading.Event
+) -> None:
+    """Publish persistent numbered messages with confirms until the connection breaks."""
+    with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+        connection = connect(node)
+        channel = connection.channel()
+        channel.confirm_delivery()
+        n = 0
+        while not stop.is_set():
+            channel.basic_publish("", queue, str(n).encode(), pika.BasicProperties(delivery_mode=2))
+            confirmed.append(n)  # basic_publish returned: the broker confirmed it
+            n += 1
+
+
+def drain(node: SharedNode, queue: str) -> list[int]:
+    connection = connect(node)
+    try:
+        channel = connection.channel()
+        bodies = []
+        while True:
+            method, _props, body = channel.basic_get(queue, auto_ack=False)
+            if method is None:
+                return bodies
+            bodies.append(int(body))
+    finally:
+        connection.close()
+
+
+def declare(node: SharedNode, queue: str) -> None:
+    connection = connect(node)
+    connection.channel().queue_declare(queue, durable=True)
+    connection.close()
+
+
+def test_the_waiter_takes_over_from_a_killed_holder_with_every_confirmed_message(
+    pair: tuple[SharedNode, SharedNode],
+) -> None:
+    a, b = pair
+    assert not any(b.accepts(port) for port in b.ports)  # a waiting node opens no listener
+    declare(a, "killed")
+    confirmed: list[int] = []
+    stop = threading.Event()
+    publisher = threading.Thread(target=publish_until_stopped, args=(a, "killed", confirmed, stop))
+    publisher.start()
+    deadline = time.monotonic() + 30
+    while len(confirmed) < 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(confirmed) >= 200, a.text()
+    killed = time.monotonic()
+    a.kill()
+    serving = b.wait_serving(timeout=TAKEOVER_BOUND)
+    stop.set()
+    publisher.join(10)
+    print(f"\nshared storage: SIGKILL to the waiter serving: {serving - killed:.2f} s")
+    assert serving - killed < TAKEOVER_BOUND
+    assert "holder pid" in b.text()  # it knew the holder was gone, without waiting the lease
+    received = drain(b, "killed")
+    assert set(confirmed) <= set(received)
+    assert received == sorted(received)  # in publishing order
+    # The old node, restarted (as systemd would), waits behind the new holder.
+    a.spawn().wait_logged("waiting for the shared-storage lock")
+    assert not a.accepts()
+
+
+def test_a_stuck_holder_loses_its_lease_and_confirms_nothing_after_it_wakes(
+    pair: tuple[SharedNode, SharedNode],
+) -> None:
+    a, b = pair
+    declare(a, "stuck")
+    connection = connect(a)
+    channel = connection.channel()
+    channel.confirm_delivery()
+    for n in range(50):
+        channel.basic_publish("", "stuck", str(n).encode(), pika.BasicProperties(delivery_mode=2))
+
+    a.signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    outcome: list[str] = []
+
+    def publish_while_stopped() -> None:
+        # Sent into the stopped broker's socket buffer; it reads it when it wakes up.
+        try:
+            channel.basic_publish("", "stuck", b"-1", pika.BasicProperties(delivery_mode=2))
+        except pika.exceptions.NackError:
+            outcome.append("nack")
+        except (pika.exceptions.AMQPError, OSError) as e:
+            outcome.append(f"connection lost: {type(e).__name__}")
+        else:
+            outcome.append("confirmed")
+
+    late = threading.Thread(target=publish_while_stopped)
+    late.start()
+    # Well past the lease: the stopped holder keeps its locks, so the waiter waits.
+    while time.monotonic() < stopped + LEASE + 2.0:
+        assert not b.accepts()
+        time.sleep(0.1)
+    woken = time.monotonic()
+    a.signal(signal.SIGCONT)
+    assert a.wait_exit(30) == 3  # EXIT_LEASE_LOST: systemd restarts it as a waiter
+    late.join(30)
+    assert len(outcome) == 1
+    assert outcome[0] != "confirmed"
+    print(f"\nshared storage: the publish sent to the stopped holder: {outcome[0]}")
+    assert "lease lost" in a.text()
+    serving = b.wait_serving(timeout=TAKEOVER_BOUND)
+    print(f"\nshared storage: SIGCONT to the waiter serving: {serving - woken:.2f} s")
+    received = drain(b, "stuck")
+    assert received == list(range(50))  # every confirmed message, and not the late one
+    with contextlib.suppress(Exception):
+        connection.close()
