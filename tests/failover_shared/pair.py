@@ -132,9 +132,11 @@ class SharedPair:
     def ready(self, timeout: float = 60.0) -> tuple[SharedNode, SharedNode]:
         for node in self.nodes:
             if node.proc is None or node.proc.poll() is not None:
-                node.spawn()
-                if not any(n.holds() for n in self.nodes):
-                    node.wait_logged("took over the shared storage")  # the first one holds
+                node.spawn()  # both at once at first: whichever takes the lock holds
+        deadline = time.monotonic() + timeout
+        while not any(node.holds() for node in self.nodes):
+            assert time.monotonic() < deadline, [node.text() for node in self.nodes]
+            time.sleep(0.02)
         holder = next(node for node in self.nodes if node.holds())
         waiter = next(node for node in self.nodes if node is not holder)
         holder.wait_serving(timeout)

@@ -26,8 +26,8 @@ import pika
 from tests.failover_shared.pair import SharedNode, SharedPair
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "failover.md"
-COUNT = 400  # messages per example
-KILL_AFTER = 60  # ... of which this many are through when the holder is killed
+COUNT = 200  # messages per example
+KILL_AFTER = 40  # ... of which this many are through when the holder is killed
 
 
 def example(name: str, pair: SharedPair) -> dict[str, Any]:
