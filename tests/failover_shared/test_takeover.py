@@ -147,3 +147,21 @@ def test_a_stuck_holder_loses_its_lease_and_confirms_nothing_after_it_wakes(
     assert received == list(range(50))  # every confirmed message, and not the late one
     with contextlib.suppress(Exception):
         connection.close()
+
+
+def test_a_clean_stop_hands_the_storage_over_at_once(pair: tuple[SharedNode, SharedNode]) -> None:
+    a, b = pair
+    declare(a, "handed-over")
+    connection = connect(a)
+    channel = connection.channel()
+    channel.confirm_delivery()
+    for n in range(20):
+        channel.basic_publish(
+            "", "handed-over", str(n).encode(), pika.BasicProperties(delivery_mode=2)
+        )
+    connection.close()
+    a.signal(signal.SIGTERM)
+    assert a.wait_exit(30) == 0
+    b.wait_serving()
+    assert "(lease released by" in b.text()
+    assert drain(b, "handed-over") == list(range(20))
