@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from moorage.broker.cli import main
 from moorage.broker.config import Config, ConfigError
 
 
@@ -42,18 +41,12 @@ def test_bad_values_are_refused(tmp_path: Path, storage: str, reason: str) -> No
         load(tmp_path, storage)
 
 
-def test_the_flag_turns_shared_mode_on_and_is_checked(tmp_path: Path) -> None:
+def test_the_flag_turns_shared_mode_on_and_is_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "memory.toml"
     config.write_text('[storage]\nbackend = "memory"\n')
-    serve = [sys.executable, "-m", "moorage.broker.cli", "serve", "--shared-storage"]
-    result = subprocess.run(
-        [*serve, "--config", str(config), "--data-dir", str(tmp_path / "data")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
-        "moorage: storage.mode = 'shared' needs storage.backend = 'sqlite'"
+    assert main(["serve", "--shared-storage", "--config", str(config)]) == 2
+    assert capsys.readouterr().err == (
+        "moorage: storage.mode = 'shared' needs storage.backend = 'sqlite'\n"
     )
