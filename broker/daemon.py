@@ -229,25 +229,9 @@ async def serve(
     watchdog = Watchdog(loop, notifier)
     shared: SharedStorage | None = None
     if config.storage.mode == "shared":
-        # A waiting broker is up (as a standby, like an ActiveMQ slave) but
-        # opens neither the store nor a listener until it takes over.
-        shared = SharedStorage(
-            config.data_dir, lease=config.storage.lease, poll=config.storage.lock_poll
-        )
-        notifier.send("READY=1", "STATUS=waiting for the shared-storage lock")
-        watchdog.start()
-        try:
-            shared.check_file_system()
-            # Import every plug-in and the store now: a takeover must not spend
-            # its first lease on imports that block the loop (and its renewals).
-            discover()
-            daemon.store = make_store(config, guard=shared.check)
-            if not await shared.acquire_unless(stop):
-                watchdog.cancel()
-                return
-        except (UnsafeFileSystem, OSError) as e:
-            watchdog.cancel()
-            raise StartupError(str(e)) from e
+        shared = await _wait_for_shared_storage(daemon, stop, notifier, watchdog)
+        if shared is None:
+            return  # stopped while waiting
     try:
         await daemon.start()
     except BaseException:
@@ -269,19 +253,43 @@ async def serve(
         log.info("shutting down")
         notifier.send("STOPPING=1", "STATUS=shutting down")
         watchdog.cancel()
-        if shared is not None and shared.lost.is_set():
-            # The store refuses every write now (its guard); what it could not
-            # write was never confirmed.
-            with suppress(StoreError):
-                await daemon.stop()
-            shared.close()
-        else:
-            await daemon.stop()
-            if shared is not None:
-                await shared.release()
+        await _stop_daemon(daemon, shared)
         log.info("stopped")
     if shared is not None and shared.lost.is_set():
         raise LeaseLost(f"shared-storage lease lost: {shared.lease_lost_reason()}")
+
+
+# -- shared storage (broker.shared_storage, docs/failover.md) --------------------------
+
+
+async def _wait_for_shared_storage(
+    daemon: Daemon, stop: asyncio.Event, notifier: Notifier, watchdog: Watchdog
+) -> SharedStorage | None:
+    """Wait for the shared-storage lock and take over; None when stopped meanwhile.
+
+    A waiting broker is up (a standby, like an ActiveMQ slave: READY=1, the
+    watchdog pinged) but opens neither the store nor a listener until it
+    takes over. Raises StartupError (network file system, unusable lock file).
+    """
+    config = daemon.config
+    shared = SharedStorage(
+        config.data_dir, lease=config.storage.lease, poll=config.storage.lock_poll
+    )
+    notifier.send("READY=1", "STATUS=waiting for the shared-storage lock")
+    watchdog.start()
+    try:
+        shared.check_file_system()
+        # Import every plug-in and the store now: a takeover must not spend
+        # its first lease on imports that block the loop (and its renewals).
+        discover()
+        daemon.store = make_store(config, guard=shared.check)
+        if await shared.acquire_unless(stop):
+            return shared
+    except (UnsafeFileSystem, OSError) as e:
+        watchdog.cancel()
+        raise StartupError(str(e)) from e
+    watchdog.cancel()
+    return None
 
 
 async def _until_stopped(stop: asyncio.Event, shared: SharedStorage | None) -> None:
@@ -295,6 +303,21 @@ async def _until_stopped(stop: asyncio.Event, shared: SharedStorage | None) -> N
     finally:
         for waiting in waits:
             waiting.cancel()
+
+
+async def _stop_daemon(daemon: Daemon, shared: SharedStorage | None) -> None:
+    """`daemon.stop()`, then the lease released; after a lost lease, the lock dropped only."""
+    if shared is None:
+        await daemon.stop()
+    elif shared.lost.is_set():
+        # The store refuses every write now (its guard): what it could not
+        # write was never confirmed, and is not written by the closing flush.
+        with suppress(StoreError):
+            await daemon.stop()
+        shared.close()
+    else:
+        await daemon.stop()
+        await shared.release()
 
 
 def _reload(daemon: Daemon, read: Callable[[], Config], notifier: Notifier) -> None:
