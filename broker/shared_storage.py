@@ -38,7 +38,10 @@ pause, a stalled disk) and continued later runs whatever its loop finds
 ready first, client input included, before any renewal timer. The check on
 the writer thread reads the monotonic clock at the moment of writing, so a
 holder that slept through its lease refuses its first write after waking,
-whatever ran first.
+whatever ran first. (A transaction that passed the check just before the
+pause commits when the process resumes; the other node cannot have opened the
+file meanwhile -- see below -- so what it confirms is on disk for the next
+holder to recover.)
 
 What the lock guarantees on one machine: the kernel releases a `flock` and
 SQLite's own exclusive lock (`locking_mode=EXCLUSIVE`, `storage.sqlite.schema`)
