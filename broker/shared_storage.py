@@ -11,14 +11,15 @@ active/standby on one volume). Every broker started with
    neither the store nor a single client listener (a client's connection is
    refused, so its failover list moves on at once), and it watches the
    lease record (below).
-2. **Take over.** Holding the lock is necessary but not enough, because a
-   lock can be lost by a process that still runs (on file systems without
-   reliable locks). The waiter takes over when it holds the lock **and** the
-   lease record says the previous holder is gone: the record is missing,
-   was released by a clean shutdown, names a process on this host that no
-   longer exists, or has not changed for a whole lease duration *as measured
-   by the waiter's own monotonic clock* (no clock synchronisation between
-   machines is assumed). It then writes a new record with the epoch raised
+2. **Take over.** On a local file system the kernel frees a `flock` only
+   when its holder's process ends, so holding the lock is proof enough
+   (`trust_lock`, set by `check_file_system`). Elsewhere a lock can be lost
+   by a process that still runs, and the waiter takes over when it holds
+   the lock **and** the lease record says the previous holder is gone: the
+   record is missing, was released by a clean shutdown, names a process on
+   this host that no longer exists, or has not changed for a whole lease
+   duration *as measured by the waiter's own monotonic clock* (no clock
+   synchronisation between machines is assumed). It then writes a new record with the epoch raised
    by one, and only then opens the store, recovers and opens its listeners.
 3. **Hold.** The holder rewrites the record (owner, epoch, a renewal count,
    its wall-clock time for operators) every `lease / 4` seconds. A renewal
@@ -166,7 +167,12 @@ def process_alive(pid: int) -> bool:
 
 
 def may_take_over(
-    content: bytes | None, observer: LeaseObserver, now: float, host: str, alive: bool | None
+    content: bytes | None,
+    observer: LeaseObserver,
+    now: float,
+    host: str,
+    alive: bool | None,
+    trust_lock: bool = False,
 ) -> str | None:
     """Why a waiter that holds the lock may take over now, or None to keep waiting.
 
@@ -176,12 +182,16 @@ def may_take_over(
         now: the waiter's monotonic time.
         host: this machine's name.
         alive: whether the record's process exists (None: not asked, other host).
+        trust_lock: the lock is one the kernel frees only when its holder ends
+            (a local file system), so holding it proves the holder gone.
     """
     if content is None:
         return "no lease record"
     record = LeaseRecord.decode(content)
     if record is not None and record.released:
         return f"lease released by {record.owner}"
+    if trust_lock:
+        return "the lock is free on a local file system: its holder has ended"
     if record is not None and record.host == host and alive is False:
         return f"holder pid {record.pid} has ended"
     if observer.expired(now):
@@ -238,6 +248,8 @@ class SharedStorage:
         self.lost = asyncio.Event()
         self._lock_fd: int | None = None
         self._renewing: asyncio.Task[None] | None = None
+        self.trust_lock = False
+        """Holding the lock alone proves the holder gone (set on a local file system)."""
 
     # -- waiting and taking over ------------------------------------------------
 
@@ -251,9 +263,11 @@ class SharedStorage:
             if mountinfo is None
             else check_shared_storage(self.data_dir, mountinfo)
         )
+        self.trust_lock = mount is not None and mount.kind is FileSystemKind.LOCAL
         if mount is None:
             log.warning(
-                "cannot tell which file system holds %s; its locks are trusted", self.data_dir
+                "cannot tell which file system holds %s: a takeover may wait for the lease",
+                self.data_dir,
             )
         elif mount.kind is not FileSystemKind.LOCAL:
             log.warning(
@@ -329,7 +343,7 @@ class SharedStorage:
                     if record is not None and record.host == self.host
                     else None
                 )
-                reason = may_take_over(content, observer, now, self.host, alive)
+                reason = may_take_over(content, observer, now, self.host, alive, self.trust_lock)
                 if reason is not None:
                     return await self._take_over(record, reason)
                 # Keep the lock: the record's owner lost it while its lease runs.

@@ -106,6 +106,9 @@ def test_takeover_needs_the_holder_gone() -> None:
     # Another host's pid means nothing here: only the lease's age counts.
     assert may_take_over(live, observer, 7.9, "h2", False) is None
     assert may_take_over(live, observer, 8.0, "h2", None) == "lease expired"
+    # On a local file system the free lock is proof enough, whoever the record names.
+    assert "local file system" in str(may_take_over(live, observer, 0.0, "h2", None, True))
+    assert may_take_over(None, observer, 0.0, "h2", None, True) == "no lease record"
 
 
 def test_process_alive() -> None:

@@ -90,16 +90,27 @@ def test_no_mount_table_means_no_verdict(tmp_path: Path) -> None:
     assert check_shared_storage("/var/lib/moorage", tmp_path / "missing") is None
 
 
-def test_the_broker_refuses_an_nfs_data_directory_and_warns_about_unknown_ones(
+def test_the_broker_refuses_nfs_warns_about_unknown_and_trusts_local_locks(
     mountinfo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with pytest.raises(UnsafeFileSystem, match="nfs4"):
         SharedStorage(Path("/srv/efs/moorage")).check_file_system(mountinfo)
-    SharedStorage(Path("/mnt/odd/q")).check_file_system(mountinfo)
+    unknown = SharedStorage(Path("/mnt/odd/q"))
+    unknown.check_file_system(mountinfo)
     assert "weirdfs" in caplog.text
+    assert not unknown.trust_lock  # a takeover there also asks the lease
+    clustered = SharedStorage(Path("/mnt/cluster/q"))
+    clustered.check_file_system(mountinfo)
+    assert not clustered.trust_lock
     caplog.clear()
-    SharedStorage(Path("/var/lib/moorage")).check_file_system(mountinfo)
+    local = SharedStorage(Path("/var/lib/moorage"))
+    local.check_file_system(mountinfo)
     assert caplog.text == ""
+    assert local.trust_lock  # a free lock proves its holder gone
+    nowhere = SharedStorage(Path("/var/lib/moorage"))
+    nowhere.check_file_system(tmp_path / "no-mountinfo")
+    assert "cannot tell" in caplog.text
+    assert not nowhere.trust_lock
 
 
 def test_every_known_type_has_one_kind() -> None:
