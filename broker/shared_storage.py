@@ -370,6 +370,7 @@ class SharedStorage:
         )
         self.lease = Lease(record, self.duration)
         started = self.clock.monotonic()
+        await asyncio.to_thread(self._remove_stale_temporaries)
         await asyncio.to_thread(self._write, record)
         self.lease.renewed(started)
         log.warning(
@@ -459,9 +460,19 @@ class SharedStorage:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def _temporary(self) -> Path:
+        return self.lease_path.with_name(f"{LEASE_FILE}.{self.owner.replace(':', '-')}")
+
+    def _remove_stale_temporaries(self) -> None:
+        """Drop the temporary lease files of earlier holders that died while writing one."""
+        for path in self.data_dir.glob(f"{LEASE_FILE}.*"):
+            if path != self._temporary():
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
     def _write(self, record: LeaseRecord) -> None:
         """Replace the lease file atomically and durably (write, fsync, rename, fsync dir)."""
-        temporary = self.lease_path.with_name(f"{LEASE_FILE}.{self.owner.replace(':', '-')}")
+        temporary = self._temporary()
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             os.write(fd, record.encode())

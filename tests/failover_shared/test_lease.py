@@ -49,6 +49,10 @@ def storage(path: Path, clock: ManualClock, host: str = "h1") -> SharedStorage:
     return SharedStorage(path, lease=LEASE, poll=POLL, clock=clock, host=host)
 
 
+def files(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
+
+
 async def turn(times: int = 20) -> None:
     """Let the loop run what is ready (tasks, and threads' results)."""
     for _ in range(times):
@@ -131,6 +135,14 @@ async def test_the_first_broker_takes_over_at_epoch_one(tmp_path: Path) -> None:
     await a.release()
     released = LeaseRecord.decode((tmp_path / LEASE_FILE).read_bytes())
     assert released == dataclasses.replace(taken, released=True)
+
+
+async def test_a_new_holder_removes_the_half_written_lease_of_a_dead_one(tmp_path: Path) -> None:
+    (tmp_path / f"{LEASE_FILE}.h1-999-abc").write_bytes(b'{"owner": "h1:99')
+    a = storage(tmp_path, ManualClock())
+    await a.acquire()
+    assert files(tmp_path) == [LEASE_FILE, "moorage.lock"]
+    await a.release()
 
 
 async def test_a_renewed_lease_keeps_running(tmp_path: Path) -> None:
