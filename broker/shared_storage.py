@@ -19,8 +19,9 @@ active/standby on one volume). Every broker started with
    record is missing, was released by a clean shutdown, names a process on
    this host that no longer exists, or has not changed for a whole lease
    duration *as measured by the waiter's own monotonic clock* (no clock
-   synchronisation between machines is assumed). It then writes a new record with the epoch raised
-   by one, and only then opens the store, recovers and opens its listeners.
+   synchronisation between machines is assumed). It then writes a new
+   record with the epoch raised by one, and only then opens the store,
+   recovers and opens its listeners.
 3. **Hold.** The holder rewrites the record (owner, epoch, a renewal count,
    its wall-clock time for operators) every `lease / 4` seconds. A renewal
    counts from the moment it *started*: the holder's lease runs until
