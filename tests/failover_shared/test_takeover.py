@@ -151,12 +151,14 @@ def test_a_stuck_holder_loses_its_lease_and_confirms_nothing_after_it_wakes(
 
     late = threading.Thread(target=publish_while_stopped)
     late.start()
-    # Well past the lease: the stopped holder keeps its locks, so the waiter waits.
-    while time.monotonic() < stopped + LEASE + 1.0:
-        assert not b.accepts()
-        time.sleep(0.1)
-    woken = time.monotonic()
-    a.signal(signal.SIGCONT)
+    try:
+        # Well past the lease: the stopped holder keeps its locks, so the waiter waits.
+        while time.monotonic() < stopped + LEASE + 1.0:
+            assert not b.accepts()
+            time.sleep(0.1)
+    finally:
+        woken = time.monotonic()
+        a.signal(signal.SIGCONT)  # also when the loop failed: the pair is shared
     assert a.wait_exit(30) == 3  # EXIT_LEASE_LOST: systemd restarts it as a waiter
     late.join(30)
     assert len(outcome) == 1
