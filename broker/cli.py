@@ -13,6 +13,10 @@ from moorage.broker import __version__, ctl
 from moorage.broker.config import DEFAULT_PORTS, Config, ConfigError
 from moorage.broker.daemon import StartupError, serve
 from moorage.broker.loop import loop_factory
+from moorage.broker.shared_storage import LeaseLost
+
+EXIT_LEASE_LOST = 3
+"""`moorage serve` lost its shared-storage lease and stopped (systemd restarts it)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-cert", metavar="FILE", help="server certificate chain (PEM)")
     s.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
     s.add_argument("--tls-ca", metavar="FILE", help="CA bundle for client certificates (PEM)")
+    s.add_argument(
+        "--shared-storage",
+        action="store_true",
+        help="share the data directory with another broker: the lock holder serves, "
+        "the other waits (storage.mode = 'shared', docs/failover.md)",
+    )
     s.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity"
     )
@@ -87,6 +97,9 @@ def _reread(args: argparse.Namespace) -> Config:
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
     )
+    if args.shared_storage:
+        config.storage.mode = "shared"
+        config.storage.check_mode()
     return config
 
 
@@ -107,6 +120,9 @@ def _serve(args: argparse.Namespace) -> int:
     except StartupError as e:
         print(f"moorage: {e}", file=sys.stderr)
         return 1
+    except LeaseLost as e:  # shared storage: another broker may hold the store now
+        print(f"moorage: {e}", file=sys.stderr)
+        return EXIT_LEASE_LOST
     except KeyboardInterrupt:
         pass
     return 0

@@ -69,6 +69,19 @@ class StorageConfig:
     durability: str = "fsync"  # "fsync" or "nosync"
     retention: float = 0.0  # seconds a message may stay queued (0 = no limit)
     ack_window: float = 0.1  # seconds a delivered message may wait for its ack unwritten
+    # Shared-storage failover (broker.shared_storage, docs/failover.md "Shared storage"):
+    mode: str = "single"  # "single", or "shared": brokers on one data_dir under a lock
+    lease: float = 10.0  # seconds a lock holder may go without renewing before it stops
+    lock_poll: float = 0.5  # seconds between a waiting broker's attempts at the lock
+
+    def check_mode(self) -> None:
+        """`mode`, `lease` and `lock_poll` make sense together. Raises ConfigError."""
+        if self.mode not in {"single", "shared"}:
+            raise ConfigError(f"storage.mode must be 'single' or 'shared', not {self.mode!r}")
+        if self.mode == "shared" and self.backend != "sqlite":
+            raise ConfigError("storage.mode = 'shared' needs storage.backend = 'sqlite'")
+        if not self.lease > 0 or not self.lock_poll > 0:
+            raise ConfigError("storage.lease and storage.lock_poll must be > 0 seconds")
 
 
 @dataclass(slots=True)
@@ -138,6 +151,7 @@ class Config:
             raise ConfigError(
                 f"storage.ack_window must be >= 0 seconds, not {config.storage.ack_window!r}"
             )
+        config.storage.check_mode()
 
         config.tls = _dataclass_from(TLSConfig, data.pop("tls", {}), "tls")
 

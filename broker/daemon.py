@@ -19,6 +19,8 @@ from moorage.broker.broker import Broker
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Config, ConfigError
 from moorage.broker.listeners import Listener, discover
+from moorage.broker.mounts import UnsafeFileSystem
+from moorage.broker.shared_storage import LeaseLost, SharedStorage
 from moorage.broker.systemd import Notifier, Watchdog
 from moorage.broker.tls import TLS_LISTENERS, TLSError, load_certificate, server_context
 from moorage.storage import MemoryStore, Store, StoreError
@@ -41,8 +43,11 @@ class StartupError(Exception):
     """The daemon cannot start; the message is the one-line reason."""
 
 
-def make_store(config: Config) -> Store:
-    """The store the configuration asks for, in its data directory."""
+def make_store(config: Config, guard: Callable[[], None] | None = None) -> Store:
+    """The store the configuration asks for, in its data directory.
+
+    `guard` runs inside every write transaction and refuses it by raising
+    (shared storage: `SharedStorage.check`)."""
     if config.storage.backend == "memory":
         return MemoryStore()
     from moorage.storage.sqlite import SQLiteStore
@@ -55,6 +60,7 @@ def make_store(config: Config) -> Store:
         config.data_dir / "moorage.db",
         durability=config.storage.durability,
         ack_window=config.storage.ack_window,
+        guard=guard,
     )
 
 
@@ -220,23 +226,98 @@ async def serve(
     )
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, lambda: _reload(daemon, reload, notifier))
-    await daemon.start()
+    watchdog = Watchdog(loop, notifier)
+    shared: SharedStorage | None = None
+    if config.storage.mode == "shared":
+        shared = await _wait_for_shared_storage(daemon, stop, notifier, watchdog)
+        if shared is None:
+            return  # stopped while waiting
+    try:
+        await daemon.start()
+    except BaseException:
+        watchdog.cancel()
+        if shared is not None:
+            shared.close()
+        raise
     tune_gc()
     if on_ready is not None:
         on_ready(daemon)
     log.info("moorage ready")
     listening = ", ".join(f"{name} {port}" for name, port in sorted(daemon.ports.items()))
     notifier.send("READY=1", f"STATUS=accepting connections: {listening}")
-    watchdog = Watchdog(loop, notifier)
-    watchdog.start()
+    if shared is None:
+        watchdog.start()
     try:
-        await stop.wait()
+        await _until_stopped(stop, shared)
     finally:
         log.info("shutting down")
         notifier.send("STOPPING=1", "STATUS=shutting down")
         watchdog.cancel()
-        await daemon.stop()
+        await _stop_daemon(daemon, shared)
         log.info("stopped")
+    if shared is not None and shared.lost.is_set():
+        raise LeaseLost(f"shared-storage lease lost: {shared.lease_lost_reason()}")
+
+
+# -- shared storage (broker.shared_storage, docs/failover.md) --------------------------
+
+
+async def _wait_for_shared_storage(
+    daemon: Daemon, stop: asyncio.Event, notifier: Notifier, watchdog: Watchdog
+) -> SharedStorage | None:
+    """Wait for the shared-storage lock and take over; None when stopped meanwhile.
+
+    A waiting broker is up (a standby, like an ActiveMQ slave: READY=1, the
+    watchdog pinged) but opens neither the store nor a listener until it
+    takes over. Raises StartupError (network file system, unusable lock file).
+    """
+    config = daemon.config
+    shared = SharedStorage(
+        config.data_dir, lease=config.storage.lease, poll=config.storage.lock_poll
+    )
+    notifier.send("READY=1", "STATUS=waiting for the shared-storage lock")
+    watchdog.start()
+    try:
+        shared.check_file_system()
+        # Import every plug-in and the store now: a takeover must not spend
+        # its first lease on imports that block the loop (and its renewals).
+        discover()
+        daemon.store = make_store(config, guard=shared.check)
+        if await shared.acquire_unless(stop):
+            return shared
+    except (UnsafeFileSystem, OSError) as e:
+        watchdog.cancel()
+        raise StartupError(str(e)) from e
+    watchdog.cancel()
+    return None
+
+
+async def _until_stopped(stop: asyncio.Event, shared: SharedStorage | None) -> None:
+    """Until SIGTERM/SIGINT, or until the shared-storage lease is lost."""
+    if shared is None:
+        await stop.wait()
+        return
+    waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(shared.lost.wait())}
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+
+
+async def _stop_daemon(daemon: Daemon, shared: SharedStorage | None) -> None:
+    """`daemon.stop()`, then the lease released; after a lost lease, the lock dropped only."""
+    if shared is None:
+        await daemon.stop()
+    elif shared.lost.is_set():
+        # The store refuses every write now (its guard): what it could not
+        # write was never confirmed, and is not written by the closing flush.
+        with suppress(StoreError):
+            await daemon.stop()
+        shared.close()
+    else:
+        await daemon.stop()
+        await shared.release()
 
 
 def _reload(daemon: Daemon, read: Callable[[], Config], notifier: Notifier) -> None:
@@ -249,4 +330,4 @@ def _reload(daemon: Daemon, read: Callable[[], Config], notifier: Notifier) -> N
     notifier.send("READY=1", "STATUS=configuration reloaded")
 
 
-__all__ = ["ConfigError", "Daemon", "StartupError", "serve"]
+__all__ = ["ConfigError", "Daemon", "LeaseLost", "StartupError", "serve"]

@@ -133,6 +133,10 @@ class SQLiteStore:
         ack_window: seconds a message delivered to a consumer may wait in
             the gathering batch for that consumer's ack (which cancels its
             write), see "Ack window" in `batch.py`; 0 writes at once.
+        guard: called on the writer thread inside every write transaction
+            before its changes; when it raises, the batch is refused (rolled
+            back, its callbacks get a `StoreError`). Shared-storage mode
+            passes its lease check (`broker.shared_storage`).
 
     Raises:
         ValueError: unknown `durability`, negative `flush_delay` or `ack_window`.
@@ -164,6 +168,7 @@ class SQLiteStore:
         vacuum: bool = True,
         flush_delay: float = 0.0,
         ack_window: float = 0.0,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         if durability not in DURABILITY_MODES:
             raise ValueError(
@@ -185,6 +190,7 @@ class SQLiteStore:
             vacuum=vacuum,
             stats=self.stats,
             on_done=self._batch_done,
+            guard=guard,
         )
         self._batch = GatheringBatch(
             stats=self.stats,

@@ -15,6 +15,11 @@ Results go back with `loop.call_soon_threadsafe`: a batch's outcome to
 `when_durable` callbacks on the loop *after* the commit returned (in "fsync"
 mode that means after the WAL was fsynced).
 
+Guard: an optional `guard()` runs inside every batch's transaction, right
+after `BEGIN IMMEDIATE`; when it raises, the batch fails like any other
+(rolled back, nothing written, retried). Shared-storage mode uses it to
+refuse writes once its lease has lapsed (`broker.shared_storage`).
+
 Failure: when a batch fails (for example `SQLITE_FULL`, disk full) it is
 rolled back and reported with a `StoreError`; the thread carries on. The
 error is logged once per outage, not at every retry.
@@ -74,6 +79,8 @@ class Writer:
         vacuum: reclaim free pages (when the file allows it).
         stats: the store's counters, updated here after each transaction.
         on_done: called on the loop with each batch and its error (or None).
+        guard: called on the thread inside each batch's transaction; raising
+            refuses the batch (see the module docs).
     """
 
     vacuum_check_deletes: int = 256
@@ -93,8 +100,10 @@ class Writer:
         vacuum: bool,
         stats: SQLiteStats,
         on_done: Callable[[Batch, StoreError | None], None],
+        guard: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
+        self.guard = guard
         self.durability = durability
         self.vacuum = vacuum
         self.stats = stats
@@ -203,6 +212,8 @@ class Writer:
         # ops, messages, entries, dangling, delete weight, expire runs, expired
         try:
             conn.execute("BEGIN IMMEDIATE")
+            if self.guard is not None:
+                self.guard()
             marks: dict[tuple[int, int], int] = {}
             for segment in batch.segments:
                 execute_ops(conn, segment.ops, counts)
