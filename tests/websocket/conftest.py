@@ -1,8 +1,7 @@
-"""An in-process broker with the WebSocket listeners (and AMQP) on port 0, on a background loop.
+"""An embedded broker with the WebSocket listeners (and AMQP), on a background loop.
 
-Like `tests/mqtt` and `tests/stomp`, the listeners are started directly on
-port 0 rather than through the daemon, whose default ports stay disabled
-(`tests.helpers.make_config` sets every port to 0). Blocking clients (paho,
+Like `tests/mqtt` and `tests/stomp`, the broker is `moorage.broker.embedded`'s,
+with only these listeners open on free loopback ports. Blocking clients (paho,
 stomp.py, pika) run on the test thread; asyncio clients (aiomqtt, aiohttp)
 on the test's own loop. `ws_broker` takes indirect parameters as a dict of
 `Limits` fields, e.g. `{"max_message_size": 1024}`.
@@ -10,96 +9,44 @@ on the test's own loop. `ws_broker` takes indirect parameters as a dict of
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
 
-import moorage.protocols.amqp091.server
-from moorage.broker.auth import UserDirectory
 from moorage.broker.broker import Broker
-from moorage.broker.config import Limits, default_guest
-from moorage.protocols.mqtt.websocket import plugin as mqtt_ws
-from moorage.protocols.stomp.websocket import plugin as stomp_ws
-from moorage.storage import MemoryStore
+from moorage.broker.embedded import embedded_config
+from tests.helpers import RunningBroker
 
-T = TypeVar("T")
-TIMEOUT = 3.0
+TIMEOUT = 10.0  # a generous bound for what must arrive (a loaded machine is slow)
 
 
-class WSBroker:
-    """A Broker with mqtt_ws, stomp_ws and AMQP listeners on a background event loop."""
+class WSBroker(RunningBroker):
+    """An embedded broker (`moorage.broker.embedded`) with the mqtt_ws, stomp_ws and
+    AMQP listeners, on a background thread, with the WebSocket tests' shortcuts."""
 
-    def __init__(self, limits: Limits) -> None:
-        self.broker = Broker(
-            store=MemoryStore(),
-            users=UserDirectory([default_guest()], loopback_users=frozenset({"guest"})),
-            limits=limits,
-        )
-        self.loop = asyncio.new_event_loop()
-        self.errors: list[str] = []
-        self.loop.set_exception_handler(lambda _loop, ctx: self.errors.append(str(ctx)))
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.listeners: dict[str, Any] = {}
-        self.ports: dict[str, int] = {}
+    def __init__(self, limits: dict[str, Any]) -> None:
+        super().__init__(embedded_config(protocols=("mqtt_ws", "stomp_ws", "amqp"), limits=limits))
 
     def start(self) -> WSBroker:
-        self._thread.start()
-        self.run(self._start())
+        super().start()
         return self
 
-    async def _start(self) -> None:
-        await self.broker.start()
-        for plugin in (mqtt_ws, stomp_ws, moorage.protocols.amqp091.server.plugin):
-            listener = await plugin.start(self.broker, "127.0.0.1", 0)
-            self.listeners[plugin.name] = listener
-            self.ports[plugin.name] = listener.server.sockets[0].getsockname()[1]
+    @property
+    def broker(self) -> Broker:
+        """The core (only touch it through `call`)."""
+        return self.embedded.core
 
-    async def _stop(self) -> None:
-        for listener in self.listeners.values():
-            listener.server.close()
-            listener.shutdown_connections("test over")
-        async with asyncio.timeout(3):
-            while any(listener.connection_count() for listener in self.listeners.values()):  # noqa: ASYNC110 - no close event to await
-                await asyncio.sleep(0.01)
-        for name in ("mqtt_ws", "stomp_ws"):
-            await self.listeners[name].aclose()
-        await self.listeners["amqp"].server.wait_closed()
-        await self.broker.stop()
+    @property
+    def listeners(self) -> dict[str, Any]:
+        return dict(self.daemon.listeners)
 
-    def stop(self) -> None:
-        try:
-            self.run(self._stop(), timeout=10)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(TIMEOUT)
-            self.loop.close()
-
-    def run(self, coro: Any, timeout: float = TIMEOUT) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        result: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                result.set_result(fn(*args))
-            except BaseException as e:
-                result.set_exception(e)
-
-        self.loop.call_soon_threadsafe(run)
-        return result.result(TIMEOUT)
-
-    def connection_count(self, name: str) -> int:
-        return self.call(lambda: self.listeners[name].connection_count())
+    def connection_count(self, name: str) -> int:  # type: ignore[override]
+        return self.call(lambda: self.daemon.listeners[name].connection_count())
 
     def wait_connections(self, name: str, n: int, timeout: float = TIMEOUT) -> bool:
         """Poll until listener `name` has `n` WebSocket connections (handlers still running)."""
@@ -112,21 +59,20 @@ class WSBroker:
 
     @property
     def mqtt_port(self) -> int:
-        return self.ports["mqtt_ws"]
+        return self.embedded.ports["mqtt_ws"]
 
     @property
     def stomp_port(self) -> int:
-        return self.ports["stomp_ws"]
+        return self.embedded.ports["stomp_ws"]
 
     @property
     def amqp_url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.ports['amqp']}/%2F"
+        return self.url
 
 
 @pytest.fixture
 def ws_broker(request: pytest.FixtureRequest) -> Iterator[WSBroker]:
-    limits = replace(Limits(), **getattr(request, "param", {}))
-    running = WSBroker(limits).start()
+    running = WSBroker(getattr(request, "param", {})).start()
     yield running
     running.stop()
     if running.errors:
