@@ -6,6 +6,7 @@ detection as its `mountinfo` parameter; nothing of the OS is patched.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,9 @@ def test_no_mount_table_means_no_verdict(tmp_path: Path) -> None:
 def test_the_broker_refuses_nfs_warns_about_unknown_and_trusts_local_locks(
     mountinfo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # An in-process daemon started by an earlier test may have set the
+    # root level from its configuration; this test asks for warnings.
+    caplog.set_level(logging.WARNING)
     with pytest.raises(UnsafeFileSystem, match="nfs4"):
         SharedStorage(Path("/srv/efs/moorage")).check_file_system(mountinfo)
     unknown = SharedStorage(Path("/mnt/odd/q"))
