@@ -72,6 +72,20 @@ class StorageConfig:
 
 
 @dataclass(slots=True)
+class SnsConfig:
+    """The SNS API's deliveries and alerts (`[sns]`, see docs/sns.md)."""
+
+    smtp_host: str = ""  # SMTP relay for email subscriptions ("" = email deliveries fail)
+    smtp_port: int = 25
+    smtp_from: str = "moorage@localhost"
+    alerts_topic: str = "moorage-alerts"  # system topic of the broker's alarms ("" = none)
+    alerts_vhost: str = "/"
+    alert_queue_depth: int = 0  # alert when a queue holds more messages (0 = off)
+    alert_queue_age: float = 0.0  # alert when a queue's oldest message is older, seconds (0 = off)
+    alert_interval: float = 30.0  # seconds between checks of queue depth and age
+
+
+@dataclass(slots=True)
 class Config:
     """Everything `moorage serve` needs; defaults run a local broker."""
 
@@ -85,6 +99,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     storage: StorageConfig = field(default_factory=StorageConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
+    sns: SnsConfig = field(default_factory=SnsConfig)
     log_level: str = "info"
 
     @classmethod
@@ -140,6 +155,7 @@ class Config:
             )
 
         config.tls = _dataclass_from(TLSConfig, data.pop("tls", {}), "tls")
+        config.sns = _dataclass_from(SnsConfig, data.pop("sns", {}), "sns")
 
         auth = _table(data.pop("auth", {}), "auth")
         _check_keys(auth, {"loopback_users", "anonymous_user"}, "auth")
