@@ -78,7 +78,11 @@ def core_message(
         timestamp=datetime.fromtimestamp(int(now), UTC),
         headers=headers or None,
     )
-    return Message(exchange, "", properties, text.encode(), annotations=annotations)
+    # the routing key lets a binding from the topic exchange to `amq.topic` reach MQTT
+    # clients subscribed to `sns/<topic>` (docs/sns.md); the fanout itself ignores it
+    return Message(
+        exchange, f"sns.{exchange}", properties, text.encode(), annotations=annotations
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,187 @@
+"""Deliveries survive a broker restart; the broker's alarms reach the alerts topic;
+an MQTT client reads an SNS topic through a binding to `amq.topic`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import paho.mqtt.client as mqtt
+
+from moorage.broker.config import SnsConfig
+from moorage.broker.embedded import EmbeddedBroker
+from moorage.protocols.sns.core import Sns
+from tests.sns.endpoints import http_subscriber, wait_for
+from tests.sns.test_engine import Client, amqp_queue, get_all
+
+SLOW_RETRIES = json.dumps(
+    {"healthyRetryPolicy": {"numRetries": 100, "minDelayTarget": 1, "maxDelayTarget": 1}}
+)
+
+
+async def test_undelivered_messages_are_delivered_after_a_restart(tmp_path: Path) -> None:
+    async with http_subscriber() as endpoint:
+        endpoint.status = 500  # the endpoint is down: nothing is accepted before the restart
+        async with EmbeddedBroker(protocols=("amqp",), storage="sqlite", data_dir=tmp_path) as eb:
+            assert eb.daemon.broker is not None
+            sns = Sns(eb.daemon.broker, SnsConfig(alerts_topic=""))
+            client = Client(sns)
+            try:
+                arn = await client.text("CreateTopic", "TopicArn", Name="durable")
+                await client(
+                    "Subscribe",
+                    TopicArn=arn,
+                    Protocol="http",
+                    Endpoint=endpoint.url,
+                    **{
+                        "Attributes.entry.1.key": "DeliveryPolicy",
+                        "Attributes.entry.1.value": SLOW_RETRIES,
+                    },
+                )
+                await wait_for(lambda: bool(endpoint.of_type("SubscriptionConfirmation")))
+                token = endpoint.of_type("SubscriptionConfirmation")[0]["Token"]
+                await client("ConfirmSubscription", TopicArn=arn, Token=token)
+                for i in range(3):
+                    await client("Publish", TopicArn=arn, Message=f"m{i}")
+                # every message was tried (and refused) at least once
+                await wait_for(
+                    lambda: (
+                        {n["Message"] for n in endpoint.of_type("Notification")}
+                        == {"m0", "m1", "m2"}
+                    )
+                )
+            finally:
+                await sns.close()
+        before = len(endpoint.posts)
+        endpoint.status = 200
+        async with EmbeddedBroker(protocols=("amqp",), storage="sqlite", data_dir=tmp_path) as eb:
+            assert eb.daemon.broker is not None
+            sns = Sns(eb.daemon.broker, SnsConfig(alerts_topic=""))
+            try:
+                await sns.start()  # reads the subscription back and resumes its deliveries
+                await wait_for(
+                    lambda: (
+                        {
+                            body["Message"]
+                            for _h, body in endpoint.posts[before:]
+                            if isinstance(body, dict)
+                        }
+                        == {"m0", "m1", "m2"}
+                    )
+                )
+                # acked once accepted: the subscription's queue is empty
+                queue = next(
+                    q for q in eb.daemon.broker.vhosts["/"].queues if q.startswith("sns.sub.")
+                )
+                await wait_for(
+                    lambda: eb.daemon.broker.vhosts["/"].queues[queue].message_count == 0
+                )
+            finally:
+                await sns.close()
+
+
+async def test_queue_depth_alarm_is_published_to_the_alerts_topic(tmp_path: Path) -> None:
+    config = SnsConfig(alert_queue_depth=2, alert_interval=0.05)
+    async with EmbeddedBroker(protocols=("amqp",)) as eb:
+        assert eb.daemon.broker is not None
+        sns = Sns(eb.daemon.broker, config)
+        client = Client(sns)
+        try:
+            await sns.start()
+            await (await amqp_queue(eb, "ops")).close()
+            topics = await client("ListTopics")
+            alerts_arn = "arn:aws:sns:us-east-1:000000000000:moorage-alerts"
+            assert alerts_arn in [e.text for e in topics.iter() if e.tag.endswith("TopicArn")]
+            await client(
+                "Subscribe",
+                TopicArn=alerts_arn,
+                Protocol="sqs",
+                Endpoint="arn:aws:sqs:us-east-1:000000000000:ops",
+            )
+            connection = await aio_pika.connect(eb.urls["amqp"])
+            async with connection:
+                channel = await connection.channel()
+                watched = await channel.declare_queue("watched", durable=True)
+                for i in range(3):
+                    await channel.default_exchange.publish(aio_pika.Message(b"%d" % i), "watched")
+                (raised,) = await get_all(eb, "ops", 1)
+                await watched.purge()
+                (cleared,) = await get_all(eb, "ops", 1)
+            alert: dict[str, Any] = json.loads(raised.body)
+            assert alert["Subject"] == "Moorage alarm queue_depth raised"
+            assert alert["MessageAttributes"]["queue"]["Value"] == "watched"
+            assert "holds 3 messages" in alert["Message"]
+            assert json.loads(cleared.body)["MessageAttributes"]["state"]["Value"] == "cleared"
+        finally:
+            await sns.close()
+
+
+async def test_memory_alarm_is_published_to_the_alerts_topic() -> None:
+    limits = {"memory_high_watermark": 200_000.0}  # bytes: one big message crosses it
+    async with EmbeddedBroker(protocols=("amqp",), limits=limits) as eb:
+        assert eb.daemon.broker is not None
+        sns = Sns(eb.daemon.broker, SnsConfig())
+        client = Client(sns)
+        try:
+            await sns.start()
+            for name in ("ops", "hold"):
+                await (await amqp_queue(eb, name)).close()
+            alerts = "arn:aws:sns:us-east-1:000000000000:moorage-alerts"
+            await client(
+                "Subscribe",
+                TopicArn=alerts,
+                Protocol="sqs",
+                Endpoint="arn:aws:sqs:us-east-1:000000000000:ops",
+            )
+            big = await client.text("CreateTopic", "TopicArn", Name="big")
+            await client(
+                "Subscribe",
+                TopicArn=big,
+                Protocol="sqs",
+                Endpoint="arn:aws:sqs:us-east-1:000000000000:hold",
+            )
+            await client("Publish", TopicArn=big, Message="x" * 250_000)
+            (raised,) = await get_all(eb, "ops", 1)
+            alert = json.loads(raised.body)
+            assert alert["MessageAttributes"]["alarm"]["Value"] == "memory"
+            assert alert["MessageAttributes"]["state"]["Value"] == "raised"
+            assert "memory alarm set" in alert["Message"]
+        finally:
+            await sns.close()
+
+
+async def test_mqtt_subscriber_reads_a_topic_bound_to_amq_topic() -> None:
+    async with EmbeddedBroker(protocols=("amqp", "mqtt")) as eb:
+        assert eb.daemon.broker is not None
+        sns = Sns(eb.daemon.broker, SnsConfig(alerts_topic=""))
+        client = Client(sns)
+        try:
+            arn = await client.text("CreateTopic", "TopicArn", Name="prices")
+            connection = await aio_pika.connect(eb.urls["amqp"])
+            async with connection:  # the documented one-time setup: bind the topic to amq.topic
+                channel = await connection.channel()
+                amq_topic = await channel.get_exchange("amq.topic")
+                await amq_topic.bind("prices", routing_key="#")
+            received: list[bytes] = []
+            subscribed = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sns-reader")
+            paho.username_pw_set("guest", "guest")
+            paho.on_subscribe = lambda *_a: loop.call_soon_threadsafe(subscribed.set)
+            paho.on_message = lambda _c, _u, m: received.append(m.payload)
+            paho.on_connect = lambda c, *_a: c.subscribe("sns/prices", qos=1)
+            paho.connect("127.0.0.1", eb.ports["mqtt"])
+            paho.loop_start()
+            try:
+                async with asyncio.timeout(30):
+                    await subscribed.wait()
+                await client("Publish", TopicArn=arn, Message="42 EUR")
+                await wait_for(lambda: received == [b"42 EUR"])
+            finally:
+                paho.disconnect()
+                paho.loop_stop()
+        finally:
+            await sns.close()
