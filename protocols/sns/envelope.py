@@ -80,9 +80,7 @@ def core_message(
     )
     # the routing key lets a binding from the topic exchange to `amq.topic` reach MQTT
     # clients subscribed to `sns/<topic>` (docs/sns.md); the fanout itself ignores it
-    return Message(
-        exchange, f"sns.{exchange}", properties, text.encode(), annotations=annotations
-    )
+    return Message(exchange, f"sns.{exchange}", properties, text.encode(), annotations=annotations)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,43 @@
+"""The SNS service of the AWS listener: `AwsCall` in, Query XML out (`protocols.aws.service`).
+
+The listener authenticates the request (SigV4, service name `sns`) and hands
+over the action and its flat form fields; this module runs it on the
+broker's one SNS engine (`protocols.sns.core.Sns`, kept as the broker
+extension "sns" so that every listener shares it) and renders the answer or
+the error. SNS speaks only the Query protocol: a JSON-wire call is refused
+with `InvalidAction`.
+"""
+
+from __future__ import annotations
+
+from moorage.broker.broker import Broker
+from moorage.protocols.aws.errors import AwsError
+from moorage.protocols.aws.service import AwsCall, AwsReply
+from moorage.protocols.sns.api import Caller
+from moorage.protocols.sns.core import Sns
+from moorage.protocols.sns.wire import SnsError, response
+
+
+class SnsService:
+    """`AwsService` for the signing name `sns`."""
+
+    signing_name = "sns"
+
+    def __init__(self, broker: Broker) -> None:
+        self.sns = broker.extension("sns", Sns)
+
+    async def call(self, call: AwsCall) -> AwsReply:
+        if call.wire != "query":
+            raise AwsError("InvalidAction", f"SNS speaks the Query protocol, not {call.wire}")
+        params = {str(k): str(v) for k, v in call.params.items()}
+        caller = Caller(call.user, call.vhost, "aws", call.endpoint)
+        try:
+            result = await self.sns.handle(call.action, params, caller)
+        except SnsError as e:
+            raise AwsError(e.code, e.message, status=e.status) from None
+        # always with its <{action}Result> element, even empty: botocore's parser
+        # requires it for actions whose output shape has no members (TagResource)
+        return AwsReply(response(call.action, result, call.request_id), "text/xml")
+
+    async def close(self) -> None:
+        await self.sns.close()
