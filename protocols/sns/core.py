@@ -55,13 +55,16 @@ class Sns:
         self.registry.on_removed = self.dispatcher.stop
         self.api.request_confirmation = self._request_confirmation
         self._confirmations: set[asyncio.Task[None]] = set()
-        self.started = False
+        self._starting: asyncio.Task[None] | None = None
+        self.closed = False
 
     async def start(self) -> None:
-        """Load what the store holds and resume deliveries."""
-        if self.started:
-            return
-        self.started = True
+        """Load what the store holds and resume deliveries (once; concurrent callers wait)."""
+        if self._starting is None:
+            self._starting = asyncio.get_running_loop().create_task(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
         await self.registry.load()
         for sub in list(self.registry.subscriptions.values()):
             vhost = self.broker.vhosts.get(sub.vhost)
@@ -76,11 +79,20 @@ class Sns:
         handler = self.actions.get(action)
         if handler is None:
             raise SnsError("InvalidAction", f"The action {action} is not valid for this endpoint.")
+        if self.closed:
+            raise SnsError("InternalError", "SNS is shutting down", 500)
         await self.start()
         self.endpoints.base_url = caller.endpoint or self.endpoints.base_url
         return await handler(params, caller)
 
     async def close(self) -> None:
+        """Stop deliveries and alerts (idempotent); unacked messages stay queued."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            await asyncio.gather(self._starting, return_exceptions=True)
         await self.alerts.close()
         for task in list(self._confirmations):
             task.cancel()

@@ -29,10 +29,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from moorage.broker.errors import BrokerError
+from moorage.protocols.aws.query import members
 from moorage.protocols.sns.api import Caller, SnsApi, to_sns_error
 from moorage.protocols.sns.envelope import core_message
 from moorage.protocols.sns.model import Topic
-from moorage.protocols.sns.wire import SnsError, indexed, invalid, member_list, xml, xml_members
+from moorage.protocols.sns.wire import SnsError, invalid, member_list, xml, xml_members
 
 MAX_MESSAGE_BYTES = 256 * 1024  # message plus attributes (AWS: 262,144 bytes)
 MAX_ATTRIBUTES = 10
@@ -50,7 +51,7 @@ def value_invalid(message: str) -> SnsError:
 def parse_attributes(params: Mapping[str, str], prefix: str) -> dict[str, tuple[str, str]]:
     """The message attributes of a request: name -> (DataType, value; Binary in base64)."""
     attributes: dict[str, tuple[str, str]] = {}
-    entries = indexed(params, f"{prefix}.entry")
+    entries = members(params, f"{prefix}.entry")
     if len(entries) > MAX_ATTRIBUTES:
         raise invalid(f"Too many message attributes: {len(entries)} (at most {MAX_ATTRIBUTES})")
     for entry in entries:

@@ -10,6 +10,9 @@ with `InvalidAction`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from moorage.broker.broker import Broker
 from moorage.protocols.aws.errors import AwsError
 from moorage.protocols.aws.service import AwsCall, AwsReply
@@ -25,6 +28,10 @@ class SnsService:
 
     def __init__(self, broker: Broker) -> None:
         self.sns = broker.extension("sns", Sns)
+        # Made on the broker's loop by the listener: resume deliveries and alerts now,
+        # not at the first SNS call (the listener makes its services when first asked).
+        with contextlib.suppress(RuntimeError):  # no running loop: the first call starts it
+            self._start = asyncio.get_running_loop().create_task(self.sns.start())
 
     async def call(self, call: AwsCall) -> AwsReply:
         if call.wire != "query":
@@ -34,7 +41,9 @@ class SnsService:
         try:
             result = await self.sns.handle(call.action, params, caller)
         except SnsError as e:
-            raise AwsError(e.code, e.message, status=e.status) from None
+            raise AwsError(
+                e.code, e.message, status=e.status, sender_fault=e.status < 500
+            ) from None
         # always with its <{action}Result> element, even empty: botocore's parser
         # requires it for actions whose output shape has no members (TagResource)
         return AwsReply(response(call.action, result, call.request_id), "text/xml")
