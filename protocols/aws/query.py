@@ -69,9 +69,17 @@ def elements(pairs: Iterator[tuple[str, object]] | list[tuple[str, object]]) -> 
     return "".join(element(name, value) for name, value in pairs)
 
 
-def xml_reply(action: str, namespace: str, result_xml: str, request_id: str) -> AwsReply:
-    """The Query protocol's success envelope around `result_xml` (already XML)."""
-    result = f"<{action}Result>{result_xml}</{action}Result>" if result_xml else ""
+def xml_reply(
+    action: str, namespace: str, result_xml: str, request_id: str, *, has_result: bool = False
+) -> AwsReply:
+    """The Query protocol's success envelope around `result_xml` (already XML).
+
+    An empty `result_xml` leaves the `<{action}Result>` element out (actions
+    without output) unless `has_result` (an action whose result is empty, such
+    as an empty list: SDKs look for the element).
+    """
+    wrap = result_xml or has_result
+    result = f"<{action}Result>{result_xml}</{action}Result>" if wrap else ""
     body = (
         f'<?xml version="1.0"?><{action}Response xmlns="{namespace}">{result}'
         f"<ResponseMetadata><RequestId>{escape(request_id)}</RequestId></ResponseMetadata>"

@@ -223,6 +223,7 @@ async def _handle(request: web.Request) -> web.Response:
             endpoint=_endpoint(request),
             path=request.path,
             vhost=vhost,
+            region=credential.region,
         )
         reply: AwsReply = await service.call(call)
     except AwsError as e:

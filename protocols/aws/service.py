@@ -30,6 +30,7 @@ class AwsCall:
     endpoint: str  # scheme://host:port the client reached (for QueueUrl, SubscribeURL, ...)
     path: str  # the request path (the Query protocol may post to a queue URL)
     vhost: str = "/"  # the vhost the access key names (`/` unless configured)
+    region: str = "us-east-1"  # the region of the SigV4 credential scope (for ARNs)
 
 
 @dataclass(frozen=True, slots=True)

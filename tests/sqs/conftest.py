@@ -20,7 +20,6 @@ import botocore.session
 import pytest
 from botocore.config import Config as BotoConfig
 
-from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Config
 from tests.helpers import RunningBroker, free_port, make_config
 from tests.sqs.query_model import write_query_model
@@ -86,4 +85,35 @@ def make_client(query_model_dir: Path) -> Iterator[ClientFactory]:
         client.close()
 
 
-__all__ = ["SYSTEM_CLOCK", "Clock"]
+class Sqs:
+    """A boto3 SQS client on a running broker, with shortcuts."""
+
+    def __init__(self, broker: RunningBroker, client: Any, wire: str) -> None:
+        self.broker = broker
+        self.client = client
+        self.wire = wire
+
+    def create(self, name: str, **attributes: str) -> str:
+        url: str = self.client.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        return url
+
+    def attributes(self, url: str, *names: str) -> dict[str, str]:
+        reply = self.client.get_queue_attributes(
+            QueueUrl=url, AttributeNames=list(names) or ["All"]
+        )
+        return dict(reply.get("Attributes", {}))
+
+    def receive(self, url: str, **kw: Any) -> list[dict[str, Any]]:
+        return list(self.client.receive_message(QueueUrl=url, **kw).get("Messages", []))
+
+
+@pytest.fixture(params=["json", "query"])
+def sqs(
+    request: pytest.FixtureRequest, sqs_broker: RunningBroker, make_client: ClientFactory
+) -> Sqs:
+    """A client of each wire protocol on a broker with SQS and AMQP listeners."""
+    return Sqs(sqs_broker, make_client(sqs_broker, request.param), request.param)
+
+
+def error_code(excinfo: pytest.ExceptionInfo[Any]) -> str:
+    return str(excinfo.value.response["Error"]["Code"])
