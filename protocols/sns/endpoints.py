@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import smtplib
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
 
@@ -29,7 +30,7 @@ from moorage.broker.broker import Broker
 from moorage.broker.config import SnsConfig
 from moorage.broker.message import Message, Properties
 from moorage.protocols.sns.dispatcher import DeliveryFailed
-from moorage.protocols.sns.envelope import SnsMessage, confirmation, notification
+from moorage.protocols.sns.envelope import SnsMessage, confirmation, notification, sqs_headers
 from moorage.protocols.sns.model import Subscription, sqs_queue_of, topic_arn
 from moorage.protocols.sns.registry import Registry
 
@@ -78,22 +79,31 @@ class Endpoints:
         if queue is None:
             raise DeliveryFailed(f"not an SQS queue ARN: {arn}")
         raw = sub.raw if raw is None else raw
-        headers: dict[str, Any] | None = None
         if raw:
             body = message.text_for("sqs")
-            headers = {name: value for name, (_t, value) in message.attributes.items()} or None
         else:
             doc = notification(message, topic_arn(sub.topic), sub.arn, "sqs", self.base_url)
             body = json.dumps(doc)
-        await self.enqueue(sub.vhost, queue, body.encode(), headers, message.message_id)
+        headers = sqs_headers(message, raw=raw)
+        await self.enqueue(sub.vhost, queue, body.encode(), headers or None, message)
 
     async def enqueue(
-        self, vhost: str, queue: str, body: bytes, headers: dict[str, Any] | None, message_id: str
+        self,
+        vhost: str,
+        queue: str,
+        body: bytes,
+        headers: dict[str, Any] | None,
+        message: SnsMessage,
     ) -> None:
         """Publish into a Moorage queue and wait until the store has it."""
         if queue not in self.broker.vhosts[vhost].queues:
             raise DeliveryFailed(f"no queue '{queue}' in vhost '{vhost}'")
-        properties = Properties(delivery_mode=2, message_id=message_id, headers=headers)
+        properties = Properties(
+            delivery_mode=2,
+            message_id=message.message_id,
+            timestamp=datetime.fromtimestamp(int(message.timestamp), UTC),
+            headers=headers,
+        )
         with self.registry.system_session(vhost) as session:
             result = session.publish("", Message("", queue, properties, body))
         if not result.routed:

@@ -24,6 +24,7 @@ that verify AWS signatures must turn that check off for Moorage.
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ ATTRIBUTES = "sns.attributes"
 STRUCTURE = "sns.structure"
 GROUP_ID = "sns.group_id"
 DEDUP_ID = "sns.dedup_id"
+SQS_DATA_TYPES = "x-sqs-data-types"  # the SQS API's header of attribute DataTypes
 
 
 def iso_timestamp(seconds: float) -> str:
@@ -93,6 +95,8 @@ class SnsMessage:
     attributes: dict[str, tuple[str, str]]
     structure: str | None
     timestamp: float
+    group_id: str | None = None  # FIFO topics: passed on to FIFO SQS queues
+    dedup_id: str | None = None
 
     def text_for(self, protocol: str) -> str:
         """The text a subscriber of `protocol` gets (MessageStructure=json picks its key)."""
@@ -131,6 +135,8 @@ def sns_message(message: Message, now: float) -> SnsMessage:
         attributes=attributes,
         structure=notes.get(STRUCTURE),
         timestamp=stamp.timestamp() if stamp is not None else now,
+        group_id=notes.get(GROUP_ID),
+        dedup_id=notes.get(DEDUP_ID),
     )
 
 
@@ -154,6 +160,31 @@ def notification(
             for name, (kind, value) in message.attributes.items()
         }
     return doc
+
+
+def sqs_headers(message: SnsMessage, *, raw: bool) -> dict[str, Any]:
+    """Headers of a delivery into an SQS (Moorage) queue, in the SQS API's documented
+    mapping (docs/sqs.md): with raw delivery each attribute is a header (Binary as
+    bytes, types other than String and Binary named in `x-sqs-data-types`), so an SQS
+    ReceiveMessage shows them as message attributes; FIFO ids become the core's group
+    and deduplication headers, which a FIFO target queue honours."""
+    headers: dict[str, Any] = {}
+    if raw:
+        data_types: dict[str, Any] = {}
+        for name, (kind, value) in message.attributes.items():
+            if kind.startswith("Binary"):
+                headers[name] = bytearray(base64.b64decode(value))
+            else:
+                headers[name] = value
+            if kind not in ("String", "Binary"):
+                data_types[name] = kind
+        if data_types:
+            headers[SQS_DATA_TYPES] = data_types
+    if message.group_id is not None:
+        headers[GROUP_HEADER] = message.group_id
+    if message.dedup_id is not None:
+        headers[DEDUP_HEADER] = message.dedup_id
+    return headers
 
 
 def confirmation(topic_arn: str, token: str, base_url: str, now: float) -> dict[str, Any]:

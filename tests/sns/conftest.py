@@ -32,9 +32,11 @@ def sqs_arn(queue: str) -> str:
 class Sns:
     """A boto3 SNS client whose calls are awaited (`await sns.publish(...)`)."""
 
+    service = "sns"
+
     def __init__(self, endpoint: str, key: str = "guest", secret: str = "guest") -> None:
         self.client = boto3.client(
-            "sns",
+            self.service,  # type: ignore[call-overload]
             endpoint_url=endpoint,
             region_name=REGION,
             aws_access_key_id=key,
@@ -49,6 +51,12 @@ class Sns:
             return await asyncio.to_thread(partial(method, **kwargs))
 
         return call
+
+
+class Sqs(Sns):
+    """The same for SQS (to read back what SNS delivered to queues)."""
+
+    service = "sqs"
 
 
 def aws_config(tmp_path: Path, storage: str = "memory", protocols: tuple[str, ...] = ()) -> Config:

@@ -17,8 +17,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from moorage.broker.embedded import EmbeddedBroker
-from tests.sns.conftest import Sns, aws_config, sqs_arn
-from tests.sns.endpoints import http_subscriber, smtp_server, wait_for
+from tests.sns.conftest import Sns, Sqs, aws_config, sqs_arn
+from tests.sns.endpoints import WAIT, http_subscriber, smtp_server, wait_for
 from tests.sns.test_engine import amqp_queue, get_all
 
 Aws = tuple[EmbeddedBroker, Sns]
@@ -33,33 +33,61 @@ async def queues(eb: EmbeddedBroker, *names: str) -> None:
         await (await amqp_queue(eb, name)).close()
 
 
-async def test_fan_out_to_several_queues_with_attribute_and_body_filters(aws: Aws) -> None:
+async def receive_all(sqs: Sqs, url: str, count: int) -> list[dict[str, Any]]:
+    """Every message of an SQS queue (boto3 ReceiveMessage), exactly `count` of them."""
+    got: list[dict[str, Any]] = []
+    async with asyncio.timeout(WAIT):
+        while len(got) < count:
+            answer = await sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=1,
+                MessageAttributeNames=["All"],
+            )
+            for message in answer.get("Messages", []):
+                got.append(message)
+                await sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    assert "Messages" not in await sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0)
+    return got
+
+
+async def test_fan_out_to_several_sqs_queues_with_attribute_and_body_filters(aws: Aws) -> None:
     eb, sns = aws
-    await queues(eb, "all", "big-orders", "eu-body", "raw")
+    sqs = Sqs(f"http://127.0.0.1:{eb.ports['sqs']}")
+    urls = {}
+    for name in ("all", "big-orders", "eu-body", "raw"):
+        urls[name] = (await sqs.create_queue(QueueName=name))["QueueUrl"]
+    arn = {
+        name: (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))[
+            "Attributes"
+        ]["QueueArn"]
+        for name, url in urls.items()
+    }
     topic = (await sns.create_topic(Name="orders"))["TopicArn"]
-    await sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=sqs_arn("all"))
+    await sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn["all"])
     await sns.subscribe(
         TopicArn=topic,
         Protocol="sqs",
-        Endpoint=sqs_arn("big-orders"),
+        Endpoint=arn["big-orders"],
         Attributes={"FilterPolicy": json.dumps({"amount": [{"numeric": [">=", 100]}]})},
     )
     await sns.subscribe(
         TopicArn=topic,
         Protocol="sqs",
-        Endpoint=sqs_arn("eu-body"),
+        Endpoint=arn["eu-body"],
         Attributes={
             "FilterPolicy": json.dumps({"region": [{"prefix": "eu-"}]}),
             "FilterPolicyScope": "MessageBody",
         },
     )
-    await sns.subscribe(
+    raw_sub = await sns.subscribe(
         TopicArn=topic,
         Protocol="sqs",
-        Endpoint=sqs_arn("raw"),
+        Endpoint=arn["raw"],
         Attributes={"RawMessageDelivery": "true"},
         ReturnSubscriptionArn=True,
     )
+    assert raw_sub["SubscriptionArn"].startswith(topic + ":")
     orders = [
         ({"region": "eu-west"}, 50),
         ({"region": "us-east"}, 500),
@@ -69,25 +97,40 @@ async def test_fan_out_to_several_queues_with_attribute_and_body_filters(aws: Aw
         await sns.publish(
             TopicArn=topic,
             Message=json.dumps(body),
-            MessageAttributes={"amount": attribute("Number", str(amount))},
+            MessageAttributes={
+                "amount": attribute("Number", str(amount)),
+                "shop": attribute("String", "web"),
+            },
         )
-    everything = [json.loads(m.body) for m in await get_all(eb, "all", 3)]
+    everything = [json.loads(m["Body"]) for m in await receive_all(sqs, urls["all"], 3)]
     assert [json.loads(n["Message"])["region"] for n in everything] == [
         "eu-west",
         "us-east",
         "eu-north",
     ]
+    assert everything[0]["Type"] == "Notification"
+    assert everything[0]["TopicArn"] == topic
     assert everything[0]["MessageAttributes"]["amount"] == {"Type": "Number", "Value": "50"}
-    big = [json.loads(json.loads(m.body)["Message"]) for m in await get_all(eb, "big-orders", 2)]
+    big = [
+        json.loads(json.loads(m["Body"])["Message"])
+        for m in await receive_all(sqs, urls["big-orders"], 2)
+    ]
     assert [b["region"] for b in big] == ["us-east", "eu-north"]
-    eu = [json.loads(json.loads(m.body)["Message"]) for m in await get_all(eb, "eu-body", 2)]
+    eu = [
+        json.loads(json.loads(m["Body"])["Message"])
+        for m in await receive_all(sqs, urls["eu-body"], 2)
+    ]
     assert [b["region"] for b in eu] == ["eu-west", "eu-north"]
-    raw = await get_all(eb, "raw", 3)
-    assert [json.loads(m.body) for m in raw] == [body for body, _ in orders]
+    raw = await receive_all(sqs, urls["raw"], 3)
+    assert [json.loads(m["Body"]) for m in raw] == [body for body, _ in orders]
+    # raw delivery: the SNS message attributes are the SQS message's attributes
+    assert raw[0]["MessageAttributes"] == {
+        "amount": {"DataType": "Number", "StringValue": "50"},
+        "shop": {"DataType": "String", "StringValue": "web"},
+    }
     listed = await sns.list_subscriptions_by_topic(TopicArn=topic)
-    assert sorted(s["Endpoint"] for s in listed["Subscriptions"]) == sorted(
-        sqs_arn(q) for q in ("all", "big-orders", "eu-body", "raw")
-    )
+    assert sorted(s["Endpoint"] for s in listed["Subscriptions"]) == sorted(arn.values())
+    sqs.client.close()
 
 
 async def test_http_subscriber_confirms_gets_filtered_messages_and_retries(aws: Aws) -> None:
