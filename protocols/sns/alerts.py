@@ -6,9 +6,11 @@ like to any topic (email, HTTP/S, an SQS queue), the way CloudWatch alarms
 feed SNS. What is published:
 
 - every WARNING-or-worse record of the core's alarm loggers (`ALARM_LOGGERS`:
-  today the memory alarm, `moorage.memory`, raised and cleared; the failover
-  and disk-alarm work log under the names listed too and are picked up as
-  they land) — the log line is the message;
+  the memory alarm raised and cleared, `moorage.memory`; the failover node's
+  events such as a lost standby or witness, `moorage.failover`; the
+  shared-storage lease, `moorage.shared_storage`; a disk alarm under
+  `moorage.disk`) — the log line is the message, state `cleared` when it says
+  so ("cleared", "... again", "recovered"), else `raised`;
 - a queue whose ready messages exceed `[sns] alert_queue_depth`, or whose
   oldest ready message (by its `timestamp` property, which SNS, SQS and most
   AMQP clients set) is older than `[sns] alert_queue_age` seconds, checked
@@ -40,7 +42,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("moorage.sns")
 
-ALARM_LOGGERS = ("moorage.memory", "moorage.disk", "moorage.failover")
+# The core's loggers whose warnings are alarms: the memory alarm; the failover work's
+# node (standby lost, witness unreachable, promotion) and shared-storage lease; a
+# disk alarm as it lands. Each record is one alert named after the logger's last part.
+ALARM_LOGGERS = ("moorage.memory", "moorage.disk", "moorage.failover", "moorage.shared_storage")
+_CLEARED_WORDS = ("cleared", " again", "recovered")
 
 
 class _AlarmLog(logging.Handler):
@@ -54,15 +60,10 @@ class _AlarmLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         alarm = record.name.rsplit(".", 1)[-1]
         text = record.getMessage()
-        state = (
-            "cleared"
-            if "cleared" in text
-            else "raised"
-            if "set" in text
-            else record.levelname.lower()
-        )
+        state = "cleared" if any(w in text for w in _CLEARED_WORDS) else "raised"
+        where = {"level": record.levelname.lower()}
         with contextlib.suppress(RuntimeError):  # the loop is closing
-            self.loop.call_soon_threadsafe(self.alerts.publish, alarm, state, text, {})
+            self.loop.call_soon_threadsafe(self.alerts.publish, alarm, state, text, where)
 
 
 class Alerts:

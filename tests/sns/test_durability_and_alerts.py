@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -183,5 +184,39 @@ async def test_mqtt_subscriber_reads_a_topic_bound_to_amq_topic() -> None:
             finally:
                 paho.disconnect()
                 paho.loop_stop()
+        finally:
+            await sns.close()
+
+
+async def test_failover_warnings_are_alerts_with_their_state() -> None:
+    """The failover node logs its events under `moorage.failover` (branch `fo`); each
+    warning is an alert, `cleared` when the line says the trouble is over."""
+    async with EmbeddedBroker(protocols=("amqp",)) as eb:
+        assert eb.daemon.broker is not None
+        sns = Sns(eb.daemon.broker, SnsConfig())
+        client = Client(sns)
+        try:
+            await sns.start()
+            await (await amqp_queue(eb, "ops")).close()
+            alerts = "arn:aws:sns:us-east-1:000000000000:moorage-alerts"
+            await client(
+                "Subscribe",
+                TopicArn=alerts,
+                Protocol="sqs",
+                Endpoint="arn:aws:sqs:us-east-1:000000000000:ops",
+                **{
+                    "Attributes.entry.1.key": "FilterPolicy",
+                    "Attributes.entry.1.value": '{"alarm": ["failover"]}',
+                },
+            )
+            failover = logging.getLogger("moorage.failover")
+            failover.warning("failover: witness %s unreachable: %s", "w:1", "timed out")
+            failover.warning("failover: witness %s reachable again", "w:1")
+            logging.getLogger("moorage.queue").warning("not an alarm logger")
+            raised, cleared = (json.loads(m.body) for m in await get_all(eb, "ops", 2))
+            assert raised["Message"] == "failover: witness w:1 unreachable: timed out"
+            assert raised["MessageAttributes"]["state"]["Value"] == "raised"
+            assert raised["MessageAttributes"]["level"]["Value"] == "warning"
+            assert cleared["MessageAttributes"]["state"]["Value"] == "cleared"
         finally:
             await sns.close()
