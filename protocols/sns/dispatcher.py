@@ -19,7 +19,9 @@ counts are not kept across a restart (a message starts its policy again).
 
 Ordering rule: a delivery is acked through `loop.call_soon`, never inside the
 core's `deliver` call, so the queue's dispatch loop is never re-entered.
-FIFO topics get a prefetch of 1 per subscription, which keeps their order.
+A FIFO topic's subscription queues are core FIFO queues: at most one message
+per MessageGroupId is in flight (retries included), which keeps each group's
+order, while different groups are delivered in parallel.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from moorage.protocols.sns.retry import QUEUE_RETRY, http_retry_policy, retry_de
 
 log = logging.getLogger("moorage.sns")
 
-PREFETCH = 16  # deliveries in flight per subscription of a standard topic
+PREFETCH = 16  # deliveries in flight per subscription (FIFO: at most one per group)
 
 Deliver = Callable[[Subscription, SnsMessage], Awaitable[None]]
 """Hands a message to a subscription's endpoint; raises DeliveryFailed (or OSError) on failure."""
@@ -94,14 +96,14 @@ class Dispatcher:
         if self.closed or (sub.vhost, sub.id) in self.consumers:
             return
         session = self._session(sub.vhost)
-        fifo = self.registry.topics.get((sub.vhost, sub.topic))
-        session.qos(1 if fifo is not None and fifo.fifo else PREFETCH)
+        session.qos(PREFETCH)
         consumer = session.consume(sub.queue, sub.id)
         self.consumers[(sub.vhost, sub.id)] = sub
         consumer.start()
 
     def stop(self, sub: Subscription) -> None:
         """Stop consuming a subscription's queue (it is being deleted)."""
+        self._filters.pop(sub.arn, None)
         if self.consumers.pop((sub.vhost, sub.id), None) is not None:
             session = self.sessions.get(sub.vhost)
             if session is not None and not session.closed:
@@ -115,9 +117,9 @@ class Dispatcher:
         for task in list(self.tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for session in self.sessions.values():
+        for vhost, session in self.sessions.items():
             if not session.closed:
-                session.connection.close_session(session)  # type: ignore[attr-defined]
+                self.registry.system_connection(vhost).close_session(session)
         self.sessions.clear()
         self.consumers.clear()
 
