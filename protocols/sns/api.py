@@ -182,17 +182,20 @@ class SnsApi:
         if existing is not None:
             self.check(caller, "configure", name)
             for key, value in attributes.items():
-                if existing.attributes.get(key, _DEFAULTS.get(key)) != value:
+                wanted = value.lower() if key in _BOOLEANS else value
+                if existing.attributes.get(key, _DEFAULTS.get(key, "")) != wanted:
                     raise invalid(
                         "Attributes Reason: Topic already exists with different attributes"
                     )
             return xml("TopicArn", existing.arn)
         with self.session(caller) as session:
             session.declare_exchange(name, "fanout", durable=True)
-        stored = {k: v for k, v in attributes.items() if v != ""}
+        stored = {k: v.lower() if k in _BOOLEANS else v for k, v in attributes.items() if v}
         if fifo:
             stored["FifoTopic"] = "true"
             stored.setdefault("ContentBasedDeduplication", "false")
+        else:
+            stored.pop("FifoTopic", None)
         topic = Topic(caller.vhost, name, stored, tags)
         self.registry.add_topic(topic)
         return xml("TopicArn", topic.arn)
@@ -274,7 +277,7 @@ class SnsApi:
         if value == "":
             topic.attributes.pop(key, None)
         else:
-            topic.attributes[key] = value
+            topic.attributes[key] = value.lower() if key in _BOOLEANS else value
         self.registry.save(topic)
         return ""
 
@@ -486,6 +489,7 @@ class SnsApi:
         return xml_members("Tags", (xml("Key", k) + xml("Value", v) for k, v in topic.tags.items()))
 
 
+_BOOLEANS = frozenset({"FifoTopic", "ContentBasedDeduplication"})
 _DEFAULTS = {"FifoTopic": "false", "ContentBasedDeduplication": "false", "DisplayName": ""}
 
 
