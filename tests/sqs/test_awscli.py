@@ -40,9 +40,9 @@ def _aws(broker: RunningBroker, home: Path, *args: str) -> Any:
 def test_aws_cli_round_trip(sqs_broker: RunningBroker, tmp_path: Path) -> None:
     url = _aws(sqs_broker, tmp_path, "sqs", "create-queue", "--queue-name", "cli")["QueueUrl"]
     assert url.endswith("/000000000000/cli")
+    attributes = '{"k": {"DataType": "String", "StringValue": "v"}}'
     sent = _aws(sqs_broker, tmp_path, "sqs", "send-message", "--queue-url", url,
-                "--message-body", "from the cli",
-                "--message-attributes", '{"k": {"DataType": "String", "StringValue": "v"}}')  # fmt: skip
+                "--message-body", "from the cli", "--message-attributes", attributes)  # fmt: skip
     assert sent["MessageId"]
     got = _aws(sqs_broker, tmp_path, "sqs", "receive-message", "--queue-url", url,
                "--message-attribute-names", "All", "--wait-time-seconds", "5")  # fmt: skip
