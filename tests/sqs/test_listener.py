@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from moorage.broker.config import Config, ConfigError
 from moorage.protocols.aws import server
-from tests.helpers import RunningBroker, make_user
+from tests.helpers import RunningBroker, free_port, make_user
 from tests.sqs import echo_service
 from tests.sqs.conftest import REGION, ClientFactory, endpoint, sqs_config
 
@@ -266,3 +266,33 @@ def test_access_keys_in_the_configuration(tmp_path: Path) -> None:
         path.write_text(f'[[users]]\nname = "app"\n{bad}\n')
         with pytest.raises(ConfigError, match="access_keys"):
             Config.load(path)
+
+
+def test_sqs_over_https(
+    tmp_path: Path, start_broker: Callable[..., RunningBroker], make_client: ClientFactory
+) -> None:
+    """The TLS twin (`sqs_https`) serves the same API with the [tls] certificate."""
+    import boto3
+    import trustme
+
+    from tests.test_tls import write_server_cert
+
+    ca = trustme.CA()
+    config = sqs_config(tmp_path)
+    config.ports["sqs"] = 0
+    config.ports["sqs_https"] = free_port()
+    config.tls.cert, config.tls.key = map(str, write_server_cert(ca, tmp_path / "tls"))
+    running = start_broker(config)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    client = boto3.client(
+        "sqs",
+        endpoint_url=f"https://127.0.0.1:{running.daemon.ports['sqs_https']}",
+        region_name=REGION,
+        aws_access_key_id="guest",
+        aws_secret_access_key="guest",
+        verify=str(ca_file),
+    )
+    url = client.create_queue(QueueName="secure")["QueueUrl"]
+    assert url.startswith("https://127.0.0.1:")
+    client.close()
