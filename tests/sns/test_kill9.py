@@ -8,7 +8,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from tests.durability.broker_process import BrokerProcess, free_port
+from tests.durability.broker_process import BrokerProcess
 from tests.sns.conftest import Sns
 from tests.sns.endpoints import http_subscriber, wait_for
 
@@ -18,11 +18,8 @@ RETRY_EVERY_SECOND = json.dumps(
 
 
 async def test_published_messages_survive_kill_9_and_are_delivered(tmp_path: Path) -> None:
-    port = free_port()
-    broker = BrokerProcess(
-        tmp_path / "data",
-        extra_config=f'[listeners]\nsqs_port = {port}\n[sns]\nalerts_topic = ""\n',
-    )
+    broker = BrokerProcess(tmp_path / "data", sqs=True, extra_config='[sns]\nalerts_topic = ""\n')
+    port = broker.sqs_port
     async with http_subscriber() as endpoint:
         endpoint.status = 500  # down until the broker has been killed
         await asyncio.to_thread(broker.start)
