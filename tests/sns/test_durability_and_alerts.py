@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import paho.mqtt.client as mqtt
 
+from moorage.broker.clock import ManualClock
 from moorage.broker.config import SnsConfig
 from moorage.broker.embedded import EmbeddedBroker
 from moorage.protocols.sns.core import Sns
@@ -218,5 +220,89 @@ async def test_failover_warnings_are_alerts_with_their_state() -> None:
             assert raised["MessageAttributes"]["state"]["Value"] == "raised"
             assert raised["MessageAttributes"]["level"]["Value"] == "warning"
             assert cleared["MessageAttributes"]["state"]["Value"] == "cleared"
+        finally:
+            await sns.close()
+
+
+async def test_retry_delays_follow_the_delivery_policy_on_the_broker_clock() -> None:
+    """A failed HTTP delivery is tried again only when the policy's delay has passed on
+    the broker's clock (a ManualClock here: no sleeping, no speed assumed)."""
+    clock = ManualClock()
+    async with (
+        http_subscriber() as endpoint,
+        EmbeddedBroker(protocols=("amqp",), clock=clock) as eb,
+    ):
+        assert eb.daemon.broker is not None
+        sns = Sns(eb.daemon.broker, SnsConfig(alerts_topic=""))
+        client = Client(sns)
+        try:
+            arn = await client.text("CreateTopic", "TopicArn", Name="clocked")
+            policy = {
+                "healthyRetryPolicy": {"numRetries": 2, "minDelayTarget": 20, "maxDelayTarget": 20}
+            }
+            await client(
+                "Subscribe",
+                TopicArn=arn,
+                Protocol="http",
+                Endpoint=endpoint.url,
+                **{
+                    "Attributes.entry.1.key": "DeliveryPolicy",
+                    "Attributes.entry.1.value": json.dumps(policy),
+                },
+            )
+            await wait_for(lambda: bool(endpoint.of_type("SubscriptionConfirmation")))
+            token = endpoint.of_type("SubscriptionConfirmation")[0]["Token"]
+            await client("ConfirmSubscription", TopicArn=arn, Token=token)
+            endpoint.statuses = [500, 500]
+            await client("Publish", TopicArn=arn, Message="later")
+
+            def attempts() -> int:
+                return len(endpoint.of_type("Notification"))
+
+            await wait_for(lambda: attempts() == 1)
+            clock.advance(19)
+            await asyncio.sleep(0.2)  # room for a wrong early retry to show (it must not)
+            assert attempts() == 1
+            clock.advance(1)
+            await wait_for(lambda: attempts() == 2)
+            await asyncio.sleep(0.2)
+            assert attempts() == 2
+            clock.advance(20)
+            await wait_for(lambda: attempts() == 3)  # the last retry, answered 200
+            queue = next(q for q in eb.daemon.broker.vhosts["/"].queues if q.startswith("sns.sub."))
+            await wait_for(lambda: eb.daemon.broker.vhosts["/"].queues[queue].message_count == 0)
+        finally:
+            await sns.close()
+
+
+async def test_queue_age_alarm_uses_the_oldest_message_timestamp() -> None:
+    config = SnsConfig(alert_queue_age=600.0, alert_interval=0.05)
+    async with EmbeddedBroker(protocols=("amqp",)) as eb:
+        assert eb.daemon.broker is not None
+        sns = Sns(eb.daemon.broker, config)
+        client = Client(sns)
+        try:
+            await sns.start()
+            await (await amqp_queue(eb, "ops")).close()
+            alerts = "arn:aws:sns:us-east-1:000000000000:moorage-alerts"
+            await client(
+                "Subscribe",
+                TopicArn=alerts,
+                Protocol="sqs",
+                Endpoint="arn:aws:sqs:us-east-1:000000000000:ops",
+            )
+            connection = await aio_pika.connect(eb.urls["amqp"])
+            async with connection:
+                channel = await connection.channel()
+                await channel.declare_queue("stale", durable=True)
+                old = datetime.now(UTC) - timedelta(hours=1)
+                await channel.default_exchange.publish(
+                    aio_pika.Message(b"old", timestamp=old), "stale"
+                )
+                (raised,) = await get_all(eb, "ops", 1)
+            alert = json.loads(raised.body)
+            assert alert["MessageAttributes"]["alarm"]["Value"] == "queue_age"
+            assert alert["MessageAttributes"]["queue"]["Value"] == "stale"
+            assert "oldest message is" in alert["Message"]
         finally:
             await sns.close()
