@@ -79,6 +79,7 @@ class SnsConfig:
     smtp_host: str = ""  # SMTP relay for email subscriptions ("" = email deliveries fail)
     smtp_port: int = 25
     smtp_from: str = "moorage@localhost"
+    https_ca: str = ""  # PEM CA bundle trusted for https endpoints, besides the system's
     alerts_topic: str = "moorage-alerts"  # system topic of the broker's alarms ("" = none)
     alerts_vhost: str = "/"
     alert_queue_depth: int = 0  # alert when a queue holds more messages (0 = off)

@@ -10,6 +10,8 @@ Each `deliver_*` returns only once the endpoint has the message and raises
 - `http`/`https`: one POST (`Content-Type: text/plain; charset=UTF-8`, AWS's
   `x-amz-sns-*` headers, the envelope or the raw text as the body); any 2xx
   status is success, anything else or no answer within `HTTP_TIMEOUT` fails.
+  An https endpoint's certificate and host name are verified against the
+  system's CAs and `[sns] https_ca`.
 - `email`/`email-json`: one message to the SMTP relay of `[sns] smtp_host`
   (`smtplib` on a worker thread: a relay is a trusted, local hop); `email`
   gets the text and an unsubscribe line, `email-json` the JSON envelope.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import smtplib
+import ssl
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
@@ -117,9 +120,13 @@ class Endpoints:
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
+            context = ssl.create_default_context()  # certificates and host names checked
+            if self.config.https_ca:
+                context.load_verify_locations(cafile=self.config.https_ca)
             self._http = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT),
                 headers={"User-Agent": USER_AGENT},
+                connector=aiohttp.TCPConnector(ssl=context),
             )
         return self._http
 

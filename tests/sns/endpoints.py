@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -56,16 +57,17 @@ class HttpSubscriber:
 
 
 @asynccontextmanager
-async def http_subscriber() -> AsyncIterator[HttpSubscriber]:
+async def http_subscriber(tls: ssl.SSLContext | None = None) -> AsyncIterator[HttpSubscriber]:
+    """An HTTP (or, with a server context, HTTPS) subscriber on a free loopback port."""
     subscriber = HttpSubscriber()
     app = web.Application()
     app.router.add_post("/{tail:.*}", subscriber.handle)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    subscriber.url = f"http://127.0.0.1:{port}/sns"
+    subscriber.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/sns"
     try:
         yield subscriber
     finally:
