@@ -78,9 +78,11 @@ class Alerts:
 
     @property
     def enabled(self) -> bool:
+        """Whether an alerts topic is configured and its vhost exists."""
         return bool(self.config.alerts_topic) and self.config.alerts_vhost in self.sns.broker.vhosts
 
     async def start(self) -> None:
+        """Create the system topic, listen to the alarm loggers, watch the queues."""
         if not self.enabled:
             return
         self._ensure_topic()
@@ -91,6 +93,7 @@ class Alerts:
             self._task = asyncio.get_running_loop().create_task(self._watch_queues())
 
     async def close(self) -> None:
+        """Stop listening and watching."""
         if self._handler is not None:
             for name in ALARM_LOGGERS:
                 logging.getLogger(name).removeHandler(self._handler)

@@ -92,6 +92,7 @@ class SnsApi:
         self.request_confirmation: Callable[[Subscription], None] = lambda _s: None
 
     def actions(self) -> dict[str, Action]:
+        """The action handlers by AWS action name."""
         return {
             "CreateTopic": self.create_topic,
             "DeleteTopic": self.delete_topic,
@@ -132,12 +133,14 @@ class SnsApi:
 
     @staticmethod
     def required(params: Mapping[str, str], name: str) -> str:
+        """A required parameter; missing or empty is `InvalidParameter`."""
         value = params.get(name)
         if value is None or value == "":
             raise invalid(f"{name} is required")  # AWS: "Invalid parameter: TopicArn"
         return value
 
     def topic(self, caller: Caller, arn: str, field: str = "TopicArn") -> Topic:
+        """The caller's topic an ARN names. Raises SnsError (InvalidParameter, NotFound)."""
         name = topic_name_of(arn)
         if name is None:
             raise invalid(f"{field} Reason: An ARN must have at least 6 elements, not {arn!r}")
@@ -147,6 +150,7 @@ class SnsApi:
         return topic
 
     def subscription(self, caller: Caller, arn: str) -> Subscription:
+        """The caller's subscription an ARN names. Raises SnsError (InvalidParameter, NotFound)."""
         sub = self.registry.subscriptions.get(arn)
         if sub is None or sub.vhost != caller.vhost:
             if topic_name_of(arn.rsplit(":", 1)[0]) is None:
@@ -155,6 +159,7 @@ class SnsApi:
         return sub
 
     def check(self, caller: Caller, access: str, name: str, kind: str = "exchange") -> None:
+        """Raise `AuthorizationError` unless the caller has `access` on the resource."""
         try:
             caller.user.check(caller.vhost, access, name, kind)  # type: ignore[arg-type]
         except AccessRefused as e:
@@ -163,6 +168,7 @@ class SnsApi:
     # -- topics -------------------------------------------------------------------------
 
     async def create_topic(self, params: Mapping[str, str], caller: Caller) -> str:
+        """CreateTopic: declare the fanout exchange and store the topic; idempotent."""
         name = self.required(params, "Name")
         attributes = string_map(params, "Attributes")
         tags = {t.get("Key", ""): t.get("Value", "") for t in member_list(params, "Tags")}
@@ -225,6 +231,7 @@ class SnsApi:
                 raise invalid("Policy: failed to parse JSON") from None
 
     async def delete_topic(self, params: Mapping[str, str], caller: Caller) -> str:
+        """DeleteTopic: subscriptions, their queues and the exchange go; missing is fine."""
         name = topic_name_of(self.required(params, "TopicArn"))
         if name is None:
             raise invalid("TopicArn")
@@ -238,6 +245,7 @@ class SnsApi:
         return ""
 
     async def list_topics(self, params: Mapping[str, str], caller: Caller) -> str:
+        """ListTopics: the vhost's topics by name, 100 per page."""
         if not self.broker.users.may_open(caller.user, caller.vhost):
             raise SnsError("AuthorizationError", f"access to vhost '{caller.vhost}' refused", 403)
         names = sorted(n for (v, n) in self.registry.topics if v == caller.vhost)
@@ -246,6 +254,7 @@ class SnsApi:
         return xml_members("Topics", members) + (xml("NextToken", token) if token else "")
 
     async def get_topic_attributes(self, params: Mapping[str, str], caller: Caller) -> str:
+        """GetTopicAttributes: AWS's computed attributes, then the stored ones."""
         topic = self.topic(caller, self.required(params, "TopicArn"))
         self.check(caller, "configure", topic.name)
         subs = list(self.registry.subscriptions_of(topic))
@@ -269,6 +278,7 @@ class SnsApi:
         return xml_map("Attributes", attributes)
 
     async def set_topic_attributes(self, params: Mapping[str, str], caller: Caller) -> str:
+        """SetTopicAttributes: one settable attribute ("" removes it)."""
         topic = self.topic(caller, self.required(params, "TopicArn"))
         key = self.required(params, "AttributeName")
         value = params.get("AttributeValue", "")
@@ -284,6 +294,7 @@ class SnsApi:
     # -- subscriptions --------------------------------------------------------------------
 
     async def subscribe(self, params: Mapping[str, str], caller: Caller) -> str:
+        """Subscribe: an `sqs` subscription is confirmed at once, others ask their endpoint."""
         topic = self.topic(caller, self.required(params, "TopicArn"))
         protocol = self.required(params, "Protocol").lower()
         endpoint = params.get("Endpoint", "")
@@ -370,6 +381,7 @@ class SnsApi:
             self.check(caller, "write", queue, "queue")
 
     async def confirm_subscription(self, params: Mapping[str, str], caller: Caller) -> str:
+        """ConfirmSubscription: the token of a pending subscription starts its deliveries."""
         topic = self.topic(caller, self.required(params, "TopicArn"))
         token = self.required(params, "Token")
         for sub in self.registry.subscriptions_of(topic):
@@ -380,6 +392,7 @@ class SnsApi:
         raise invalid("Token")
 
     async def unsubscribe(self, params: Mapping[str, str], caller: Caller) -> str:
+        """Unsubscribe: the subscription and its queue (with its backlog) go."""
         sub = self.subscription(caller, self.required(params, "SubscriptionArn"))
         self.check(caller, "read", sub.topic)
         self.registry.remove_subscription(sub)
@@ -397,6 +410,7 @@ class SnsApi:
             )
 
     async def list_subscriptions(self, params: Mapping[str, str], caller: Caller) -> str:
+        """ListSubscriptions: every subscription of the vhost, 100 per page."""
         if not self.broker.users.may_open(caller.user, caller.vhost):
             raise SnsError("AuthorizationError", f"access to vhost '{caller.vhost}' refused", 403)
         subs = sorted(
@@ -406,6 +420,7 @@ class SnsApi:
         return self._subscription_page(subs, params)
 
     async def list_subscriptions_by_topic(self, params: Mapping[str, str], caller: Caller) -> str:
+        """ListSubscriptionsByTopic: one topic's subscriptions, 100 per page."""
         topic = self.topic(caller, self.required(params, "TopicArn"))
         self.check(caller, "read", topic.name)
         subs = sorted(self.registry.subscriptions_of(topic), key=lambda s: s.arn)
@@ -418,6 +433,7 @@ class SnsApi:
         return xml_members("Subscriptions", members) + (xml("NextToken", token) if token else "")
 
     async def get_subscription_attributes(self, params: Mapping[str, str], caller: Caller) -> str:
+        """GetSubscriptionAttributes: AWS's computed attributes, then the stored ones."""
         sub = self.subscription(caller, self.required(params, "SubscriptionArn"))
         self.check(caller, "read", sub.topic)
         attributes = {
@@ -441,6 +457,7 @@ class SnsApi:
         return xml_map("Attributes", attributes)
 
     async def set_subscription_attributes(self, params: Mapping[str, str], caller: Caller) -> str:
+        """SetSubscriptionAttributes: one settable attribute, validated ("" removes it)."""
         sub = self.subscription(caller, self.required(params, "SubscriptionArn"))
         key = self.required(params, "AttributeName")
         value = params.get("AttributeValue", "")
@@ -467,6 +484,7 @@ class SnsApi:
         return topic
 
     async def tag_resource(self, params: Mapping[str, str], caller: Caller) -> str:
+        """TagResource: add or replace tags (at most 50 per topic)."""
         topic = self._tagged(params, caller)
         tags = {t.get("Key", ""): t.get("Value", "") for t in member_list(params, "Tags")}
         if len({**topic.tags, **tags}) > MAX_TAGS:
@@ -478,6 +496,7 @@ class SnsApi:
         return ""
 
     async def untag_resource(self, params: Mapping[str, str], caller: Caller) -> str:
+        """UntagResource: remove tags by key (missing keys are fine)."""
         topic = self._tagged(params, caller)
         for key in string_list(params, "TagKeys"):
             topic.tags.pop(key, None)
@@ -485,6 +504,7 @@ class SnsApi:
         return ""
 
     async def list_tags_for_resource(self, params: Mapping[str, str], caller: Caller) -> str:
+        """ListTagsForResource: the topic's tags."""
         topic = self._tagged(params, caller)
         return xml_members("Tags", (xml("Key", k) + xml("Value", v) for k, v in topic.tags.items()))
 

@@ -53,6 +53,7 @@ class Endpoints:
         self._http: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
+        """Close the HTTP client and its connections."""
         if self._http is not None:
             await self._http.close()
             self._http = None

@@ -71,6 +71,7 @@ SUBSCRIPTION_SETTABLE = frozenset(
 
 
 def topic_arn(name: str) -> str:
+    """The ARN of the topic `name`."""
     return f"arn:aws:sns:{REGION}:{ACCOUNT_ID}:{name}"
 
 

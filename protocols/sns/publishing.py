@@ -45,6 +45,7 @@ _TYPE = re.compile(r"(String|Number|Binary)(\.[\x21-\x7e]{1,200})?|String\.Array
 
 
 def value_invalid(message: str) -> SnsError:
+    """AWS's `ParameterValueInvalid` (InvalidParameterValueException)."""
     return SnsError("ParameterValueInvalid", message)
 
 
@@ -123,6 +124,7 @@ class Publishing:
         self._sequence = itertools.count(int(api.broker.clock.wall() * 1_000_000)).__next__
 
     def actions(self) -> dict[str, Any]:
+        """The action handlers by AWS action name."""
         return {"Publish": self.publish, "PublishBatch": self.publish_batch}
 
     def _target(self, params: Mapping[str, str], caller: Caller) -> Topic:
@@ -218,6 +220,7 @@ class Publishing:
         return ids
 
     async def publish(self, params: Mapping[str, str], caller: Caller) -> str:
+        """Publish: answered with the MessageId once the message is on disk."""
         topic = self._target(params, caller)
         fields = self._validate(topic, params, "")
         (message_id,) = await self._publish(topic, caller, [fields])
@@ -227,6 +230,7 @@ class Publishing:
         return result
 
     async def publish_batch(self, params: Mapping[str, str], caller: Caller) -> str:
+        """PublishBatch: up to 10 entries; bad entries fail alone, the rest are published."""
         topic = self._target(params, caller)
         entries = member_list(params, "PublishBatchRequestEntries")
         if not entries:

@@ -111,6 +111,7 @@ class Registry:
             connection.close_session(session)
 
     def close(self) -> None:
+        """Close the broker's own SNS connections (their sessions end with them)."""
         for connection in self._system.values():
             connection.close()
         self._system.clear()
@@ -118,6 +119,7 @@ class Registry:
     # -- topics -------------------------------------------------------------------------
 
     def topic(self, vhost: str, name: str) -> Topic | None:
+        """The topic `name` of `vhost`, or None (also when its exchange was deleted)."""
         topic = self.topics.get((vhost, name))
         if topic is None:
             return None
@@ -139,11 +141,13 @@ class Registry:
         self.broker.store.delete_session(topic.vhost, PROTOCOL, topic.arn)
 
     def save(self, item: Topic | Subscription) -> None:
+        """Write a topic's or subscription's state to the store."""
         self.broker.store.put_session(item.vhost, PROTOCOL, item.arn, item.to_state())
 
     # -- subscriptions ------------------------------------------------------------------
 
     def subscriptions_of(self, topic: Topic) -> Iterator[Subscription]:
+        """The subscriptions of a topic."""
         for sub in self.subscriptions.values():
             if sub.vhost == topic.vhost and sub.topic == topic.name:
                 yield sub

@@ -34,6 +34,7 @@ class SnsService:
             self._start = asyncio.get_running_loop().create_task(self.sns.start())
 
     async def call(self, call: AwsCall) -> AwsReply:
+        """Answer one SNS call. Raises AwsError (SNS's code, status and fault)."""
         if call.wire != "query":
             raise AwsError("InvalidAction", f"SNS speaks the Query protocol, not {call.wire}")
         params = {str(k): str(v) for k, v in call.params.items()}
@@ -49,4 +50,5 @@ class SnsService:
         return AwsReply(response(call.action, result, call.request_id), "text/xml")
 
     async def close(self) -> None:
+        """Stop SNS's deliveries and alerts."""
         await self.sns.close()

@@ -28,10 +28,12 @@ class SnsError(Exception):
 
 
 def invalid(message: str) -> SnsError:
+    """AWS's `InvalidParameter` with its "Invalid parameter: ..." text."""
     return SnsError("InvalidParameter", f"Invalid parameter: {message}")
 
 
 def not_found(message: str) -> SnsError:
+    """AWS's `NotFound` (404)."""
     return SnsError("NotFound", message, 404)
 
 
@@ -54,11 +56,13 @@ xml = element  # `<tag>escaped value</tag>`
 
 
 def xml_map(tag: str, items: Mapping[str, str]) -> str:
+    """A map as SNS answers it: `<tag><entry><key/><value/></entry>...</tag>`."""
     entries = "".join(f"<entry>{xml('key', k)}{xml('value', v)}</entry>" for k, v in items.items())
     return f"<{tag}>{entries}</{tag}>"
 
 
 def xml_members(tag: str, members: Iterable[str]) -> str:
+    """A list as SNS answers it: `<tag><member>...</member>...</tag>`."""
     return f"<{tag}>" + "".join(f"<member>{m}</member>" for m in members) + f"</{tag}>"
 
 
