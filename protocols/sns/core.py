@@ -24,6 +24,7 @@ from moorage.protocols.sns.endpoints import Endpoints
 from moorage.protocols.sns.model import Subscription
 from moorage.protocols.sns.publishing import Publishing
 from moorage.protocols.sns.registry import Registry
+from moorage.protocols.sns.retry import retry_delays
 from moorage.protocols.sns.wire import SnsError
 
 log = logging.getLogger("moorage.sns")
@@ -107,7 +108,15 @@ class Sns:
         task.add_done_callback(self._confirmations.discard)
 
     async def _confirm(self, sub: Subscription) -> None:
-        try:
-            await self.endpoints.send_confirmation(sub)
-        except (DeliveryFailed, OSError, TimeoutError) as e:
-            log.warning("sns: could not ask %s to confirm %s: %s", sub.endpoint, sub.arn, e)
+        """Send the confirmation request, retried like a delivery (the same policy)."""
+        delays = retry_delays(self.dispatcher.retry_policy(sub))
+        for attempt in range(len(delays) + 1):
+            try:
+                await self.endpoints.send_confirmation(sub)
+                return
+            except (DeliveryFailed, OSError, TimeoutError) as e:
+                error = e
+            if attempt == len(delays) or sub.arn not in self.registry.subscriptions:
+                break
+            await self.broker.clock.sleep(delays[attempt])
+        log.warning("sns: could not ask %s to confirm %s: %s", sub.endpoint, sub.arn, error)

@@ -180,7 +180,7 @@ class Dispatcher:
     async def _run(
         self, sub: Subscription, message: SnsMessage, session: Session, delivery_tag: int
     ) -> None:
-        delays = retry_delays(self._policy(sub))
+        delays = retry_delays(self.retry_policy(sub))
         attempt = 0
         while True:
             try:
@@ -202,7 +202,8 @@ class Dispatcher:
                 attempt += 1
         self._settle(session, delivery_tag, False)
 
-    def _policy(self, sub: Subscription) -> dict[str, object]:
+    def retry_policy(self, sub: Subscription) -> dict[str, object]:
+        """The retry policy of a subscription: its own, its topic's, or the default."""
         if sub.protocol not in ("http", "https"):
             return dict(QUEUE_RETRY)
         for text in (

@@ -278,3 +278,27 @@ async def test_bad_input_gets_aws_error_codes(
     with pytest.raises(SnsError) as raised:
         await sns(action, **params)
     assert raised.value.code == code
+
+
+async def test_confirmation_request_is_retried_like_a_delivery(
+    engine: tuple[EmbeddedBroker, Client],
+) -> None:
+    _eb, sns = engine
+    async with http_subscriber() as endpoint:
+        endpoint.statuses = [503]  # down when the subscription is made, up a moment later
+        retry_once = '{"healthyRetryPolicy": {"numRetries": 1, "numNoDelayRetries": 1}}'
+        arn = await sns.text("CreateTopic", "TopicArn", Name="flaky")
+        await sns(
+            "Subscribe",
+            TopicArn=arn,
+            Protocol="http",
+            Endpoint=endpoint.url,
+            **{
+                "Attributes.entry.1.key": "DeliveryPolicy",
+                "Attributes.entry.1.value": retry_once,
+            },
+        )
+        await wait_for(lambda: len(endpoint.of_type("SubscriptionConfirmation")) == 2)
+        first, second = endpoint.of_type("SubscriptionConfirmation")
+        assert first["Token"] == second["Token"]
+        await sns("ConfirmSubscription", TopicArn=arn, Token=second["Token"])

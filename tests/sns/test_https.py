@@ -29,7 +29,14 @@ async def test_https_endpoint_signed_by_the_configured_ca(tmp_path: Path) -> Non
             # without the CA the endpoint's certificate is refused: nothing reaches it
             plain = Client(untrusting)
             arn = await plain.text("CreateTopic", "TopicArn", Name="secure")
-            await plain("Subscribe", TopicArn=arn, Protocol="https", Endpoint=endpoint.url)
+            once = '{"healthyRetryPolicy": {"numRetries": 0}}'  # one attempt, no retry
+            await plain(
+                "Subscribe",
+                TopicArn=arn,
+                Protocol="https",
+                Endpoint=endpoint.url,
+                **{"Attributes.entry.1.key": "DeliveryPolicy", "Attributes.entry.1.value": once},
+            )
             await wait_for(lambda: not untrusting._confirmations)
             assert endpoint.posts == []
             await untrusting.close()
