@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import paho.mqtt.client as mqtt
 import pytest
 from botocore.exceptions import ClientError
 
@@ -398,6 +399,38 @@ async def test_amqp_publish_to_the_topic_exchange_reaches_sns_subscribers(aws: A
         (note,) = endpoint.of_type("Notification")
         assert note["Message"] == "from AMQP"
         assert note["MessageAttributes"]["source"] == {"Type": "String", "Value": "legacy"}
+
+
+async def test_sns_publish_reaches_an_mqtt_subscriber(tmp_path: Path) -> None:
+    """The documented way for MQTT: bind the topic's exchange to `amq.topic` once, then
+    subscribe to `sns/<topic>` (SNS publishes with the routing key `sns.<topic>`)."""
+    async with EmbeddedBroker(aws_config(tmp_path, protocols=("mqtt",))) as eb:
+        sns = Sns(f"http://127.0.0.1:{eb.ports['sqs']}")
+        topic = (await sns.create_topic(Name="prices"))["TopicArn"]
+        connection = await aio_pika.connect(eb.urls["amqp"])
+        async with connection:
+            channel = await connection.channel()
+            amq_topic = await channel.get_exchange("amq.topic")
+            await amq_topic.bind("prices", routing_key="#")
+        received: list[bytes] = []
+        subscribed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sns-reader")
+        paho.username_pw_set("guest", "guest")
+        paho.on_subscribe = lambda *_a: loop.call_soon_threadsafe(subscribed.set)
+        paho.on_message = lambda _c, _u, m: received.append(m.payload)
+        paho.on_connect = lambda c, *_a: c.subscribe("sns/prices", qos=1)
+        paho.connect("127.0.0.1", eb.ports["mqtt"])
+        paho.loop_start()
+        try:
+            async with asyncio.timeout(WAIT):
+                await subscribed.wait()
+            await sns.publish(TopicArn=topic, Message="42 EUR")
+            await wait_for(lambda: received == [b"42 EUR"])
+        finally:
+            paho.disconnect()
+            paho.loop_stop()
+            sns.client.close()
 
 
 def code_of(error: pytest.ExceptionInfo[ClientError]) -> tuple[str, int]:

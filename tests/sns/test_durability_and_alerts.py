@@ -1,5 +1,5 @@
-"""Deliveries survive a broker restart; the broker's alarms reach the alerts topic;
-an MQTT client reads an SNS topic through a binding to `amq.topic`."""
+"""Deliveries survive a broker restart and wait their retry delays on the broker's
+clock; the broker's alarms reach the alerts topic."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import paho.mqtt.client as mqtt
 
 from moorage.broker.clock import ManualClock
 from moorage.broker.config import SnsConfig
@@ -152,40 +151,6 @@ async def test_memory_alarm_is_published_to_the_alerts_topic() -> None:
             assert alert["MessageAttributes"]["alarm"]["Value"] == "memory"
             assert alert["MessageAttributes"]["state"]["Value"] == "raised"
             assert "memory alarm set" in alert["Message"]
-        finally:
-            await sns.close()
-
-
-async def test_mqtt_subscriber_reads_a_topic_bound_to_amq_topic() -> None:
-    async with EmbeddedBroker(protocols=("amqp", "mqtt")) as eb:
-        assert eb.daemon.broker is not None
-        sns = Sns(eb.daemon.broker, SnsConfig(alerts_topic=""))
-        client = Client(sns)
-        try:
-            arn = await client.text("CreateTopic", "TopicArn", Name="prices")
-            connection = await aio_pika.connect(eb.urls["amqp"])
-            async with connection:  # the documented one-time setup: bind the topic to amq.topic
-                channel = await connection.channel()
-                amq_topic = await channel.get_exchange("amq.topic")
-                await amq_topic.bind("prices", routing_key="#")
-            received: list[bytes] = []
-            subscribed = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sns-reader")
-            paho.username_pw_set("guest", "guest")
-            paho.on_subscribe = lambda *_a: loop.call_soon_threadsafe(subscribed.set)
-            paho.on_message = lambda _c, _u, m: received.append(m.payload)
-            paho.on_connect = lambda c, *_a: c.subscribe("sns/prices", qos=1)
-            paho.connect("127.0.0.1", eb.ports["mqtt"])
-            paho.loop_start()
-            try:
-                async with asyncio.timeout(30):
-                    await subscribed.wait()
-                await client("Publish", TopicArn=arn, Message="42 EUR")
-                await wait_for(lambda: received == [b"42 EUR"])
-            finally:
-                paho.disconnect()
-                paho.loop_stop()
         finally:
             await sns.close()
 
