@@ -38,3 +38,32 @@ def test_retention_and_visibility_follow_the_broker_clock(
     values = client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
     assert values["ApproximateNumberOfMessages"] == "0"
     assert values["ApproximateNumberOfMessagesNotVisible"] == "1"
+
+
+def test_delays_follow_the_broker_clock(
+    tmp_path: Path, start_broker: Callable[..., RunningBroker], make_client: ClientFactory
+) -> None:
+    clock = ManualClock(wall=time.time())
+    broker = start_broker(sqs_config(tmp_path), clock=clock)
+    client = make_client(broker, "query")
+    url = client.create_queue(QueueName="delayed")["QueueUrl"]
+    client.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=10)
+    client.send_message(QueueUrl=url, MessageBody="now")
+    delayed = client.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
+    )["Attributes"]
+    assert delayed == {"ApproximateNumberOfMessagesDelayed": "1"}
+    (now,) = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert now["Body"] == "now"
+    broker.call(lambda: clock.advance(9))
+    assert "Messages" not in client.receive_message(QueueUrl=url)
+    broker.call(lambda: clock.advance(1))
+    (later,) = client.receive_message(QueueUrl=url)["Messages"]
+    assert later["Body"] == "later"
+    # the queue's DelaySeconds applies to messages that give none
+    client.set_queue_attributes(QueueUrl=url, Attributes={"DelaySeconds": "5"})
+    client.send_message(QueueUrl=url, MessageBody="queue delay")
+    assert "Messages" not in client.receive_message(QueueUrl=url)
+    broker.call(lambda: clock.advance(5))
+    (held,) = client.receive_message(QueueUrl=url)["Messages"]
+    assert held["Body"] == "queue delay"

@@ -272,23 +272,3 @@ def test_fifo_group_waits_for_its_message_in_flight(sqs: Sqs) -> None:
     client.delete_message(QueueUrl=url, ReceiptHandle=again["ReceiptHandle"])
     (second,) = sqs.receive(url, WaitTimeSeconds=10)
     assert second["Body"] == "second"
-
-
-def test_delay_seconds(sqs: Sqs) -> None:
-    client = sqs.client
-    url = sqs.create("delayed")
-    client.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=1)
-    client.send_message(QueueUrl=url, MessageBody="now")
-    assert sqs.attributes(url, "ApproximateNumberOfMessagesDelayed") == {
-        "ApproximateNumberOfMessagesDelayed": "1"
-    }
-    (now,) = sqs.receive(url)
-    assert now["Body"] == "now"
-    (later,) = sqs.receive(url, WaitTimeSeconds=10)
-    assert later["Body"] == "later"
-    # a queue's DelaySeconds applies to messages that give none
-    client.set_queue_attributes(QueueUrl=url, Attributes={"DelaySeconds": "1"})
-    client.send_message(QueueUrl=url, MessageBody="queue delay")
-    assert sqs.receive(url) == []
-    (held,) = sqs.receive(url, WaitTimeSeconds=10)
-    assert held["Body"] == "queue delay"
