@@ -14,10 +14,14 @@ ContentBasedDeduplication the id is the SHA-256 of the message body, as in
 AWS. SequenceNumber is a per-topic counter (128 bits in AWS, shown as 20
 digits: Moorage starts it from the broker's wall clock in microseconds, so
 it keeps increasing across restarts).
+
+Flow control: `Throttled` during the memory alarm, a wait while the store's
+write backlog drains (`Publishing._wait_for_room`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -201,6 +205,7 @@ class Publishing:
         self, topic: Topic, caller: Caller, fields: list[dict[str, Any]]
     ) -> list[str]:
         """Publish checked messages in order; returns their MessageIds once on disk."""
+        await self._wait_for_room()
         ids = []
         stored = False
         with self.api.session(caller) as session:
@@ -218,6 +223,30 @@ class Publishing:
         if stored:
             await self.api.registry.durable()
         return ids
+
+    async def _wait_for_room(self) -> None:
+        """The broker's flow control, as an HTTP publisher sees it.
+
+        While the memory alarm is on, a Publish is refused with AWS's `Throttled`
+        (429; SDKs back off and retry), as AMQP, MQTT and STOMP publishers are
+        paused. While the store's write backlog is over its limit
+        (`broker.flow`), the Publish waits until it has drained, as a paused
+        AMQP publisher does.
+        """
+        flow = self.api.broker.flow
+        if flow.memory_alarm:
+            raise SnsError(
+                "Throttled", "Rate exceeded: the broker's memory alarm is on, retry later", 429
+            )
+        if flow.blocked:
+            resumed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def resume() -> None:
+                if not resumed.done():
+                    resumed.set_result(None)
+
+            flow.on_resume(resume)
+            await resumed
 
     async def publish(self, params: Mapping[str, str], caller: Caller) -> str:
         """Publish: answered with the MessageId once the message is on disk."""

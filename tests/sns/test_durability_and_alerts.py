@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import pytest
 
 from moorage.broker.clock import ManualClock
 from moorage.broker.config import SnsConfig
 from moorage.broker.embedded import EmbeddedBroker
 from moorage.protocols.sns.core import Sns
+from moorage.protocols.sns.wire import SnsError
 from tests.sns.endpoints import http_subscriber, wait_for
 from tests.sns.test_engine import Client, amqp_queue, get_all
 
@@ -151,6 +153,17 @@ async def test_memory_alarm_is_published_to_the_alerts_topic() -> None:
             assert alert["MessageAttributes"]["alarm"]["Value"] == "memory"
             assert alert["MessageAttributes"]["state"]["Value"] == "raised"
             assert "memory alarm set" in alert["Message"]
+            # while the alarm is on, Publish is throttled as AWS answers (SDKs back off)
+            with pytest.raises(SnsError) as throttled:
+                await client("Publish", TopicArn=big, Message="more")
+            assert (throttled.value.code, throttled.value.status) == ("Throttled", 429)
+            connection = await aio_pika.connect(eb.urls["amqp"])
+            async with connection:
+                channel = await connection.channel()
+                await (await channel.get_queue("hold")).purge()
+            (cleared,) = await get_all(eb, "ops", 1)
+            assert json.loads(cleared.body)["MessageAttributes"]["state"]["Value"] == "cleared"
+            await client("Publish", TopicArn=big, Message="more")  # accepted again
         finally:
             await sns.close()
 
