@@ -5,6 +5,7 @@
     moorage bench stomp [options]        # bench/stomp_bench.py
     moorage bench conn  [options]        # idle-connection memory and connect rate
     moorage bench paging [options]       # the 1,000,000-message durable queue check
+    moorage bench sqs [options]          # SQS through boto3 and raw HTTP, beside moto
     moorage bench --protocol mqtt ...    # the same as ``moorage bench mqtt ...``
 
 Every throughput subcommand also takes ``--compare HOST:PORT``: after measuring the
@@ -38,7 +39,7 @@ from moorage.bench.results import (
 )
 
 PROTOCOLS = ("amqp", "mqtt", "stomp")
-COMMANDS = (*PROTOCOLS, "conn", "paging")
+COMMANDS = (*PROTOCOLS, "conn", "paging", "sqs")
 
 
 def _options_module(name: str) -> ModuleType:
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             print(__doc__)
             return 0
         print(
-            "usage: moorage bench {amqp,mqtt,stomp,conn,paging} [options] "
+            "usage: moorage bench {amqp,mqtt,stomp,conn,paging,sqs} [options] "
             "(or --protocol amqp|mqtt|stomp); --help on each",
             file=sys.stderr,
         )
@@ -143,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         from moorage.bench import conn_bench
 
         return conn_bench.main(rest)
+    if name == "sqs":
+        from moorage.bench import sqs_bench
+
+        return sqs_bench.main(rest)
     from moorage.bench import paging_bench
 
     return paging_bench.main(rest)

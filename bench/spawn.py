@@ -33,7 +33,7 @@ SPAWN_READY_TIMEOUT: Final = 30.0  # seconds a spawned broker gets to start list
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 # Every listener of `moorage serve` (broker.config.DEFAULT_PORTS); a spawned broker
 # opens only the one under test, so runs never collide with a broker on default ports.
-LISTENERS: Final = ("amqp", "mqtt", "stomp", "http", "mqtt_ws", "stomp_ws")
+LISTENERS: Final = ("amqp", "mqtt", "stomp", "http", "mqtt_ws", "stomp_ws", "sqs")
 
 
 @dataclass(slots=True)

@@ -68,6 +68,10 @@ class User:
     password_hash: str | None
     tags: tuple[str, ...] = ()
     permissions: dict[str, Permission] = field(default_factory=dict)
+    # AWS access keys (SQS/SNS, SigV4): access key id -> secret, and the vhost each
+    # key's queues and topics live in when it is not `/`.
+    access_keys: dict[str, str] = field(default_factory=dict)
+    access_key_vhosts: dict[str, str] = field(default_factory=dict)
 
     def check(self, vhost: str, access: Access, resource: str, kind: str = "queue") -> None:
         """Raise AccessRefused unless this user may do `access` on `resource` in `vhost`."""
@@ -119,6 +123,18 @@ class UserDirectory:
         if user.name in self.loopback_users and not from_loopback:
             raise AccessRefused(f"user '{user.name}' can only connect via localhost")
         return user
+
+    def find_access_key(self, key_id: str) -> tuple[User, str] | None:
+        """The user an AWS access key id belongs to, with its secret; None when unknown.
+
+        The loopback-only rule is the caller's to apply (`loopback_users`), as it
+        is for passwords.
+        """
+        for user in self.users.values():
+            secret = user.access_keys.get(key_id)
+            if secret is not None:
+                return user, secret
+        return None
 
     def may_open(self, user: User, vhost: str) -> bool:
         """True when the user has any permissions on the vhost (RabbitMQ's vhost access)."""

@@ -25,6 +25,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "http": 15672,
     "mqtt_ws": 15675,  # MQTT over WebSocket, path /ws
     "stomp_ws": 15674,  # STOMP over WebSocket, path /ws
+    "sqs": 9324,  # the AWS listener: SQS (and SNS) APIs, ElasticMQ's port
     # TLS twins of the above (broker.tls): off (0) until a port is set
     **dict.fromkeys(TLS_PORTS, 0),
 }
@@ -85,6 +86,21 @@ class StorageConfig:
 
 
 @dataclass(slots=True)
+class SnsConfig:
+    """The SNS API's deliveries and alerts (`[sns]`, see docs/sns.md)."""
+
+    smtp_host: str = ""  # SMTP relay for email subscriptions ("" = email deliveries fail)
+    smtp_port: int = 25
+    smtp_from: str = "moorage@localhost"
+    https_ca: str = ""  # PEM CA bundle trusted for https endpoints, besides the system's
+    alerts_topic: str = "moorage-alerts"  # system topic of the broker's alarms ("" = none)
+    alerts_vhost: str = "/"
+    alert_queue_depth: int = 0  # alert when a queue holds more messages (0 = off)
+    alert_queue_age: float = 0.0  # alert when a queue's oldest message is older, seconds (0 = off)
+    alert_interval: float = 30.0  # seconds between checks of queue depth and age
+
+
+@dataclass(slots=True)
 class Config:
     """Everything `moorage serve` needs; defaults run a local broker."""
 
@@ -98,6 +114,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     storage: StorageConfig = field(default_factory=StorageConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
+    sns: SnsConfig = field(default_factory=SnsConfig)
     log_level: str = "info"
 
     @classmethod
@@ -154,6 +171,7 @@ class Config:
         config.storage.check_mode()
 
         config.tls = _dataclass_from(TLSConfig, data.pop("tls", {}), "tls")
+        config.sns = _dataclass_from(SnsConfig, data.pop("sns", {}), "sns")
 
         auth = _table(data.pop("auth", {}), "auth")
         _check_keys(auth, {"loopback_users", "anonymous_user"}, "auth")
@@ -215,7 +233,11 @@ class Config:
 def default_guest() -> User:
     """RabbitMQ's default user: guest/guest, all permissions on `/`, loopback only."""
     return User(
-        "guest", hash_password("guest"), ("administrator",), {"/": Permission(".*", ".*", ".*")}
+        "guest",
+        hash_password("guest"),
+        ("administrator",),
+        {"/": Permission(".*", ".*", ".*")},
+        access_keys={"guest": "guest"},  # AWS access key id/secret, loopback only too
     )
 
 
@@ -253,7 +275,11 @@ def _dataclass_from(cls: type[_T], value: Any, section: str) -> _T:
 
 def _user(value: Any) -> User:
     table = _table(value, "users")
-    _check_keys(table, {"name", "password", "password_hash", "tags", "permissions"}, "users")
+    _check_keys(
+        table,
+        {"name", "password", "password_hash", "tags", "permissions", "access_keys"},
+        "users",
+    )
     if "name" not in table:
         raise ConfigError("every [[users]] entry needs a name")
     name = str(table["name"])
@@ -271,4 +297,22 @@ def _user(value: Any) -> User:
         permissions[vhost] = Permission(
             str(perm.get("configure", "")), str(perm.get("write", "")), str(perm.get("read", ""))
         )
-    return User(name, password_hash, tuple(str(t) for t in table.get("tags", [])), permissions)
+    user = User(name, password_hash, tuple(str(t) for t in table.get("tags", [])), permissions)
+    _access_keys(user, table.get("access_keys", []))
+    return user
+
+
+def _access_keys(user: User, value: Any) -> None:
+    """`access_keys = [{ id = "AKIA...", secret = "...", vhost = "/" }]` of one user."""
+    where = f"users.{user.name}.access_keys"
+    if not isinstance(value, list):
+        raise ConfigError(f"'{where}' must be a list of {{ id, secret }} tables")
+    for item in value:
+        key = _table(item, where)
+        _check_keys(key, {"id", "secret", "vhost"}, where)
+        key_id, secret = key.get("id"), key.get("secret")
+        if not isinstance(key_id, str) or not key_id or not isinstance(secret, str) or not secret:
+            raise ConfigError(f"every entry of '{where}' needs a non-empty id and secret")
+        user.access_keys[key_id] = secret
+        if "vhost" in key:
+            user.access_key_vhosts[key_id] = str(key["vhost"])

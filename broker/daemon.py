@@ -96,6 +96,8 @@ class Daemon:
             raise StartupError(str(e)) from e
         self.broker = broker
         self.ports = broker.ports
+        # plug-ins read their own sections (e.g. `[sns]`) from the broker's configuration
+        broker.extension("config", lambda _broker: config)
         plugins = discover()
         try:
             if config.tls.configured:

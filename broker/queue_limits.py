@@ -53,6 +53,17 @@ class QueueLimits:
         def publish(self, message: Message, *, delayed: bool = False) -> int: ...
         def _drop(self, entry: QueueEntry, reason: str) -> None: ...
 
+    def publish_later(self, message: Message, delay_ms: int) -> int:
+        """Queue `message` in `delay_ms` ms (SQS's per-message `DelaySeconds`).
+
+        Held by the same scheduler as `x-delivery-delay` (on disk for a
+        persistent message on a stored queue, recovered after a restart).
+        Returns DELAYED_STORED or DELAYED, or what `publish` returns for 0.
+        """
+        if delay_ms <= 0:
+            return self.publish(message)
+        return self._delay(message, delay_ms)
+
     def _delay(self, message: Message, delay_ms: int) -> int:
         return DELAYED_STORED if self._delay_scheduler().schedule(message, delay_ms) else DELAYED
 

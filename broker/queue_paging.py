@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from moorage.broker.arguments import QueueOptions
 from moorage.broker.clock import Clock
-from moorage.broker.delayed import DelayScheduler
+from moorage.broker.delayed import DELAY_STORE_PREFIX, DelayScheduler
 from moorage.broker.entry import DiskRange, QueueEntry
 from moorage.broker.fifo import Deduplicator, group_of
 from moorage.broker.ready import ReadyEntries
@@ -114,11 +114,17 @@ class QueuePaging:
         """Read the first batch of a recovered queue before clients connect."""
         if self.dedup is not None and self.stored:
             await self.dedup.recover()
-        if self.options.delivery_delay and self.stored:
+        if self.stored and (self.options.delivery_delay or await self._delays_stored()):
             await self._delay_scheduler().recover()
         self._refill()
         if self._refill_task is not None:
             await self._refill_task
+
+    async def _delays_stored(self) -> bool:
+        """Does the store hold messages delayed by `publish_later` for this queue?"""
+        store_name = DELAY_STORE_PREFIX + "q." + self.name
+        count, _size, _seq = await self.vhost.broker.store.queue_stats(self.vhost.name, store_name)
+        return count > 0
 
     def _refill(self) -> None:
         """Bring tail entries into memory while under half the memory limit."""

@@ -28,6 +28,7 @@ TLS_LISTENERS: dict[str, str] = {
     "mqtt_wss": "mqtt_ws",
     "stomp_wss": "stomp_ws",
     "https": "http",
+    "sqs_https": "sqs",
 }
 """Each TLS listener's name and the plain listener whose protocol it serves."""
 
@@ -38,6 +39,7 @@ TLS_PORTS: dict[str, int] = {
     "mqtt_wss": 15676,
     "stomp_wss": 15673,
     "https": 15671,
+    "sqs_https": 9325,
 }
 """The ports RabbitMQ and ActiveMQ users expect; a TLS listener is off until its port is set."""
 

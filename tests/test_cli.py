@@ -16,7 +16,7 @@ from tests.durability.broker_process import BrokerProcess, free_port
 SERVE = [sys.executable, "-m", "moorage.broker.cli", "serve"]
 NO_OTHER_LISTENERS = [
     *("--mqtt-port", "0", "--stomp-port", "0", "--http-port", "0"),
-    *("--mqtt-ws-port", "0", "--stomp-ws-port", "0"),
+    *("--mqtt-ws-port", "0", "--stomp-ws-port", "0", "--sqs-port", "0"),
 ]
 
 

@@ -60,7 +60,7 @@ def test_notify_watchdog_reload_and_stop(tmp_path: Path) -> None:
     env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "200000"}
     cmd = [sys.executable, "-m", "moorage.broker.cli", "serve", "--config", str(config),
            "--data-dir", str(tmp_path / "data"), "--amqp-port", str(port)]  # fmt: skip
-    cmd += [f"--{name}-port=0" for name in ("mqtt", "stomp", "http", "mqtt-ws", "stomp-ws")]
+    cmd += [f"--{name}-port=0" for name in ("mqtt", "stomp", "http", "mqtt-ws", "stomp-ws", "sqs")]
     log = tmp_path / "broker.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, stderr=out)

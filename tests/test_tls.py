@@ -222,7 +222,8 @@ def tls_process(
         "--amqps-port",
         str(port),
     ]
-    cmd += [f"--{n}-port=0" for n in ("mqtt", "stomp", "http", "mqtt-ws", "stomp-ws")]  # fmt: skip
+    others = ("mqtt", "stomp", "http", "mqtt-ws", "stomp-ws", "sqs")
+    cmd += [f"--{n}-port=0" for n in others]
     log = (tmp_path / "broker.log").open("wb")
     proc = subprocess.Popen(cmd, stderr=log)
     deadline = time.monotonic() + TIMEOUT

@@ -30,6 +30,7 @@ class BrokerProcess:
         stomp: bool = False,
         mqtt: bool = False,
         http: bool = False,
+        sqs: bool = False,
         extra_config: str = "",
     ) -> None:
         self.data_dir = data_dir
@@ -40,6 +41,8 @@ class BrokerProcess:
         self.mqtt_port = free_port() if mqtt else 0
         # http=True: the management listener on its own free port too (`http_port`)
         self.http_port = free_port() if http else 0
+        # sqs=True: the AWS (SQS) listener on its own free port too (`sqs_port`)
+        self.sqs_port = free_port() if sqs else 0
         self.config = data_dir.parent / f"{data_dir.name}.toml"
         # extra_config: more TOML appended to the config file (e.g. a [limits] table)
         self.config.write_text(f'[storage]\ndurability = "{durability}"\n{extra_config}')
@@ -60,6 +63,7 @@ class BrokerProcess:
             "--mqtt-port", str(self.mqtt_port), "--stomp-port", str(self.stomp_port),
             "--http-port", str(self.http_port),
             "--mqtt-ws-port", "0", "--stomp-ws-port", "0",
+            "--sqs-port", str(self.sqs_port),
         ]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=os.environ.copy())
@@ -70,7 +74,8 @@ class BrokerProcess:
                     f"broker exited with {self.proc.returncode}: {self.log.read_text()}"
                 )
             try:
-                for port in (self.port, self.stomp_port, self.mqtt_port, self.http_port):
+                ports = (self.port, self.stomp_port, self.mqtt_port, self.http_port, self.sqs_port)
+                for port in ports:
                     if port:
                         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                             pass

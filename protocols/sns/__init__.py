@@ -1,0 +1,1 @@
+"""The Amazon SNS API on Moorage's core: topics are fanout exchanges (see docs/sns.md)."""

@@ -1,0 +1,54 @@
+"""The SNS service of the AWS listener: `AwsCall` in, Query XML out (`protocols.aws.service`).
+
+The listener authenticates the request (SigV4, service name `sns`) and hands
+over the action and its flat form fields; this module runs it on the
+broker's one SNS engine (`protocols.sns.core.Sns`, kept as the broker
+extension "sns" so that every listener shares it) and renders the answer or
+the error. SNS speaks only the Query protocol: a JSON-wire call is refused
+with `InvalidAction`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from moorage.broker.broker import Broker
+from moorage.protocols.aws.errors import AwsError
+from moorage.protocols.aws.service import AwsCall, AwsReply
+from moorage.protocols.sns.api import Caller
+from moorage.protocols.sns.core import Sns
+from moorage.protocols.sns.wire import SnsError, response
+
+
+class SnsService:
+    """`AwsService` for the signing name `sns`."""
+
+    signing_name = "sns"
+
+    def __init__(self, broker: Broker) -> None:
+        self.sns = broker.extension("sns", Sns)
+        # Made on the broker's loop by the listener: resume deliveries and alerts now,
+        # not at the first SNS call (the listener makes its services when first asked).
+        with contextlib.suppress(RuntimeError):  # no running loop: the first call starts it
+            self._start = asyncio.get_running_loop().create_task(self.sns.start())
+
+    async def call(self, call: AwsCall) -> AwsReply:
+        """Answer one SNS call. Raises AwsError (SNS's code, status and fault)."""
+        if call.wire != "query":
+            raise AwsError("InvalidAction", f"SNS speaks the Query protocol, not {call.wire}")
+        params = {str(k): str(v) for k, v in call.params.items()}
+        caller = Caller(call.user, call.vhost, "aws", call.endpoint)
+        try:
+            result = await self.sns.handle(call.action, params, caller)
+        except SnsError as e:
+            raise AwsError(
+                e.code, e.message, status=e.status, sender_fault=e.status < 500
+            ) from None
+        # always with its <{action}Result> element, even empty: botocore's parser
+        # requires it for actions whose output shape has no members (TagResource)
+        return AwsReply(response(call.action, result, call.request_id), "text/xml")
+
+    async def close(self) -> None:
+        """Stop SNS's deliveries and alerts."""
+        await self.sns.close()

@@ -1,0 +1,1 @@
+"""The Amazon SQS API on Moorage's queues (served by the AWS listener, `protocols.aws`)."""
