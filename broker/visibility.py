@@ -51,6 +51,10 @@ from moorage.broker.queue import Consumer, Queue
 
 _consumer_ids = itertools.count(1)
 
+FIRST_RECEIVED_LIMIT = 100_000
+"""First-receive times kept per queue; past it the oldest are forgotten (the value is
+approximate by name, and entries that leave through another protocol are never seen)."""
+
 Receipt = tuple[int, int]
 """(entry seq, its delivery count at that receive)."""
 
@@ -200,6 +204,8 @@ class PullReceiver:
             )
         seq = entry.seq
         first = self.first_received.setdefault(seq, self.clock.wall())
+        if len(self.first_received) > FIRST_RECEIVED_LIMIT:
+            del self.first_received[next(iter(self.first_received))]
         timer = self.clock.call_later(visibility, lambda: self._expire(seq))
         self.in_flight[seq] = _InFlight(entry, entry.delivery_count, timer)
         return Received(entry, (seq, entry.delivery_count), first)

@@ -2,7 +2,8 @@
 
 - Queue metadata (`attributes.QueueMeta`), durable in the store's session
   records under the protocol name `"sqs"` (one record per queue, keyed by
-  vhost and queue name, a JSON document), loaded once on the first call.
+  vhost and queue name, a JSON document), loaded once on the first call;
+  records of queues that no longer exist are dropped then.
 - The broker's pull receivers (`broker.visibility`), with each queue's
   redrive policy plugged in.
 - Resolving a call to its vhost and queue, with the user's permissions
@@ -55,6 +56,12 @@ class SqsState:
             if self._loaded:
                 return
             for record in await self.broker.store.load_sessions(PROTOCOL):
+                vhost = self.broker.vhosts.get(record.vhost)
+                if vhost is None or record.client_id not in vhost.queues:
+                    # its queue was deleted by another protocol: a later queue of the
+                    # same name must not inherit its SQS attributes
+                    self.broker.store.delete_session(record.vhost, PROTOCOL, record.client_id)
+                    continue
                 try:
                     self.metas[(record.vhost, record.client_id)] = QueueMeta.decode(record.state)
                 except (ValueError, TypeError, AttributeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -131,7 +132,7 @@ async def _signed_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[
     ).add_auth(request)
     async with (
         aiohttp.ClientSession() as session,
-        session.post(url, data=body, headers=dict(request.headers.items())) as response,
+        session.post(url, data=io.BytesIO(body), headers=dict(request.headers.items())) as response,
     ):
         return response.status, await response.read()
 
@@ -171,6 +172,9 @@ def test_malformed_requests(sqs: Sqs) -> None:
     assert b"<Code>MalformedQueryString</Code>" in reply
     status, reply = post(b"Action=SendMessage&QueueUrl=" + url.encode() + b"&Attribute.x.Name=a")
     assert status == 400  # no MessageBody
+    status, reply = post(b"Action=SendMessage&MessageBody=" + b"x" * (5 * 1024 * 1024))
+    assert status == 413
+    assert b"<Code>RequestEntityTooLarge</Code>" in reply
     # a Query request posted to the queue's own URL needs no QueueUrl parameter
     status, reply = asyncio.run(
         _signed_post(url, b"Action=SendMessage&MessageBody=by+path", {"Content-Type": FORM})
