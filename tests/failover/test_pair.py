@@ -1,0 +1,172 @@
+"""A replicated pair on loopback: confirms wait for both disks, the standby refuses
+clients with each protocol's "go elsewhere", and a manual promotion after a
+SIGKILL of the primary serves every confirmed message."""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+
+import pika
+import pika.exceptions
+import pytest
+from pamqp import commands, frame
+from pamqp.common import FieldTable
+
+from moorage.protocols.mqtt.codec import ConnAck
+from tests.failover.cluster import Node, wait_for
+from tests.mqtt.conftest import RawClient
+
+PERSISTENT = pika.BasicProperties(delivery_mode=2)
+
+
+def publish_until_killed(primary: Node, queue: str, kill_after: float) -> list[int]:
+    """Publish persistent messages with confirms until the primary is SIGKILLed;
+    the indexes the broker confirmed."""
+    confirmed: list[int] = []
+    killer = threading.Timer(kill_after, primary.kill)
+    connection = pika.BlockingConnection(primary.params)
+    killer.start()
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_declare(queue, durable=True)
+        for i in range(1_000_000):
+            channel.basic_publish("", queue, str(i).encode(), PERSISTENT)
+            confirmed.append(i)  # basic_publish returns once the broker acked it
+    except (pika.exceptions.AMQPError, OSError):
+        pass
+    finally:
+        killer.join()
+        primary.kill()
+    return confirmed
+
+
+def read_all(node: Node, queue: str) -> list[int]:
+    connection = pika.BlockingConnection(node.params)
+    try:
+        channel = connection.channel()
+        count = channel.queue_declare(queue, durable=True, passive=True).method.message_count
+        seen: list[int] = []
+        for method, _props, body in channel.consume(queue, inactivity_timeout=5):
+            if method is None:
+                break
+            seen.append(int(body))
+            if len(seen) == count:
+                break
+        return seen
+    finally:
+        connection.close()
+
+
+@pytest.mark.timeout(90)
+def test_every_confirmed_message_is_on_the_promoted_standby(cluster):
+    a, b, _ = cluster()
+    a.start("primary")
+    b.start("standby", peer=a)
+    a.wait_in_sync()
+    confirmed = publish_until_killed(a, "jobs", kill_after=random.uniform(1.0, 2.5))
+    assert confirmed, "nothing was confirmed before the kill"
+    promoted = b.promote()
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    status = b.wait_role("primary")
+    assert status["epoch"] == 2
+    on_b = read_all(b, "jobs")
+    assert set(confirmed) <= set(on_b), f"lost {sorted(set(confirmed) - set(on_b))[:10]}"
+    assert on_b == sorted(on_b)  # in order, no duplicates
+    assert len(on_b) <= len(confirmed) + 1  # at most the one in flight at the kill
+
+
+def amqp_refusal(port: int) -> commands.Connection.Close:
+    """The broker's answer to a complete AMQP login, read with pamqp."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"AMQP\x00\x00\x09\x01")
+        buffer = b""
+
+        def next_method() -> object:
+            nonlocal buffer
+            while True:
+                try:
+                    consumed, _channel, value = frame.unmarshal(buffer)
+                    buffer = buffer[consumed:]
+                    return value
+                except Exception:
+                    data = sock.recv(65536)
+                    assert data, "connection closed without a connection.close"
+                    buffer += data
+
+        assert isinstance(next_method(), commands.Connection.Start)
+        start_ok = commands.Connection.StartOk(
+            client_properties=FieldTable(), mechanism="PLAIN", response="\0guest\0guest"
+        )
+        sock.sendall(frame.marshal(start_ok, 0))
+        close = next_method()
+        assert isinstance(close, commands.Connection.Close)
+        return close
+
+
+def stomp_refusal(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\0")
+        data = b""
+        while b"\0" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+@pytest.mark.timeout(60)
+def test_the_standby_refuses_every_protocol_and_names_the_primary(cluster):
+    a, b, _ = cluster()
+    a.start("primary")
+    b.start("standby", peer=a)
+    a.wait_in_sync()
+
+    close = amqp_refusal(b.amqp)
+    assert close.reply_code == 320
+    assert f"amqp 127.0.0.1:{a.amqp}" in close.reply_text
+
+    v5 = RawClient(b.mqtt, version=5)
+    connack = v5.connect("refused-5")
+    v5.close()
+    assert isinstance(connack, ConnAck)
+    assert connack.reason_code == 0x9C  # use another server
+    assert connack.properties.server_reference == f"127.0.0.1:{a.mqtt}"
+    v3 = RawClient(b.mqtt, version=4)
+    connack = v3.connect("refused-3")
+    v3.close()
+    assert isinstance(connack, ConnAck)
+    assert connack.reason_code in (3, 0x88)  # 3.1.1 "server unavailable"
+
+    error = stomp_refusal(b.stomp)
+    assert error.startswith(b"ERROR\n")
+    assert f"127.0.0.1:{a.stomp}".encode() in error
+
+    # A client given both addresses moves on to the primary at once.
+    connection = pika.BlockingConnection([b.params, a.params])
+    assert connection.is_open
+    connection.close()
+
+
+@pytest.mark.timeout(60)
+def test_confirms_wait_for_the_standby_and_fail_without_it_and_the_witness(cluster):
+    """A primary whose standby is gone fences confirms when its witness is gone too."""
+    a, b, w = cluster(witness=True)
+    assert w is not None
+    a.start("primary", witness=w)
+    b.start("standby", peer=a, witness=w)
+    a.wait_in_sync()
+    connection = pika.BlockingConnection(a.params)
+    channel = connection.channel()
+    channel.confirm_delivery()
+    channel.queue_declare("fenced", durable=True)
+    channel.basic_publish("", "fenced", b"before", PERSISTENT)  # confirmed by both
+    w.kill()
+    b.kill()
+    wait_for(lambda: (a.status() or {}).get("confirms") == "fenced", what="confirms fenced")
+    with pytest.raises(pika.exceptions.NackError):
+        channel.basic_publish("", "fenced", b"after", PERSISTENT)
+    connection.close()
