@@ -150,6 +150,13 @@ def test_the_standby_refuses_every_protocol_and_names_the_primary(cluster):
     assert connection.is_open
     connection.close()
 
+    # Garbage on the replication port closes that connection only.
+    for port in (a.replication, b.replication):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"\xff\xff\xff\xff\x06garbage")
+            assert sock.recv(100) == b""
+    assert (a.status() or {}).get("confirms") == "sync"
+
 
 @pytest.mark.timeout(60)
 def test_confirms_wait_for_the_standby_and_fail_without_it_and_the_witness(cluster):
