@@ -120,6 +120,9 @@ class Witness(Process):
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def status(self) -> dict[str, Any]:
+        return status(self.port) or {}
+
     def start(self) -> Witness:
         self.spawn(["witness", "--port", str(self.port), "--lease", str(self.lease)])
         wait_for(lambda: self.check_alive() or listening(self.port), what="the witness")
