@@ -72,6 +72,9 @@ class Broker:
         self._extensions: dict[str, Any] = {}
         self._configured_vhosts = list(vhosts)
         self._message_ids = itertools.count(1).__next__
+        self.failover_status: Callable[[], dict[str, Any]] | None = None
+        """Set on a node of a replicated pair (`broker.failover`): its role, epoch,
+        replication lag and witness view, for the management API and metrics."""
         self.refusal: tuple[str, dict[str, str]] | None = None
         """Set on a node that serves no client (a standby, `broker.failover`): (why, where
         to go instead, by protocol). Every login is then refused with `NotServing`."""

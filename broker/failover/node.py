@@ -246,7 +246,9 @@ class FailoverNode:
         source.on_in_sync = self._on_in_sync
         source.on_standby_lost = self._on_standby_lost
         self.store, self.gate, self.source = store, gate, source
-        await self.daemon.serve_broker(self.daemon.make_broker(store))
+        broker = self.daemon.make_broker(store)
+        broker.failover_status = self.status
+        await self.daemon.serve_broker(broker)
         source.welcome["clients"] = self.client_addresses()
         self.waiting_since = self.loop.time()
         self.role = Role.PRIMARY
@@ -331,6 +333,7 @@ class FailoverNode:
         self.peer = primary
         broker = self.daemon.make_broker(MemoryStore())
         broker.refusal = (f"this node is a standby; the primary is {primary}", {})
+        broker.failover_status = self.status
         await self.daemon.serve_broker(broker)
         replica = Replica(
             self.data_dir / "moorage.db",

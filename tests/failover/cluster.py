@@ -138,6 +138,7 @@ class Node(Process):
         self.amqp = free_port()
         self.mqtt = free_port()
         self.stomp = free_port()
+        self.http = free_port()
         self.replication = free_port()
         self.log = tmp / f"{name}.log"
         self.config = tmp / f"{name}.toml"
@@ -157,7 +158,7 @@ class Node(Process):
         args = [
             "serve", "--config", str(self.config), "--data-dir", str(self.data_dir),
             "--amqp-port", str(self.amqp), "--mqtt-port", str(self.mqtt),
-            "--stomp-port", str(self.stomp), "--http-port", "0",
+            "--stomp-port", str(self.stomp), "--http-port", str(self.http),
             "--mqtt-ws-port", "0", "--stomp-ws-port", "0",
             "--role", role, "--replication-port", str(self.replication),
         ]  # fmt: skip

@@ -4,9 +4,13 @@ SIGKILL of the primary serves every confirmed message."""
 
 from __future__ import annotations
 
+import json
 import random
 import socket
+import subprocess
+import sys
 import threading
+import urllib.request
 
 import pika
 import pika.exceptions
@@ -19,6 +23,23 @@ from tests.failover.cluster import Node, wait_for
 from tests.mqtt.conftest import RawClient
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
+
+
+def run_cli(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "moorage.broker.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
 
 
 def publish_until_killed(primary: Node, queue: str, kill_after: float) -> list[int]:
@@ -149,6 +170,22 @@ def test_the_standby_refuses_every_protocol_and_names_the_primary(cluster):
     connection = pika.BlockingConnection([b.params, a.params])
     assert connection.is_open
     connection.close()
+
+    # Operators see both roles: `moorage status` (management API), `moorage
+    # failover-status` (replication port, also on the standby) and /metrics.
+    status = run_cli("--port", str(a.http), "status")
+    assert "failover: primary, epoch 1; confirms sync, standby 127.0.0.1:" in status
+    assert "lag 0 batches" in status
+    standby_view = json.loads(run_cli("failover-status", "--replication-port", str(b.replication)))
+    assert standby_view["role"] == "standby"
+    assert standby_view["following"] is True
+    assert standby_view["epoch"] == 1
+    metrics = {port: fetch(f"http://127.0.0.1:{port}/metrics") for port in (a.http, b.http)}
+    assert 'moorage_failover_role{role="primary"} 1.0' in metrics[a.http]
+    assert 'moorage_replication_confirms{mode="sync"} 1.0' in metrics[a.http]
+    assert "moorage_replication_lag_batches 0.0" in metrics[a.http]
+    assert 'moorage_failover_role{role="standby"} 1.0' in metrics[b.http]
+    assert "moorage_failover_epoch 1.0" in metrics[b.http]
 
     # Garbage on the replication port closes that connection only.
     for port in (a.replication, b.replication):
