@@ -65,6 +65,14 @@ class ReplicationGate:
         return sum(len(callbacks) for _, callbacks in self._waiting)
 
     @property
+    def pending(self) -> bool:
+        """True while a committed batch waits for the standby (SYNC, WAITING) or every
+        reply must fail (FENCED): a reply promising durability cannot go out at once."""
+        if self.mode is GateMode.ALONE:
+            return False
+        return self.mode is GateMode.FENCED or self.last > self.acked
+
+    @property
     def lag_seconds(self) -> float:
         """How long the oldest batch not acknowledged by the standby has waited."""
         since = self.unacked_since

@@ -101,7 +101,8 @@ class Replica:
         self.primary_info: dict[str, Any] = {}
         self.snapshots = 0
         self._writer: Writer | None = None
-        self._numbers: deque[int] = deque()
+        self._numbers: deque[tuple[FrameLink, int]] = deque()
+        """(link, batch number) of each batch handed to the writer, in order."""
         self._link: FrameLink | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -183,7 +184,7 @@ class Replica:
                     )
                 expected += 1
                 assert self._writer is not None
-                self._numbers.append(number)
+                self._numbers.append((link, number))
                 self._writer.submit(Batch(segments, [], True))
             elif kind is FrameType.PING:
                 link.send(encode_ack(self.applied))
@@ -219,17 +220,23 @@ class Replica:
         self._writer = writer
 
     def _batch_done(self, batch: Batch, error: StoreError | None) -> None:
-        if batch.callbacks:  # a read (none are sent here)
+        """The writer committed (or failed) the oldest batch handed to it.
+
+        The ACK goes back on the link the batch came from, and only while that
+        link is the current one: a batch of an earlier connection (whose
+        numbering may differ) acknowledges nothing on a new one.
+        """
+        if not self._numbers:
             return
-        number = self._numbers.popleft() if self._numbers else 0
+        link, number = self._numbers.popleft()
+        if link is not self._link:
+            return
         if error is not None:
             log.error("replication: applying batch %d failed: %s", number, error)
-            if self._link is not None:
-                self._link.abort()
+            link.abort()
             return
         self.applied = number
-        if self._link is not None:
-            self._link.send(encode_ack(number))
+        link.send(encode_ack(number))
 
     async def _stop_writer(self) -> None:
         writer, self._writer = self._writer, None

@@ -126,6 +126,10 @@ class DurabilityGate(Protocol):
         """Call `callbacks(None)`, in order, once batch `after` (None: every batch
         committed so far) is safe; after every callback released before them."""
 
+    @property
+    def pending(self) -> bool:
+        """True while some committed batch is not safe yet (a reply must wait)."""
+
 
 @dataclass(slots=True)
 class SQLiteStats:
@@ -432,6 +436,7 @@ class GatheringBatch:
             or self._retry
             or self._callbacks
             or (self._inflight is not None and self._inflight.holds)
+            or (self.gate is not None and self.gate.pending)
         )
 
     # -- hand-off ------------------------------------------------------------

@@ -53,6 +53,19 @@ def test_alone_releases_everything_and_fenced_fails_everything(gate):
     assert len(log) == 4
 
 
+def test_pending_while_a_batch_waits_for_the_standby_or_confirms_are_fenced(gate):
+    assert not gate.pending
+    gate.release([], 1)
+    assert gate.pending
+    gate.acknowledge(1)
+    assert not gate.pending
+    gate.set_mode(GateMode.FENCED, "lost both")
+    assert gate.pending  # every reply that promises durability must fail
+    gate.set_mode(GateMode.ALONE)
+    gate.release([], 2)
+    assert not gate.pending
+
+
 def test_a_raising_callback_does_not_stop_the_others(gate):
     log: list = []
     errors: list = []
