@@ -193,24 +193,3 @@ def test_the_standby_refuses_every_protocol_and_names_the_primary(cluster):
             sock.sendall(b"\xff\xff\xff\xff\x06garbage")
             assert sock.recv(100) == b""
     assert (a.status() or {}).get("confirms") == "sync"
-
-
-@pytest.mark.timeout(60)
-def test_confirms_wait_for_the_standby_and_fail_without_it_and_the_witness(cluster):
-    """A primary whose standby is gone fences confirms when its witness is gone too."""
-    a, b, w = cluster(witness=True)
-    assert w is not None
-    a.start("primary", witness=w)
-    b.start("standby", peer=a, witness=w)
-    a.wait_in_sync()
-    connection = pika.BlockingConnection(a.params)
-    channel = connection.channel()
-    channel.confirm_delivery()
-    channel.queue_declare("fenced", durable=True)
-    channel.basic_publish("", "fenced", b"before", PERSISTENT)  # confirmed by both
-    w.kill()
-    b.kill()
-    wait_for(lambda: (a.status() or {}).get("confirms") == "fenced", what="confirms fenced")
-    with pytest.raises(pika.exceptions.NackError):
-        channel.basic_publish("", "fenced", b"after", PERSISTENT)
-    connection.close()
