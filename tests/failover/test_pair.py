@@ -19,7 +19,7 @@ from pamqp import commands, frame
 from pamqp.common import FieldTable
 
 from moorage.protocols.mqtt.codec import ConnAck
-from tests.failover.cluster import Node, wait_for
+from tests.failover.cluster import Node
 from tests.mqtt.conftest import RawClient
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
