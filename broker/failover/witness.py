@@ -25,8 +25,12 @@ it. It answers REQUESTs on its port (`codec.FrameType.REQUEST`, JSON):
 
 Each grant is decided here, one request at a time, so a primary's ``alone``
 and a standby's ``promote`` for the same epoch cannot both succeed. A
-witness that restarts knows nothing and grants no promotion until a primary
-has reported to it (a restarted witness cannot vouch for a standby).
+witness that restarts knows nothing: for its first `2 * lease` seconds it
+only listens (reports are adopted, the highest epoch wins, but neither
+``alone`` nor ``promote`` is granted), so a primary that was cut off while
+the witness was down cannot get leave to confirm alone before the newer
+primary has reported; and it grants no promotion until a primary has
+reported to it (a restarted witness cannot vouch for a standby).
 
 `WitnessState` is the pure rule set (time is a parameter); `serve_witness`
 puts it on a TCP port.
@@ -59,6 +63,8 @@ class WitnessState:
     alone: bool = False
     last_seen: float = 0.0
     promotions: int = 0
+    started: float | None = None
+    """When the first request arrived: the grace period runs from there."""
 
     def handle(self, request: dict[str, Any], now: float) -> dict[str, Any]:
         """The answer to one request."""
@@ -67,6 +73,11 @@ class WitnessState:
         epoch = request.get("epoch", -1)
         if not isinstance(epoch, int):
             return {"ok": False, "error": "epoch must be an integer"}
+        if self.started is None:
+            self.started = now
+        listening = now - self.started < 2 * self.lease
+        if listening and op in ("alone", "promote"):
+            return {"ok": False, "reason": "the witness has just started; listening first"}
         if op == "status":
             return {"ok": True, **self.view(now)}
         if op == "report":

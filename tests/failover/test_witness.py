@@ -16,24 +16,34 @@ def promote(w: WitnessState, node: str, epoch: int, now: float) -> dict:
 def test_a_standby_is_promoted_only_after_the_primary_lease_ran_out():
     w = WitnessState(lease=2.0)
     assert report(w, "a", 1, now=0.0)["ok"]
-    assert not promote(w, "b", 1, now=1.0)["ok"]  # heard from a recently
-    granted = promote(w, "b", 1, now=2.5)
+    assert report(w, "a", 1, now=4.0)["ok"]
+    assert not promote(w, "b", 1, now=5.0)["ok"]  # heard from a recently
+    granted = promote(w, "b", 1, now=6.5)
     assert granted == {"ok": True, "epoch": 2}
     # The old primary is told it is stale, with the new holder's address.
-    answer = report(w, "a", 1, now=3.0)
+    answer = report(w, "a", 1, now=7.0)
     assert (answer["stale"], answer["holder"], answer["epoch"]) == (True, "b", 2)
-    assert w.handle({"op": "alone", "node": "a", "epoch": 1}, 3.0)["stale"]
+    assert w.handle({"op": "alone", "node": "a", "epoch": 1}, 7.0)["stale"]
     # A repeated request of the winner (a lost answer) is granted again, not re-raised.
-    assert promote(w, "b", 1, now=3.5) == {"ok": True, "epoch": 2}
+    assert promote(w, "b", 1, now=7.5) == {"ok": True, "epoch": 2}
 
 
 def test_no_promotion_while_the_primary_confirms_alone():
     w = WitnessState(lease=1.0)
     report(w, "a", 1, now=0.0)
-    assert w.handle({"op": "alone", "node": "a", "epoch": 1}, 0.5)["ok"]
+    assert w.handle({"op": "alone", "node": "a", "epoch": 1}, 2.5)["ok"]
     assert not promote(w, "b", 1, now=10.0)["ok"]
     report(w, "a", 1, now=11.0, mode="sync")  # the standby caught up again
     assert promote(w, "b", 1, now=20.0)["ok"]
+
+
+def test_a_restarted_witness_listens_before_it_grants_anything():
+    w = WitnessState(lease=1.0)
+    report(w, "a", 1, now=100.0)  # a primary cut off while the witness was down
+    assert not w.handle({"op": "alone", "node": "a", "epoch": 1}, 100.5)["ok"]
+    report(w, "b", 2, now=101.0)  # the newer primary reports within the grace
+    assert w.handle({"op": "alone", "node": "a", "epoch": 1}, 103.0)["stale"]
+    assert w.handle({"op": "alone", "node": "b", "epoch": 2}, 103.0)["ok"]
 
 
 def test_alone_and_promote_for_one_epoch_cannot_both_win():
