@@ -161,8 +161,10 @@ class FailoverNode:
     async def stop(self) -> None:
         self.role = Role.STOPPED
         await self._cancel_loop()
-        for task in list(self._tasks):
+        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.source is not None:
             self.source.close()
         if self.replica is not None:
