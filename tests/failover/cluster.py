@@ -30,6 +30,7 @@ TEST_REPLICATION = """
 heartbeat = 0.1
 peer_timeout = 1.0
 standby_timeout = {standby_timeout}
+promote_without_witness = {promote_without_witness}
 """
 
 
@@ -132,7 +133,14 @@ class Witness(Process):
 class Node(Process):
     """One node of a pair; `role`/`peer`/`witness` are given at each start."""
 
-    def __init__(self, tmp: Path, name: str, *, standby_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        name: str,
+        *,
+        standby_timeout: float = 2.0,
+        promote_without_witness: bool = False,
+    ) -> None:
         self.name = name
         self.data_dir = tmp / name
         self.amqp = free_port()
@@ -142,7 +150,12 @@ class Node(Process):
         self.replication = free_port()
         self.log = tmp / f"{name}.log"
         self.config = tmp / f"{name}.toml"
-        self.config.write_text(TEST_REPLICATION.format(standby_timeout=standby_timeout))
+        self.config.write_text(
+            TEST_REPLICATION.format(
+                standby_timeout=standby_timeout,
+                promote_without_witness=str(promote_without_witness).lower(),
+            )
+        )
 
     @property
     def address(self) -> str:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ def cluster(tmp_path: Path) -> Iterator[Callable[..., tuple[Node, Node, Witness 
     Every process is killed at teardown."""
     made: list[Node | Witness] = []
 
-    def make(witness: bool = False, **node_options: float) -> tuple[Node, Node, Witness | None]:
+    def make(witness: bool = False, **node_options: Any) -> tuple[Node, Node, Witness | None]:
         a = Node(tmp_path, "a", **node_options)
         b = Node(tmp_path, "b", **node_options)
         made.extend((a, b))

@@ -141,7 +141,7 @@ def stomp_refusal(port: int) -> bytes:
 
 @pytest.mark.timeout(60)
 def test_the_standby_refuses_every_protocol_and_names_the_primary(cluster):
-    a, b, _ = cluster()
+    a, b, _ = cluster(promote_without_witness=True)
     a.start("primary")
     b.start("standby", peer=a)
     a.wait_in_sync()
@@ -193,3 +193,8 @@ def test_the_standby_refuses_every_protocol_and_names_the_primary(cluster):
             sock.sendall(b"\xff\xff\xff\xff\x06garbage")
             assert sock.recv(100) == b""
     assert (a.status() or {}).get("confirms") == "sync"
+
+    # With no witness, `promote_without_witness` accepts the risk: the standby
+    # promotes itself once the primary has been gone for peer_timeout.
+    a.kill()
+    assert b.wait_role("primary")["epoch"] == 2
