@@ -26,6 +26,11 @@ primary's lease ran out, with a new epoch. Without a witness promotion is
 manual (`moorage promote`), unless `promote_without_witness` accepts the
 risk.
 
+A node that starts as primary while its witness cannot be reached refuses
+clients (as a standby does) until the witness accepts its report or a
+standby catches up with it: until then nobody has vouched that no newer
+primary exists.
+
 Promotion: stop the replica (closing the file), store the new epoch durably,
 close the refusing listeners, open the store as primary (the usual
 recovery) and listen on the same ports. Start-up as primary first asks the
@@ -156,7 +161,10 @@ class FailoverNode:
             log.warning("failover: a newer primary exists at %s; starting as its standby", newer)
             await self._become_standby(newer)
         else:
-            await self._become_primary(max(epoch, 1))
+            # Unless the witness (if any) answered, nobody has vouched that no
+            # newer primary exists: clients wait until someone does.
+            vouched = not self.settings.witness or bool(self.witness_reachable)
+            await self._become_primary(max(epoch, 1), vouched=vouched)
 
     async def stop(self) -> None:
         self.role = Role.STOPPED
@@ -227,7 +235,7 @@ class FailoverNode:
     def client_addresses(self) -> dict[str, str]:
         return {name: f"{self.host}:{port}" for name, port in sorted(self.daemon.ports.items())}
 
-    async def _become_primary(self, epoch: int) -> None:
+    async def _become_primary(self, epoch: int, *, vouched: bool = True) -> None:
         if epoch != self.epochs.epoch:
             await asyncio.to_thread(self.epochs.store, epoch)
         config = self.daemon.config
@@ -250,6 +258,8 @@ class FailoverNode:
         self.store, self.gate, self.source = store, gate, source
         broker = self.daemon.make_broker(store)
         broker.failover_status = self.status
+        if not vouched:
+            broker.refusal = ("this node waits for its witness to confirm it is the primary", {})
         await self.daemon.serve_broker(broker)
         source.welcome["clients"] = self.client_addresses()
         self.waiting_since = self.loop.time()
@@ -260,6 +270,14 @@ class FailoverNode:
     def _on_in_sync(self) -> None:
         if self.gate is not None and self.role is Role.PRIMARY:
             self.gate.set_mode(GateMode.SYNC, "standby in sync")
+            self._vouched()  # a standby follows this epoch: none is newer
+
+    def _vouched(self) -> None:
+        """Serve clients: the witness or a standby confirmed that no newer primary exists."""
+        broker = self.daemon.broker
+        if broker is not None and broker.refusal is not None and self.role is Role.PRIMARY:
+            broker.refusal = None
+            log.warning("failover: confirmed as primary in epoch %d; serving", self.epochs.epoch)
 
     def _on_standby_lost(self, reason: str) -> None:
         gate = self.gate
@@ -286,6 +304,8 @@ class FailoverNode:
                 if answer.get("stale"):
                     self._step_down(answer)
                     return
+                if answer.get("ok"):
+                    self._vouched()
             overdue = self.loop.time() - self.waiting_since >= self.settings.standby_timeout
             if gate.mode in (GateMode.WAITING, GateMode.FENCED) and overdue:
                 await self._go_alone(gate, epoch)

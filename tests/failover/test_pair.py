@@ -19,7 +19,7 @@ from pamqp import commands, frame
 from pamqp.common import FieldTable
 
 from moorage.protocols.mqtt.codec import ConnAck
-from tests.failover.cluster import Node
+from tests.failover.cluster import Node, Witness, wait_for
 from tests.mqtt.conftest import RawClient
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
@@ -198,3 +198,27 @@ def test_the_standby_refuses_every_protocol_and_names_the_primary(cluster):
     # promotes itself once the primary has been gone for peer_timeout.
     a.kill()
     assert b.wait_role("primary")["epoch"] == 2
+
+
+@pytest.mark.timeout(60)
+def test_a_primary_that_cannot_reach_its_witness_serves_only_once_vouched_for(cluster, tmp_path):
+    """Nobody has said that no newer primary exists: clients wait for the witness."""
+    a, _b, _ = cluster()
+    witness = Witness(tmp_path)  # configured, not running yet
+    try:
+        a.start("primary", witness=witness)
+        close = amqp_refusal(a.amqp)
+        assert close.reply_code == 320
+        assert "waits for its witness" in close.reply_text
+        witness.start()
+
+        def served() -> bool:
+            try:
+                pika.BlockingConnection(a.params).close()
+            except pika.exceptions.AMQPConnectionError:
+                return False
+            return True
+
+        wait_for(served, what="the primary to serve once the witness answers")
+    finally:
+        witness.kill()
