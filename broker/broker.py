@@ -22,7 +22,7 @@ from moorage.broker.auth import User, UserDirectory
 from moorage.broker.client_ids import ClientIds
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Limits
-from moorage.broker.errors import NotAllowed, PreconditionFailed
+from moorage.broker.errors import NotAllowed, NotServing, PreconditionFailed
 from moorage.broker.flow import WriteFlow
 from moorage.broker.memory import ENTRY_OVERHEAD, MemoryMonitor, watermark_bytes
 from moorage.broker.queue import Queue
@@ -72,6 +72,12 @@ class Broker:
         self._extensions: dict[str, Any] = {}
         self._configured_vhosts = list(vhosts)
         self._message_ids = itertools.count(1).__next__
+        self.failover_status: Callable[[], dict[str, Any]] | None = None
+        """Set on a node of a replicated pair (`broker.failover`): its role, epoch,
+        replication lag and witness view, for the management API and metrics."""
+        self.refusal: tuple[str, dict[str, str]] | None = None
+        """Set on a node that serves no client (a standby, `broker.failover`): (why, where
+        to go instead, by protocol). Every login is then refused with `NotServing`."""
 
     async def start(self) -> None:
         """Open the store and rebuild the durable topology it holds."""
@@ -188,7 +194,12 @@ class Broker:
         CONNECT without a user name, a STOMP CONNECT without `login`, AMQP's
         ANONYMOUS mechanism or an empty PLAIN response): every protocol gets the
         one anonymous rule, `auth.anonymous_user`, which refuses by default.
+
+        Raises NotServing (before looking at the credentials) on a node that
+        serves no client, see `refusal`.
         """
+        if self.refusal is not None:
+            raise NotServing(*self.refusal)
         if username is None:
             return self.users.authenticate_anonymous(from_loopback=from_loopback)
         return self.users.authenticate(username, password, from_loopback=from_loopback)

@@ -12,6 +12,7 @@ import sys
 from moorage.broker import __version__, ctl
 from moorage.broker.config import DEFAULT_PORTS, Config, ConfigError
 from moorage.broker.daemon import StartupError, serve
+from moorage.broker.failover import cli as failover
 from moorage.broker.loop import loop_factory
 from moorage.broker.shared_storage import LeaseLost
 
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--loop", choices=["auto", "uvloop", "asyncio"], default="auto", help=argparse.SUPPRESS
     )
+    failover.add_serve_flags(s)
+    failover.add_commands(commands)
     b = commands.add_parser(
         "bench", help="throughput/latency benchmark (bench/README.md)", add_help=False
     )
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command in failover.COMMANDS:
+        return failover.run(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
@@ -100,6 +105,7 @@ def _reread(args: argparse.Namespace) -> Config:
     if args.shared_storage:
         config.storage.mode = "shared"
         config.storage.check_mode()
+    failover.apply_serve_flags(config, args)
     return config
 
 

@@ -101,6 +101,21 @@ class SnsConfig:
 
 
 @dataclass(slots=True)
+class ReplicationConfig:
+    """Failover by replication (docs/failover.md): this node's role and its peers."""
+
+    role: str = ""  # "" (a single broker), "primary" or "standby"
+    port: int = 0  # the replication port (standbys connect, `moorage promote` asks)
+    peer: str = ""  # HOST:PORT of the other node's replication port (`--primary`)
+    witness: str = ""  # HOST:PORT of the witness ("" = none: promotion is manual)
+    advertise: str = ""  # host the other nodes and clients reach this node at (default: bind)
+    standby_timeout: float = 5.0  # seconds confirms wait for a lost standby before going alone
+    heartbeat: float = 0.25  # seconds between keep-alives and witness reports
+    peer_timeout: float = 1.5  # seconds of silence after which the peer is lost
+    promote_without_witness: bool = False  # accept the risk: auto-promote with no witness
+
+
+@dataclass(slots=True)
 class Config:
     """Everything `moorage serve` needs; defaults run a local broker."""
 
@@ -115,6 +130,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     sns: SnsConfig = field(default_factory=SnsConfig)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     log_level: str = "info"
 
     @classmethod
@@ -172,6 +188,10 @@ class Config:
 
         config.tls = _dataclass_from(TLSConfig, data.pop("tls", {}), "tls")
         config.sns = _dataclass_from(SnsConfig, data.pop("sns", {}), "sns")
+        config.replication = _dataclass_from(
+            ReplicationConfig, data.pop("replication", {}), "replication"
+        )
+        config.check_replication()
 
         auth = _table(data.pop("auth", {}), "auth")
         _check_keys(auth, {"loopback_users", "anonymous_user"}, "auth")
@@ -196,6 +216,31 @@ class Config:
         wanted = [name for name in TLS_PORTS if self.ports.get(name)]
         if wanted and not self.tls.configured:
             raise ConfigError(f"the {wanted[0]} listener needs tls.cert and tls.key")
+
+    def check_replication(self) -> None:
+        """The role and addresses of `[replication]` make sense. Raises ConfigError."""
+        r = self.replication
+        if r.role not in {"", "primary", "standby"}:
+            raise ConfigError(f"replication.role must be 'primary' or 'standby', not {r.role!r}")
+        _port(r.port, "replication.port")
+        for key in ("peer", "witness"):
+            value = getattr(r, key)
+            if value and not _is_address(value):
+                raise ConfigError(f"replication.{key} must be HOST:PORT, not {value!r}")
+        if r.role and self.storage.backend != "sqlite":
+            raise ConfigError("replication needs storage.backend = 'sqlite'")
+        if r.role and self.storage.mode == "shared":
+            raise ConfigError(
+                "replication.role and storage.mode = 'shared' are two failover designs; "
+                "choose one (docs/failover.md)"
+            )
+        if r.role and not r.port:
+            raise ConfigError("a replicated node needs a replication port (--replication-port)")
+        if r.role == "standby" and not r.peer:
+            raise ConfigError("a standby needs the primary's address (--primary HOST:PORT)")
+        for key in ("standby_timeout", "heartbeat", "peer_timeout"):
+            if not getattr(r, key) > 0:
+                raise ConfigError(f"replication.{key} must be > 0 seconds")
 
     def user_directory(self) -> UserDirectory:
         """The `UserDirectory` of these users, with the anonymous user resolved."""
@@ -228,6 +273,11 @@ class Config:
         if tls_ca is not None:
             self.tls.ca = tls_ca
         self.check_tls()
+
+
+def _is_address(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) <= 65535)
 
 
 def default_guest() -> User:

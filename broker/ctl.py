@@ -199,6 +199,9 @@ def run(args: argparse.Namespace, out: Any = sys.stdout) -> None:  # noqa: C901 
             print(f"{key}: {totals.get(key, 0)}", file=out)
         print(f"messages: {queued.get('messages', 0)}", file=out)
         print(f"alarms: {', '.join(alarms.get('alarms', [])) or 'none'}", file=out)
+        failover = overview.get("failover")
+        if isinstance(failover, dict):  # a node of a replicated pair (docs/failover.md)
+            print(_failover_line(failover), file=out)
     elif args.command == "declare":
         body: dict[str, Any] = {
             "durable": not args.transient,
@@ -246,6 +249,22 @@ def run(args: argparse.Namespace, out: Any = sys.stdout) -> None:  # noqa: C901 
     elif args.command == "backup":
         size = api.download("/backup", Path(args.file))
         print(f"backed up {size} bytes to {args.file}", file=out)
+
+
+def _failover_line(failover: dict[str, Any]) -> str:
+    """`moorage status`'s line for a replicated node: role, epoch, lag, witness."""
+    parts = [f"failover: {failover.get('role')}, epoch {failover.get('epoch')}"]
+    if "confirms" in failover:
+        parts.append(
+            f"confirms {failover['confirms']}, standby {failover.get('standby') or 'none'}, "
+            f"lag {failover.get('lag_batches')} batches ({failover.get('lag_seconds')} s)"
+        )
+    witness = failover.get("witness")
+    if witness:
+        reachable = failover.get("witness_reachable")
+        seen = "not asked yet" if reachable is None else "reachable" if reachable else "unreachable"
+        parts.append(f"witness {witness} {seen}")
+    return "; ".join(parts)
 
 
 def main(argv: list[str]) -> int:

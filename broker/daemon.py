@@ -14,6 +14,7 @@ import signal
 import ssl
 from collections.abc import Callable
 from contextlib import suppress
+from typing import TYPE_CHECKING
 
 from moorage.broker.broker import Broker
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
@@ -24,6 +25,9 @@ from moorage.broker.shared_storage import LeaseLost, SharedStorage
 from moorage.broker.systemd import Notifier, Watchdog
 from moorage.broker.tls import TLS_LISTENERS, TLSError, load_certificate, server_context
 from moorage.storage import MemoryStore, Store, StoreError
+
+if TYPE_CHECKING:
+    from moorage.broker.failover.node import FailoverNode
 
 log = logging.getLogger("moorage")
 
@@ -77,12 +81,36 @@ class Daemon:
         self.listeners: dict[str, Listener] = {}
         self.ports: dict[str, int] = {}
         self.tls_context: ssl.SSLContext | None = None
+        self.failover: FailoverNode | None = None  # a node of a replicated pair
 
     async def start(self) -> None:
-        """Open the store, recover, and listen. Raises StartupError with a one-line reason."""
+        """Open the store, recover, and listen. Raises StartupError with a one-line reason.
+
+        A node of a replicated pair (`[replication] role`) starts through its
+        `broker.failover.FailoverNode`, which calls `serve_broker` for the role
+        it takes and again whenever the role changes.
+        """
         config = self.config
+        if config.replication.role:
+            from moorage.broker.failover.node import FailoverNode, NodeStartError
+
+            self.failover = FailoverNode(self)
+            try:
+                await self.failover.start()
+            except NodeStartError as e:
+                await self.stop()
+                raise StartupError(str(e)) from e
+            except StartupError:
+                await self.stop()
+                raise
+            return
         store = self.store if self.store is not None else make_store(config)
-        broker = Broker(
+        await self.serve_broker(self.make_broker(store))
+
+    def make_broker(self, store: Store) -> Broker:
+        """A broker on `store` with this configuration's users, vhosts and limits."""
+        config = self.config
+        return Broker(
             store=store,
             users=config.user_directory(),
             vhosts=config.vhosts,
@@ -90,22 +118,31 @@ class Daemon:
             retention=config.storage.retention,
             clock=self.clock,
         )
+
+    async def serve_broker(self, broker: Broker) -> None:
+        """Start `broker` (open its store, recover) and open every listener on it.
+
+        Listeners that were open before (a failover node changing its role)
+        reopen on the ports they had. Raises StartupError.
+        """
+        config = self.config
         try:
             await broker.start()
         except StoreError as e:
             raise StartupError(str(e)) from e
         self.broker = broker
-        self.ports = broker.ports
+        previous_ports, self.ports = self.ports, broker.ports
         # plug-ins read their own sections (e.g. `[sns]`) from the broker's configuration
         broker.extension("config", lambda _broker: config)
         plugins = discover()
         try:
-            if config.tls.configured:
+            if config.tls.configured and self.tls_context is None:
                 try:
                     self.tls_context = server_context(config.tls)
                 except TLSError as e:
                     raise StartupError(str(e)) from e
-            for name, port in config.ports.items():
+            for name, configured_port in config.ports.items():
+                port = previous_ports.get(name, configured_port)
                 tls = name in TLS_LISTENERS
                 plugin = plugins.get(TLS_LISTENERS.get(name, name))
                 if plugin is None or port == 0:
@@ -151,6 +188,13 @@ class Daemon:
 
     async def stop(self) -> None:
         """Close listeners, ask clients to disconnect, wait a little, close the store."""
+        if self.failover is not None:
+            failover, self.failover = self.failover, None
+            await failover.stop()
+        await self.stop_serving()
+
+    async def stop_serving(self) -> None:
+        """`stop` for the current broker only (a failover node changing its role)."""
         for listener in self.listeners.values():
             listener.server.close()
         for listener in self.listeners.values():

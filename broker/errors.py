@@ -58,6 +58,21 @@ class ConnectionForced(BrokerError):
     code, name, hard = 320, "CONNECTION_FORCED", True
 
 
+class NotServing(ConnectionForced):
+    """This node serves no client (a standby): the client should go elsewhere.
+
+    `server_reference` maps a protocol name ("amqp", "mqtt", "stomp", ...) to
+    the HOST:PORT of the node that serves it, when known. Adapters answer with
+    their protocol's "use another server" (AMQP connection.close 320 naming
+    the primary, MQTT CONNACK 0x9C with Server Reference or 3.1.1 code 3,
+    STOMP ERROR).
+    """
+
+    def __init__(self, text: str, server_reference: dict[str, str] | None = None) -> None:
+        super().__init__(text)
+        self.server_reference = dict(server_reference or {})
+
+
 class InvalidPath(BrokerError):
     code, name, hard = 402, "INVALID_PATH", True
 

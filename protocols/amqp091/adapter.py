@@ -48,6 +48,7 @@ from moorage.broker.errors import (
     ConnectionForced,
     NotAllowed,
     NotImplementedFeature,
+    NotServing,
     PreconditionFailed,
 )
 from moorage.broker.keepalive import Due, KeepAlive
@@ -298,6 +299,14 @@ class AMQPConnection:
             user = self.broker.authenticate(
                 username, password, from_loopback=self.shell.from_loopback
             )
+        except NotServing as e:
+            # A standby: connection.close 320 naming the primary, although the client
+            # is not logged in (spec 2.2.4 forbids that for a failed login only), so
+            # that it knows where to go; its failover list then moves on.
+            log.info("AMQP connection from %s refused: %s", self.shell.peer, e.text)
+            self.send_method(0, commands.Connection.Close(e.code, e.reply_text[:255], 0, 0))
+            self._close_transport()
+            return
         except AccessRefused as e:
             log.warning("AMQP login refused for %r from %s: %s", username, self.shell.peer, e.text)
             if self.capabilities.get("authentication_failure_close"):

@@ -31,8 +31,10 @@ async def get_overview(request: web.Request) -> web.Response:
     broker = broker_of(request)
     queues = [q for q in overview.queues(broker) if may_see_vhost(user, q.vhost)]
     connections = client_connections(broker)
+    failover = {} if broker.failover_status is None else {"failover": broker.failover_status()}
     return ok(
         {
+            **failover,
             "management_version": __version__,
             "product_name": "Moorage",
             "product_version": __version__,

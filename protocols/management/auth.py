@@ -19,7 +19,7 @@ from aiohttp import web
 
 from moorage.broker.auth import User
 from moorage.broker.broker import Broker
-from moorage.broker.errors import AccessRefused
+from moorage.broker.errors import AccessRefused, NotServing
 
 REALM = 'Basic realm="Moorage Management"'
 
@@ -85,6 +85,8 @@ def authenticate(request: web.Request, broker: Broker) -> User:
         user = broker.authenticate(
             username, password, from_loopback=is_loopback(request.remote or "")
         )
+    except NotServing as e:  # a standby of a replicated pair (docs/failover.md)
+        raise http_error(503, "standby", e.text) from None
     except AccessRefused:
         raise http_error(401, "not_authorized", "Login failed") from None
     if level_of(user) == 0:

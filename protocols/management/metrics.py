@@ -81,6 +81,8 @@ class BrokerCollector(Collector):
             ),
         ):
             yield GaugeMetricFamily(name, text, value=value)
+        if broker.failover_status is not None:
+            yield from _failover_gauges(broker.failover_status())
         for name, text in _QUEUE_GAUGES:
             field = name.removeprefix("rabbitmq_queue_")
             if self.per_object:
@@ -92,6 +94,34 @@ class BrokerCollector(Collector):
                     name, text, value=sum(_queue_value(q, field) for q in queues)
                 )
             yield family
+
+
+_FAILOVER_GAUGES = (
+    ("moorage_failover_epoch", "epoch", "The node's failover epoch"),
+    ("moorage_replication_lag_batches", "lag_batches", "Batches the standby has not acked"),
+    ("moorage_replication_lag_seconds", "lag_seconds", "Age of the oldest batch not acked"),
+    ("moorage_replication_standby_in_sync", "standby_in_sync", "1 while confirms wait for it"),
+    ("moorage_replication_applied_batches", "applied_batches", "Batches this standby applied"),
+    ("moorage_failover_witness_reachable", "witness_reachable", "1 if the witness answered"),
+)
+
+
+def _failover_gauges(status: dict[str, object]) -> Iterator[Metric]:
+    """A replicated node's role (one gauge per role, 1 for the current one) and numbers."""
+    role = GaugeMetricFamily("moorage_failover_role", "1 for the node's role", labels=["role"])
+    for name in ("primary", "standby"):
+        role.add_metric([name], int(status.get("role") == name))
+    yield role
+    confirms = GaugeMetricFamily(
+        "moorage_replication_confirms", "1 for how confirms are given", labels=["mode"]
+    )
+    for mode in ("sync", "waiting", "alone", "fenced"):
+        confirms.add_metric([mode], int(status.get("confirms") == mode))
+    yield confirms
+    for name, key, text in _FAILOVER_GAUGES:
+        value = status.get(key)
+        if isinstance(value, bool | int | float):
+            yield GaugeMetricFamily(name, text, value=float(value))
 
 
 def _queue_value(queue: overview.QueueInfo, field: str) -> int:

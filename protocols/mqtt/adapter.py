@@ -65,7 +65,7 @@ from typing import Any
 
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
-from moorage.broker.errors import AccessRefused, BrokerError
+from moorage.broker.errors import AccessRefused, BrokerError, NotServing
 from moorage.broker.keepalive import Due, KeepAlive
 from moorage.broker.message import Message
 from moorage.broker.replies import OrderedReplies
@@ -309,9 +309,13 @@ class MQTTConnection:
 
     # -- CONNECT -----------------------------------------------------------------------------
 
-    def _refuse(self, reason: ReasonCode, text: str) -> None:
+    def _refuse(self, reason: ReasonCode, text: str, server_reference: str | None = None) -> None:
         log.info("refusing MQTT connection from %s: %s", self.shell.peer, text)
-        props = MQTTProperties(reason_string=text) if self.version == MQTT_5 else MQTTProperties()
+        props = (
+            MQTTProperties(reason_string=text, server_reference=server_reference)
+            if self.version == MQTT_5
+            else MQTTProperties()
+        )
         self.send(ConnAck(reason_code=reason, properties=props))
         self._close(publish_will=False)
 
@@ -326,6 +330,13 @@ class MQTTConnection:
             self.user = self.broker.authenticate(
                 username, password_text, from_loopback=self.shell.from_loopback
             )
+        except NotServing as e:  # a standby: MQTT 5 "use another server" [MQTT-4.11]
+            if self.version == MQTT_5:
+                reference = e.server_reference.get("mqtt")
+                self._refuse(ReasonCode.USE_ANOTHER_SERVER, e.text, reference)
+            else:  # 3.1.1 has no redirection: "server unavailable" (return code 3)
+                self._refuse(ReasonCode.SERVER_UNAVAILABLE, e.text)
+            return False
         except AccessRefused as e:
             # Mosquitto answers an anonymous client it refuses with "not authorised"
             # (its test 01-connect-anon-denied), and bad credentials with code 4 / 0x86.

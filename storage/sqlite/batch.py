@@ -90,7 +90,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from moorage.storage.sqlite.statements import (
     ACK,
@@ -111,7 +111,24 @@ from moorage.storage.store import DurabilityCallback, StoreError
 if TYPE_CHECKING:
     import sqlite3
 
-__all__ = ["Batch", "GatheringBatch", "Read", "SQLiteStats", "Segment"]
+__all__ = ["Batch", "DurabilityGate", "GatheringBatch", "Read", "SQLiteStats", "Segment"]
+
+
+class DurabilityGate(Protocol):
+    """What else a committed change must wait for before its callbacks run.
+
+    Replication (`storage.replication.gate`) installs one so that a callback
+    fires only once the standby has acknowledged the batch too. Without a
+    gate, callbacks run as soon as the local commit returned.
+    """
+
+    def release(self, callbacks: list[DurabilityCallback], after: int | None) -> None:
+        """Call `callbacks(None)`, in order, once batch `after` (None: every batch
+        committed so far) is safe; after every callback released before them."""
+
+    @property
+    def pending(self) -> bool:
+        """True while some committed batch is not safe yet (a reply must wait)."""
 
 
 @dataclass(slots=True)
@@ -157,6 +174,8 @@ class Batch:
     callbacks: list[DurabilityCallback]
     holds: bool
     """True unless the batch carries only delivery marks (which hold no callback)."""
+    number: int = 0
+    """Set by the writer at commit: the count of batches it committed so far."""
 
 
 @dataclass(slots=True)
@@ -220,6 +239,8 @@ class GatheringBatch:
         """Set once the writer is gone: nothing is handed off any more."""
         self.max_put_id = 0
         """The highest message id ever put (stored ones included)."""
+        self.gate: DurabilityGate | None = None
+        """Set while the store is replicated: successful callbacks go through it."""
         self._submit = submit
 
         self._ops: list[Op | None] = []
@@ -394,6 +415,8 @@ class GatheringBatch:
                 self.schedule_flush(immediate=True)  # the hold ends now, or sooner
         elif self._inflight is not None and self._inflight.holds:
             self._inflight.callbacks.append(callback)
+        elif self.gate is not None:
+            self.gate.release([callback], None)
         else:
             callback(None)
 
@@ -413,6 +436,7 @@ class GatheringBatch:
             or self._retry
             or self._callbacks
             or (self._inflight is not None and self._inflight.holds)
+            or (self.gate is not None and self.gate.pending)
         )
 
     # -- hand-off ------------------------------------------------------------
@@ -463,7 +487,7 @@ class GatheringBatch:
             self._submit(read)
         if not segments:
             # Everything was cancelled: nothing to wait for.
-            self._fire(callbacks, None)
+            self._release(callbacks, None)
 
     def _hold(self) -> bool:
         """Fire the callbacks that cancellations settled; True if the rest may wait for acks.
@@ -530,7 +554,7 @@ class GatheringBatch:
         if ready:
             fired = self._callbacks[:ready]
             del self._callbacks[:ready]
-            self._fire([waiting.callback for waiting in fired], None)
+            self._release([waiting.callback for waiting in fired], None)
 
     def batch_done(self, batch: Batch, error: StoreError | None) -> None:
         """On the loop: a batch committed or failed. Run its callbacks, send the next."""
@@ -547,7 +571,10 @@ class GatheringBatch:
             self._retry = [
                 s for s in batch.segments if s.marks or any(op is not None for op in s.ops)
             ]
-        self._fire(batch.callbacks, error)
+        if error is None:
+            self._release(batch.callbacks, batch.number)
+        else:
+            self._fire(batch.callbacks, error)
         if self.closed:
             return
         if (
@@ -561,6 +588,13 @@ class GatheringBatch:
             if self._retry_handle is not None:
                 self._retry_handle.cancel()
             self._retry_handle = self.loop.call_later(self.retry_interval, self.schedule_flush)
+
+    def _release(self, callbacks: list[DurabilityCallback], after: int | None) -> None:
+        """Successful callbacks: now, or through the gate (after batch `after`)."""
+        if self.gate is None:
+            self._fire(callbacks, None)
+        elif callbacks or after is not None:
+            self.gate.release(callbacks, after)
 
     def _fire(self, callbacks: list[DurabilityCallback], error: StoreError | None) -> None:
         """Call each callback in order; one raising must not stop the others."""

@@ -56,7 +56,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
 
-from moorage.storage.sqlite.batch import GatheringBatch, Read, SQLiteStats
+from moorage.storage.sqlite.batch import DurabilityGate, GatheringBatch, Read, Segment, SQLiteStats
 from moorage.storage.sqlite.schema import DURABILITY_MODES
 from moorage.storage.sqlite.statements import (
     DELETE_BINDING,
@@ -577,6 +577,34 @@ class SQLiteStore:
         if destination.exists():
             raise StoreError(f"{destination} exists; a backup never overwrites a file")
         return await self._submit(lambda conn: backup_to(conn, destination))
+
+    # -- replication (`storage.replication`) ---------------------------------
+
+    def replicate(
+        self, tap: Callable[[int, list[Segment]], None] | None, gate: DurabilityGate | None
+    ) -> None:
+        """Ship every committed batch to `tap` (on the writer thread, in commit order,
+        with its number) and let `gate` hold back every `when_durable` callback
+        until its batch is safe elsewhere too. None, None: stop replicating.
+
+        Call it before `open()` or while nothing is in flight (at start-up).
+        """
+        self._writer.tap = tap
+        self._batch.gate = gate
+
+    async def snapshot(self, destination: Path) -> tuple[int, int]:
+        """`backup` that also says which batches it holds: (number of the last batch
+        committed before the copy, size of the copy). Batches numbered after it
+        are exactly the changes the copy lacks. Raises StoreError."""
+        destination = Path(destination)
+        if destination.exists():
+            raise StoreError(f"{destination} exists; a snapshot never overwrites a file")
+        writer = self._writer
+
+        def copy(conn: sqlite3.Connection) -> tuple[int, int]:
+            return writer.committed, backup_to(conn, destination)
+
+        return await self._submit(copy)
 
     async def expire(self, vhost: str, queue: str, now: float, limit: int = 10000) -> int:
         """Delete up to `limit` entries of a queue with 0 < expires_at <= now; return how many.

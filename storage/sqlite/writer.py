@@ -24,6 +24,13 @@ Failure: when a batch fails (for example `SQLITE_FULL`, disk full) it is
 rolled back and reported with a `StoreError`; the thread carries on. The
 error is logged once per outage, not at every retry.
 
+Replication tap: every committed batch gets a number (`Batch.number`, the
+count of batches this writer committed), and when `tap` is set it is called
+on this thread with that number and the batch's segments right after the
+commit, before the outcome is posted, so the numbers reach the tap in commit
+order (`storage.replication` ships them to a standby). A `Read` that runs
+here sees `committed`: the number of the last batch its state includes.
+
 Housekeeping, after a batch's outcome was posted: the file uses
 `auto_vacuum=INCREMENTAL`, and once enough entries were deleted the writer
 runs `PRAGMA incremental_vacuum` when more than `vacuum_free_pages` pages are
@@ -43,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moorage.storage.sqlite.batch import Batch, Read, SQLiteStats
+from moorage.storage.sqlite.batch import Batch, Read, Segment, SQLiteStats
 from moorage.storage.sqlite.schema import Opened, open_connection
 from moorage.storage.sqlite.statements import SQL_MARKS, execute_ops, execute_rows
 from moorage.storage.store import StoreError
@@ -111,6 +118,10 @@ class Writer:
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self.tap: Callable[[int, list[Segment]], None] | None = None
+        """Called on this thread with each committed batch (see the module docs)."""
+        self.committed = 0
+        """Batches committed so far (thread-side; a `Read` may look at it)."""
         # Thread-side state.
         self._vacuum_enabled = False
         self._deletes_since_check = 0
@@ -239,6 +250,14 @@ class Writer:
         if self._failing:
             logger.warning("%s: writing again after failures", self.path)
             self._failing = False
+        self.committed += 1
+        batch.number = self.committed
+        tap = self.tap
+        if tap is not None:
+            try:
+                tap(self.committed, batch.segments)
+            except Exception:  # a bug in the tap must not stop the writer
+                logger.exception("%s: replication tap failed on batch %d", self.path, batch.number)
         stats = self.stats
         stats.batches += 1
         if self.durability == "fsync":
