@@ -88,7 +88,7 @@ class Node:
             sys.executable, "-m", "moorage.broker.cli", "serve",
             "--config", str(self.config), "--data-dir", str(self.data_dir),
             "--amqp-port", str(self.amqp), "--mqtt-port", "0", "--stomp-port", "0",
-            "--http-port", "0", "--mqtt-ws-port", "0", "--stomp-ws-port", "0",
+            "--http-port", "0", "--mqtt-ws-port", "0", "--stomp-ws-port", "0", "--sqs-port", "0",
             *self.args,
         ]  # fmt: skip
         with self.log.open("ab") as log:

@@ -172,7 +172,7 @@ class Node(Process):
             "serve", "--config", str(self.config), "--data-dir", str(self.data_dir),
             "--amqp-port", str(self.amqp), "--mqtt-port", str(self.mqtt),
             "--stomp-port", str(self.stomp), "--http-port", str(self.http),
-            "--mqtt-ws-port", "0", "--stomp-ws-port", "0",
+            "--mqtt-ws-port", "0", "--stomp-ws-port", "0", "--sqs-port", "0",
             "--role", role, "--replication-port", str(self.replication),
         ]  # fmt: skip
         if peer is not None:

@@ -49,7 +49,7 @@ class SharedNode:
             "--config", str(self.config), "--data-dir", str(self.data_dir),
             "--amqp-port", str(self.amqp_port), "--mqtt-port", str(self.mqtt_port),
             "--stomp-port", str(self.stomp_port), "--http-port", "0",
-            "--mqtt-ws-port", "0", "--stomp-ws-port", "0",
+            "--mqtt-ws-port", "0", "--stomp-ws-port", "0", "--sqs-port", "0",
         ]  # fmt: skip
         self.runs = len(self.text())  # `wait_logged` reads this run's lines only
         with open(self.log, "ab") as log:
