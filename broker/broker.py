@@ -76,6 +76,7 @@ class Broker:
     async def start(self) -> None:
         """Open the store and rebuild the durable topology it holds."""
         await self.store.open()
+        await self.users.open(self.store, self.clock)
         topology = await self.store.load_topology()
         self._restore(topology)
         await self._recover_messages()

@@ -7,13 +7,17 @@ are errors: a typo in an operator's file must not be silently ignored.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from moorage.broker.auth import Permission, User, UserDirectory, hash_password
+from moorage.broker.auth import Permission, TopicPermission, User, UserDirectory, hash_password
+from moorage.broker.auth_hashing import HashFormatError, check_hash
 from moorage.broker.tls import TLS_PORTS, TLSConfig, TLSError
 
 _T = TypeVar("_T")
@@ -80,6 +84,9 @@ class Config:
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     vhosts: list[str] = field(default_factory=lambda: ["/"])
     users: list[User] = field(default_factory=list)
+    # Digest of the file's [[users]] (None: not from a file). The store keeps the
+    # digest it last applied: users are seeded again only when it changes.
+    users_seed: str | None = None
     loopback_users: frozenset[str] = frozenset({"guest"})
     anonymous_user: str = ""  # user of clients that send no credentials ("" = refuse them)
     limits: Limits = field(default_factory=Limits)
@@ -103,6 +110,8 @@ class Config:
             config = cls._from_dict(data)
         if not config.users:
             config.users = [default_guest()]
+        if config.users_seed is None:
+            config.users_seed = _digest([])
         return config
 
     @classmethod
@@ -146,7 +155,11 @@ class Config:
         if "loopback_users" in auth:
             config.loopback_users = frozenset(str(u) for u in auth["loopback_users"])
         config.anonymous_user = str(auth.get("anonymous_user", ""))
-        config.users = [_user(u) for u in data.pop("users", [])]
+        raw_users = data.pop("users", [])
+        if not isinstance(raw_users, list):
+            raise ConfigError("'users' must be an array of tables ([[users]])")
+        config.users = [_user(u) for u in raw_users]
+        config.users_seed = _digest(raw_users)
         if data:
             raise ConfigError(f"unknown section '{next(iter(data))}'")
         config.check_tls()
@@ -167,9 +180,9 @@ class Config:
 
     def user_directory(self) -> UserDirectory:
         """The `UserDirectory` of these users, with the anonymous user resolved."""
-        users = {u.name: u for u in self.users}
-        anonymous = users.get(self.anonymous_user) if self.anonymous_user else None
-        return UserDirectory(self.users, self.loopback_users, anonymous)
+        return UserDirectory(
+            self.users, self.loopback_users, self.anonymous_user, seed=self.users_seed
+        )
 
     def apply_overrides(
         self,
@@ -200,9 +213,20 @@ class Config:
 
 def default_guest() -> User:
     """RabbitMQ's default user: guest/guest, all permissions on `/`, loopback only."""
-    return User(
-        "guest", hash_password("guest"), ("administrator",), {"/": Permission(".*", ".*", ".*")}
-    )
+    return User("guest", _guest_hash(), ("administrator",), {"/": Permission(".*", ".*", ".*")})
+
+
+@functools.cache
+def _guest_hash() -> str:
+    # guest's password is public; hashing it once per process spares every
+    # broker started in one process (tests, embedding) a scrypt run.
+    return hash_password("guest")
+
+
+def _digest(raw_users: list[Any]) -> str:
+    """A digest of the file's [[users]] as written (passwords included, never stored)."""
+    text = json.dumps(raw_users, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _table(value: Any, name: str) -> dict[str, Any]:
@@ -239,12 +263,29 @@ def _dataclass_from(cls: type[_T], value: Any, section: str) -> _T:
 
 def _user(value: Any) -> User:
     table = _table(value, "users")
-    _check_keys(table, {"name", "password", "password_hash", "tags", "permissions"}, "users")
+    _check_keys(
+        table,
+        {
+            "name",
+            "password",
+            "password_hash",
+            "hashing_algorithm",
+            "tags",
+            "permissions",
+            "topic_permissions",
+        },
+        "users",
+    )
     if "name" not in table:
         raise ConfigError("every [[users]] entry needs a name")
     name = str(table["name"])
+    algorithm = str(table.get("hashing_algorithm", ""))
     if "password_hash" in table:
         password_hash: str | None = str(table["password_hash"])
+        try:
+            algorithm = check_hash(str(password_hash), algorithm)
+        except HashFormatError as e:
+            raise ConfigError(f"users.{name}.password_hash: {e}") from None
     elif "password" in table:
         password_hash = hash_password(str(table["password"]))
     else:
@@ -257,4 +298,23 @@ def _user(value: Any) -> User:
         permissions[vhost] = Permission(
             str(perm.get("configure", "")), str(perm.get("write", "")), str(perm.get("read", ""))
         )
-    return User(name, password_hash, tuple(str(t) for t in table.get("tags", [])), permissions)
+    topics: dict[tuple[str, str], TopicPermission] = {}
+    where = f"users.{name}.topic_permissions"
+    for vhost, exchanges in _table(table.get("topic_permissions", {}), where).items():
+        for exchange, perm in _table(exchanges, f"{where}.{vhost}").items():
+            perm = _table(perm, f"{where}.{vhost}.{exchange}")
+            _check_keys(perm, {"write", "read"}, f"{where}.{vhost}.{exchange}")
+            topics[(vhost, exchange)] = TopicPermission(
+                str(perm.get("write", "")), str(perm.get("read", ""))
+            )
+    tags = table.get("tags", [])
+    if isinstance(tags, str):  # RabbitMQ's comma-separated form
+        tags = [t.strip() for t in tags.split(",") if t.strip()]
+    return User(
+        name,
+        password_hash,
+        tuple(str(t) for t in tags),
+        permissions,
+        hashing_algorithm=algorithm if password_hash else "",
+        topic_permissions=topics,
+    )

@@ -122,12 +122,13 @@ class Daemon:
             raise
 
     def reload(self, config: Config) -> None:
-        """Apply what can change while running: users, their permissions and tags, the
-        loopback-only and anonymous rules, the log level, and the TLS certificate and key
-        (new handshakes get them; connections keep theirs). Listeners, storage and
-        limits need a restart. Connected clients keep their sessions; every check
-        from now on uses the new users (a removed user's connections stay open, as a
-        RabbitMQ user deleted while connected does until its connections close).
+        """Apply what can change while running: the file's users when they changed since
+        they were last applied (`UserDirectory.reconfigure`: users of the file are
+        created or replaced, others kept), the loopback-only and anonymous rules, the
+        log level, and the TLS certificate and key (new handshakes get them;
+        connections keep theirs). Listeners, storage and limits need a restart.
+        Connected clients keep their sessions; every check from now on uses the new
+        permissions.
         Raises ConfigError (then nothing changed) when the new certificate is unusable."""
         if self.tls_context is not None:
             try:
@@ -135,11 +136,18 @@ class Daemon:
             except TLSError as e:
                 raise ConfigError(str(e)) from None
             self.config.tls = config.tls
+        applied = False
         if self.broker is not None:
-            self.broker.users = config.user_directory()
+            applied = self.broker.users.reconfigure(
+                config.users, config.users_seed, config.loopback_users, config.anonymous_user
+            )
         logging.getLogger().setLevel(config.log_level.upper())
         self.config.users = config.users
-        log.warning("configuration reloaded: %d users", len(config.users))
+        self.config.users_seed = config.users_seed
+        log.warning(
+            "configuration reloaded: %s",
+            f"{len(config.users)} users applied" if applied else "users unchanged in the file",
+        )
 
     async def stop(self) -> None:
         """Close listeners, ask clients to disconnect, wait a little, close the store."""

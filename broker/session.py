@@ -100,6 +100,7 @@ class Session(SessionPublishing, SessionTimeouts):
         self._next_tag = itertools.count(1).__next__
         self._tx: list[Callable[[], Any]] | None = None
         self._permitted: dict[tuple[str, str, str], bool] = {}
+        self._permitted_version = self.user.version
         # consumer timeouts: (deadline, delivery tag), armed only when a queue has one
         self._deadlines: list[tuple[float, int]] = []
         self._deadline_timer: Timer | None = None
@@ -109,6 +110,9 @@ class Session(SessionPublishing, SessionTimeouts):
     # -- permissions ------------------------------------------------------------------
 
     def _check(self, access: str, name: str, kind: str) -> None:
+        if self._permitted_version != self.user.version:  # changed by an operator
+            self._permitted.clear()
+            self._permitted_version = self.user.version
         key = (access, name, kind)
         ok = self._permitted.get(key)
         if ok is None:

@@ -25,6 +25,7 @@ from moorage.protocols.management import (
     api_exchanges,
     api_overview,
     api_queues,
+    api_users,
     metrics,
 )
 from moorage.protocols.management.auth import not_found
@@ -88,6 +89,7 @@ def build_app(broker: Broker) -> web.Application:
         api_exchanges,
         api_connections,
         api_definitions,
+        api_users,
         metrics,
     ):
         app.add_routes(module.routes)
