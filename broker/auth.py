@@ -116,7 +116,12 @@ class UserDirectory:
 
     @property
     def anonymous(self) -> User | None:
+        """The user of clients that send no credentials (None: they are refused)."""
         return self.users.get(self.anonymous_name) if self.anonymous_name else None
+
+    @anonymous.setter
+    def anonymous(self, user: User | None) -> None:
+        self.anonymous_name = user.name if user is not None else ""
 
     # -- start-up and reload --------------------------------------------------------------
 
