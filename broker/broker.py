@@ -19,10 +19,11 @@ from typing import Any, TypeVar, cast
 
 from moorage.broker.arguments import QueueOptions, parse_queue_arguments
 from moorage.broker.auth import User, UserDirectory
+from moorage.broker.auth_guard import LoginGuard
 from moorage.broker.client_ids import ClientIds
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Limits
-from moorage.broker.errors import NotAllowed, PreconditionFailed
+from moorage.broker.errors import AccessRefused, NotAllowed, PreconditionFailed
 from moorage.broker.flow import WriteFlow
 from moorage.broker.memory import ENTRY_OVERHEAD, MemoryMonitor, watermark_bytes
 from moorage.broker.queue import Queue
@@ -54,6 +55,7 @@ class Broker:
         self.clock = clock  # every timer of the core reads and arms this (broker.clock)
         self.store: Store = store if store is not None else MemoryStore()
         self.users = users if users is not None else UserDirectory()
+        self.login_guard = LoginGuard(clock)  # brute-force slowdown per client address
         self.limits = limits or Limits()
         self.flow = WriteFlow(self.store, self.limits.store_backlog)
         self.retention = retention  # seconds a message may stay queued; 0 = forever
@@ -182,17 +184,36 @@ class Broker:
 
     # -- clients --------------------------------------------------------------------
 
-    def authenticate(self, username: str | None, password: str, *, from_loopback: bool) -> User:
+    def authenticate(
+        self, username: str | None, password: str, *, from_loopback: bool, peer: str = ""
+    ) -> User:
         """The user these credentials log in as. Raises AccessRefused.
 
         `username=None` means the client sent no credentials at all (an MQTT
         CONNECT without a user name, a STOMP CONNECT without `login`, AMQP's
         ANONYMOUS mechanism or an empty PLAIN response): every protocol gets the
         one anonymous rule, `auth.anonymous_user`, which refuses by default.
+
+        With the client's `peer` ("host:port"), a refusal counts towards that
+        address's brute-force delay (`login_guard`, `refusal_delay`) and a
+        success resets it.
         """
-        if username is None:
-            return self.users.authenticate_anonymous(from_loopback=from_loopback)
-        return self.users.authenticate(username, password, from_loopback=from_loopback)
+        try:
+            if username is None:
+                user = self.users.authenticate_anonymous(from_loopback=from_loopback)
+            else:
+                user = self.users.authenticate(username, password, from_loopback=from_loopback)
+        except AccessRefused as e:
+            if peer:
+                self.login_guard.failed(peer, username or "", e.text)
+            raise
+        if peer:
+            self.login_guard.succeeded(peer)
+        return user
+
+    def refusal_delay(self, peer: str) -> float:
+        """Seconds the answer to `peer`'s refused login must wait (`broker.auth_guard`)."""
+        return self.login_guard.delay(self.login_guard.failures(peer))
 
     def ordered_replies(self) -> OrderedReplies:
         """A new ordered stream of replies that wait for the store (`broker.replies`)."""

@@ -89,6 +89,10 @@ class Config:
     users_seed: str | None = None
     loopback_users: frozenset[str] = frozenset({"guest"})
     anonymous_user: str = ""  # user of clients that send no credentials ("" = refuse them)
+    # brute-force slowdown (broker.auth_guard): the n-th refusal in a row from one
+    # address waits min(failed_login_max_delay, n * failed_login_delay) seconds
+    failed_login_delay: float = 0.2  # 0 = off
+    failed_login_max_delay: float = 10.0
     limits: Limits = field(default_factory=Limits)
     storage: StorageConfig = field(default_factory=StorageConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -151,7 +155,16 @@ class Config:
         config.tls = _dataclass_from(TLSConfig, data.pop("tls", {}), "tls")
 
         auth = _table(data.pop("auth", {}), "auth")
-        _check_keys(auth, {"loopback_users", "anonymous_user"}, "auth")
+        _check_keys(
+            auth,
+            {"loopback_users", "anonymous_user", "failed_login_delay", "failed_login_max_delay"},
+            "auth",
+        )
+        for key in ("failed_login_delay", "failed_login_max_delay"):
+            value = auth.get(key, getattr(config, key))
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"auth.{key} must be a number of seconds >= 0, not {value!r}")
+            setattr(config, key, float(value))
         if "loopback_users" in auth:
             config.loopback_users = frozenset(str(u) for u in auth["loopback_users"])
         config.anonymous_user = str(auth.get("anonymous_user", ""))

@@ -84,6 +84,8 @@ class Daemon:
             retention=config.storage.retention,
             clock=self.clock,
         )
+        broker.login_guard.step = config.failed_login_delay
+        broker.login_guard.max_delay = config.failed_login_max_delay
         try:
             await broker.start()
         except StoreError as e:
@@ -138,6 +140,8 @@ class Daemon:
             self.config.tls = config.tls
         applied = False
         if self.broker is not None:
+            self.broker.login_guard.step = config.failed_login_delay
+            self.broker.login_guard.max_delay = config.failed_login_max_delay
             applied = self.broker.users.reconfigure(
                 config.users, config.users_seed, config.loopback_users, config.anonymous_user
             )

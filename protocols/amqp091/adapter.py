@@ -72,7 +72,7 @@ from moorage.protocols.amqp091.codec import (
 from moorage.protocols.amqp091.events import method_ids
 from moorage.protocols.amqp091.handshake import FRAME_MIN_SIZE, credentials, start_method
 from moorage.protocols.amqp091.mapping import properties_payload, to_properties
-from moorage.protocols.tcp import Shell
+from moorage.protocols.tcp import Shell, hold_refusal
 
 log = logging.getLogger("moorage.amqp")
 
@@ -296,9 +296,10 @@ class AMQPConnection:
         username, password = credentials(method.mechanism, method.response)
         try:
             user = self.broker.authenticate(
-                username, password, from_loopback=self.shell.from_loopback
+                username, password, from_loopback=self.shell.from_loopback, peer=self.shell.peer
             )
         except AccessRefused as e:
+            hold_refusal(self.shell, self.broker.refusal_delay(self.shell.peer))
             log.warning("AMQP login refused for %r from %s: %s", username, self.shell.peer, e.text)
             if self.capabilities.get("authentication_failure_close"):
                 text = (

@@ -110,7 +110,7 @@ from moorage.protocols.mqtt.session_state import (
     SessionState,
 )
 from moorage.protocols.mqtt.subscriptions import SessionSubscriptions
-from moorage.protocols.tcp import Shell
+from moorage.protocols.tcp import Shell, hold_refusal
 
 __all__ = ["MQTTConnection"]
 
@@ -324,9 +324,13 @@ class MQTTConnection:
             self.vhost, username = username.split(":", 1)
         try:
             self.user = self.broker.authenticate(
-                username, password_text, from_loopback=self.shell.from_loopback
+                username,
+                password_text,
+                from_loopback=self.shell.from_loopback,
+                peer=self.shell.peer,
             )
         except AccessRefused as e:
+            hold_refusal(self.shell, self.broker.refusal_delay(self.shell.peer))
             # Mosquitto answers an anonymous client it refuses with "not authorised"
             # (its test 01-connect-anon-denied), and bad credentials with code 4 / 0x86.
             reason = (

@@ -55,7 +55,7 @@ from typing import Final
 from moorage.broker import __version__
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
-from moorage.broker.errors import BrokerError
+from moorage.broker.errors import AccessRefused, BrokerError
 from moorage.broker.keepalive import Due, KeepAlive
 from moorage.broker.message import Message
 from moorage.broker.overview import vhost_names
@@ -81,7 +81,7 @@ from moorage.protocols.stomp.destinations import Kind, parse_destination
 from moorage.protocols.stomp.publishing import Publisher
 from moorage.protocols.stomp.subscriptions import Subscriptions
 from moorage.protocols.stomp.transactions import Transactions
-from moorage.protocols.tcp import Shell
+from moorage.protocols.tcp import Shell, hold_refusal
 
 __all__ = ["MAX_HEADER_SIZE", "State", "StompConnection"]
 
@@ -339,9 +339,16 @@ class StompConnection:
         self.version = version
         cx, cy = parse_heartbeat(frame.get("heart-beat"))
         # No `login`: the core's anonymous rule (refused unless `auth.anonymous_user`).
-        user = self.broker.authenticate(
-            frame.get("login"), frame.get("passcode") or "", from_loopback=self.shell.from_loopback
-        )
+        try:
+            user = self.broker.authenticate(
+                frame.get("login"),
+                frame.get("passcode") or "",
+                from_loopback=self.shell.from_loopback,
+                peer=self.shell.peer,
+            )
+        except AccessRefused:
+            hold_refusal(self.shell, self.broker.refusal_delay(self.shell.peer))
+            raise
         login = user.name
         client_id = frame.get("client-id")
         if client_id is not None:
