@@ -226,6 +226,20 @@ class UserDirectory:
             raise AccessRefused(f"user '{user.name}' can only connect via localhost")
         return user
 
+    def authenticate_identity(self, identity: str | None, *, from_loopback: bool) -> User:
+        """The user a verified client certificate names, or raise AccessRefused.
+
+        No password is checked: the TLS handshake proved the identity.
+        """
+        if identity is None:
+            raise AccessRefused("no verified client certificate, or it names no user")
+        user = self.users.get(identity)
+        if user is None:
+            raise AccessRefused(f"user '{identity}' (from the client certificate) does not exist")
+        if identity in self.loopback_users and not from_loopback:
+            raise AccessRefused(f"user '{identity}' can only connect via localhost")
+        return user
+
     def may_open(self, user: User, vhost: str) -> bool:
         """True when the user has any permissions on the vhost (RabbitMQ's vhost access)."""
         return vhost in user.permissions

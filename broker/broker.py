@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 
 from moorage.broker.arguments import QueueOptions, parse_queue_arguments
 from moorage.broker.auth import User, UserDirectory
+from moorage.broker.auth_certs import identity_of
 from moorage.broker.auth_guard import LoginGuard
 from moorage.broker.client_ids import ClientIds
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
@@ -56,6 +57,7 @@ class Broker:
         self.store: Store = store if store is not None else MemoryStore()
         self.users = users if users is not None else UserDirectory()
         self.login_guard = LoginGuard(clock)  # brute-force slowdown per client address
+        self.cert_login_from = "distinguished_name"  # auth.ssl_cert_login_from
         self.limits = limits or Limits()
         self.flow = WriteFlow(self.store, self.limits.store_backlog)
         self.retention = retention  # seconds a message may stay queued; 0 = forever
@@ -206,6 +208,22 @@ class Broker:
         except AccessRefused as e:
             if peer:
                 self.login_guard.failed(peer, username or "", e.text)
+            raise
+        if peer:
+            self.login_guard.succeeded(peer)
+        return user
+
+    def authenticate_certificate(
+        self, certificate: dict[str, Any] | None, *, from_loopback: bool, peer: str = ""
+    ) -> User:
+        """The user a verified client certificate names (`broker.auth_certs`): AMQP's
+        EXTERNAL mechanism, MQTT and STOMP without a password. Raises AccessRefused."""
+        identity = identity_of(certificate, self.cert_login_from)
+        try:
+            user = self.users.authenticate_identity(identity, from_loopback=from_loopback)
+        except AccessRefused as e:
+            if peer:
+                self.login_guard.failed(peer, identity or "", e.text)
             raise
         if peer:
             self.login_guard.succeeded(peer)

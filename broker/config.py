@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from moorage.broker.auth import Permission, TopicPermission, User, UserDirectory, hash_password
+from moorage.broker.auth_certs import CERT_LOGIN_SOURCES
 from moorage.broker.auth_hashing import HashFormatError, check_hash
 from moorage.broker.tls import TLS_PORTS, TLSConfig, TLSError
 
@@ -93,6 +94,8 @@ class Config:
     # address waits min(failed_login_max_delay, n * failed_login_delay) seconds
     failed_login_delay: float = 0.2  # 0 = off
     failed_login_max_delay: float = 10.0
+    # the user name a verified client certificate stands for (broker.auth_certs)
+    ssl_cert_login_from: str = "distinguished_name"  # or "common_name"
     limits: Limits = field(default_factory=Limits)
     storage: StorageConfig = field(default_factory=StorageConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -157,7 +160,13 @@ class Config:
         auth = _table(data.pop("auth", {}), "auth")
         _check_keys(
             auth,
-            {"loopback_users", "anonymous_user", "failed_login_delay", "failed_login_max_delay"},
+            {
+                "loopback_users",
+                "anonymous_user",
+                "failed_login_delay",
+                "failed_login_max_delay",
+                "ssl_cert_login_from",
+            },
             "auth",
         )
         for key in ("failed_login_delay", "failed_login_max_delay"):
@@ -168,6 +177,12 @@ class Config:
         if "loopback_users" in auth:
             config.loopback_users = frozenset(str(u) for u in auth["loopback_users"])
         config.anonymous_user = str(auth.get("anonymous_user", ""))
+        config.ssl_cert_login_from = str(auth.get("ssl_cert_login_from", "distinguished_name"))
+        if config.ssl_cert_login_from not in CERT_LOGIN_SOURCES:
+            raise ConfigError(
+                "auth.ssl_cert_login_from must be 'distinguished_name' or 'common_name',"
+                f" not {config.ssl_cert_login_from!r}"
+            )
         raw_users = data.pop("users", [])
         if not isinstance(raw_users, list):
             raise ConfigError("'users' must be an array of tables ([[users]])")

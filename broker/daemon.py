@@ -86,6 +86,7 @@ class Daemon:
         )
         broker.login_guard.step = config.failed_login_delay
         broker.login_guard.max_delay = config.failed_login_max_delay
+        broker.cert_login_from = config.ssl_cert_login_from
         try:
             await broker.start()
         except StoreError as e:
@@ -142,6 +143,7 @@ class Daemon:
         if self.broker is not None:
             self.broker.login_guard.step = config.failed_login_delay
             self.broker.login_guard.max_delay = config.failed_login_max_delay
+            self.broker.cert_login_from = config.ssl_cert_login_from
             applied = self.broker.users.reconfigure(
                 config.users, config.users_seed, config.loopback_users, config.anonymous_user
             )

@@ -119,6 +119,7 @@ class TCPShell(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "unknown"
         self.from_loopback = False
+        self.peer_certificate: dict[str, Any] | None = None
         self.adapter: ConnectionAdapter | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -189,6 +190,8 @@ class TCPShell(asyncio.Protocol):
         self.transport = stream
         self._pacer = ReadPacer(stream, self.loop, self.listener.broker.flow)
         self.peer, self.from_loopback = peer_of(transport)
+        # a verified client certificate (tls.verify optional or required), else None
+        self.peer_certificate = transport.get_extra_info("peercert") or None
         self.listener.connections.add(self)
         self.adapter = self.listener.adapter_factory(
             self.listener.broker, self, self.clock.monotonic()

@@ -100,6 +100,11 @@ class WebSocketConnection:
         self.loop = asyncio.get_running_loop()
         self.clock = listener.broker.clock  # `now` for the adapter and its one timer
         self.peer, self.from_loopback = _peer(request.transport)
+        transport = request.transport
+        # a verified client certificate of a WSS connection, else None
+        self.peer_certificate = (
+            transport.get_extra_info("peercert") if transport else None
+        ) or None
         self.close_code = WSCloseCode.OK
         self.adapter: Adapter | None = None
         self._out: deque[bytes] = deque()

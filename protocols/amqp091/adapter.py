@@ -287,17 +287,26 @@ class AMQPConnection:
     # -- handshake -----------------------------------------------------------------------
 
     def _on_protocol_header(self) -> None:
-        self.send_method(0, start_method())
+        self.send_method(0, start_method(bool(getattr(self.shell, "peer_certificate", None))))
 
     def _on_start_ok(self, method: commands.Connection.StartOk) -> None:
         self.client_properties = dict(method.client_properties or {})
         caps = self.client_properties.get("capabilities")
         self.capabilities = dict(caps) if isinstance(caps, dict) else {}
-        username, password = credentials(method.mechanism, method.response)
+        certificate = getattr(self.shell, "peer_certificate", None)
+        external = method.mechanism == "EXTERNAL" and bool(certificate)
+        username, password = (
+            (None, "") if external else credentials(method.mechanism, method.response)
+        )
         try:
-            user = self.broker.authenticate(
-                username, password, from_loopback=self.shell.from_loopback, peer=self.shell.peer
-            )
+            if external:  # RabbitMQ's rabbitmq_auth_mechanism_ssl
+                user = self.broker.authenticate_certificate(
+                    certificate, from_loopback=self.shell.from_loopback, peer=self.shell.peer
+                )
+            else:
+                user = self.broker.authenticate(
+                    username, password, from_loopback=self.shell.from_loopback, peer=self.shell.peer
+                )
         except AccessRefused as e:
             hold_refusal(self.shell, self.broker.refusal_delay(self.shell.peer))
             log.warning("AMQP login refused for %r from %s: %s", username, self.shell.peer, e.text)

@@ -322,13 +322,19 @@ class MQTTConnection:
         password_text = (password or b"").decode("utf-8", "replace")
         if username is not None and ":" in username:  # RabbitMQ's "vhost:username" form
             self.vhost, username = username.split(":", 1)
+        certificate = getattr(self.shell, "peer_certificate", None)
         try:
-            self.user = self.broker.authenticate(
-                username,
-                password_text,
-                from_loopback=self.shell.from_loopback,
-                peer=self.shell.peer,
-            )
+            if certificate and password is None:  # identity from the verified certificate
+                self.user = self.broker.authenticate_certificate(
+                    certificate, from_loopback=self.shell.from_loopback, peer=self.shell.peer
+                )
+            else:
+                self.user = self.broker.authenticate(
+                    username,
+                    password_text,
+                    from_loopback=self.shell.from_loopback,
+                    peer=self.shell.peer,
+                )
         except AccessRefused as e:
             hold_refusal(self.shell, self.broker.refusal_delay(self.shell.peer))
             # Mosquitto answers an anonymous client it refuses with "not authorised"

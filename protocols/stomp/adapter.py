@@ -339,13 +339,19 @@ class StompConnection:
         self.version = version
         cx, cy = parse_heartbeat(frame.get("heart-beat"))
         # No `login`: the core's anonymous rule (refused unless `auth.anonymous_user`).
+        certificate = getattr(self.shell, "peer_certificate", None)
         try:
-            user = self.broker.authenticate(
-                frame.get("login"),
-                frame.get("passcode") or "",
-                from_loopback=self.shell.from_loopback,
-                peer=self.shell.peer,
-            )
+            if certificate and frame.get("passcode") is None:  # the certificate's identity
+                user = self.broker.authenticate_certificate(
+                    certificate, from_loopback=self.shell.from_loopback, peer=self.shell.peer
+                )
+            else:
+                user = self.broker.authenticate(
+                    frame.get("login"),
+                    frame.get("passcode") or "",
+                    from_loopback=self.shell.from_loopback,
+                    peer=self.shell.peer,
+                )
         except AccessRefused:
             hold_refusal(self.shell, self.broker.refusal_delay(self.shell.peer))
             raise
