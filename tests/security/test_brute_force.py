@@ -21,6 +21,7 @@ from moorage.broker.auth_guard import LoginGuard, host_of
 from moorage.broker.clock import ManualClock
 from moorage.broker.embedded import free_port
 from tests.helpers import RunningBroker, make_config, make_user
+from tests.management.test_api import Api
 from tests.mqtt.conftest import PahoClient
 
 pytestmark = pytest.mark.timeout(60)
@@ -99,4 +100,22 @@ def test_refusals_from_one_address_wait_longer_each_while_another_logs_in(
     assert time.monotonic() - started >= 0.15 * 7
     rc, _took = _mqtt_login(broker, "pw")
     assert rc == 0
+    assert broker.call(guard.failures, "127.0.0.1:0") == 0
+
+
+def test_management_api_refusals_are_slowed_too(
+    tmp_path: Path, start_broker: Callable[..., RunningBroker]
+) -> None:
+    config = make_config(tmp_path)
+    config.ports["http"] = free_port()
+    config.failed_login_delay = 0.15
+    broker = start_broker(config)
+    port = broker.daemon.ports["http"]
+    guard = broker.daemon.broker.login_guard  # type: ignore[union-attr]
+    for attempt in range(1, 4):
+        started = time.monotonic()
+        assert Api(port, "guest", "wrong").call("GET", "/overview")[0] == 401
+        assert time.monotonic() - started >= 0.15 * attempt
+        assert broker.call(guard.failures, "127.0.0.1:0") == attempt
+    assert Api(port).call("GET", "/overview")[0] == 200
     assert broker.call(guard.failures, "127.0.0.1:0") == 0

@@ -7,6 +7,7 @@ unsettled (everything in one batch) must give the same answers.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,28 @@ async def test_sqlite_users_survive_a_restart(tmp_path: Path) -> None:
     assert tables.permissions == [PermissionRecord("/", "bob", "c", "w", "r")]
     assert tables.topic_permissions == [TopicPermissionRecord("/", "bob", "amq.topic", "w", "r")]
     assert tables.seed == "digest"
+
+
+async def test_a_version_3_file_is_migrated_and_reads_as_never_seeded(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = SQLiteStore(path)
+    await store.open()
+    store.put_vhost("/")
+    await store.close()
+    conn = sqlite3.connect(path)  # make it a file of the previous schema version
+    for table in ("users", "user_permissions", "topic_permissions", "users_seed"):
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("UPDATE schema_version SET version = 3")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        tables = await store.load_users()
+        assert (tables.users, tables.seed) == ([], None)  # the broker seeds it from the file
+        assert (await store.load_topology()).vhosts == ["/"]
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
+    conn.close()
