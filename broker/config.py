@@ -96,6 +96,9 @@ class Config:
     failed_login_max_delay: float = 10.0
     # the user name a verified client certificate stands for (broker.auth_certs)
     ssl_cert_login_from: str = "distinguished_name"  # or "common_name"
+    # the authentication chain, in order (broker.auth_backends), and each one's settings
+    auth_backends: list[str] = field(default_factory=lambda: ["internal"])
+    auth_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     storage: StorageConfig = field(default_factory=StorageConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -157,32 +160,7 @@ class Config:
 
         config.tls = _dataclass_from(TLSConfig, data.pop("tls", {}), "tls")
 
-        auth = _table(data.pop("auth", {}), "auth")
-        _check_keys(
-            auth,
-            {
-                "loopback_users",
-                "anonymous_user",
-                "failed_login_delay",
-                "failed_login_max_delay",
-                "ssl_cert_login_from",
-            },
-            "auth",
-        )
-        for key in ("failed_login_delay", "failed_login_max_delay"):
-            value = auth.get(key, getattr(config, key))
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ConfigError(f"auth.{key} must be a number of seconds >= 0, not {value!r}")
-            setattr(config, key, float(value))
-        if "loopback_users" in auth:
-            config.loopback_users = frozenset(str(u) for u in auth["loopback_users"])
-        config.anonymous_user = str(auth.get("anonymous_user", ""))
-        config.ssl_cert_login_from = str(auth.get("ssl_cert_login_from", "distinguished_name"))
-        if config.ssl_cert_login_from not in CERT_LOGIN_SOURCES:
-            raise ConfigError(
-                "auth.ssl_cert_login_from must be 'distinguished_name' or 'common_name',"
-                f" not {config.ssl_cert_login_from!r}"
-            )
+        _auth_section(config, _table(data.pop("auth", {}), "auth"))
         raw_users = data.pop("users", [])
         if not isinstance(raw_users, list):
             raise ConfigError("'users' must be an array of tables ([[users]])")
@@ -237,6 +215,48 @@ class Config:
         if tls_ca is not None:
             self.tls.ca = tls_ca
         self.check_tls()
+
+
+def _auth_section(config: Config, auth: dict[str, Any]) -> None:
+    """The [auth] table: rules, brute-force delays, certificate logins, the backend chain."""
+    backends = auth.get("backends", ["internal"])
+    if (
+        not isinstance(backends, list)
+        or not backends
+        or not all(isinstance(b, str) for b in backends)
+    ):
+        raise ConfigError("auth.backends must be a non-empty list of backend names")
+    config.auth_backends = list(backends)
+    for name in backends:
+        if name in auth:
+            config.auth_settings[name] = _table(auth[name], f"auth.{name}")
+    _check_keys(
+        auth,
+        {
+            "loopback_users",
+            "anonymous_user",
+            "failed_login_delay",
+            "failed_login_max_delay",
+            "ssl_cert_login_from",
+            "backends",
+            *backends,
+        },
+        "auth",
+    )
+    for key in ("failed_login_delay", "failed_login_max_delay"):
+        value = auth.get(key, getattr(config, key))
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"auth.{key} must be a number of seconds >= 0, not {value!r}")
+        setattr(config, key, float(value))
+    if "loopback_users" in auth:
+        config.loopback_users = frozenset(str(u) for u in auth["loopback_users"])
+    config.anonymous_user = str(auth.get("anonymous_user", ""))
+    config.ssl_cert_login_from = str(auth.get("ssl_cert_login_from", "distinguished_name"))
+    if config.ssl_cert_login_from not in CERT_LOGIN_SOURCES:
+        raise ConfigError(
+            "auth.ssl_cert_login_from must be 'distinguished_name' or 'common_name',"
+            f" not {config.ssl_cert_login_from!r}"
+        )
 
 
 def default_guest() -> User:

@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Callable
 from contextlib import suppress
 
+from moorage.broker.auth_backends import load_backends
 from moorage.broker.broker import Broker
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Config, ConfigError
@@ -87,6 +88,13 @@ class Daemon:
         broker.login_guard.step = config.failed_login_delay
         broker.login_guard.max_delay = config.failed_login_max_delay
         broker.cert_login_from = config.ssl_cert_login_from
+        if config.auth_backends != ["internal"]:
+            try:
+                broker.auth_chain = load_backends(
+                    broker, config.auth_backends, config.auth_settings
+                )
+            except ValueError as e:
+                raise StartupError(str(e)) from None
         try:
             await broker.start()
         except StoreError as e:

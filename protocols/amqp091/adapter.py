@@ -30,6 +30,7 @@ closes the connection (`connection.close`), both in `channel_error` /
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from typing import Any
@@ -103,6 +104,7 @@ class AMQPConnection:
         self.read_backs: set[asyncio.Task[None]] = set()  # basic.gets waiting for the store
         self._username = ""
         self._user: User | None = None  # set once start-ok's credentials are accepted
+        self._login_pending = False  # an authentication backend has not answered yet
         self._blocked_sent = False  # connection.blocked is out, connection.unblocked owed
 
     # -- driven by the shell -----------------------------------------------------------
@@ -113,10 +115,15 @@ class AMQPConnection:
             return
         self._now = now
         self.keepalive.received(now)
+        self.codec.receive_data(data)
+        if not self._login_pending:
+            self._handle_events()
+
+    def _handle_events(self) -> None:
+        """Handle every complete frame received, in order (until a login must be awaited)."""
         codec = self.codec
-        codec.receive_data(data)
         try:
-            while not self.closed:
+            while not self.closed and not self._login_pending:
                 event = codec.next_event()
                 if event is NEED_DATA:
                     break
@@ -298,22 +305,45 @@ class AMQPConnection:
         username, password = (
             (None, "") if external else credentials(method.mechanism, method.response)
         )
-        try:
-            if external:  # RabbitMQ's rabbitmq_auth_mechanism_ssl
+        done = functools.partial(self._logged_in, method.mechanism, username)
+        if external:  # RabbitMQ's rabbitmq_auth_mechanism_ssl
+            try:
                 user = self.broker.authenticate_certificate(
                     certificate, from_loopback=self.shell.from_loopback, peer=self.shell.peer
                 )
+            except AccessRefused as e:
+                done(None, e)
             else:
-                user = self.broker.authenticate(
-                    username, password, from_loopback=self.shell.from_loopback, peer=self.shell.peer
-                )
-        except AccessRefused as e:
+                done(user, None)
+            return
+        # An authentication backend may answer later: no frame of this client is
+        # handled until it has (`_login_pending`, `_handle_events`).
+        self._login_pending = self.broker.begin_login(
+            username,
+            password,
+            from_loopback=self.shell.from_loopback,
+            peer=self.shell.peer,
+            done=done,
+        )
+
+    def _logged_in(
+        self, mechanism: str, username: str | None, user: User | None, error: AccessRefused | None
+    ) -> None:
+        """The answer to start-ok: connection.tune, or the refusal."""
+        resumed = self._login_pending
+        self._login_pending = False
+        if self.closed:
+            return
+        if user is None:
+            assert error is not None
             hold_refusal(self.shell, self.broker.refusal_delay(self.shell.peer))
-            log.warning("AMQP login refused for %r from %s: %s", username, self.shell.peer, e.text)
+            log.warning(
+                "AMQP login refused for %r from %s: %s", username, self.shell.peer, error.text
+            )
             if self.capabilities.get("authentication_failure_close"):
                 text = (
                     f"ACCESS_REFUSED - Login was refused using authentication mechanism "
-                    f"{method.mechanism}. For details see the broker logfile."
+                    f"{mechanism}. For details see the broker logfile."
                 )
                 self.send_method(0, commands.Connection.Close(403, text, 0, 0))
             self._close_transport()
@@ -324,6 +354,8 @@ class AMQPConnection:
             self.channel_max, self.frame_max, self.broker.limits.heartbeat
         )
         self.send_method(0, tune)
+        if resumed:  # answered later: the frames that came meanwhile are handled now
+            self._handle_events()
 
     def _on_tune_ok(self, method: commands.Connection.TuneOk) -> None:
         if method.frame_max and method.frame_max < FRAME_MIN_SIZE:
