@@ -27,16 +27,24 @@ import hashlib
 import hmac
 import logging
 import os
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
-from moorage.broker.auth_backends import Broker
+from moorage.broker.clock import Clock
 from moorage.broker.errors import AccessRefused
 
 log = logging.getLogger("moorage.auth")
 
 SETTINGS = {"user_path", "http_method", "cache_ttl", "request_timeout"}
+
+
+class Broker(Protocol):
+    """What this backend uses of the broker: its clock (for the cache). Declared here,
+    not imported from `auth_backends`, which imports this module (no import cycle)."""
+
+    @property
+    def clock(self) -> Clock: ...
 
 
 class HttpBackend:
