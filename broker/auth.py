@@ -1,86 +1,92 @@
-"""Users, password hashes and per-vhost permissions.
+"""The user directory: who the users are, who may log in from where, and changing them.
 
-Password hashes use RabbitMQ's `rabbit_password_hashing_sha256` format —
-base64(salt[4] + sha256(salt + password)) — so hashes exported from
-RabbitMQ (`rabbitmqctl export_definitions`) can be pasted into the config.
+Theory of operation
+-------------------
+Users, their permissions and topic permissions live in the store (so they
+survive restarts and replicate with it); the directory holds them in memory
+and writes every change through to the store. `open(store)` at start-up
+loads them, and seeds the store from the configuration:
 
-Permissions are RabbitMQ's three regular expressions per vhost: `configure`
-(declare/delete), `write` (publish to an exchange, bind a queue) and `read`
-(consume/get/purge a queue, bind from an exchange). The default exchange is
-checked under the name `amq.default`, as RabbitMQ does.
+- on the first start (the store has no seed digest), the configuration's
+  users are written to the store;
+- later, the configuration's users are applied again only when they have
+  changed since they were last applied (their digest differs). This is
+  RabbitMQ's `load_definitions` with `definitions.skip_if_unchanged`: an
+  unchanged file never undoes what was changed through the API or CLI.
+  SIGHUP (`reconfigure`) applies the same rule.
+
+The file owns the users it lists (marked `origin = "config"` in their
+attributes): applying it creates or replaces each of them with its
+password, tags, permissions and topic permissions exactly as written, and
+deletes a user that an earlier version of the file listed and this one does
+not, so that removing a user from the file revokes it. Users created through
+the API, the CLI or a definitions import are never touched by the file.
+
+A directory made without a seed digest (tests, the embedded broker) applies
+its users at every `open`.
+
+Credentials: new passwords are hashed with scrypt (`auth_hashing`); hashes
+in RabbitMQ's formats are accepted and replaced by scrypt at the next
+successful login. A successful check is remembered for `cache_ttl` seconds
+of the broker's clock, keyed by user, stored hash and a keyed digest of the
+password (never the password), so that a reconnect storm does not re-run
+scrypt; a change of password changes the stored hash and so misses the
+cache. Failures are never cached.
+
+Changes made while clients are connected take effect at once: a changed
+user is updated in place and its `version` goes up, so sessions drop their
+cached permission checks. A deleted user loses every permission, so its
+open connections can do nothing more (they stay open until they close).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
+import json
+import logging
 import os
-import re
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any
 
+from moorage.broker.auth_hashing import (
+    SCRYPT,
+    algorithm_of,
+    check_hash,
+    hash_password,
+    needs_upgrade,
+    verify_password,
+)
+from moorage.broker.auth_users import Access, Permission, TopicPermission, User
+from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.errors import AccessRefused
+from moorage.storage.store import (
+    PermissionRecord,
+    Store,
+    TopicPermissionRecord,
+    UserRecord,
+    UserTables,
+)
 
-Access = Literal["configure", "write", "read"]
+__all__ = [
+    "Access",
+    "Permission",
+    "TopicPermission",
+    "User",
+    "UserDirectory",
+    "hash_password",
+    "verify_password",
+]
 
+log = logging.getLogger("moorage.auth")
 
-def hash_password(password: str, salt: bytes | None = None) -> str:
-    """Return a salted SHA-256 hash in RabbitMQ's format."""
-    salt = os.urandom(4) if salt is None else salt
-    digest = hashlib.sha256(salt + password.encode()).digest()
-    return base64.b64encode(salt + digest).decode()
+CREDENTIAL_CACHE_TTL = 15.0
+"""Seconds a verified password is remembered (RabbitMQ's auth cache default: 15 s)."""
 
+CONFIG_ORIGIN = "config"
+"""`attributes["origin"]` of the users the configuration file owns."""
 
-def verify_password(password: str, password_hash: str) -> bool:
-    """Check a password against a hash made by `hash_password` (constant time)."""
-    try:
-        raw = base64.b64decode(password_hash, validate=True)
-    except ValueError:
-        return False
-    if len(raw) != 36:
-        return False
-    return hmac.compare_digest(hash_password(password, raw[:4]), password_hash)
-
-
-@dataclass(slots=True)
-class Permission:
-    """The three permission patterns of one user on one vhost."""
-
-    configure: str = ".*"
-    write: str = ".*"
-    read: str = ".*"
-    _compiled: dict[str, re.Pattern[str]] = field(default_factory=dict, repr=False)
-
-    def allows(self, access: Access, resource: str) -> bool:
-        pattern = self._compiled.get(access)
-        if pattern is None:
-            pattern = self._compiled[access] = re.compile(getattr(self, access))
-        # RabbitMQ: an empty pattern grants nothing; otherwise a full match is required.
-        return bool(pattern.pattern) and pattern.fullmatch(resource) is not None
-
-
-@dataclass(slots=True)
-class User:
-    """A broker user: name, password hash, management tags and permissions."""
-
-    name: str
-    password_hash: str | None
-    tags: tuple[str, ...] = ()
-    permissions: dict[str, Permission] = field(default_factory=dict)
-    # AWS access keys (SQS/SNS, SigV4): access key id -> secret, and the vhost each
-    # key's queues and topics live in when it is not `/`.
-    access_keys: dict[str, str] = field(default_factory=dict)
-    access_key_vhosts: dict[str, str] = field(default_factory=dict)
-
-    def check(self, vhost: str, access: Access, resource: str, kind: str = "queue") -> None:
-        """Raise AccessRefused unless this user may do `access` on `resource` in `vhost`."""
-        permission = self.permissions.get(vhost)
-        if permission is None or not permission.allows(access, resource or "amq.default"):
-            raise AccessRefused(
-                f"access to {kind} '{resource or 'amq.default'}' in vhost '{vhost}' "
-                f"refused for user '{self.name}'"
-            )
+_CACHE_LIMIT = 10_000  # entries; the cache is emptied when full
 
 
 class UserDirectory:
@@ -90,24 +96,120 @@ class UserDirectory:
         self,
         users: list[User] | None = None,
         loopback_users: frozenset[str] = frozenset(),
-        anonymous: User | None = None,
+        anonymous: User | str | None = None,
+        *,
+        seed: str | None = None,
+        cache_ttl: float = CREDENTIAL_CACHE_TTL,
     ) -> None:
         self.users: dict[str, User] = {u.name: u for u in users or []}
         self.loopback_users = loopback_users
         # The user a client that gives no credentials acts as (ActiveMQ's
-        # anonymousAccess; `auth.anonymous_user`); None refuses such clients.
-        self.anonymous: User | None = anonymous
+        # anonymousAccess; `auth.anonymous_user`); "" refuses such clients.
+        self.anonymous_name = anonymous.name if isinstance(anonymous, User) else anonymous or ""
+        self.seed = seed
+        self.cache_ttl = cache_ttl
+        self.clock: Clock = SYSTEM_CLOCK
+        self._configured = list(users or [])
+        self._store: Store | None = None
+        self._cache: dict[tuple[str, str, bytes], float] = {}  # -> expiry on self.clock
+        self._cache_key = os.urandom(32)
+
+    @property
+    def anonymous(self) -> User | None:
+        """The user of clients that send no credentials (None: they are refused)."""
+        return self.users.get(self.anonymous_name) if self.anonymous_name else None
+
+    @anonymous.setter
+    def anonymous(self, user: User | None) -> None:
+        self.anonymous_name = user.name if user is not None else ""
+
+    # -- start-up and reload --------------------------------------------------------------
+
+    async def open(self, store: Store, clock: Clock = SYSTEM_CLOCK) -> None:
+        """Load the users from the store and seed it from the configuration (see above)."""
+        self._store = store
+        self.clock = clock
+        tables = await store.load_users()
+        self.users = _users_of(tables)
+        self._apply_configured(tables.seed)
+
+    def reconfigure(
+        self,
+        users: list[User],
+        seed: str | None,
+        loopback_users: frozenset[str],
+        anonymous_name: str,
+    ) -> bool:
+        """SIGHUP: new loopback and anonymous rules; the file's users if they changed.
+
+        Returns whether the users were applied.
+        """
+        self.loopback_users = loopback_users
+        self.anonymous_name = anonymous_name
+        previous = self.seed
+        self._configured = list(users)
+        self.seed = seed
+        return self._apply_configured(previous)
+
+    def _apply_configured(self, applied: str | None) -> bool:
+        if self.seed is not None and applied == self.seed:
+            return False
+        listed = {u.name for u in self._configured}
+        for user in list(self.users.values()):
+            if user.attributes.get("origin") == CONFIG_ORIGIN and user.name not in listed:
+                self.delete_user(user.name)
+                log.warning("user '%s' deleted: no longer in the configuration", user.name)
+        for user in self._configured:
+            self.put_user(
+                user.name,
+                password_hash=user.password_hash or "",
+                hashing_algorithm=user.hashing_algorithm,
+                tags=user.tags,
+                attributes={**user.attributes, "origin": CONFIG_ORIGIN},
+            )
+            current = self.users[user.name]
+            for vhost in set(current.permissions) - set(user.permissions):
+                self.clear_permission(user.name, vhost)
+            for vhost, permission in user.permissions.items():
+                self.set_permission(user.name, vhost, permission)
+            for vhost, exchange in set(current.topic_permissions) - set(user.topic_permissions):
+                self.clear_topic_permission(user.name, vhost, exchange)
+            for (vhost, exchange), topic in user.topic_permissions.items():
+                self.set_topic_permission(user.name, vhost, exchange, topic)
+        if self.seed is not None and self._store is not None:
+            self._store.put_users_seed(self.seed)
+        return True
+
+    # -- authentication -------------------------------------------------------------------
 
     def authenticate(self, username: str, password: str, *, from_loopback: bool) -> User:
         """Return the user whose credentials these are, or raise AccessRefused."""
         user = self.users.get(username)
-        if user is None or user.password_hash is None:
-            raise AccessRefused(f"user '{username}' - invalid credentials")
-        if not verify_password(password, user.password_hash):
+        if user is None or not user.password_hash or not self._verify(user, password):
             raise AccessRefused(f"user '{username}' - invalid credentials")
         if username in self.loopback_users and not from_loopback:
             raise AccessRefused(f"user '{username}' can only connect via localhost")
         return user
+
+    def _verify(self, user: User, password: str) -> bool:
+        stored = user.password_hash or ""
+        digest = hmac.new(self._cache_key, password.encode(), hashlib.sha256).digest()
+        key = (user.name, stored, digest)
+        now = self.clock.monotonic()
+        expires = self._cache.get(key)
+        if expires is not None and now < expires:
+            return True
+        if not verify_password(password, stored, user.hashing_algorithm):
+            return False
+        if needs_upgrade(stored, user.hashing_algorithm):
+            # The one moment the password is in hand: store it as scrypt.
+            self.put_user(user.name, password=password)
+            log.info("password hash of user '%s' upgraded to scrypt", user.name)
+            key = (user.name, user.password_hash or "", digest)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = now + self.cache_ttl
+        return True
 
     def authenticate_anonymous(self, *, from_loopback: bool) -> User:
         """The user for a client that sent no credentials, or raise AccessRefused.
@@ -122,6 +224,20 @@ class UserDirectory:
             )
         if user.name in self.loopback_users and not from_loopback:
             raise AccessRefused(f"user '{user.name}' can only connect via localhost")
+        return user
+
+    def authenticate_identity(self, identity: str | None, *, from_loopback: bool) -> User:
+        """The user a verified client certificate names, or raise AccessRefused.
+
+        No password is checked: the TLS handshake proved the identity.
+        """
+        if identity is None:
+            raise AccessRefused("no verified client certificate, or it names no user")
+        user = self.users.get(identity)
+        if user is None:
+            raise AccessRefused(f"user '{identity}' (from the client certificate) does not exist")
+        if identity in self.loopback_users and not from_loopback:
+            raise AccessRefused(f"user '{identity}' can only connect via localhost")
         return user
 
     def find_access_key(self, key_id: str) -> tuple[User, str] | None:
@@ -139,3 +255,158 @@ class UserDirectory:
     def may_open(self, user: User, vhost: str) -> bool:
         """True when the user has any permissions on the vhost (RabbitMQ's vhost access)."""
         return vhost in user.permissions
+
+    # -- changes (the management API, the CLI, definitions import) ------------------------
+
+    def put_user(
+        self,
+        name: str,
+        *,
+        password: str | None = None,
+        password_hash: str | None = None,
+        hashing_algorithm: str = "",
+        tags: Iterable[str] | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> User:
+        """Create or update a user, and write it to the store.
+
+        `password` is hashed with scrypt; `password_hash` is taken as it is
+        (RabbitMQ's formats or ours). With neither, an existing user keeps
+        its password and a new one cannot log in with a password (RabbitMQ's
+        passwordless user). Tags and attributes left out are kept.
+
+        Raises:
+            ValueError (HashFormatError): an unusable hash or algorithm.
+        """
+        if password is not None:
+            new_hash: str | None = hash_password(password)
+            algorithm = SCRYPT
+        elif password_hash is not None:
+            new_hash = password_hash
+            algorithm = check_hash(password_hash, hashing_algorithm) if password_hash else ""
+        else:
+            new_hash = None
+            algorithm = ""
+        user = self.users.get(name)
+        if user is None:
+            user = self.users[name] = User(name, new_hash, hashing_algorithm=algorithm)
+        elif new_hash is not None or password_hash is not None:
+            user.password_hash, user.hashing_algorithm = new_hash, algorithm
+        if tags is not None:
+            user.tags = tuple(tags)
+        if attributes is not None:
+            user.attributes = dict(attributes)
+        user.changed()
+        if self._store is not None:
+            self._store.put_user(user_record(user))
+        return user
+
+    def delete_user(self, name: str) -> bool:
+        """Delete a user (False if unknown); its open connections lose every permission."""
+        user = self.users.pop(name, None)
+        if user is None:
+            return False
+        user.permissions = {}
+        user.topic_permissions = {}
+        user.password_hash = None
+        user.changed()
+        if self._store is not None:
+            self._store.delete_user(name)
+        return True
+
+    def set_permission(self, name: str, vhost: str, permission: Permission) -> None:
+        """Give a user its configure/write/read patterns on a vhost. Raises KeyError."""
+        user = self.users[name]
+        user.permissions = {**user.permissions, vhost: permission}
+        user.changed()
+        if self._store is not None:
+            self._store.put_permission(
+                PermissionRecord(
+                    vhost, name, permission.configure, permission.write, permission.read
+                )
+            )
+
+    def clear_permission(self, name: str, vhost: str) -> bool:
+        """Take a user's permissions on a vhost away (False if it had none)."""
+        user = self.users.get(name)
+        if user is None or vhost not in user.permissions:
+            return False
+        user.permissions = {v: p for v, p in user.permissions.items() if v != vhost}
+        user.changed()
+        if self._store is not None:
+            self._store.delete_permission(vhost, name)
+        return True
+
+    def set_topic_permission(
+        self, name: str, vhost: str, exchange: str, permission: TopicPermission
+    ) -> None:
+        """Give a user write/read routing-key patterns on an exchange. Raises KeyError."""
+        user = self.users[name]
+        user.topic_permissions = {**user.topic_permissions, (vhost, exchange): permission}
+        user.changed()
+        if self._store is not None:
+            self._store.put_topic_permission(
+                TopicPermissionRecord(vhost, name, exchange, permission.write, permission.read)
+            )
+
+    def clear_topic_permission(self, name: str, vhost: str, exchange: str | None = None) -> bool:
+        """Take a user's topic permissions on one exchange (or all of a vhost's) away."""
+        user = self.users.get(name)
+        if user is None:
+            return False
+        gone = [k for k in user.topic_permissions if k[0] == vhost and exchange in (None, k[1])]
+        if not gone:
+            return False
+        user.topic_permissions = {k: p for k, p in user.topic_permissions.items() if k not in gone}
+        user.changed()
+        if self._store is not None:
+            for _vhost, gone_exchange in gone:
+                self._store.delete_topic_permission(vhost, name, gone_exchange)
+        return True
+
+    def vhost_deleted(self, vhost: str) -> None:
+        """Forget every permission on a deleted vhost (the store drops them with it)."""
+        for user in self.users.values():
+            if vhost in user.permissions or any(k[0] == vhost for k in user.topic_permissions):
+                user.permissions = {v: p for v, p in user.permissions.items() if v != vhost}
+                user.topic_permissions = {
+                    k: p for k, p in user.topic_permissions.items() if k[0] != vhost
+                }
+                user.changed()
+
+
+def user_record(user: User) -> UserRecord:
+    """The store's record of a user (permissions are stored separately).
+
+    `attributes` are stored as JSON; the algorithm is always stored by name.
+    """
+    algorithm = ""
+    if user.password_hash:
+        try:
+            algorithm = algorithm_of(user.password_hash, user.hashing_algorithm)
+        except ValueError:
+            algorithm = user.hashing_algorithm
+    attributes = json.dumps(user.attributes, sort_keys=True).encode() if user.attributes else b""
+    return UserRecord(user.name, user.password_hash or "", algorithm, user.tags, attributes)
+
+
+def _users_of(tables: UserTables) -> dict[str, User]:
+    users: dict[str, User] = {}
+    for record in tables.users:
+        attributes = json.loads(record.attributes) if record.attributes else {}
+        users[record.name] = User(
+            record.name,
+            record.password_hash or None,
+            record.tags,
+            hashing_algorithm=record.hashing_algorithm,
+            attributes=attributes if isinstance(attributes, dict) else {},
+        )
+    for p in tables.permissions:
+        if p.user in users:
+            users[p.user].permissions[p.vhost] = Permission(p.configure, p.write, p.read)
+    for t in tables.topic_permissions:
+        if t.user in users:
+            users[t.user].topic_permissions[(t.vhost, t.exchange)] = TopicPermission(
+                t.write, t.read
+            )
+    return users

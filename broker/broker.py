@@ -12,6 +12,7 @@ this one (tests/test_layering.py checks that there is no cycle).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,10 +20,13 @@ from typing import Any, TypeVar, cast
 
 from moorage.broker.arguments import QueueOptions, parse_queue_arguments
 from moorage.broker.auth import User, UserDirectory
+from moorage.broker.auth_backends import AuthBackend, authenticate_chain, user_for
+from moorage.broker.auth_certs import identity_of
+from moorage.broker.auth_guard import LoginGuard
 from moorage.broker.client_ids import ClientIds
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Limits
-from moorage.broker.errors import NotAllowed, NotServing, PreconditionFailed
+from moorage.broker.errors import AccessRefused, NotAllowed, NotServing, PreconditionFailed
 from moorage.broker.flow import WriteFlow
 from moorage.broker.memory import ENTRY_OVERHEAD, MemoryMonitor, watermark_bytes
 from moorage.broker.queue import Queue
@@ -54,6 +58,11 @@ class Broker:
         self.clock = clock  # every timer of the core reads and arms this (broker.clock)
         self.store: Store = store if store is not None else MemoryStore()
         self.users = users if users is not None else UserDirectory()
+        self.login_guard = LoginGuard(clock)  # brute-force slowdown per client address
+        self.cert_login_from = "distinguished_name"  # auth.ssl_cert_login_from
+        # the authentication chain (`broker.auth_backends`); None: the store alone
+        self.auth_chain: list[AuthBackend] | None = None
+        self._logins: set[asyncio.Task[User]] = set()
         self.limits = limits or Limits()
         self.flow = WriteFlow(self.store, self.limits.store_backlog)
         self.retention = retention  # seconds a message may stay queued; 0 = forever
@@ -82,6 +91,7 @@ class Broker:
     async def start(self) -> None:
         """Open the store and rebuild the durable topology it holds."""
         await self.store.open()
+        await self.users.open(self.store, self.clock)
         topology = await self.store.load_topology()
         self._restore(topology)
         await self._recover_messages()
@@ -94,6 +104,10 @@ class Broker:
 
     async def stop(self) -> None:
         """Close every connection's core state and close the store."""
+        for task in list(self._logins):
+            task.cancel()
+        for backend in self.auth_chain or ():
+            await backend.close()
         await self.sweeper.stop()
         await self.memory.stop()
         for connection in list(self.connections):
@@ -187,7 +201,9 @@ class Broker:
 
     # -- clients --------------------------------------------------------------------
 
-    def authenticate(self, username: str | None, password: str, *, from_loopback: bool) -> User:
+    def authenticate(
+        self, username: str | None, password: str, *, from_loopback: bool, peer: str = ""
+    ) -> User:
         """The user these credentials log in as. Raises AccessRefused.
 
         `username=None` means the client sent no credentials at all (an MQTT
@@ -195,14 +211,116 @@ class Broker:
         ANONYMOUS mechanism or an empty PLAIN response): every protocol gets the
         one anonymous rule, `auth.anonymous_user`, which refuses by default.
 
+        With the client's `peer` ("host:port"), a refusal counts towards that
+        address's brute-force delay (`login_guard`, `refusal_delay`) and a
+        success resets it.
+
         Raises NotServing (before looking at the credentials) on a node that
         serves no client, see `refusal`.
         """
+        self.check_serving()
+        try:
+            if username is None:
+                user = self.users.authenticate_anonymous(from_loopback=from_loopback)
+            else:
+                user = self.users.authenticate(username, password, from_loopback=from_loopback)
+        except AccessRefused as e:
+            if peer:
+                self.login_guard.failed(peer, username or "", e.text)
+            raise
+        if peer:
+            self.login_guard.succeeded(peer)
+        return user
+
+    def authenticate_certificate(
+        self, certificate: dict[str, Any] | None, *, from_loopback: bool, peer: str = ""
+    ) -> User:
+        """The user a verified client certificate names (`broker.auth_certs`): AMQP's
+        EXTERNAL mechanism, MQTT and STOMP without a password. Raises AccessRefused."""
+        identity = identity_of(certificate, self.cert_login_from)
+        try:
+            user = self.users.authenticate_identity(identity, from_loopback=from_loopback)
+        except AccessRefused as e:
+            if peer:
+                self.login_guard.failed(peer, identity or "", e.text)
+            raise
+        if peer:
+            self.login_guard.succeeded(peer)
+        return user
+
+    def begin_login(
+        self,
+        username: str | None,
+        password: str,
+        *,
+        from_loopback: bool,
+        peer: str,
+        done: Callable[[User | None, AccessRefused | None], None],
+    ) -> bool:
+        """Authenticate through the configured backends (`broker.auth_backends`).
+
+        Calls `done(user, None)` or `done(None, error)`. With the internal
+        store alone (the default), and for a client without credentials, that
+        happens before this returns (and it returns False); otherwise the
+        chain runs as a task and this returns True: the adapter must handle
+        no more of that client's frames until `done` is called.
+        """
+        if self.auth_chain is None or username is None:
+            try:
+                user = self.authenticate(username, password, from_loopback=from_loopback, peer=peer)
+            except AccessRefused as e:
+                done(None, e)
+            else:
+                done(user, None)
+            return False
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(
+            self._login_chain(username, password, from_loopback=from_loopback, peer=peer)
+        )
+        self._logins.add(task)
+
+        def finished(task: asyncio.Task[User]) -> None:
+            self._logins.discard(task)
+            if task.cancelled():
+                return
+            error = task.exception()
+            if isinstance(error, AccessRefused):
+                done(None, error)
+            elif error is not None:
+                loop.call_exception_handler({"message": "login failed", "exception": error})
+            else:
+                done(task.result(), None)
+
+        task.add_done_callback(finished)
+        return True
+
+    async def _login_chain(
+        self, username: str, password: str, *, from_loopback: bool, peer: str
+    ) -> User:
+        assert self.auth_chain is not None
+        try:
+            name, tags = await authenticate_chain(self.auth_chain, username, password, peer=peer)
+            if name in self.users.loopback_users and not from_loopback:
+                raise AccessRefused(f"user '{name}' can only connect via localhost")
+        except AccessRefused as e:
+            if peer:
+                self.login_guard.failed(peer, username, e.text)
+            raise
+        if peer:
+            self.login_guard.succeeded(peer)
+        return user_for(self, name, tags)
+
+    def check_serving(self) -> None:
+        """Raise NotServing on a node that serves no client (a standby, see `refusal`).
+
+        Adapters call it before a login, to answer with their protocol's "go
+        elsewhere" rather than a refused login."""
         if self.refusal is not None:
             raise NotServing(*self.refusal)
-        if username is None:
-            return self.users.authenticate_anonymous(from_loopback=from_loopback)
-        return self.users.authenticate(username, password, from_loopback=from_loopback)
+
+    def refusal_delay(self, peer: str) -> float:
+        """Seconds the answer to `peer`'s refused login must wait (`broker.auth_guard`)."""
+        return self.login_guard.delay(self.login_guard.failures(peer))
 
     def ordered_replies(self) -> OrderedReplies:
         """A new ordered stream of replies that wait for the store (`broker.replies`)."""

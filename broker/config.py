@@ -7,13 +7,18 @@ are errors: a typo in an operator's file must not be silently ignored.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from moorage.broker.auth import Permission, User, UserDirectory, hash_password
+from moorage.broker.auth import Permission, TopicPermission, User, UserDirectory, hash_password
+from moorage.broker.auth_certs import CERT_LOGIN_SOURCES
+from moorage.broker.auth_hashing import HashFormatError, check_hash
 from moorage.broker.tls import TLS_PORTS, TLSConfig, TLSError
 
 _T = TypeVar("_T")
@@ -124,8 +129,20 @@ class Config:
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     vhosts: list[str] = field(default_factory=lambda: ["/"])
     users: list[User] = field(default_factory=list)
+    # Digest of the file's [[users]] (None: not from a file). The store keeps the
+    # digest it last applied: users are seeded again only when it changes.
+    users_seed: str | None = None
     loopback_users: frozenset[str] = frozenset({"guest"})
     anonymous_user: str = ""  # user of clients that send no credentials ("" = refuse them)
+    # brute-force slowdown (broker.auth_guard): the n-th refusal in a row from one
+    # address waits min(failed_login_max_delay, n * failed_login_delay) seconds
+    failed_login_delay: float = 0.2  # 0 = off
+    failed_login_max_delay: float = 10.0
+    # the user name a verified client certificate stands for (broker.auth_certs)
+    ssl_cert_login_from: str = "distinguished_name"  # or "common_name"
+    # the authentication chain, in order (broker.auth_backends), and each one's settings
+    auth_backends: list[str] = field(default_factory=lambda: ["internal"])
+    auth_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     storage: StorageConfig = field(default_factory=StorageConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -149,6 +166,8 @@ class Config:
             config = cls._from_dict(data)
         if not config.users:
             config.users = [default_guest()]
+        if config.users_seed is None:
+            config.users_seed = _digest([])
         return config
 
     @classmethod
@@ -193,12 +212,12 @@ class Config:
         )
         config.check_replication()
 
-        auth = _table(data.pop("auth", {}), "auth")
-        _check_keys(auth, {"loopback_users", "anonymous_user"}, "auth")
-        if "loopback_users" in auth:
-            config.loopback_users = frozenset(str(u) for u in auth["loopback_users"])
-        config.anonymous_user = str(auth.get("anonymous_user", ""))
-        config.users = [_user(u) for u in data.pop("users", [])]
+        _auth_section(config, _table(data.pop("auth", {}), "auth"))
+        raw_users = data.pop("users", [])
+        if not isinstance(raw_users, list):
+            raise ConfigError("'users' must be an array of tables ([[users]])")
+        config.users = [_user(u) for u in raw_users]
+        config.users_seed = _digest(raw_users)
         if data:
             raise ConfigError(f"unknown section '{next(iter(data))}'")
         config.check_tls()
@@ -244,9 +263,9 @@ class Config:
 
     def user_directory(self) -> UserDirectory:
         """The `UserDirectory` of these users, with the anonymous user resolved."""
-        users = {u.name: u for u in self.users}
-        anonymous = users.get(self.anonymous_user) if self.anonymous_user else None
-        return UserDirectory(self.users, self.loopback_users, anonymous)
+        return UserDirectory(
+            self.users, self.loopback_users, self.anonymous_user, seed=self.users_seed
+        )
 
     def apply_overrides(
         self,
@@ -280,15 +299,70 @@ def _is_address(value: str) -> bool:
     return bool(sep and host and port.isdigit() and 0 < int(port) <= 65535)
 
 
+def _auth_section(config: Config, auth: dict[str, Any]) -> None:
+    """The [auth] table: rules, brute-force delays, certificate logins, the backend chain."""
+    backends = auth.get("backends", ["internal"])
+    if (
+        not isinstance(backends, list)
+        or not backends
+        or not all(isinstance(b, str) for b in backends)
+    ):
+        raise ConfigError("auth.backends must be a non-empty list of backend names")
+    config.auth_backends = list(backends)
+    for name in backends:
+        if name in auth:
+            config.auth_settings[name] = _table(auth[name], f"auth.{name}")
+    _check_keys(
+        auth,
+        {
+            "loopback_users",
+            "anonymous_user",
+            "failed_login_delay",
+            "failed_login_max_delay",
+            "ssl_cert_login_from",
+            "backends",
+            *backends,
+        },
+        "auth",
+    )
+    for key in ("failed_login_delay", "failed_login_max_delay"):
+        value = auth.get(key, getattr(config, key))
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"auth.{key} must be a number of seconds >= 0, not {value!r}")
+        setattr(config, key, float(value))
+    if "loopback_users" in auth:
+        config.loopback_users = frozenset(str(u) for u in auth["loopback_users"])
+    config.anonymous_user = str(auth.get("anonymous_user", ""))
+    config.ssl_cert_login_from = str(auth.get("ssl_cert_login_from", "distinguished_name"))
+    if config.ssl_cert_login_from not in CERT_LOGIN_SOURCES:
+        raise ConfigError(
+            "auth.ssl_cert_login_from must be 'distinguished_name' or 'common_name',"
+            f" not {config.ssl_cert_login_from!r}"
+        )
+
+
 def default_guest() -> User:
     """RabbitMQ's default user: guest/guest, all permissions on `/`, loopback only."""
     return User(
         "guest",
-        hash_password("guest"),
+        _guest_hash(),
         ("administrator",),
         {"/": Permission(".*", ".*", ".*")},
-        access_keys={"guest": "guest"},  # AWS access key id/secret, loopback only too
-    )
+        attributes={"access_keys": {"guest": {"secret": "guest", "vhost": "/"}}},
+    )  # the AWS access key guest/guest is loopback only too, as the password
+
+
+@functools.cache
+def _guest_hash() -> str:
+    # guest's password is public; hashing it once per process spares every
+    # broker started in one process (tests, embedding) a scrypt run.
+    return hash_password("guest")
+
+
+def _digest(raw_users: list[Any]) -> str:
+    """A digest of the file's [[users]] as written (passwords included, never stored)."""
+    text = json.dumps(raw_users, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _table(value: Any, name: str) -> dict[str, Any]:
@@ -327,14 +401,28 @@ def _user(value: Any) -> User:
     table = _table(value, "users")
     _check_keys(
         table,
-        {"name", "password", "password_hash", "tags", "permissions", "access_keys"},
+        {
+            "name",
+            "password",
+            "password_hash",
+            "hashing_algorithm",
+            "tags",
+            "permissions",
+            "topic_permissions",
+            "access_keys",
+        },
         "users",
     )
     if "name" not in table:
         raise ConfigError("every [[users]] entry needs a name")
     name = str(table["name"])
+    algorithm = str(table.get("hashing_algorithm", ""))
     if "password_hash" in table:
         password_hash: str | None = str(table["password_hash"])
+        try:
+            algorithm = check_hash(str(password_hash), algorithm)
+        except HashFormatError as e:
+            raise ConfigError(f"users.{name}.password_hash: {e}") from None
     elif "password" in table:
         password_hash = hash_password(str(table["password"]))
     else:
@@ -347,7 +435,26 @@ def _user(value: Any) -> User:
         permissions[vhost] = Permission(
             str(perm.get("configure", "")), str(perm.get("write", "")), str(perm.get("read", ""))
         )
-    user = User(name, password_hash, tuple(str(t) for t in table.get("tags", [])), permissions)
+    topics: dict[tuple[str, str], TopicPermission] = {}
+    where = f"users.{name}.topic_permissions"
+    for vhost, exchanges in _table(table.get("topic_permissions", {}), where).items():
+        for exchange, perm in _table(exchanges, f"{where}.{vhost}").items():
+            perm = _table(perm, f"{where}.{vhost}.{exchange}")
+            _check_keys(perm, {"write", "read"}, f"{where}.{vhost}.{exchange}")
+            topics[(vhost, exchange)] = TopicPermission(
+                str(perm.get("write", "")), str(perm.get("read", ""))
+            )
+    tags = table.get("tags", [])
+    if isinstance(tags, str):  # RabbitMQ's comma-separated form
+        tags = [t.strip() for t in tags.split(",") if t.strip()]
+    user = User(
+        name,
+        password_hash,
+        tuple(str(t) for t in tags),
+        permissions,
+        hashing_algorithm=algorithm if password_hash else "",
+        topic_permissions=topics,
+    )
     _access_keys(user, table.get("access_keys", []))
     return user
 
@@ -363,6 +470,4 @@ def _access_keys(user: User, value: Any) -> None:
         key_id, secret = key.get("id"), key.get("secret")
         if not isinstance(key_id, str) or not key_id or not isinstance(secret, str) or not secret:
             raise ConfigError(f"every entry of '{where}' needs a non-empty id and secret")
-        user.access_keys[key_id] = secret
-        if "vhost" in key:
-            user.access_key_vhosts[key_id] = str(key["vhost"])
+        user.add_access_key(key_id, secret, str(key.get("vhost", "/")))

@@ -1,5 +1,5 @@
 """`moorage list|declare|delete|purge|publish|get|export|import|status`: the management
-API from a shell.
+API from a shell (`user`, `permissions` and `topic-permissions` are in `broker.ctl_users`).
 
 The API commands are plain HTTP calls to a running broker's management listener
 (`--host`, `--port`, `--user`, `--password`, `--vhost`; the user and password
@@ -20,6 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from moorage.broker import ctl_users
+
 LISTS = {
     "queues": ("queues", ["vhost", "name", "messages", "messages_ready", "consumers", "durable"]),
     "exchanges": ("exchanges", ["vhost", "name", "type", "durable", "auto_delete"]),
@@ -31,8 +33,22 @@ LISTS = {
     "users": ("users", ["name", "tags"]),
     "permissions": ("permissions", ["user", "vhost", "configure", "write", "read"]),
 }
-COMMANDS = frozenset(
-    {"list", "declare", "delete", "purge", "publish", "get", "export", "import", "status", "backup"}
+COMMANDS = (
+    frozenset(
+        {
+            "list",
+            "declare",
+            "delete",
+            "purge",
+            "publish",
+            "get",
+            "export",
+            "import",
+            "status",
+            "backup",
+        }
+    )
+    | ctl_users.COMMANDS
 )
 
 
@@ -79,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("file", help="- for standard input")
     backup = commands.add_parser("backup", help="copy the running store (a SQLite file)")
     backup.add_argument("file", help="where to write it (must not exist)")
+    ctl_users.add_parsers(commands)
     return p
 
 
@@ -182,7 +199,9 @@ def run(args: argparse.Namespace, out: Any = sys.stdout) -> None:  # noqa: C901 
     """Carry out one API command. Raises CtlError."""
     api = Api(args.host, args.port, args.user, args.password)
     vhost = _quote(args.vhost)
-    if args.command == "list":
+    if args.command in ctl_users.COMMANDS:
+        ctl_users.run(args, api, out)
+    elif args.command == "list":
         path, columns = LISTS[args.what]
         items = api.call("GET", "/" + path)
         print(json.dumps(items, indent=1) if args.json else format_table(items, columns), file=out)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
+from moorage.broker.auth_backends import load_backends
 from moorage.broker.broker import Broker
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Config, ConfigError
@@ -108,9 +109,10 @@ class Daemon:
         await self.serve_broker(self.make_broker(store))
 
     def make_broker(self, store: Store) -> Broker:
-        """A broker on `store` with this configuration's users, vhosts and limits."""
+        """A broker on `store` with this configuration's users, vhosts, limits and
+        login rules. Raises StartupError (an unusable authentication backend)."""
         config = self.config
-        return Broker(
+        broker = Broker(
             store=store,
             users=config.user_directory(),
             vhosts=config.vhosts,
@@ -118,6 +120,17 @@ class Daemon:
             retention=config.storage.retention,
             clock=self.clock,
         )
+        broker.login_guard.step = config.failed_login_delay
+        broker.login_guard.max_delay = config.failed_login_max_delay
+        broker.cert_login_from = config.ssl_cert_login_from
+        if config.auth_backends != ["internal"]:
+            try:
+                broker.auth_chain = load_backends(
+                    broker, config.auth_backends, config.auth_settings
+                )
+            except ValueError as e:
+                raise StartupError(str(e)) from None
+        return broker
 
     async def serve_broker(self, broker: Broker) -> None:
         """Start `broker` (open its store, recover) and open every listener on it.
@@ -167,12 +180,13 @@ class Daemon:
             raise
 
     def reload(self, config: Config) -> None:
-        """Apply what can change while running: users, their permissions and tags, the
-        loopback-only and anonymous rules, the log level, and the TLS certificate and key
-        (new handshakes get them; connections keep theirs). Listeners, storage and
-        limits need a restart. Connected clients keep their sessions; every check
-        from now on uses the new users (a removed user's connections stay open, as a
-        RabbitMQ user deleted while connected does until its connections close).
+        """Apply what can change while running: the file's users when they changed since
+        they were last applied (`UserDirectory.reconfigure`: users of the file are
+        created or replaced, others kept), the loopback-only and anonymous rules, the
+        log level, and the TLS certificate and key (new handshakes get them;
+        connections keep theirs). Listeners, storage and limits need a restart.
+        Connected clients keep their sessions; every check from now on uses the new
+        permissions.
         Raises ConfigError (then nothing changed) when the new certificate is unusable."""
         if self.tls_context is not None:
             try:
@@ -180,11 +194,21 @@ class Daemon:
             except TLSError as e:
                 raise ConfigError(str(e)) from None
             self.config.tls = config.tls
+        applied = False
         if self.broker is not None:
-            self.broker.users = config.user_directory()
+            self.broker.login_guard.step = config.failed_login_delay
+            self.broker.login_guard.max_delay = config.failed_login_max_delay
+            self.broker.cert_login_from = config.ssl_cert_login_from
+            applied = self.broker.users.reconfigure(
+                config.users, config.users_seed, config.loopback_users, config.anonymous_user
+            )
         logging.getLogger().setLevel(config.log_level.upper())
         self.config.users = config.users
-        log.warning("configuration reloaded: %d users", len(config.users))
+        self.config.users_seed = config.users_seed
+        log.warning(
+            "configuration reloaded: %s",
+            f"{len(config.users)} users applied" if applied else "users unchanged in the file",
+        )
 
     async def stop(self) -> None:
         """Close listeners, ask clients to disconnect, wait a little, close the store."""

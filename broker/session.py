@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from moorage.broker.auth import User
+from moorage.broker.auth_users import TopicAccess
 from moorage.broker.clock import Timer
 from moorage.broker.entry import QueueEntry
 from moorage.broker.errors import (
@@ -68,6 +69,7 @@ class SessionOwner(Protocol):
     id: int
     exclusive_queues: list[Queue]
     published: bool  # set on the first publish: the memory alarm pauses only publishers
+    client_properties: dict[str, Any]  # "client_id" fills topic permissions' {client_id}
 
     @property
     def vhost(self) -> VirtualHost: ...
@@ -100,6 +102,7 @@ class Session(SessionPublishing, SessionTimeouts):
         self._next_tag = itertools.count(1).__next__
         self._tx: list[Callable[[], Any]] | None = None
         self._permitted: dict[tuple[str, str, str], bool] = {}
+        self._permitted_version = self.user.version
         # consumer timeouts: (deadline, delivery tag), armed only when a queue has one
         self._deadlines: list[tuple[float, int]] = []
         self._deadline_timer: Timer | None = None
@@ -109,6 +112,9 @@ class Session(SessionPublishing, SessionTimeouts):
     # -- permissions ------------------------------------------------------------------
 
     def _check(self, access: str, name: str, kind: str) -> None:
+        if self._permitted_version != self.user.version:  # changed by an operator
+            self._permitted.clear()
+            self._permitted_version = self.user.version
         key = (access, name, kind)
         ok = self._permitted.get(key)
         if ok is None:
@@ -120,6 +126,20 @@ class Session(SessionPublishing, SessionTimeouts):
             self._permitted[key] = ok
         if not ok:
             self.user.check(self.vhost.name, access, name, kind)  # type: ignore[arg-type]
+
+    def check_topic(self, exchange: str, access: TopicAccess, routing_key: str) -> None:
+        """The user's topic permission on a topic exchange (RabbitMQ's topic authorisation).
+
+        Raises AccessRefused. Nothing to check (and nearly free) for a user
+        without topic permissions, or an exchange that is not a topic exchange.
+        """
+        if not self.user.topic_permissions:
+            return
+        found = self.vhost.exchanges.get(exchange)
+        if found is None or found.type_name != "topic":
+            return
+        client_id = str(self.connection.client_properties.get("client_id", ""))
+        self.user.check_topic(self.vhost.name, exchange, access, routing_key, client_id=client_id)
 
     # -- topology -------------------------------------------------------------------
 
@@ -233,6 +253,7 @@ class Session(SessionPublishing, SessionTimeouts):
         self._check("read", exchange, "exchange")
         source = self.vhost.lookup_exchange(exchange)
         q = self.vhost.lookup_queue(queue)
+        self.check_topic(exchange, "read", routing_key)
         self.vhost.bind(source, q, routing_key, arguments, owner=self.connection)
 
     def unbind_queue(

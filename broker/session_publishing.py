@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from moorage.broker.auth_users import TopicAccess
 from moorage.broker.delayed import delay_of
 from moorage.broker.errors import AccessRefused, PreconditionFailed
 from moorage.broker.message import Message
@@ -95,6 +96,7 @@ class SessionPublishing:
     if TYPE_CHECKING:  # the session's other parts (`broker.session.Session`)
 
         def _check(self, access: str, name: str, kind: str) -> None: ...
+        def check_topic(self, exchange: str, access: TopicAccess, routing_key: str) -> None: ...
 
     # -- publishing -----------------------------------------------------------------
 
@@ -120,10 +122,12 @@ class SessionPublishing:
         route = self.vhost.routes.get(exchange_name, message.routing_key)
         if route is not None and self._tx is None:
             self._check("write", exchange_name, "exchange")
+            self.check_topic(exchange_name, "write", message.routing_key)
             self.connection.published = True
             return self._publish_to(route.queues, message, mandatory)
         exchange = self.vhost.lookup_exchange(exchange_name)
         self._check("write", exchange_name, "exchange")
+        self.check_topic(exchange_name, "write", message.routing_key)
         self.connection.published = True
         if exchange.internal:
             raise AccessRefused(

@@ -60,7 +60,9 @@ class Shell(Protocol):
     """What an adapter writes through (implemented here and by the WebSocket shell).
 
     A shell may also offer `flush()`, writing what was sent so far at once
-    (`TCPShell.flush`); adapters look for it with getattr.
+    (`TCPShell.flush`), and `delay_output(seconds)`, holding back what is sent
+    from then on, a close included (a refused login's answer, see
+    `hold_refusal`); adapters look for them with getattr.
     """
 
     peer: str
@@ -68,6 +70,17 @@ class Shell(Protocol):
 
     def send(self, data: bytes) -> None: ...
     def close(self) -> None: ...
+
+
+def hold_refusal(shell: Shell, delay: float) -> None:
+    """Make a refused login's answer wait out the brute-force delay (`broker.auth_guard`).
+
+    Call it before sending the refusal: the shell holds that answer and the
+    close that follows for `delay` seconds, without blocking anything else.
+    """
+    hold = getattr(shell, "delay_output", None)
+    if hold is not None and delay > 0:
+        hold(delay)
 
 
 AdapterFactory = Callable[["Broker", Shell, float], ConnectionAdapter]
@@ -106,6 +119,7 @@ class TCPShell(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "unknown"
         self.from_loopback = False
+        self.peer_certificate: dict[str, Any] | None = None
         self.adapter: ConnectionAdapter | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -113,6 +127,7 @@ class TCPShell(asyncio.Protocol):
         self._timer: Timer | None = None
         self._timer_when = float("inf")
         self._pacer: ReadPacer | None = None
+        self._output_hold: Timer | None = None  # `delay_output`: writes wait until it fires
 
     # -- Shell ------------------------------------------------------------------------------
 
@@ -136,12 +151,25 @@ class TCPShell(asyncio.Protocol):
         writes from a task of its own).
         """
         out, transport = self._out, self.transport
+        if self._output_hold is not None:
+            return
         if out and transport is not None and not transport.is_closing():
             transport.write(b"".join(out) if len(out) > 1 else out[0])
             out.clear()
 
+    def delay_output(self, delay: float) -> None:
+        """Hold what is sent from now on, and a close, for `delay` seconds (`hold_refusal`)."""
+        if delay > 0 and self.transport is not None and self._output_hold is None:
+            self._output_hold = self.clock.call_later(delay, self._end_output_hold)
+
+    def _end_output_hold(self) -> None:
+        self._output_hold = None
+        self._flush()
+
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._output_hold is not None:
+            return  # `_end_output_hold` flushes (and closes, if asked)
         transport = self.transport
         if transport is None:
             self._out.clear()
@@ -162,6 +190,8 @@ class TCPShell(asyncio.Protocol):
         self.transport = stream
         self._pacer = ReadPacer(stream, self.loop, self.listener.broker.flow)
         self.peer, self.from_loopback = peer_of(transport)
+        # a verified client certificate (tls.verify optional or required), else None
+        self.peer_certificate = transport.get_extra_info("peercert") or None
         self.listener.connections.add(self)
         self.adapter = self.listener.adapter_factory(
             self.listener.broker, self, self.clock.monotonic()
@@ -188,6 +218,9 @@ class TCPShell(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._output_hold is not None:
+            self._output_hold.cancel()
+            self._output_hold = None
         if self.adapter is not None:
             self.adapter.connection_lost()
         self.transport = None

@@ -100,6 +100,11 @@ class WebSocketConnection:
         self.loop = asyncio.get_running_loop()
         self.clock = listener.broker.clock  # `now` for the adapter and its one timer
         self.peer, self.from_loopback = _peer(request.transport)
+        transport = request.transport
+        # a verified client certificate of a WSS connection, else None
+        self.peer_certificate = (
+            transport.get_extra_info("peercert") if transport else None
+        ) or None
         self.close_code = WSCloseCode.OK
         self.adapter: Adapter | None = None
         self._out: deque[bytes] = deque()
@@ -110,6 +115,7 @@ class WebSocketConnection:
         self._timer: Timer | None = None
         self._timer_when = float("inf")
         self._held: asyncio.Future[None] | None = None  # reading paused by flow control
+        self._output_delay = 0.0  # `delay_output`: the writer waits this long first
 
     # -- Shell ---------------------------------------------------------------------------
 
@@ -120,6 +126,10 @@ class WebSocketConnection:
         self._out.append(data)
         self._out_bytes += len(data)
         self._wakeup.set()
+
+    def delay_output(self, delay: float) -> None:
+        """Hold what is sent from now on, and the close, for `delay` seconds (`hold_refusal`)."""
+        self._output_delay = max(self._output_delay, delay)
 
     def close(self) -> None:
         """Send what is queued, then close the WebSocket with `close_code`."""
@@ -194,6 +204,9 @@ class WebSocketConnection:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            if self._output_delay > 0:
+                delay, self._output_delay = self._output_delay, 0.0
+                await self.clock.sleep(delay)
             while self._out:
                 if self._writable and self._out_bytes > HIGH_WATER:
                     self._set_writable(False)

@@ -5,11 +5,15 @@ from moorage.storage.store import (
     BindingRecord,
     DurabilityCallback,
     ExchangeRecord,
+    PermissionRecord,
     QueueRecord,
     Store,
     StoredEntry,
     StoreError,
+    TopicPermissionRecord,
     Topology,
+    UserRecord,
+    UserTables,
 )
 
 __all__ = [
@@ -17,9 +21,13 @@ __all__ = [
     "DurabilityCallback",
     "ExchangeRecord",
     "MemoryStore",
+    "PermissionRecord",
     "QueueRecord",
     "Store",
     "StoreError",
     "StoredEntry",
+    "TopicPermissionRecord",
     "Topology",
+    "UserRecord",
+    "UserTables",
 ]

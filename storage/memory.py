@@ -19,12 +19,16 @@ from moorage.storage.store import (
     BindingRecord,
     DurabilityCallback,
     ExchangeRecord,
+    PermissionRecord,
     QueueRecord,
     RetainedRecord,
     SessionRecord,
     StoredEntry,
     StoreError,
+    TopicPermissionRecord,
     Topology,
+    UserRecord,
+    UserTables,
     check_expires_at,
 )
 
@@ -52,6 +56,10 @@ class MemoryStore:
         self._expiring: dict[tuple[str, str], dict[int, float]] = {}
         self._sessions: dict[tuple[str, str, str], bytes] = {}
         self._retained: dict[tuple[str, str], int] = {}  # (vhost, topic) -> message id
+        self._users: dict[str, UserRecord] = {}
+        self._permissions: dict[tuple[str, str], PermissionRecord] = {}  # (vhost, user)
+        self._topic_permissions: dict[tuple[str, str, str], TopicPermissionRecord] = {}
+        self._users_seed: str | None = None
 
     async def open(self) -> None:
         self._open = True
@@ -78,6 +86,10 @@ class MemoryStore:
             del self._sessions[skey]
         for rkey in [k for k in self._retained if k[0] == name]:
             self.delete_retained(*rkey)
+        for pkey in [k for k in self._permissions if k[0] == name]:
+            del self._permissions[pkey]
+        for tkey in [k for k in self._topic_permissions if k[0] == name]:
+            del self._topic_permissions[tkey]
 
     def put_exchange(self, record: ExchangeRecord) -> None:
         self._check()
@@ -224,6 +236,47 @@ class MemoryStore:
         return [
             RetainedRecord(v, t, mid, self._messages[mid]) for (v, t), mid in self._retained.items()
         ]
+
+    def put_user(self, record: UserRecord) -> None:
+        self._check()
+        self._users[record.name] = record
+
+    def delete_user(self, name: str) -> None:
+        self._check()
+        self._users.pop(name, None)
+        for pkey in [k for k in self._permissions if k[1] == name]:
+            del self._permissions[pkey]
+        for tkey in [k for k in self._topic_permissions if k[1] == name]:
+            del self._topic_permissions[tkey]
+
+    def put_permission(self, record: PermissionRecord) -> None:
+        self._check()
+        self._permissions[(record.vhost, record.user)] = record
+
+    def delete_permission(self, vhost: str, user: str) -> None:
+        self._check()
+        self._permissions.pop((vhost, user), None)
+
+    def put_topic_permission(self, record: TopicPermissionRecord) -> None:
+        self._check()
+        self._topic_permissions[(record.vhost, record.user, record.exchange)] = record
+
+    def delete_topic_permission(self, vhost: str, user: str, exchange: str) -> None:
+        self._check()
+        self._topic_permissions.pop((vhost, user, exchange), None)
+
+    def put_users_seed(self, digest: str) -> None:
+        self._check()
+        self._users_seed = digest
+
+    async def load_users(self) -> UserTables:
+        self._check()
+        return UserTables(
+            list(self._users.values()),
+            list(self._permissions.values()),
+            list(self._topic_permissions.values()),
+            self._users_seed,
+        )
 
     def when_durable(self, callback: DurabilityCallback, *, removals: bool = True) -> None:
         callback(None)

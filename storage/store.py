@@ -43,6 +43,17 @@ earliest expiry first, and says how many went. Unlike the other changes,
 and its result is known only once it has been written. Bodies whose last
 entry expired go with it, as after an `ack`. `read_queue` returns each
 entry's `expires_at`, so the core may also skip expired entries it pages in.
+
+Users: `put_user` / `delete_user`, `put_permission` / `delete_permission`
+and `put_topic_permission` / `delete_topic_permission` keep the broker's
+users, their per-vhost permissions and their topic permissions (per vhost
+and exchange); `load_users` reads them all back with the digest of the
+configuration's users last applied (`put_users_seed`; None while the store
+has never been seeded, which is how the broker knows a first start).
+Deleting a user deletes its permissions and topic permissions; deleting a
+vhost deletes the permissions and topic permissions on it. They are
+ordinary queued changes, covered by `when_durable`, so they replicate and
+survive restarts like the topology.
 """
 
 from __future__ import annotations
@@ -137,6 +148,51 @@ class RetainedRecord:
     topic: str
     message_id: int
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """A broker user. `attributes` is opaque to the store (the core encodes it):
+    room for what a user carries beyond RabbitMQ's fields (access keys, limits)."""
+
+    name: str
+    password_hash: str  # "" for a user who cannot log in with a password
+    hashing_algorithm: str
+    tags: tuple[str, ...] = ()
+    attributes: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionRecord:
+    """A user's configure/write/read patterns on one vhost."""
+
+    vhost: str
+    user: str
+    configure: str
+    write: str
+    read: str
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPermissionRecord:
+    """A user's write/read routing-key patterns on one exchange of one vhost."""
+
+    vhost: str
+    user: str
+    exchange: str
+    write: str
+    read: str
+
+
+@dataclass(slots=True)
+class UserTables:
+    """Every user with its permissions, as loaded at start-up."""
+
+    users: list[UserRecord] = field(default_factory=list)
+    permissions: list[PermissionRecord] = field(default_factory=list)
+    topic_permissions: list[TopicPermissionRecord] = field(default_factory=list)
+    seed: str | None = None
+    """Digest of the configuration's users last applied; None: never seeded."""
 
 
 @dataclass(slots=True)
@@ -320,6 +376,38 @@ class Store(Protocol):
 
     async def load_retained(self) -> list[RetainedRecord]:
         """Every retained message of every vhost, with its body."""
+        ...
+
+    def put_user(self, record: UserRecord) -> None:
+        """Create or replace a user (its permissions are kept)."""
+        ...
+
+    def delete_user(self, name: str) -> None:
+        """Delete a user with its permissions and topic permissions (no-op if unknown)."""
+        ...
+
+    def put_permission(self, record: PermissionRecord) -> None:
+        """Create or replace a user's permissions on a vhost."""
+        ...
+
+    def delete_permission(self, vhost: str, user: str) -> None:
+        """Forget a user's permissions on a vhost (no-op if there are none)."""
+        ...
+
+    def put_topic_permission(self, record: TopicPermissionRecord) -> None:
+        """Create or replace a user's topic permissions on an exchange of a vhost."""
+        ...
+
+    def delete_topic_permission(self, vhost: str, user: str, exchange: str) -> None:
+        """Forget a user's topic permissions on an exchange (no-op if there are none)."""
+        ...
+
+    def put_users_seed(self, digest: str) -> None:
+        """Record the digest of the configuration's users just applied."""
+        ...
+
+    async def load_users(self) -> UserTables:
+        """Every user, permission and topic permission, and the seed digest."""
         ...
 
     async def expire(self, vhost: str, queue: str, now: float, limit: int = 10000) -> int:

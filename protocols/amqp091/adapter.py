@@ -30,6 +30,7 @@ closes the connection (`connection.close`), both in `channel_error` /
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from typing import Any
@@ -73,7 +74,7 @@ from moorage.protocols.amqp091.codec import (
 from moorage.protocols.amqp091.events import method_ids
 from moorage.protocols.amqp091.handshake import FRAME_MIN_SIZE, credentials, start_method
 from moorage.protocols.amqp091.mapping import PROPERTIES_KEY, properties_payload, to_properties
-from moorage.protocols.tcp import Shell
+from moorage.protocols.tcp import Shell, hold_refusal
 
 log = logging.getLogger("moorage.amqp")
 
@@ -104,6 +105,7 @@ class AMQPConnection:
         self.read_backs: set[asyncio.Task[None]] = set()  # basic.gets waiting for the store
         self._username = ""
         self._user: User | None = None  # set once start-ok's credentials are accepted
+        self._login_pending = False  # an authentication backend has not answered yet
         self._blocked_sent = False  # connection.blocked is out, connection.unblocked owed
 
     # -- driven by the shell -----------------------------------------------------------
@@ -114,10 +116,15 @@ class AMQPConnection:
             return
         self._now = now
         self.keepalive.received(now)
+        self.codec.receive_data(data)
+        if not self._login_pending:
+            self._handle_events()
+
+    def _handle_events(self) -> None:
+        """Handle every complete frame received, in order (until a login must be awaited)."""
         codec = self.codec
-        codec.receive_data(data)
         try:
-            while not self.closed:
+            while not self.closed and not self._login_pending:
                 event = codec.next_event()
                 if event is NEED_DATA:
                     break
@@ -288,17 +295,20 @@ class AMQPConnection:
     # -- handshake -----------------------------------------------------------------------
 
     def _on_protocol_header(self) -> None:
-        self.send_method(0, start_method())
+        self.send_method(0, start_method(bool(getattr(self.shell, "peer_certificate", None))))
 
     def _on_start_ok(self, method: commands.Connection.StartOk) -> None:
         self.client_properties = dict(method.client_properties or {})
         caps = self.client_properties.get("capabilities")
         self.capabilities = dict(caps) if isinstance(caps, dict) else {}
-        username, password = credentials(method.mechanism, method.response)
+        certificate = getattr(self.shell, "peer_certificate", None)
+        external = method.mechanism == "EXTERNAL" and bool(certificate)
+        username, password = (
+            (None, "") if external else credentials(method.mechanism, method.response)
+        )
+        done = functools.partial(self._logged_in, method.mechanism, username)
         try:
-            user = self.broker.authenticate(
-                username, password, from_loopback=self.shell.from_loopback
-            )
+            self.broker.check_serving()
         except NotServing as e:
             # A standby: connection.close 320 naming the primary, although the client
             # is not logged in (spec 2.2.4 forbids that for a failed login only), so
@@ -307,12 +317,44 @@ class AMQPConnection:
             self.send_method(0, commands.Connection.Close(e.code, e.reply_text[:255], 0, 0))
             self._close_transport()
             return
-        except AccessRefused as e:
-            log.warning("AMQP login refused for %r from %s: %s", username, self.shell.peer, e.text)
+        if external:  # RabbitMQ's rabbitmq_auth_mechanism_ssl
+            try:
+                user = self.broker.authenticate_certificate(
+                    certificate, from_loopback=self.shell.from_loopback, peer=self.shell.peer
+                )
+            except AccessRefused as e:
+                done(None, e)
+            else:
+                done(user, None)
+            return
+        # An authentication backend may answer later: no frame of this client is
+        # handled until it has (`_login_pending`, `_handle_events`).
+        self._login_pending = self.broker.begin_login(
+            username,
+            password,
+            from_loopback=self.shell.from_loopback,
+            peer=self.shell.peer,
+            done=done,
+        )
+
+    def _logged_in(
+        self, mechanism: str, username: str | None, user: User | None, error: AccessRefused | None
+    ) -> None:
+        """The answer to start-ok: connection.tune, or the refusal."""
+        resumed = self._login_pending
+        self._login_pending = False
+        if self.closed:
+            return
+        if user is None:
+            assert error is not None
+            hold_refusal(self.shell, self.broker.refusal_delay(self.shell.peer))
+            log.warning(
+                "AMQP login refused for %r from %s: %s", username, self.shell.peer, error.text
+            )
             if self.capabilities.get("authentication_failure_close"):
                 text = (
                     f"ACCESS_REFUSED - Login was refused using authentication mechanism "
-                    f"{method.mechanism}. For details see the broker logfile."
+                    f"{mechanism}. For details see the broker logfile."
                 )
                 self.send_method(0, commands.Connection.Close(403, text, 0, 0))
             self._close_transport()
@@ -323,6 +365,8 @@ class AMQPConnection:
             self.channel_max, self.frame_max, self.broker.limits.heartbeat
         )
         self.send_method(0, tune)
+        if resumed:  # answered later: the frames that came meanwhile are handled now
+            self._handle_events()
 
     def _on_tune_ok(self, method: commands.Connection.TuneOk) -> None:
         if method.frame_max and method.frame_max < FRAME_MIN_SIZE:

@@ -44,10 +44,12 @@ def server_properties(cluster_name: str = "moorage") -> dict[str, Any]:
 
 
 @functools.cache
-def start_method() -> commands.Connection.Start:
-    """connection.start is the same for every client (the codec keeps its bytes)."""
+def start_method(external: bool = False) -> commands.Connection.Start:
+    """connection.start, the same for every client (the codec keeps its bytes); `EXTERNAL`
+    is offered to a client that presented a verified certificate (`broker.auth_certs`)."""
+    mechanisms = "EXTERNAL PLAIN AMQPLAIN" if external else "PLAIN AMQPLAIN"
     return commands.Connection.Start(
-        server_properties=server_properties(), mechanisms="PLAIN AMQPLAIN", locales="en_US"
+        server_properties=server_properties(), mechanisms=mechanisms, locales="en_US"
     )
 
 

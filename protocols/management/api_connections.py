@@ -1,20 +1,18 @@
-"""Management routes for connections, channels, consumers, users and permissions.
+"""Management routes for connections, channels and consumers.
 
 Every protocol's clients appear here, each connection with its protocol named
 (AMQP 0-9-1, MQTT, STOMP); an MQTT or STOMP session is one channel. Users and
-permissions are read-only until the store keeps users (the Security work).
+permissions are in `api_users`.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from aiohttp import web
 
 from moorage.broker import overview
 from moorage.broker.auth import User
 from moorage.protocols.management import render
-from moorage.protocols.management.auth import Level, level_of, may_see_vhost, not_found, require
+from moorage.protocols.management.auth import Level, level_of, may_see_vhost, not_found
 from moorage.protocols.management.requests import (
     broker_of,
     client_connections,
@@ -96,61 +94,3 @@ async def get_consumers(request: web.Request) -> web.Response:
 @routes.get("/api/consumers/{vhost}")
 async def get_vhost_consumers(request: web.Request) -> web.Response:
     return _consumers(request, request.match_info["vhost"])
-
-
-# -- users and permissions (administrators) ---------------------------------------------------
-
-
-def _user_json(user: User) -> dict[str, Any]:
-    return {
-        "name": user.name,
-        "password_hash": user.password_hash or "",
-        "hashing_algorithm": "rabbit_password_hashing_sha256",
-        "tags": list(user.tags),
-        "limits": {},
-    }
-
-
-@routes.get("/api/users")
-async def get_users(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
-    users = broker_of(request).users.users
-    return ok(render.listing([_user_json(users[n]) for n in sorted(users)], request.query))
-
-
-@routes.get("/api/users/{name}")
-async def get_user(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
-    found = broker_of(request).users.users.get(request.match_info["name"])
-    if found is None:
-        raise not_found()
-    return ok(_user_json(found))
-
-
-def _permissions(user: User) -> list[dict[str, Any]]:
-    return [
-        {
-            "user": user.name,
-            "vhost": vhost,
-            "configure": p.configure,
-            "write": p.write,
-            "read": p.read,
-        }
-        for vhost, p in sorted(user.permissions.items())
-    ]
-
-
-@routes.get("/api/permissions")
-async def get_permissions(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
-    users = broker_of(request).users.users
-    return ok([p for n in sorted(users) for p in _permissions(users[n])])
-
-
-@routes.get("/api/users/{name}/permissions")
-async def get_user_permissions(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
-    found = broker_of(request).users.users.get(request.match_info["name"])
-    if found is None:
-        raise not_found()
-    return ok(_permissions(found))

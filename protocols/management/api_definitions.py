@@ -2,14 +2,15 @@
 
 `GET /api/definitions` writes what `rabbitmqctl export_definitions` or the
 management UI of RabbitMQ 3.x write: vhosts, users (with their password hashes),
-permissions, queues, exchanges and bindings; policies, parameters and topic
-permissions are empty lists (Moorage has none yet). `POST /api/definitions`
+permissions, topic permissions, queues, exchanges and bindings; policies and
+parameters are empty lists (Moorage has none yet). `POST /api/definitions`
 loads such a file — one exported from RabbitMQ included — creating what is
-missing: durable queues, exchanges and bindings go to the store before the
-answer, like a declare-ok. Users and permissions are added to the running
-broker; until users are kept in the store (the Security work) they last until
-restart and belong in the configuration file for good. Password hashes are
-accepted in RabbitMQ's `rabbit_password_hashing_sha256` format.
+missing: users, permissions, topic permissions and durable queues, exchanges
+and bindings go to the store before the answer, like a declare-ok. A user of
+the file replaces a user of the same name (as RabbitMQ's import does).
+Password hashes are accepted in RabbitMQ's SHA-256, SHA-512 and MD5 formats
+(`hashing_algorithm`) and in Moorage's scrypt; a RabbitMQ hash is upgraded
+to scrypt at the user's next successful login.
 """
 
 from __future__ import annotations
@@ -22,17 +23,23 @@ from typing import Any
 from aiohttp import web
 
 from moorage.broker import __version__, overview
-from moorage.broker.auth import Permission, User
+from moorage.broker.auth import Permission, TopicPermission, User
 from moorage.broker.session import Session
 from moorage.broker.vhost import STANDARD_EXCHANGES
 from moorage.protocols.management import actions
+from moorage.protocols.management.api_users import (
+    apply_user,
+    pattern,
+    permissions_json,
+    topic_permissions_json,
+    user_json,
+)
 from moorage.protocols.management.auth import Level, http_error, require
 from moorage.protocols.management.requests import after_store, body_of, broker_of, ok, user_of
 from moorage.storage import StoreError
 
 routes = web.RouteTableDef()
 
-HASHING = "rabbit_password_hashing_sha256"
 _BUILT_IN_EXCHANGES = {"", *(name for name, _type in STANDARD_EXCHANGES)}
 
 
@@ -45,24 +52,12 @@ def _export(request: web.Request, vhost: str | None) -> dict[str, Any]:
         "rabbitmq_version": "3.10.8",
         "product_name": "Moorage",
         "product_version": __version__,
-        "users": [
-            {
-                "name": u.name,
-                "password_hash": u.password_hash or "",
-                "hashing_algorithm": HASHING,
-                "tags": list(u.tags),
-                "limits": {},
-            }
-            for u in (users[n] for n in sorted(users))
-        ],
+        "users": [user_json(users[n]) for n in sorted(users)],
         "vhosts": [{"name": v, "description": "", "tags": [], "metadata": {}} for v in vhosts],
-        "permissions": [
-            {"user": u.name, "vhost": v, "configure": p.configure, "write": p.write, "read": p.read}
-            for u in (users[n] for n in sorted(users))
-            for v, p in sorted(u.permissions.items())
-            if v in vhosts
+        "permissions": [p for n in sorted(users) for p in permissions_json(users[n], set(vhosts))],
+        "topic_permissions": [
+            p for n in sorted(users) for p in topic_permissions_json(users[n], set(vhosts))
         ],
-        "topic_permissions": [],
         "parameters": [],
         "global_parameters": [],
         "policies": [],
@@ -138,29 +133,33 @@ def _text(item: dict[str, Any], key: str, default: str | None = None) -> str:
 
 
 def _import_users(request: web.Request, body: dict[str, Any]) -> None:
+    """Users, then permissions and topic permissions, through the user directory."""
     directory = broker_of(request).users
     for item in _items(body, "users"):
-        name = _text(item, "name")
-        algorithm = item.get("hashing_algorithm", HASHING)
-        if algorithm != HASHING:
-            raise http_error(
-                400, "bad_request", f"user '{name}': unsupported hashing_algorithm {algorithm!r}"
-            )
-        tags = item.get("tags", [])
-        if isinstance(tags, str):  # RabbitMQ 3.8 and older export tags as "a,b"
-            tags = [t for t in tags.split(",") if t]
-        existing = directory.users.get(name)
-        permissions = dict(existing.permissions) if existing is not None else {}
-        directory.users[name] = User(
-            name, _text(item, "password_hash") or None, tuple(map(str, tags)), permissions
-        )
-    for item in _items(body, "permissions"):
-        user = directory.users.get(_text(item, "user"))
-        if user is None:
-            raise http_error(400, "bad_request", f"permissions for unknown user {item['user']!r}")
-        user.permissions[_text(item, "vhost")] = Permission(
-            _text(item, "configure", ".*"), _text(item, "write", ".*"), _text(item, "read", ".*")
-        )
+        apply_user(request, _text(item, "name"), item)
+    for key in ("permissions", "topic_permissions"):
+        for item in _items(body, key):
+            name = _text(item, "user")
+            if name not in directory.users:
+                raise http_error(400, "bad_request", f"{key} for unknown user {name!r}")
+            vhost = _text(item, "vhost", "/")
+            if key == "permissions":
+                directory.set_permission(
+                    name,
+                    vhost,
+                    Permission(
+                        pattern(item, "configure", ".*"),
+                        pattern(item, "write", ".*"),
+                        pattern(item, "read", ".*"),
+                    ),
+                )
+            else:
+                directory.set_topic_permission(
+                    name,
+                    vhost,
+                    _text(item, "exchange", ""),
+                    TopicPermission(pattern(item, "write", ".*"), pattern(item, "read", ".*")),
+                )
 
 
 def _declare_exchange(item: dict[str, Any]) -> Callable[[Session], object]:
@@ -210,7 +209,6 @@ async def post_definitions(request: web.Request) -> web.Response:
         broker.add_vhost(_text(item, "name"))
     _import_users(request, body)
     peer = request.remote or ""
-    touched: set[str] = set()
     for key, make in (
         ("exchanges", _declare_exchange),
         ("queues", _declare_queue),
@@ -219,9 +217,7 @@ async def post_definitions(request: web.Request) -> web.Response:
         for item in _items(body, key):
             vhost = _text(item, "vhost", "/")
             actions.run(broker, _importer(admin, vhost), vhost, peer, make(item))
-            touched.add(vhost)
-    if touched:
-        await after_store(request)
+    await after_store(request)
     return web.Response(status=204)
 
 

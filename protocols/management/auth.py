@@ -83,7 +83,10 @@ def authenticate(request: web.Request, broker: Broker) -> User:
     username, _, password = text.partition(":")
     try:
         user = broker.authenticate(
-            username, password, from_loopback=is_loopback(request.remote or "")
+            username,
+            password,
+            from_loopback=is_loopback(request.remote or ""),
+            peer=client_peer(request),
         )
     except NotServing as e:  # a standby of a replicated pair (docs/failover.md)
         raise http_error(503, "standby", e.text) from None
@@ -92,6 +95,11 @@ def authenticate(request: web.Request, broker: Broker) -> User:
     if level_of(user) == 0:
         raise http_error(401, "not_authorized", "Not management user")
     return user
+
+
+def client_peer(request: web.Request) -> str:
+    """The client as the brute-force guard counts it ("[host]:port", `broker.auth_guard`)."""
+    return f"[{request.remote or 'unknown'}]:0"
 
 
 def is_loopback(address: str) -> bool:

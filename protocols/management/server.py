@@ -25,9 +25,10 @@ from moorage.protocols.management import (
     api_exchanges,
     api_overview,
     api_queues,
+    api_users,
     metrics,
 )
-from moorage.protocols.management.auth import not_found
+from moorage.protocols.management.auth import client_peer, not_found
 from moorage.protocols.management.requests import BROKER_KEY
 
 MAX_BODY = 16 * 1024 * 1024  # a publish through the API is at most 16 MiB
@@ -55,6 +56,22 @@ async def _ui_headers(
 
 
 @web.middleware
+async def slow_refusals(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A refused login's 401 waits out the address's brute-force delay (`broker.auth_guard`)."""
+    try:
+        return await handler(request)
+    except web.HTTPUnauthorized as e:
+        if e.text is not None and "Login failed" in e.text:
+            broker = request.app[BROKER_KEY]
+            delay = broker.refusal_delay(client_peer(request))
+            if delay > 0:
+                await broker.clock.sleep(delay)
+        raise
+
+
+@web.middleware
 async def _json_404(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
@@ -78,7 +95,9 @@ async def _json_404(
 
 def build_app(broker: Broker) -> web.Application:
     """The management application for `broker` (also usable in an aiohttp test client)."""
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_404, _ui_headers])
+    app = web.Application(
+        client_max_size=MAX_BODY, middlewares=[slow_refusals, _json_404, _ui_headers]
+    )
     app.router.add_get("/", _index)
     app.router.add_static("/ui/", UI_DIR, follow_symlinks=False)
     app[BROKER_KEY] = broker
@@ -88,6 +107,7 @@ def build_app(broker: Broker) -> web.Application:
         api_exchanges,
         api_connections,
         api_definitions,
+        api_users,
         metrics,
     ):
         app.add_routes(module.routes)

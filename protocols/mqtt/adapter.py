@@ -59,10 +59,13 @@ Ordering constraints:
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from moorage.broker.auth import User
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
 from moorage.broker.errors import AccessRefused, BrokerError, NotServing
@@ -110,7 +113,7 @@ from moorage.protocols.mqtt.session_state import (
     SessionState,
 )
 from moorage.protocols.mqtt.subscriptions import SessionSubscriptions
-from moorage.protocols.tcp import Shell
+from moorage.protocols.tcp import Shell, hold_refusal
 
 __all__ = ["MQTTConnection"]
 
@@ -147,6 +150,7 @@ class MQTTConnection:
         self.mqtt: SessionState | None = None
         self.subscriptions: SessionSubscriptions | None = None  # once attached to a session
         self.user: Any = None
+        self._login_pending = False  # an authentication backend has not answered yet
         self.vhost = DEFAULT_VHOST
         self.will: Will | None = None
         self.client_receive_maximum = 65535
@@ -166,9 +170,14 @@ class MQTTConnection:
         self._now = now
         self.liveness.received(now)
         self.codec.receive_data(data)
+        if not self._login_pending:
+            self._handle_events()
+
+    def _handle_events(self) -> None:
+        """Handle every complete packet received, in order (until a login must be awaited)."""
         next_event = self.codec.next_event
         try:
-            while not self.closed:
+            while not self.closed and not self._login_pending:
                 event = next_event()
                 if event is NEED_DATA:
                     break
@@ -319,25 +328,70 @@ class MQTTConnection:
         self.send(ConnAck(reason_code=reason, properties=props))
         self._close(publish_will=False)
 
-    def _authenticate(self, packet: Connect) -> bool:
+    def _authenticate(self, packet: Connect, then: Callable[[], None]) -> None:
+        """Log the client in and attach it to its vhost, then call `then` (not on refusal).
+
+        An authentication backend may answer later: no packet of this client is
+        handled until it has (`_login_pending`, `_handle_events`).
+        """
         # No user name means no credentials, even with a password (MQTT 5 allows
         # that): the core's anonymous rule decides, never a built-in default user.
         username, password = packet.username, packet.password
         password_text = (password or b"").decode("utf-8", "replace")
         if username is not None and ":" in username:  # RabbitMQ's "vhost:username" form
             self.vhost, username = username.split(":", 1)
+        done = functools.partial(self._logged_in, packet, username, then)
         try:
-            self.user = self.broker.authenticate(
-                username, password_text, from_loopback=self.shell.from_loopback
-            )
+            self.broker.check_serving()
         except NotServing as e:  # a standby: MQTT 5 "use another server" [MQTT-4.11]
             if self.version == MQTT_5:
                 reference = e.server_reference.get("mqtt")
                 self._refuse(ReasonCode.USE_ANOTHER_SERVER, e.text, reference)
             else:  # 3.1.1 has no redirection: "server unavailable" (return code 3)
                 self._refuse(ReasonCode.SERVER_UNAVAILABLE, e.text)
-            return False
-        except AccessRefused as e:
+            return
+        certificate = getattr(self.shell, "peer_certificate", None)
+        if certificate and password is None:  # identity from the verified certificate
+            try:
+                user = self.broker.authenticate_certificate(
+                    certificate, from_loopback=self.shell.from_loopback, peer=self.shell.peer
+                )
+            except AccessRefused as e:
+                done(None, e)
+            else:
+                done(user, None)
+            return
+        self._login_pending = self.broker.begin_login(
+            username,
+            password_text,
+            from_loopback=self.shell.from_loopback,
+            peer=self.shell.peer,
+            done=done,
+        )
+
+    def _logged_in(
+        self,
+        packet: Connect,
+        username: str | None,
+        then: Callable[[], None],
+        user: User | None,
+        error: AccessRefused | None,
+    ) -> None:
+        resumed = self._login_pending
+        self._login_pending = False
+        if self.closed:
+            return
+        if self._attach(packet, username, user, error):
+            then()
+        if resumed:  # answered later: the packets that came meanwhile are handled now
+            self._handle_events()
+
+    def _attach(
+        self, packet: Connect, username: str | None, user: User | None, error: AccessRefused | None
+    ) -> bool:
+        if user is None:
+            assert error is not None
+            hold_refusal(self.shell, self.broker.refusal_delay(self.shell.peer))
             # Mosquitto answers an anonymous client it refuses with "not authorised"
             # (its test 01-connect-anon-denied), and bad credentials with code 4 / 0x86.
             reason = (
@@ -345,8 +399,9 @@ class MQTTConnection:
                 if username is None
                 else ReasonCode.BAD_USER_NAME_OR_PASSWORD
             )
-            self._refuse(reason, e.text)
+            self._refuse(reason, error.text)
             return False
+        self.user = user
         try:
             self.core = self.broker.connect(
                 self.vhost,
@@ -367,7 +422,6 @@ class MQTTConnection:
     def _on_connect(self, packet: Connect) -> None:  # section 3.1.4, in order
         self.version = packet.protocol_version
         v5 = self.version == MQTT_5
-        props = packet.properties
         client_id = packet.client_id
         assigned = None
         if not client_id:
@@ -376,8 +430,15 @@ class MQTTConnection:
                 self._refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty client id")
                 return
             client_id = assigned = f"moorage-{uuid.uuid4().hex}"  # [MQTT-3.1.3-6]
-        if not self._authenticate(packet):
-            return
+        self._authenticate(
+            packet, functools.partial(self._on_connect_authenticated, packet, client_id, assigned)
+        )
+
+    def _on_connect_authenticated(
+        self, packet: Connect, client_id: str, assigned: str | None
+    ) -> None:
+        v5 = self.version == MQTT_5
+        props = packet.properties
         self.client_id = client_id
         self.keep_alive = packet.keep_alive
         self.will = packet.will

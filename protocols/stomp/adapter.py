@@ -48,14 +48,16 @@ client-id registry (`Broker.client_ids`); a second holder is refused
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Final
 
 from moorage.broker import __version__
+from moorage.broker.auth import User
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
-from moorage.broker.errors import BrokerError
+from moorage.broker.errors import AccessRefused, BrokerError
 from moorage.broker.keepalive import Due, KeepAlive
 from moorage.broker.message import Message
 from moorage.broker.overview import vhost_names
@@ -81,7 +83,7 @@ from moorage.protocols.stomp.destinations import Kind, parse_destination
 from moorage.protocols.stomp.publishing import Publisher
 from moorage.protocols.stomp.subscriptions import Subscriptions
 from moorage.protocols.stomp.transactions import Transactions
-from moorage.protocols.tcp import Shell
+from moorage.protocols.tcp import Shell, hold_refusal
 
 __all__ = ["MAX_HEADER_SIZE", "State", "StompConnection"]
 
@@ -109,6 +111,7 @@ class StompConnection:
         self.core: ClientConnection | None = None
         self.session: Session | None = None
         self.user_name = ""
+        self._login_pending = False  # an authentication backend has not answered yet
         self.client_id: str | None = None
         self.client_ids = broker.client_ids(PROTOCOL)
         self.sends = Publisher(self)
@@ -151,10 +154,18 @@ class StompConnection:
         self._now = now
         self.keepalive.received(now)
         codec.receive_data(data)
+        if not self._login_pending:
+            self._handle_events()
+
+    def _handle_events(self) -> None:
+        """Handle every complete frame received, in order (until a login must be awaited)."""
+        codec = self.codec
         frame: Frame | None = None
         self.frames_in_read = 0
         try:
-            while codec.state is State.CONNECTED or codec.state is State.CONNECTING:
+            while (
+                codec.state is State.CONNECTED or codec.state is State.CONNECTING
+            ) and not self._login_pending:
                 event = codec.next_event()
                 if event is NEED_DATA:
                     break
@@ -339,9 +350,53 @@ class StompConnection:
         self.version = version
         cx, cy = parse_heartbeat(frame.get("heart-beat"))
         # No `login`: the core's anonymous rule (refused unless `auth.anonymous_user`).
-        user = self.broker.authenticate(
-            frame.get("login"), frame.get("passcode") or "", from_loopback=self.shell.from_loopback
+        done = functools.partial(self._logged_in, frame, version, cx, cy)
+        certificate = getattr(self.shell, "peer_certificate", None)
+        if certificate and frame.get("passcode") is None:  # the certificate's identity
+            try:
+                user = self.broker.authenticate_certificate(
+                    certificate, from_loopback=self.shell.from_loopback, peer=self.shell.peer
+                )
+            except AccessRefused as e:
+                done(None, e)
+            else:
+                done(user, None)
+            return
+        # An authentication backend may answer later: no frame of this client is
+        # handled until it has (`_login_pending`, `_handle_events`).
+        self._login_pending = self.broker.begin_login(
+            frame.get("login"),
+            frame.get("passcode") or "",
+            from_loopback=self.shell.from_loopback,
+            peer=self.shell.peer,
+            done=done,
         )
+
+    def _logged_in(
+        self,
+        frame: Frame,
+        version: str,
+        cx: int,
+        cy: int,
+        user: User | None,
+        error: AccessRefused | None,
+    ) -> None:
+        resumed = self._login_pending
+        self._login_pending = False
+        if self.closed:
+            return
+        try:
+            if user is None:
+                assert error is not None
+                hold_refusal(self.shell, self.broker.refusal_delay(self.shell.peer))
+                raise error
+            self._connected(frame, version, cx, cy, user)
+        except BrokerError as e:
+            self._fatal(e.reply_text, _broker_error_detail(e, frame), frame)
+        if resumed:  # answered later: the frames that came meanwhile are handled now
+            self._handle_events()
+
+    def _connected(self, frame: Frame, version: str, cx: int, cy: int, user: User) -> None:
         login = user.name
         client_id = frame.get("client-id")
         if client_id is not None:

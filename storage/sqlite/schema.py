@@ -7,7 +7,9 @@ created in the thread that uses it) and nothing else here keeps state.
 Schema: a `schema_version` table holds the number of migrations applied;
 `MIGRATIONS[i]` upgrades version i to i + 1, each in one transaction
 (version 2 added `entries.expires_at` and its partial index; version 3 the
-`sessions` and `retained` tables, see the `Store` docs). Message
+`sessions` and `retained` tables; version 4 the users, their permissions and
+topic permissions, and the digest of the configuration's users last
+applied; see the `Store` docs). Message
 bodies are stored once (`messages`) and referenced by queue `entries`; a
 trigger deletes a message when its last entry goes (acked, purged, or its
 queue deleted by the `ON DELETE CASCADE`), using an index on
@@ -150,6 +152,38 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                 AND NOT EXISTS (SELECT 1 FROM entries WHERE message_id = OLD.message_id)
                 AND NOT EXISTS (SELECT 1 FROM retained WHERE message_id = OLD.message_id);
         END""",
+    ),
+    # 4: users and permissions. A file from version 3 gets empty tables and no
+    # seed digest, so the next start seeds them from the configuration, which
+    # is where version 3 kept its users. `attributes` is opaque to the store.
+    (
+        """CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            password_hash TEXT NOT NULL,
+            hashing_algorithm TEXT NOT NULL,
+            tags TEXT NOT NULL,
+            attributes BLOB NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE user_permissions (
+            vhost TEXT NOT NULL,
+            username TEXT NOT NULL,
+            configure TEXT NOT NULL,
+            write TEXT NOT NULL,
+            read TEXT NOT NULL,
+            PRIMARY KEY (vhost, username)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE topic_permissions (
+            vhost TEXT NOT NULL,
+            username TEXT NOT NULL,
+            exchange TEXT NOT NULL,
+            write TEXT NOT NULL,
+            read TEXT NOT NULL,
+            PRIMARY KEY (vhost, username, exchange)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE users_seed (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            digest TEXT NOT NULL
+        )""",
     ),
 )
 """`MIGRATIONS[i]` takes the schema from version i to i + 1. Append only; never edit."""

@@ -56,6 +56,13 @@ PUT_SESSION: Final = 15
 DELETE_SESSION: Final = 16
 PUT_RETAINED: Final = 17
 DELETE_RETAINED: Final = 18
+PUT_USER: Final = 19
+DELETE_USER: Final = 20
+PUT_PERMISSION: Final = 21
+DELETE_PERMISSION: Final = 22
+PUT_TOPIC_PERMISSION: Final = 23
+DELETE_TOPIC_PERMISSION: Final = 24
+PUT_USERS_SEED: Final = 25
 
 Params = tuple[Any, ...]
 Op = tuple[int, Params]
@@ -109,6 +116,8 @@ STATEMENTS: Final[dict[int, tuple[tuple[Sql, Picker], ...]]] = {
         ("DELETE FROM queues WHERE vhost = ?", None),  # entries by cascade
         ("DELETE FROM sessions WHERE vhost = ?", None),
         ("DELETE FROM retained WHERE vhost = ?", None),
+        ("DELETE FROM user_permissions WHERE vhost = ?", None),
+        ("DELETE FROM topic_permissions WHERE vhost = ?", None),
         ("DELETE FROM vhosts WHERE name = ?", None),
     ),
     PUT_EXCHANGE: (
@@ -183,6 +192,52 @@ STATEMENTS: Final[dict[int, tuple[tuple[Sql, Picker], ...]]] = {
         ),
     ),
     DELETE_RETAINED: (("DELETE FROM retained WHERE vhost = ? AND topic = ?", None),),
+    # Users and their permissions (migration 4); the tags are one comma-joined text.
+    PUT_USER: (
+        (
+            "INSERT INTO users (name, password_hash, hashing_algorithm, tags, attributes)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+            " password_hash = excluded.password_hash,"
+            " hashing_algorithm = excluded.hashing_algorithm,"
+            " tags = excluded.tags, attributes = excluded.attributes",
+            None,
+        ),
+    ),
+    DELETE_USER: (
+        ("DELETE FROM user_permissions WHERE username = ?", None),
+        ("DELETE FROM topic_permissions WHERE username = ?", None),
+        ("DELETE FROM users WHERE name = ?", None),
+    ),
+    PUT_PERMISSION: (
+        (
+            "INSERT INTO user_permissions (vhost, username, configure, write, read)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (vhost, username) DO UPDATE SET"
+            " configure = excluded.configure, write = excluded.write, read = excluded.read",
+            None,
+        ),
+    ),
+    DELETE_PERMISSION: (("DELETE FROM user_permissions WHERE vhost = ? AND username = ?", None),),
+    PUT_TOPIC_PERMISSION: (
+        (
+            "INSERT INTO topic_permissions (vhost, username, exchange, write, read)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (vhost, username, exchange) DO UPDATE SET"
+            " write = excluded.write, read = excluded.read",
+            None,
+        ),
+    ),
+    DELETE_TOPIC_PERMISSION: (
+        (
+            "DELETE FROM topic_permissions WHERE vhost = ? AND username = ? AND exchange = ?",
+            None,
+        ),
+    ),
+    PUT_USERS_SEED: (
+        (
+            "INSERT INTO users_seed (id, digest) VALUES (1, ?)"
+            " ON CONFLICT (id) DO UPDATE SET digest = excluded.digest",
+            None,
+        ),
+    ),
     # Not a hot kind, so a barrier in `execute_ops`: enqueues queued after it
     # are applied after it, even when their seq is in the range.
     ACK_RANGE: (  # params: (queue_id, first_seq, last_seq); a primary key range

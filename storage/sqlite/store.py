@@ -61,15 +61,22 @@ from moorage.storage.sqlite.schema import DURABILITY_MODES
 from moorage.storage.sqlite.statements import (
     DELETE_BINDING,
     DELETE_EXCHANGE,
+    DELETE_PERMISSION,
     DELETE_QUEUE,
     DELETE_RETAINED,
     DELETE_SESSION,
+    DELETE_TOPIC_PERMISSION,
+    DELETE_USER,
     DELETE_VHOST,
     PURGE,
     PUT_BINDING,
     PUT_EXCHANGE,
+    PUT_PERMISSION,
     PUT_QUEUE,
     PUT_SESSION,
+    PUT_TOPIC_PERMISSION,
+    PUT_USER,
+    PUT_USERS_SEED,
     PUT_VHOST,
     SQL_QUEUE_STATS,
     SQL_READ_QUEUE,
@@ -80,12 +87,16 @@ from moorage.storage.store import (
     BindingRecord,
     DurabilityCallback,
     ExchangeRecord,
+    PermissionRecord,
     QueueRecord,
     RetainedRecord,
     SessionRecord,
     StoredEntry,
     StoreError,
+    TopicPermissionRecord,
     Topology,
+    UserRecord,
+    UserTables,
     check_expires_at,
 )
 
@@ -465,6 +476,88 @@ class SQLiteStore:
                     " JOIN messages AS m ON m.id = r.message_id"
                 )
             ]
+
+        return await self._submit(load)
+
+    # -- users and permissions ----------------------------------------------
+
+    def put_user(self, record: UserRecord) -> None:
+        """Queue the creation or replacement of a user."""
+        self._check_open()
+        self._batch.append(
+            PUT_USER,
+            (
+                record.name,
+                record.password_hash,
+                record.hashing_algorithm,
+                ",".join(record.tags),
+                bytes(record.attributes),
+            ),
+        )
+
+    def delete_user(self, name: str) -> None:
+        """Queue the deletion of a user with its permissions and topic permissions."""
+        self._check_open()
+        self._batch.append(DELETE_USER, (name,))
+
+    def put_permission(self, record: PermissionRecord) -> None:
+        """Queue the creation or replacement of a user's permissions on a vhost."""
+        self._check_open()
+        self._batch.append(
+            PUT_PERMISSION,
+            (record.vhost, record.user, record.configure, record.write, record.read),
+        )
+
+    def delete_permission(self, vhost: str, user: str) -> None:
+        """Queue forgetting a user's permissions on a vhost."""
+        self._check_open()
+        self._batch.append(DELETE_PERMISSION, (vhost, user))
+
+    def put_topic_permission(self, record: TopicPermissionRecord) -> None:
+        """Queue the creation or replacement of a user's topic permissions on an exchange."""
+        self._check_open()
+        self._batch.append(
+            PUT_TOPIC_PERMISSION,
+            (record.vhost, record.user, record.exchange, record.write, record.read),
+        )
+
+    def delete_topic_permission(self, vhost: str, user: str, exchange: str) -> None:
+        """Queue forgetting a user's topic permissions on an exchange."""
+        self._check_open()
+        self._batch.append(DELETE_TOPIC_PERMISSION, (vhost, user, exchange))
+
+    def put_users_seed(self, digest: str) -> None:
+        """Queue recording the digest of the configuration's users just applied."""
+        self._check_open()
+        self._batch.append(PUT_USERS_SEED, (digest,))
+
+    async def load_users(self) -> UserTables:
+        """Every user, permission and topic permission, and the seed digest."""
+        self._check_readable()
+
+        def load(conn: sqlite3.Connection) -> UserTables:
+            seed = conn.execute("SELECT digest FROM users_seed WHERE id = 1").fetchone()
+            return UserTables(
+                [
+                    UserRecord(r[0], r[1], r[2], tuple(t for t in r[3].split(",") if t), r[4])
+                    for r in conn.execute(
+                        "SELECT name, password_hash, hashing_algorithm, tags, attributes FROM users"
+                    )
+                ],
+                [
+                    PermissionRecord(*r)
+                    for r in conn.execute(
+                        "SELECT vhost, username, configure, write, read FROM user_permissions"
+                    )
+                ],
+                [
+                    TopicPermissionRecord(*r)
+                    for r in conn.execute(
+                        "SELECT vhost, username, exchange, write, read FROM topic_permissions"
+                    )
+                ],
+                None if seed is None else str(seed[0]),
+            )
 
         return await self._submit(load)
 
