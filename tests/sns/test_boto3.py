@@ -537,7 +537,7 @@ async def test_user_without_permission_gets_authorization_error(tmp_path: Path) 
 
     config = aws_config(tmp_path)
     reader = make_user("reader", "secret", {"/": ("", "", ".*")})
-    reader.access_keys["AKIAREADER"] = "reader-secret"
+    reader.add_access_key("AKIAREADER", "reader-secret")
     config.users.append(reader)
     async with EmbeddedBroker(config) as eb:
         guest = Sns(f"http://127.0.0.1:{eb.ports['sqs']}")

@@ -189,9 +189,9 @@ def test_permissions(
 ) -> None:
     """A user's vhost permissions apply to SQS as to AMQP; refusals are AccessDenied."""
     reader = make_user("reader", "pw", {"/": ("^$", "^$", "^shared$")})
-    reader.access_keys = {"AKIAREADER": "reader-secret"}
+    reader.add_access_key("AKIAREADER", "reader-secret")
     outsider = make_user("outsider", "pw", {"other": (".*", ".*", ".*")})
-    outsider.access_keys = {"AKIAOUT": "out-secret"}
+    outsider.add_access_key("AKIAOUT", "out-secret")
     broker = start_broker(sqs_config(tmp_path, reader, outsider, vhosts=("/", "other")))
     admin = make_client(broker)
     url = admin.create_queue(QueueName="shared")["QueueUrl"]

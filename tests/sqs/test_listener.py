@@ -36,8 +36,8 @@ def echo(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
 @pytest.fixture
 def broker(tmp_path: Path, start_broker: Callable[..., RunningBroker], echo: Any) -> RunningBroker:
     alice = make_user("alice", "pw", {"/": (".*", ".*", ".*"), "dev": (".*", ".*", ".*")})
-    alice.access_keys = {"AKIAALICE": "alice-secret", "AKIADEV": "dev-secret"}
-    alice.access_key_vhosts = {"AKIADEV": "dev"}
+    alice.add_access_key("AKIAALICE", "alice-secret")
+    alice.add_access_key("AKIADEV", "dev-secret", "dev")
     return start_broker(sqs_config(tmp_path, alice, vhosts=("/", "dev")))
 
 
@@ -255,7 +255,7 @@ def test_access_keys_in_the_configuration(tmp_path: Path) -> None:
     found = directory.find_access_key("AKIA2")
     assert found is not None
     user, secret = found
-    assert (user.name, secret, user.access_key_vhosts) == ("app", "s2", {"AKIA2": "dev"})
+    assert (user.name, secret, user.access_key_vhosts) == ("app", "s2", {"AKIA1": "/", "AKIA2": "dev"})
     assert directory.find_access_key("guest") is None  # only the built-in guest has it
     assert Config.load(None).user_directory().find_access_key("guest") is not None
     for bad in (
