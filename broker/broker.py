@@ -63,6 +63,8 @@ class Broker:
             self.flow,
             self.queued_memory,
             clock,
+            self.limits.memory_calculation_strategy,
+            getattr(self.store, "release_memory", None),  # SQLiteStore's page cache
         )
         self.vhosts: dict[str, VirtualHost] = {}
         self.connections: set[ClientConnection] = set()

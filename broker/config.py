@@ -54,7 +54,8 @@ class Limits:
     max_connections: int = 0  # 0 = unlimited
     queue_memory_limit: int = 16 * 1024 * 1024  # ready bytes a stored queue keeps in RAM
     store_backlog: int = 32 * 1024 * 1024  # unwritten bytes before publishers are paused
-    memory_high_watermark: float = 0.4  # queued-message RAM that blocks publishers (broker.memory)
+    memory_high_watermark: float = 0.4  # process RAM that blocks publishers (broker.memory)
+    memory_calculation_strategy: str = "rss"  # "rss" (the process) or "queued" (broker.memory)
     consumer_timeout: int = 0  # ms a delivery may stay unacked (0 = off; x-consumer-timeout)
     consumer_timeout_action: str = "requeue"  # or "close": RabbitMQ's channel close (406)
     mqtt_session_queue_limit: int = 100_000  # messages queued per persistent MQTT session
@@ -125,6 +126,11 @@ class Config:
             config.ports[key.removesuffix("_port")] = _port(value, f"listeners.{key}")
 
         config.limits = _dataclass_from(Limits, data.pop("limits", {}), "limits")
+        if config.limits.memory_calculation_strategy not in {"rss", "queued"}:
+            raise ConfigError(
+                "limits.memory_calculation_strategy must be 'rss' or 'queued', "
+                f"not {config.limits.memory_calculation_strategy!r}"
+            )
         config.storage = _dataclass_from(StorageConfig, data.pop("storage", {}), "storage")
         if config.storage.backend not in {"sqlite", "memory"}:
             raise ConfigError(

@@ -25,6 +25,14 @@ from moorage.protocols.reading import ReadPacer
 if TYPE_CHECKING:
     from moorage.broker.broker import Broker
 
+# Output gathered within one tick is written at once past this many bytes.
+# Coalescing is for many small frames; without a bound, a consumer that
+# comes back to a deep queue of large messages got the whole in-memory part
+# of it encoded into one tick's output (16 MiB of 64 KiB MQTT messages, held
+# twice by the join), before `pause_writing` could stop its deliveries. An
+# early write lets the transport's back-pressure act within the tick.
+WRITE_EARLY = 1024 * 1024
+
 
 class ConnectionAdapter(Protocol):
     """What a protocol's connection state machine offers its shell."""
@@ -108,6 +116,7 @@ class TCPShell(asyncio.Protocol):
         self.from_loopback = False
         self.adapter: ConnectionAdapter | None = None
         self._out: list[bytes] = []
+        self._out_bytes = 0
         self._flush_scheduled = False
         self._closing = False
         self._timer: Timer | None = None
@@ -118,6 +127,9 @@ class TCPShell(asyncio.Protocol):
 
     def send(self, data: bytes) -> None:
         self._out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes >= WRITE_EARLY:
+            self.flush()
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
@@ -137,6 +149,7 @@ class TCPShell(asyncio.Protocol):
         """
         out, transport = self._out, self.transport
         if out and transport is not None and not transport.is_closing():
+            self._out_bytes = 0
             transport.write(b"".join(out) if len(out) > 1 else out[0])
             out.clear()
 
@@ -145,10 +158,12 @@ class TCPShell(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             self._out.clear()
+            self._out_bytes = 0
             return
         if self._out:
             data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
             self._out.clear()
+            self._out_bytes = 0
             if not transport.is_closing():
                 transport.write(data)
         if self._closing and not transport.is_closing():
