@@ -22,6 +22,7 @@ from moorage.broker.auth import User, UserDirectory
 from moorage.broker.client_ids import ClientIds
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Limits
+from moorage.broker.disk import DiskMonitor
 from moorage.broker.errors import NotAllowed, PreconditionFailed
 from moorage.broker.flow import WriteFlow
 from moorage.broker.memory import ENTRY_OVERHEAD, MemoryMonitor, watermark_bytes
@@ -50,6 +51,7 @@ class Broker:
         limits: Limits | None = None,
         retention: float = 0.0,
         clock: Clock = SYSTEM_CLOCK,
+        disk_free_limit: int = 0,
     ) -> None:
         self.clock = clock  # every timer of the core reads and arms this (broker.clock)
         self.store: Store = store if store is not None else MemoryStore()
@@ -65,6 +67,13 @@ class Broker:
             clock,
             self.limits.memory_calculation_strategy,
             getattr(self.store, "release_memory", None),  # SQLiteStore's page cache
+        )
+        # the disk alarm watches the store's folder (none for the memory store)
+        location = self.store.location
+        self.disk: DiskMonitor | None = (
+            DiskMonitor(location, disk_free_limit, self.flow, clock)
+            if location is not None and disk_free_limit > 0
+            else None
         )
         self.vhosts: dict[str, VirtualHost] = {}
         self.connections: set[ClientConnection] = set()
@@ -87,11 +96,15 @@ class Broker:
         self._message_ids = itertools.count(await self.store.max_message_id() + 1).__next__
         self.sweeper.start()
         self.memory.start()
+        if self.disk is not None:
+            self.disk.start()
 
     async def stop(self) -> None:
         """Close every connection's core state and close the store."""
         await self.sweeper.stop()
         await self.memory.stop()
+        if self.disk is not None:
+            await self.disk.stop()
         for connection in list(self.connections):
             connection.close()
         for vhost in self.vhosts.values():

@@ -70,6 +70,8 @@ class StorageConfig:
     durability: str = "fsync"  # "fsync" or "nosync"
     retention: float = 0.0  # seconds a message may stay queued (0 = no limit)
     ack_window: float = 0.1  # seconds a delivered message may wait for its ack unwritten
+    disk_free_limit: int = 50_000_000  # free bytes under which publishers block (broker.disk)
+    disk_free_limit_relative: float = 0.0  # or this times RAM, when > 0 (0 = use the above)
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ from contextlib import suppress
 from moorage.broker.broker import Broker
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Config, ConfigError
+from moorage.broker.disk import limit_bytes as disk_limit_bytes
 from moorage.broker.listeners import Listener, discover
 from moorage.broker.systemd import Notifier, Watchdog
 from moorage.broker.tls import TLS_LISTENERS, TLSError, load_certificate, server_context
@@ -83,6 +84,9 @@ class Daemon:
             limits=config.limits,
             retention=config.storage.retention,
             clock=self.clock,
+            disk_free_limit=disk_limit_bytes(
+                config.storage.disk_free_limit, config.storage.disk_free_limit_relative
+            ),
         )
         try:
             await broker.start()

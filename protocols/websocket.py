@@ -171,13 +171,13 @@ class WebSocketConnection:
         return False
 
     async def _flow_control(self, adapter: Adapter) -> None:
-        """Wait while the store lags, or while the memory alarm holds a publisher."""
+        """Wait while the store lags, or while a resource alarm holds a publisher."""
         flow = self.listener.broker.flow
         while not self._closing and not adapter.closed:
             if flow.blocked:
                 wait = flow.on_resume
-            elif flow.memory_alarm and adapter.publisher:
-                wait = flow.on_memory_clear
+            elif flow.publishers_blocked and adapter.publisher:
+                wait = flow.on_alarms_clear
             else:
                 return
             self._held = held = self.loop.create_future()

@@ -139,7 +139,7 @@ class AMQPConnection:
             for channel in self._confirming:
                 channel.flush_confirms()
             self._confirming.clear()
-        if self.broker.flow.memory_alarm and not self._blocked_sent:
+        if self.broker.flow.publishers_blocked and not self._blocked_sent:
             self._on_memory_alarm(True)
 
     @property
@@ -157,12 +157,13 @@ class AMQPConnection:
         self.keepalive.received(now)
 
     def _on_memory_alarm(self, on: bool) -> None:
-        """connection.blocked / unblocked, to publishers that announced the capability."""
+        """connection.blocked / unblocked (a resource alarm: memory or disk), to publishers
+        that announced the capability."""
         if not self.running or not self.capabilities.get("connection.blocked"):
             return
         if on and not self._blocked_sent and self.publisher:
             self._blocked_sent = True
-            self.send_method(0, commands.Connection.Blocked("low on memory"))
+            self.send_method(0, commands.Connection.Blocked(self.broker.flow.block_reason))
         elif not on and self._blocked_sent:
             self._blocked_sent = False
             self.send_method(0, commands.Connection.Unblocked())
