@@ -22,6 +22,7 @@ from moorage.broker.auth import User, UserDirectory
 from moorage.broker.client_ids import ClientIds
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Limits
+from moorage.broker.descriptors import DescriptorGuard
 from moorage.broker.disk import DiskMonitor
 from moorage.broker.errors import NotAllowed, PreconditionFailed
 from moorage.broker.flow import WriteFlow
@@ -68,6 +69,8 @@ class Broker:
             self.limits.memory_calculation_strategy,
             getattr(self.store, "release_memory", None),  # SQLiteStore's page cache
         )
+        # client sockets are refused before the descriptors run out (broker.descriptors)
+        self.descriptors = DescriptorGuard(self.limits.file_descriptor_reserve)
         # the disk alarm watches the store's folder (none for the memory store)
         location = self.store.location
         self.disk: DiskMonitor | None = (

@@ -52,6 +52,7 @@ class Limits:
     max_message_size: int = 128 * 1024 * 1024
     handshake_timeout: float = 10.0
     max_connections: int = 0  # 0 = unlimited
+    file_descriptor_reserve: int = 32  # descriptors kept from clients (broker.descriptors)
     queue_memory_limit: int = 16 * 1024 * 1024  # ready bytes a stored queue keeps in RAM
     store_backlog: int = 32 * 1024 * 1024  # unwritten bytes before publishers are paused
     memory_high_watermark: float = 0.4  # process RAM that blocks publishers (broker.memory)

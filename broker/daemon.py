@@ -18,6 +18,7 @@ from contextlib import suppress
 from moorage.broker.broker import Broker
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Config, ConfigError
+from moorage.broker.descriptors import raise_open_files_limit
 from moorage.broker.disk import limit_bytes as disk_limit_bytes
 from moorage.broker.listeners import Listener, discover
 from moorage.broker.systemd import Notifier, Watchdog
@@ -224,6 +225,7 @@ async def serve(
     )
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, lambda: _reload(daemon, reload, notifier))
+    raise_open_files_limit()
     await daemon.start()
     tune_gc()
     if on_ready is not None:

@@ -104,6 +104,12 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def fileno_of(transport: asyncio.BaseTransport) -> int:
+    """The descriptor of a transport's socket (-1 when it has none)."""
+    sock = transport.get_extra_info("socket")
+    return int(sock.fileno()) if sock is not None else -1
+
+
 class TCPShell(asyncio.Protocol):
     """One client connection; its adapter holds the protocol state."""
 
@@ -174,6 +180,9 @@ class TCPShell(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         stream: asyncio.Transport = transport  # type: ignore[assignment]
+        if self.listener.broker.descriptors.exhausted(fileno_of(stream)):
+            stream.abort()  # accept and close at once: no stall in the backlog
+            return
         self.transport = stream
         self._pacer = ReadPacer(stream, self.loop, self.listener.broker.flow)
         self.peer, self.from_loopback = peer_of(transport)
