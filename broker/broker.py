@@ -26,6 +26,7 @@ from moorage.broker.descriptors import DescriptorGuard
 from moorage.broker.disk import DiskMonitor
 from moorage.broker.errors import NotAllowed, PreconditionFailed
 from moorage.broker.flow import WriteFlow
+from moorage.broker.limits import ResourceLimits
 from moorage.broker.memory import ENTRY_OVERHEAD, MemoryMonitor, watermark_bytes
 from moorage.broker.queue import Queue
 from moorage.broker.replies import OrderedReplies
@@ -53,6 +54,7 @@ class Broker:
         retention: float = 0.0,
         clock: Clock = SYSTEM_CLOCK,
         disk_free_limit: int = 0,
+        resource_limits: ResourceLimits | None = None,
     ) -> None:
         self.clock = clock  # every timer of the core reads and arms this (broker.clock)
         self.store: Store = store if store is not None else MemoryStore()
@@ -69,6 +71,8 @@ class Broker:
             self.limits.memory_calculation_strategy,
             getattr(self.store, "release_memory", None),  # SQLiteStore's page cache
         )
+        # per-vhost and per-user limits (broker.limits)
+        self.resource_limits = resource_limits or ResourceLimits()
         # client sockets are refused before the descriptors run out (broker.descriptors)
         self.descriptors = DescriptorGuard(self.limits.file_descriptor_reserve)
         # the disk alarm watches the store's folder (none for the memory store)
@@ -250,8 +254,14 @@ class Broker:
         protocol: str,
         peer: str,
         client_properties: dict[str, Any] | None = None,
+        client: bool = True,
     ) -> ClientConnection:
-        """Attach an authenticated client to a vhost. Raises NotAllowed."""
+        """Attach an authenticated client to a vhost. Raises NotAllowed.
+
+        `client=False` is the broker's own work done as a user (an MQTT will, a
+        management API action): not a client connection, so outside the vhost
+        and user limits (`broker.limits`) and not counted by them.
+        """
         vhost = self.vhosts.get(vhost_name)
         if vhost is None or not self.users.may_open(user, vhost_name):
             raise NotAllowed(f"access to vhost '{vhost_name}' refused for user '{user.name}'")
@@ -261,9 +271,14 @@ class Broker:
                 f"access to vhost '{vhost_name}' refused for user '{user.name}': "
                 f"connection limit ({limit}) is reached"
             )
+        if client:
+            self.resource_limits.check_connection(
+                vhost_name, user.name, (c for c in self.connections if c.client)
+            )
         connection = ClientConnection(
             self, vhost, user, protocol=protocol, peer=peer, client_properties=client_properties
         )
+        connection.client = client
         self.connections.add(connection)
         return connection
 
@@ -292,6 +307,7 @@ class ClientConnection:
         self.exclusive_queues: list[Queue] = []
         self.closed = False
         self.published = False  # the memory alarm pauses only connections that publish
+        self.client = True  # False: the broker's own (outside vhost and user limits)
 
     def ordered_replies(self) -> OrderedReplies:
         """A new ordered stream of replies that wait for the store (`broker.replies`)."""

@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from moorage.broker.auth import Permission, User, UserDirectory, hash_password
+from moorage.broker.limits import (
+    ResourceLimits,
+    UserLimits,
+    VhostLimits,
+    parse_user_limits,
+    parse_vhost_limits,
+)
 from moorage.broker.tls import TLS_PORTS, TLSConfig, TLSError
 
 _T = TypeVar("_T")
@@ -90,6 +97,9 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     log_level: str = "info"
+    # RabbitMQ's vhost and user limits (broker.limits): [vhost_limits."/"], [user_limits.NAME]
+    vhost_limits: dict[str, VhostLimits] = field(default_factory=dict)
+    user_limits: dict[str, UserLimits] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None) -> Config:
@@ -149,6 +159,11 @@ class Config:
             )
 
         config.tls = _dataclass_from(TLSConfig, data.pop("tls", {}), "tls")
+        try:
+            config.vhost_limits = parse_vhost_limits(data.pop("vhost_limits", {}))
+            config.user_limits = parse_user_limits(data.pop("user_limits", {}))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
         auth = _table(data.pop("auth", {}), "auth")
         _check_keys(auth, {"loopback_users", "anonymous_user"}, "auth")
@@ -173,6 +188,10 @@ class Config:
         wanted = [name for name in TLS_PORTS if self.ports.get(name)]
         if wanted and not self.tls.configured:
             raise ConfigError(f"the {wanted[0]} listener needs tls.cert and tls.key")
+
+    def resource_limits(self) -> ResourceLimits:
+        """The per-vhost and per-user limits of this configuration."""
+        return ResourceLimits(dict(self.vhost_limits), dict(self.user_limits))
 
     def user_directory(self) -> UserDirectory:
         """The `UserDirectory` of these users, with the anonymous user resolved."""

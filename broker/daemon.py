@@ -88,6 +88,7 @@ class Daemon:
             disk_free_limit=disk_limit_bytes(
                 config.storage.disk_free_limit, config.storage.disk_free_limit_relative
             ),
+            resource_limits=config.resource_limits(),
         )
         try:
             await broker.start()
