@@ -58,6 +58,8 @@ def sequences(protocol: str, frames: int, seed: int) -> Iterator[tuple[int, list
 def chunked(sequence: list[bytes], rng: random.Random) -> list[bytes]:
     """The sequence's bytes cut at random points (a third of the time frame by frame)."""
     data = b"".join(sequence)
+    if len(data) < 2:
+        return [data] if data else []
     if rng.random() < 0.33:
         return [f for f in sequence if f]
     cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(0, 8))))
