@@ -35,9 +35,10 @@ before the flood (1.7 GB against 512 MiB in the report that asked for this
 module). Every `TRIM_EVERY` seconds the monitor asks the allocator how much
 free memory it holds (`broker.allocator`); when that grew by `TRIM_STEP`
 since its low point, or while the alarm is set, it calls `malloc_trim(0)`.
-After a drain (the queued estimate fell by `TRIM_STEP`, stopped falling and
-is under it) the store's page cache is released too (`PRAGMA shrink_memory`
-where the store has `release_memory`), then trimmed. With both, the same
+After a drain (the queued estimate fell by `RELEASE_STEP` from its peak,
+is under `TRIM_STEP` and stopped moving) the store's page cache is released
+too (`PRAGMA shrink_memory` where the store has `release_memory`), then
+trimmed; traffic that never queues `RELEASE_STEP` keeps the cache. With both, the same
 floods over MQTT, AMQP and STOMP end at 1.00-1.13x of the starting RSS
 (`tests/limits/test_memory_flood.py`).
 """
@@ -59,6 +60,7 @@ log = logging.getLogger("moorage.memory")
 INTERVAL = 0.1  # seconds between two measurements
 ENTRY_OVERHEAD = 700  # bytes a queued message costs beyond its body
 TRIM_STEP = 8 * 1024 * 1024  # freed bytes that call for a trim
+RELEASE_STEP = 1024 * 1024  # queued bytes drained that call for releasing the store's caches
 TRIM_EVERY = 1.0  # seconds between two looks at the allocator (and trims) at least
 STRATEGIES = ("rss", "queued")
 
@@ -128,7 +130,8 @@ class MemoryMonitor:
         self.unacked_bytes = 0
         """Bodies + `ENTRY_OVERHEAD` of every delivery awaiting an ack (kept by sessions)."""
         self.trims = 0
-        self._freed = 0  # drops of the queued estimate since the last look
+        self._freed = 0  # drops of the queued estimate since the last trim (no glibc)
+        self._queued_peak = 0  # the queued estimate's highest since the caches were released
         self._free_low: int | None = None  # the allocator's free bytes, lowest since a trim
         self._last_look = float("-inf")
         self.periodic = Periodic(INTERVAL, self._tick, clock)
@@ -153,6 +156,7 @@ class MemoryMonitor:
         self.queued = queued
         if drop > 0:
             self._freed += drop
+        self._queued_peak = max(self._queued_peak, queued)
         now = self.clock.monotonic()
         if now - self._last_look >= TRIM_EVERY:
             self._last_look = now
@@ -179,8 +183,9 @@ class MemoryMonitor:
 
         Where glibc cannot say (`allocator.free_heap_bytes` is None), when
         the queued estimate fell by that much instead. After a drain (the
-        estimate fell by `TRIM_STEP`, stopped falling and is under it) the
-        store's caches go too, then what that freed.
+        estimate fell by `RELEASE_STEP` since the last release, is under
+        `TRIM_STEP` and did not move since the last check) the store's caches
+        go too, then what that freed.
         """
         free = allocator.free_heap_bytes()
         if free is None:
@@ -189,14 +194,18 @@ class MemoryMonitor:
             low = free if self._free_low is None else min(self._free_low, free)
             self._free_low = low
             wanted = free - low >= TRIM_STEP
-        drained = drop <= 0 and self._freed >= TRIM_STEP and self.queued < TRIM_STEP
+        drained = (
+            drop == 0
+            and self.queued < TRIM_STEP
+            and self._queued_peak - self.queued >= RELEASE_STEP
+        )
         if wanted or self.flow.memory_alarm:
             self._trim()
             self._free_low = free
             if free is None:
                 self._freed = 0
         if drained:
-            self._freed = 0
+            self._queued_peak = self.queued
             if self.release_caches is not None and self._releasing is None:
                 self._releasing = asyncio.get_running_loop().create_task(self._release())
 

@@ -11,8 +11,15 @@ from moorage.broker.clock import ManualClock
 from moorage.broker.config import Config, ConfigError
 from moorage.broker.embedded import embedded_config
 from moorage.broker.flow import WriteFlow
-from moorage.broker.memory import TRIM_EVERY, TRIM_STEP, MemoryMonitor, process_rss
+from moorage.broker.memory import (
+    RELEASE_STEP,
+    TRIM_EVERY,
+    TRIM_STEP,
+    MemoryMonitor,
+    process_rss,
+)
 from moorage.storage import MemoryStore
+from moorage.storage.sqlite import SQLiteStore
 
 glibc = pytest.mark.skipif(allocator.free_heap_bytes() is None, reason="needs glibc 2.33+")
 
@@ -90,3 +97,43 @@ def test_trims_while_the_alarm_is_set() -> None:
     clock.advance(TRIM_EVERY)
     memory.check()
     assert memory.trims == trims + (allocator.free_heap_bytes() is not None)
+
+
+async def test_store_caches_are_released_once_a_drain_settles(tmp_path: Path) -> None:
+    """A queue that held `RELEASE_STEP` and drained releases the store's page cache
+    once; traffic that never queues that much does not (the cache keeps serving)."""
+    store = SQLiteStore(tmp_path / "m.db")
+    await store.open()
+    releases = 0
+
+    async def release() -> None:
+        nonlocal releases
+        releases += 1
+        await store.release_memory()
+
+    queued = 0
+    clock = ManualClock()
+    memory = MemoryMonitor(
+        1 << 50, WriteFlow(store, 1 << 30), lambda: queued, clock, "rss", release
+    )
+
+    async def look(now_queued: int) -> None:
+        nonlocal queued
+        queued = now_queued
+        clock.advance(TRIM_EVERY)
+        memory.check()
+        await memory.stop()  # waits for a release under way
+
+    try:
+        for depth in (0, 2 * RELEASE_STEP, 0):  # fills, then drains
+            await look(depth)
+        assert releases == 0  # still falling at the last look
+        await look(0)
+        assert releases == 1  # settled
+        await look(0)
+        assert releases == 1  # once per drain
+        for depth in (RELEASE_STEP // 2, 0, 0, RELEASE_STEP // 2, 0, 0):
+            await look(depth)
+        assert releases == 1  # shallow traffic keeps the cache
+    finally:
+        await store.close()
