@@ -26,8 +26,11 @@ from moorage.broker.auth_guard import LoginGuard
 from moorage.broker.client_ids import ClientIds
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Limits
+from moorage.broker.descriptors import DescriptorGuard
+from moorage.broker.disk import DiskMonitor
 from moorage.broker.errors import AccessRefused, NotAllowed, NotServing, PreconditionFailed
 from moorage.broker.flow import WriteFlow
+from moorage.broker.limits import ResourceLimits
 from moorage.broker.memory import ENTRY_OVERHEAD, MemoryMonitor, watermark_bytes
 from moorage.broker.queue import Queue
 from moorage.broker.replies import OrderedReplies
@@ -54,6 +57,8 @@ class Broker:
         limits: Limits | None = None,
         retention: float = 0.0,
         clock: Clock = SYSTEM_CLOCK,
+        disk_free_limit: int = 0,
+        resource_limits: ResourceLimits | None = None,
     ) -> None:
         self.clock = clock  # every timer of the core reads and arms this (broker.clock)
         self.store: Store = store if store is not None else MemoryStore()
@@ -72,6 +77,19 @@ class Broker:
             self.flow,
             self.queued_memory,
             clock,
+            self.limits.memory_calculation_strategy,
+            getattr(self.store, "release_memory", None),  # SQLiteStore's page cache
+        )
+        # per-vhost and per-user limits (broker.limits)
+        self.resource_limits = resource_limits or ResourceLimits()
+        # client sockets are refused before the descriptors run out (broker.descriptors)
+        self.descriptors = DescriptorGuard(self.limits.file_descriptor_reserve)
+        # the disk alarm watches the store's folder (none for the memory store)
+        location = self.store.location
+        self.disk: DiskMonitor | None = (
+            DiskMonitor(location, disk_free_limit, self.flow, clock)
+            if location is not None and disk_free_limit > 0
+            else None
         )
         self.vhosts: dict[str, VirtualHost] = {}
         self.connections: set[ClientConnection] = set()
@@ -101,6 +119,8 @@ class Broker:
         self._message_ids = itertools.count(await self.store.max_message_id() + 1).__next__
         self.sweeper.start()
         self.memory.start()
+        if self.disk is not None:
+            self.disk.start()
 
     async def stop(self) -> None:
         """Close every connection's core state and close the store."""
@@ -110,6 +130,8 @@ class Broker:
             await backend.close()
         await self.sweeper.stop()
         await self.memory.stop()
+        if self.disk is not None:
+            await self.disk.stop()
         for connection in list(self.connections):
             connection.close()
         for vhost in self.vhosts.values():
@@ -361,8 +383,14 @@ class Broker:
         protocol: str,
         peer: str,
         client_properties: dict[str, Any] | None = None,
+        client: bool = True,
     ) -> ClientConnection:
-        """Attach an authenticated client to a vhost. Raises NotAllowed."""
+        """Attach an authenticated client to a vhost. Raises NotAllowed.
+
+        `client=False` is the broker's own work done as a user (an MQTT will, a
+        management API action): not a client connection, so outside the vhost
+        and user limits (`broker.limits`) and not counted by them.
+        """
         vhost = self.vhosts.get(vhost_name)
         if vhost is None or not self.users.may_open(user, vhost_name):
             raise NotAllowed(f"access to vhost '{vhost_name}' refused for user '{user.name}'")
@@ -372,9 +400,14 @@ class Broker:
                 f"access to vhost '{vhost_name}' refused for user '{user.name}': "
                 f"connection limit ({limit}) is reached"
             )
+        if client:
+            self.resource_limits.check_connection(
+                vhost_name, user.name, (c for c in self.connections if c.client)
+            )
         connection = ClientConnection(
             self, vhost, user, protocol=protocol, peer=peer, client_properties=client_properties
         )
+        connection.client = client
         self.connections.add(connection)
         return connection
 
@@ -403,6 +436,7 @@ class ClientConnection:
         self.exclusive_queues: list[Queue] = []
         self.closed = False
         self.published = False  # the memory alarm pauses only connections that publish
+        self.client = True  # False: the broker's own (outside vhost and user limits)
 
     def ordered_replies(self) -> OrderedReplies:
         """A new ordered stream of replies that wait for the store (`broker.replies`)."""

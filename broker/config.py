@@ -19,6 +19,13 @@ from typing import Any, TypeVar
 from moorage.broker.auth import Permission, TopicPermission, User, UserDirectory, hash_password
 from moorage.broker.auth_certs import CERT_LOGIN_SOURCES
 from moorage.broker.auth_hashing import HashFormatError, check_hash
+from moorage.broker.limits import (
+    ResourceLimits,
+    UserLimits,
+    VhostLimits,
+    parse_user_limits,
+    parse_vhost_limits,
+)
 from moorage.broker.tls import TLS_PORTS, TLSConfig, TLSError
 
 _T = TypeVar("_T")
@@ -58,9 +65,11 @@ class Limits:
     max_message_size: int = 128 * 1024 * 1024
     handshake_timeout: float = 10.0
     max_connections: int = 0  # 0 = unlimited
+    file_descriptor_reserve: int = 32  # descriptors kept from clients (broker.descriptors)
     queue_memory_limit: int = 16 * 1024 * 1024  # ready bytes a stored queue keeps in RAM
     store_backlog: int = 32 * 1024 * 1024  # unwritten bytes before publishers are paused
-    memory_high_watermark: float = 0.4  # queued-message RAM that blocks publishers (broker.memory)
+    memory_high_watermark: float = 0.4  # process RAM that blocks publishers (broker.memory)
+    memory_calculation_strategy: str = "rss"  # "rss" (the process) or "queued" (broker.memory)
     consumer_timeout: int = 0  # ms a delivery may stay unacked (0 = off; x-consumer-timeout)
     consumer_timeout_action: str = "requeue"  # or "close": RabbitMQ's channel close (406)
     mqtt_session_queue_limit: int = 100_000  # messages queued per persistent MQTT session
@@ -79,6 +88,9 @@ class StorageConfig:
     mode: str = "single"  # "single", or "shared": brokers on one data_dir under a lock
     lease: float = 10.0  # seconds a lock holder may go without renewing before it stops
     lock_poll: float = 0.5  # seconds between a waiting broker's attempts at the lock
+
+    disk_free_limit: int = 50_000_000  # free bytes under which publishers block (broker.disk)
+    disk_free_limit_relative: float = 0.0  # or this times RAM, when > 0 (0 = use the above)
 
     def check_mode(self) -> None:
         """`mode`, `lease` and `lock_poll` make sense together. Raises ConfigError."""
@@ -149,6 +161,9 @@ class Config:
     sns: SnsConfig = field(default_factory=SnsConfig)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     log_level: str = "info"
+    # RabbitMQ's vhost and user limits (broker.limits): [vhost_limits."/"], [user_limits.NAME]
+    vhost_limits: dict[str, VhostLimits] = field(default_factory=dict)
+    user_limits: dict[str, UserLimits] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None) -> Config:
@@ -190,6 +205,11 @@ class Config:
             config.ports[key.removesuffix("_port")] = _port(value, f"listeners.{key}")
 
         config.limits = _dataclass_from(Limits, data.pop("limits", {}), "limits")
+        if config.limits.memory_calculation_strategy not in {"rss", "queued"}:
+            raise ConfigError(
+                "limits.memory_calculation_strategy must be 'rss' or 'queued', "
+                f"not {config.limits.memory_calculation_strategy!r}"
+            )
         config.storage = _dataclass_from(StorageConfig, data.pop("storage", {}), "storage")
         if config.storage.backend not in {"sqlite", "memory"}:
             raise ConfigError(
@@ -211,6 +231,11 @@ class Config:
             ReplicationConfig, data.pop("replication", {}), "replication"
         )
         config.check_replication()
+        try:
+            config.vhost_limits = parse_vhost_limits(data.pop("vhost_limits", {}))
+            config.user_limits = parse_user_limits(data.pop("user_limits", {}))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
         _auth_section(config, _table(data.pop("auth", {}), "auth"))
         raw_users = data.pop("users", [])
@@ -260,6 +285,10 @@ class Config:
         for key in ("standby_timeout", "heartbeat", "peer_timeout"):
             if not getattr(r, key) > 0:
                 raise ConfigError(f"replication.{key} must be > 0 seconds")
+
+    def resource_limits(self) -> ResourceLimits:
+        """The per-vhost and per-user limits of this configuration."""
+        return ResourceLimits(dict(self.vhost_limits), dict(self.user_limits))
 
     def user_directory(self) -> UserDirectory:
         """The `UserDirectory` of these users, with the anonymous user resolved."""

@@ -20,6 +20,8 @@ from moorage.broker.auth_backends import load_backends
 from moorage.broker.broker import Broker
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Config, ConfigError
+from moorage.broker.descriptors import raise_open_files_limit
+from moorage.broker.disk import limit_bytes as disk_limit_bytes
 from moorage.broker.listeners import Listener, discover
 from moorage.broker.mounts import UnsafeFileSystem
 from moorage.broker.shared_storage import LeaseLost, SharedStorage
@@ -119,6 +121,10 @@ class Daemon:
             limits=config.limits,
             retention=config.storage.retention,
             clock=self.clock,
+            disk_free_limit=disk_limit_bytes(
+                config.storage.disk_free_limit, config.storage.disk_free_limit_relative
+            ),
+            resource_limits=config.resource_limits(),
         )
         broker.login_guard.step = config.failed_login_delay
         broker.login_guard.max_delay = config.failed_login_max_delay
@@ -302,6 +308,7 @@ async def serve(
         shared = await _wait_for_shared_storage(daemon, stop, notifier, watchdog)
         if shared is None:
             return  # stopped while waiting
+    raise_open_files_limit()
     try:
         await daemon.start()
     except BaseException:

@@ -125,7 +125,9 @@ def embedded_config(
 
     Every other listener is off. The users are RabbitMQ's guest/guest (all
     permissions on `/`, loopback only) plus `users`; `limits` sets fields of
-    `moorage.broker.config.Limits` by name. `storage` is "memory" or
+    `moorage.broker.config.Limits` by name (the memory alarm counts queued
+    messages, `memory_calculation_strategy = "queued"`, as the process is
+    not the broker's alone). `storage` is "memory" or
     "sqlite"; a SQLite store without a `data_dir` gets a temporary directory
     from `EmbeddedBroker`. Raises ValueError for an unknown storage or limit.
     """
@@ -141,6 +143,9 @@ def embedded_config(
         config.ports[name] = free_port(bind)
     config.vhosts = list(vhosts)
     config.users = [default_guest(), *users]
+    # The process's RSS is the host program's too: an embedded broker counts
+    # its queued messages instead (broker.memory), unless `limits` says "rss".
+    config.limits.memory_calculation_strategy = "queued"
     for key, value in (limits or {}).items():
         if not hasattr(config.limits, key):
             raise ValueError(f"no limit named {key!r}")

@@ -9,10 +9,13 @@ every paused reader is resumed. This is RabbitMQ's credit flow in its
 simplest form: a fast publisher can never queue more than about one socket
 buffer past the limit.
 
-The memory alarm (`broker.memory`) is the second reason to stop reading:
-while it is set, connections that have published are paused (consumers
-must go on acking, or nothing would ever drain) until it clears, and
-`alarm_listeners` are told (AMQP's `connection.blocked`/`unblocked`).
+Resource alarms are the second reason to stop reading: the memory alarm
+(`broker.memory`) and the disk alarm (`broker.disk`). While any is set,
+connections that have published are paused (consumers must go on acking,
+or nothing would ever drain) until every alarm has cleared, and
+`alarm_listeners` are told when the first one sets and when the last one
+clears (AMQP's `connection.blocked`, with `block_reason`, and `unblocked`),
+as RabbitMQ does.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from moorage.storage import Store
+
+ALARM_REASONS = {"memory": "low on memory", "disk": "low on disk"}
+"""RabbitMQ's `connection.blocked` reasons, by alarm."""
 
 
 class WriteFlow:
@@ -31,9 +37,10 @@ class WriteFlow:
         self.backlog = 0
         self.blocked = False
         self._paused: list[Callable[[], None]] = []
-        self.memory_alarm = False
+        self.alarms: list[str] = []
+        """Resource alarms in effect ("memory", "disk"), in the order they were set."""
         self.alarm_listeners: set[Callable[[bool], None]] = set()
-        self._paused_for_memory: list[Callable[[], None]] = []
+        self._paused_for_alarms: list[Callable[[], None]] = []
 
     def wrote(self, size: int) -> None:
         """Account for `size` bytes handed to the store."""
@@ -50,24 +57,52 @@ class WriteFlow:
         else:
             resume()
 
-    def on_memory_clear(self, resume: Callable[[], None]) -> None:
-        """Call `resume` once the memory alarm clears (at once if it is not set)."""
-        if self.memory_alarm:
-            self._paused_for_memory.append(resume)
+    @property
+    def memory_alarm(self) -> bool:
+        return "memory" in self.alarms
+
+    @property
+    def disk_alarm(self) -> bool:
+        return "disk" in self.alarms
+
+    @property
+    def publishers_blocked(self) -> bool:
+        """Is any resource alarm in effect? (Connections that publish are not read.)"""
+        return bool(self.alarms)
+
+    @property
+    def block_reason(self) -> str:
+        """The first alarm's reason for AMQP's `connection.blocked` ("" when none)."""
+        return ALARM_REASONS.get(self.alarms[0], self.alarms[0]) if self.alarms else ""
+
+    def on_alarms_clear(self, resume: Callable[[], None]) -> None:
+        """Call `resume` once every resource alarm has cleared (at once if none is set)."""
+        if self.alarms:
+            self._paused_for_alarms.append(resume)
         else:
             resume()
 
-    def set_memory_alarm(self, on: bool) -> None:
-        """Set or clear the memory alarm; clearing resumes every reader it paused."""
-        if on == self.memory_alarm:
+    def set_alarm(self, resource: str, on: bool) -> None:
+        """Set or clear one resource alarm; clearing the last resumes every reader paused."""
+        if on == (resource in self.alarms):
             return
-        self.memory_alarm = on
+        was_blocked = bool(self.alarms)
+        if on:
+            self.alarms.append(resource)
+        else:
+            self.alarms.remove(resource)
+        if was_blocked == bool(self.alarms):
+            return
         for listener in list(self.alarm_listeners):
             listener(on)
         if not on:
-            paused, self._paused_for_memory = self._paused_for_memory, []
+            paused, self._paused_for_alarms = self._paused_for_alarms, []
             for resume in paused:
                 resume()
+
+    def set_memory_alarm(self, on: bool) -> None:
+        """Set or clear the memory alarm (`set_alarm("memory", on)`)."""
+        self.set_alarm("memory", on)
 
     def _caught_up(self, _error: BaseException | None) -> None:
         # Even on a write error we resume: publishers then get the error

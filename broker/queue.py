@@ -200,6 +200,7 @@ class Queue(QueueExpiry, QueuePaging, QueueLimits):
         self.tail_count = 0
         self.tail_bytes = 0  # bodies of the transient entries kept in `tail`
         self.tail_entries = 0  # how many those are
+        self.paged_body_size = 0  # body size of recent paged entries: sizes refill reads
         self.stored = durable and exclusive_owner is None
         self.memory_limit = vhost.broker.limits.queue_memory_limit
         if options.in_memory:

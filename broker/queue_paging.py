@@ -41,7 +41,8 @@ from moorage.broker.services import VhostServices
 
 log = logging.getLogger("moorage.queue")
 
-REFILL_BATCH = 1000  # entries read back from the store at a time
+REFILL_BATCH = 1000  # most entries read back from the store at a time
+MIN_REFILL_BATCH = 16  # fewest, however large the bodies
 
 
 class QueuePaging:
@@ -59,6 +60,7 @@ class QueuePaging:
     tail_count: int
     tail_bytes: int
     tail_entries: int
+    paged_body_size: int
     memory_limit: int
     dedup: Deduplicator | None
     _next_seq: Callable[[], int]
@@ -84,6 +86,7 @@ class QueuePaging:
             self.tail_bytes += len(entry.message.body)
             self.tail_entries += 1
             return
+        self.paged_body_size = len(entry.message.body)
         last = tail[-1] if tail else None
         if isinstance(last, DiskRange):
             last.last = entry.seq
@@ -153,7 +156,7 @@ class QueuePaging:
                     head.count -= expired
                     self.tail_count = max(0, self.tail_count - expired)
             stored = await store.read_queue(
-                self.vhost.name, self.name, head.first - 1, REFILL_BATCH
+                self.vhost.name, self.name, head.first - 1, self._refill_batch()
             )
         except Exception:
             log.exception("cannot read queue %s back from the store", self.name)
@@ -162,7 +165,7 @@ class QueuePaging:
         self._refill_task = None
         if generation != self._generation or not self.tail or self.tail[0] is not head:
             return
-        loaded = 0
+        loaded = loaded_bytes = 0
         featured = not (self._plain_publish and self._plain_dispatch)
         expiring = False
         for item in stored:
@@ -178,8 +181,11 @@ class QueuePaging:
             expiring |= entry.expires_at > 0
             self.ready.append(entry)
             self.ready_bytes += len(message.body)
+            loaded_bytes += len(message.body)
             head.first = item.seq + 1
             loaded += 1
+        if loaded:
+            self.paged_body_size = loaded_bytes // loaded
         head.count -= loaded
         self.tail_count -= loaded
         if loaded == 0 or head.count <= 0 or head.first > head.last:
@@ -193,6 +199,18 @@ class QueuePaging:
         if self._may_expire:
             self._schedule_expiry()
         self._refill()
+
+    def _refill_batch(self) -> int:
+        """Entries to read back at once: about half the memory limit's worth of bodies.
+
+        A fixed count of 1000 read 64 MiB at a time for 64 KiB messages (and
+        held it twice while decoding): the flood-and-drain memory test saw
+        the broker's RSS peak there.
+        """
+        size = self.paged_body_size
+        if size <= 0:
+            return REFILL_BATCH
+        return max(MIN_REFILL_BATCH, min(REFILL_BATCH, (self.memory_limit // 2) // size))
 
     def reading_back(self) -> asyncio.Task[None] | None:
         """The read of paged-out entries (started if need be), or None if none is paged out.

@@ -17,6 +17,7 @@ from typing import Protocol
 from moorage.broker.clock import Clock
 from moorage.broker.config import Limits
 from moorage.broker.flow import WriteFlow
+from moorage.broker.limits import ResourceLimits
 from moorage.broker.memory import MemoryMonitor
 from moorage.storage import Store
 
@@ -37,6 +38,11 @@ class BrokerServices(Protocol):
     def flow(self) -> WriteFlow: ...
     @property
     def memory(self) -> MemoryMonitor: ...
+    @property
+    def resource_limits(self) -> ResourceLimits:
+        """Per-vhost and per-user limits (`broker.limits`)."""
+        ...
+
     @property
     def retention(self) -> float:
         """Seconds a message may stay queued (`storage.retention`); 0 = forever."""

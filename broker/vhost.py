@@ -304,6 +304,7 @@ class VirtualHost(VhostRouting):
             raise NotFound(f"no queue '{name}' in vhost '{self.name}'")
         if not name:
             name = server_queue_name()
+        self.broker.resource_limits.check_queue(self.name, len(self.queues), name)
         options = parse_queue_arguments(
             arguments, queue=name, vhost=self.name, durable=durable, exclusive=exclusive
         )

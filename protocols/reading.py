@@ -5,8 +5,9 @@ may pause reading from its socket:
 
 - the store lags behind (`broker.flow.blocked`, see `broker/flow.py`): reading
   resumes once everything handed to the store is on disk;
-- the memory alarm is set (`broker.memory`) and this connection has
-  published: reading resumes when the alarm clears. Connections that only
+- a resource alarm is set (memory, `broker.memory`, or disk, `broker.disk`)
+  and this connection has published: reading resumes when every alarm has
+  cleared. Connections that only
   consume are never paused for memory, so their acks keep draining queues;
 - the read was large (`FAIR_READ_SIZE` or more), so more is probably waiting:
   reading resumes on the next loop tick, after every other ready socket has
@@ -38,7 +39,7 @@ class ReadPacer:
         self.transport = transport
         self.loop = loop
         self.flow = flow
-        self.held = False  # paused by flow control (store lag or memory alarm)
+        self.held = False  # paused by flow control (store lag or a resource alarm)
 
     def after_read(self, read_size: int, publisher: bool) -> None:
         """Pause reading after a read when flow control or fairness asks for it."""
@@ -50,10 +51,10 @@ class ReadPacer:
             transport.pause_reading()
             self.held = True
             flow.on_resume(self._resume)
-        elif publisher and flow.memory_alarm:
+        elif publisher and flow.publishers_blocked:
             transport.pause_reading()
             self.held = True
-            flow.on_memory_clear(self._resume)
+            flow.on_alarms_clear(self._resume)
         elif read_size >= FAIR_READ_SIZE:
             transport.pause_reading()
             self.loop.call_soon(self._resume)

@@ -25,6 +25,14 @@ from moorage.protocols.reading import ReadPacer
 if TYPE_CHECKING:
     from moorage.broker.broker import Broker
 
+# Output gathered within one tick is written at once past this many bytes.
+# Coalescing is for many small frames; without a bound, a consumer that
+# comes back to a deep queue of large messages got the whole in-memory part
+# of it encoded into one tick's output (16 MiB of 64 KiB MQTT messages, held
+# twice by the join), before `pause_writing` could stop its deliveries. An
+# early write lets the transport's back-pressure act within the tick.
+WRITE_EARLY = 1024 * 1024
+
 
 class ConnectionAdapter(Protocol):
     """What a protocol's connection state machine offers its shell."""
@@ -109,6 +117,12 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def fileno_of(transport: asyncio.BaseTransport) -> int:
+    """The descriptor of a transport's socket (-1 when it has none)."""
+    sock = transport.get_extra_info("socket")
+    return int(sock.fileno()) if sock is not None else -1
+
+
 class TCPShell(asyncio.Protocol):
     """One client connection; its adapter holds the protocol state."""
 
@@ -122,6 +136,7 @@ class TCPShell(asyncio.Protocol):
         self.peer_certificate: dict[str, Any] | None = None
         self.adapter: ConnectionAdapter | None = None
         self._out: list[bytes] = []
+        self._out_bytes = 0
         self._flush_scheduled = False
         self._closing = False
         self._timer: Timer | None = None
@@ -133,6 +148,9 @@ class TCPShell(asyncio.Protocol):
 
     def send(self, data: bytes) -> None:
         self._out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes >= WRITE_EARLY:
+            self.flush()
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
@@ -154,6 +172,7 @@ class TCPShell(asyncio.Protocol):
         if self._output_hold is not None:
             return
         if out and transport is not None and not transport.is_closing():
+            self._out_bytes = 0
             transport.write(b"".join(out) if len(out) > 1 else out[0])
             out.clear()
 
@@ -173,10 +192,12 @@ class TCPShell(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             self._out.clear()
+            self._out_bytes = 0
             return
         if self._out:
             data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
             self._out.clear()
+            self._out_bytes = 0
             if not transport.is_closing():
                 transport.write(data)
         if self._closing and not transport.is_closing():
@@ -187,6 +208,9 @@ class TCPShell(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         stream: asyncio.Transport = transport  # type: ignore[assignment]
+        if self.listener.broker.descriptors.exhausted(fileno_of(stream)):
+            stream.abort()  # accept and close at once: no stall in the backlog
+            return
         self.transport = stream
         self._pacer = ReadPacer(stream, self.loop, self.listener.broker.flow)
         self.peer, self.from_loopback = peer_of(transport)

@@ -56,7 +56,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from moorage.broker.clock import Timer
 from moorage.protocols.tcp import ConnectionAdapter as Adapter
-from moorage.protocols.tcp import peer_of
+from moorage.protocols.tcp import fileno_of, peer_of
 
 if TYPE_CHECKING:
     from moorage.broker.broker import Broker
@@ -181,13 +181,13 @@ class WebSocketConnection:
         return False
 
     async def _flow_control(self, adapter: Adapter) -> None:
-        """Wait while the store lags, or while the memory alarm holds a publisher."""
+        """Wait while the store lags, or while a resource alarm holds a publisher."""
         flow = self.listener.broker.flow
         while not self._closing and not adapter.closed:
             if flow.blocked:
                 wait = flow.on_resume
-            elif flow.memory_alarm and adapter.publisher:
-                wait = flow.on_memory_clear
+            elif flow.publishers_blocked and adapter.publisher:
+                wait = flow.on_alarms_clear
             else:
                 return
             self._held = held = self.loop.create_future()
@@ -303,6 +303,9 @@ class WebSocketListener:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """The one HTTP handler: upgrade `GET /ws`, refuse everything else."""
+        transport = request.transport
+        if transport is not None and self.broker.descriptors.exhausted(fileno_of(transport)):
+            return _refuse(503, "too many open files: try again later")  # broker.descriptors
         if request.path != PATH:
             return _refuse(404, f"WebSocket endpoint is {PATH}")
         offered = offered_subprotocols(request)

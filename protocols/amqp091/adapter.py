@@ -53,6 +53,7 @@ from moorage.broker.errors import (
     PreconditionFailed,
 )
 from moorage.broker.keepalive import Due, KeepAlive
+from moorage.broker.limits import LimitExceeded
 from moorage.broker.message import Message
 from moorage.protocols.amqp091.channel import AMQPChannel
 from moorage.protocols.amqp091.channel_methods import CHANNEL_HANDLERS
@@ -147,7 +148,7 @@ class AMQPConnection:
             for channel in self._confirming:
                 channel.flush_confirms()
             self._confirming.clear()
-        if self.broker.flow.memory_alarm and not self._blocked_sent:
+        if self.broker.flow.publishers_blocked and not self._blocked_sent:
             self._on_memory_alarm(True)
 
     @property
@@ -165,12 +166,13 @@ class AMQPConnection:
         self.keepalive.received(now)
 
     def _on_memory_alarm(self, on: bool) -> None:
-        """connection.blocked / unblocked, to publishers that announced the capability."""
+        """connection.blocked / unblocked (a resource alarm: memory or disk), to publishers
+        that announced the capability."""
         if not self.running or not self.capabilities.get("connection.blocked"):
             return
         if on and not self._blocked_sent and self.publisher:
             self._blocked_sent = True
-            self.send_method(0, commands.Connection.Blocked("low on memory"))
+            self.send_method(0, commands.Connection.Blocked(self.broker.flow.block_reason))
         elif not on and self._blocked_sent:
             self._blocked_sent = False
             self.send_method(0, commands.Connection.Unblocked())
@@ -440,6 +442,11 @@ class AMQPConnection:
                     )
                     self._connection_error(error.code, error.reply_text, 0, 0)  # as RabbitMQ
                     return
+                try:
+                    self._check_user_channels()
+                except LimitExceeded as e:  # the user's max-channels: 530, as RabbitMQ
+                    self._connection_error(e.code, e.reply_text, 20, 10)
+                    return
                 self._open_channel(number)
                 return
             raise ChannelError(f"expected 'channel.open' on channel {number}, got '{method.name}'")
@@ -474,6 +481,19 @@ class AMQPConnection:
             pass  # from a client: ignored
         else:  # RabbitMQ: a channel's method on channel 0 is a 504
             raise ChannelError(f"unexpected method '{method.name}' on channel 0")
+
+    def _check_user_channels(self) -> None:
+        """The user's `max-channels` over all its AMQP connections (`broker.limits`)."""
+        assert self.core is not None
+        user = self.core.user.name
+        self.broker.resource_limits.check_channel(
+            user,
+            (
+                len(c.sessions)
+                for c in self.broker.connections
+                if c.protocol == "amqp091" and c.user.name == user
+            ),
+        )
 
     def _open_channel(self, number: int) -> None:
         assert self.core is not None

@@ -65,7 +65,7 @@ def session(broker: Broker, user: User, vhost: str, peer: str) -> Iterator[Sessi
     if vhost not in broker.vhosts:
         raise not_found()
     try:
-        connection = broker.connect(vhost, user, protocol="http", peer=peer)
+        connection = broker.connect(vhost, user, protocol="http", peer=peer, client=False)
     except BrokerError as e:
         raise to_http(e) from None
     try:

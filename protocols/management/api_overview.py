@@ -102,7 +102,7 @@ async def getvhost_of(request: web.Request) -> web.Response:
 async def get_alarms(request: web.Request) -> web.Response:
     user_of(request)
     broker = broker_of(request)
-    alarms = ["memory"] if broker.flow.memory_alarm else []
+    alarms = list(broker.flow.alarms)  # "memory", "disk"
     if alarms:
         return ok(
             {"status": "failed", "reason": "resource alarm(s) in effect", "alarms": alarms}, 503

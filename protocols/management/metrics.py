@@ -75,6 +75,21 @@ class BrokerCollector(Collector):
                 int(broker.flow.memory_alarm),
             ),
             (
+                "rabbitmq_alarms_free_disk_space_watermark",
+                "is 1 if the free disk space alarm is in effect",
+                int(broker.flow.disk_alarm),
+            ),
+            (
+                "rabbitmq_disk_space_available_bytes",
+                "Disk space available in bytes",
+                broker.disk.free or 0 if broker.disk is not None else 0,
+            ),
+            (
+                "rabbitmq_disk_space_available_limit_bytes",
+                "Free disk space low watermark in bytes",
+                broker.disk.limit if broker.disk is not None else 0,
+            ),
+            (
                 "rabbitmq_process_resident_memory_bytes",
                 "Memory used in bytes",
                 _rss_bytes(),

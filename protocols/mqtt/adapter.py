@@ -70,6 +70,7 @@ from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
 from moorage.broker.errors import AccessRefused, BrokerError, NotServing
 from moorage.broker.keepalive import Due, KeepAlive
+from moorage.broker.limits import LimitExceeded
 from moorage.broker.message import Message
 from moorage.broker.replies import OrderedReplies
 from moorage.broker.session import Session
@@ -413,6 +414,9 @@ class MQTTConnection:
                     "version": packet.protocol_version,
                 },
             )
+        except LimitExceeded as e:  # a vhost or user connection limit (broker.limits)
+            self._refuse(ReasonCode.QUOTA_EXCEEDED, e.text)  # 3.1.1: 3, server unavailable
+            return False
         except BrokerError as e:
             self._refuse(ReasonCode.NOT_AUTHORIZED, e.text)
             return False

@@ -55,7 +55,9 @@ class SessionQueueLimit:
             return
         user = User(INTERNAL_USER, None, (), {vhost_name: Permission(".*", ".*", ".*")})
         try:
-            core = self.broker.connect(vhost_name, user, protocol="mqtt", peer="internal")
+            core = self.broker.connect(
+                vhost_name, user, protocol="mqtt", peer="internal", client=False
+            )
         except BrokerError as e:
             log.warning("no MQTT dead-letter counter in %r: %s", vhost_name, e.text)
             return

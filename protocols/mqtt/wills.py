@@ -54,7 +54,11 @@ class Wills:
             pending.timer.cancel()
         try:
             core = self.broker.connect(
-                pending.vhost, pending.user, protocol="mqtt", peer=f"will:{pending.client_id}"
+                pending.vhost,
+                pending.user,
+                protocol="mqtt",
+                peer=f"will:{pending.client_id}",
+                client=False,
             )
         except BrokerError as e:
             log.info("will of %s not published: %s", pending.client_id, e.text)

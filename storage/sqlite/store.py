@@ -699,6 +699,20 @@ class SQLiteStore:
 
         return await self._submit(copy)
 
+    async def release_memory(self) -> None:
+        """Give back the page cache (`PRAGMA shrink_memory`), queued like a read.
+
+        Not part of the `Store` protocol: the broker's memory monitor calls
+        it, where a store has it, once a large drain has settled
+        (`broker.memory`). The cache (`cache_size`, 16 MiB) refills from the
+        OS's cache as pages are read again.
+        """
+
+        def shrink(conn: sqlite3.Connection) -> None:
+            conn.execute("PRAGMA shrink_memory")
+
+        await self._submit(shrink)
+
     async def expire(self, vhost: str, queue: str, now: float, limit: int = 10000) -> int:
         """Delete up to `limit` entries of a queue with 0 < expires_at <= now; return how many.
 

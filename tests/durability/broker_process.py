@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pika
@@ -47,6 +48,8 @@ class BrokerProcess:
         # extra_config: more TOML appended to the config file (e.g. a [limits] table)
         self.config.write_text(f'[storage]\ndurability = "{durability}"\n{extra_config}')
         self.proc: subprocess.Popen[bytes] | None = None
+        # run in the child before it starts (e.g. lowering its resource limits)
+        self.preexec_fn: Callable[[], None] | None = None
         self.log = data_dir.parent / f"{data_dir.name}.log"
 
     @property
@@ -66,7 +69,9 @@ class BrokerProcess:
             "--sqs-port", str(self.sqs_port),
         ]  # fmt: skip
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=os.environ.copy())
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=log, env=os.environ.copy(), preexec_fn=self.preexec_fn
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

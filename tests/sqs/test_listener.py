@@ -255,7 +255,11 @@ def test_access_keys_in_the_configuration(tmp_path: Path) -> None:
     found = directory.find_access_key("AKIA2")
     assert found is not None
     user, secret = found
-    assert (user.name, secret, user.access_key_vhosts) == ("app", "s2", {"AKIA1": "/", "AKIA2": "dev"})
+    assert (user.name, secret, user.access_key_vhosts) == (
+        "app",
+        "s2",
+        {"AKIA1": "/", "AKIA2": "dev"},
+    )
     assert directory.find_access_key("guest") is None  # only the built-in guest has it
     assert Config.load(None).user_directory().find_access_key("guest") is not None
     for bad in (
