@@ -13,7 +13,7 @@ this one (tests/test_layering.py checks that there is no cycle).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -30,6 +30,7 @@ from moorage.broker.replies import OrderedReplies
 from moorage.broker.retention import RetentionSweeper
 from moorage.broker.serialization import decode_arguments
 from moorage.broker.session import DeliverySink, Session
+from moorage.broker.stats import MessageStats, RateSampler
 from moorage.broker.vhost import HIDDEN_QUEUE_PREFIX, Exchange, VirtualHost
 from moorage.storage import MemoryStore, Store, Topology
 
@@ -72,6 +73,11 @@ class Broker:
         self._extensions: dict[str, Any] = {}
         self._configured_vhosts = list(vhosts)
         self._message_ids = itertools.count(1).__next__
+        # message counters (`broker.stats`): what closed connections counted, and the
+        # totals (closed + live sessions) refreshed when read
+        self.closed_stats = MessageStats()
+        self._totals = MessageStats()
+        self.rates = RateSampler(self, clock=clock)
 
     async def start(self) -> None:
         """Open the store and rebuild the durable topology it holds."""
@@ -85,11 +91,13 @@ class Broker:
         self._message_ids = itertools.count(await self.store.max_message_id() + 1).__next__
         self.sweeper.start()
         self.memory.start()
+        self.rates.start()
 
     async def stop(self) -> None:
         """Close every connection's core state and close the store."""
         await self.sweeper.stop()
         await self.memory.stop()
+        await self.rates.stop()
         for connection in list(self.connections):
             connection.close()
         for vhost in self.vhosts.values():
@@ -111,6 +119,25 @@ class Broker:
             for queue in vhost.queues.values():
                 total += queue.memory_bytes(ENTRY_OVERHEAD)
         return total
+
+    def message_totals(self) -> MessageStats:
+        """The broker's message counters: every session's, live or closed (`broker.stats`)."""
+        totals = self._totals
+        totals.set_sum([self.closed_stats, *(c.message_totals() for c in self.connections)])
+        return totals
+
+    def all_message_stats(self) -> Iterator[MessageStats]:
+        """Every counted object's stats, aggregates refreshed (for `stats.RateSampler`)."""
+        yield self.message_totals()
+        for vhost in self.vhosts.values():
+            for queue in vhost.queues.values():
+                yield queue.stats
+            for exchange in vhost.exchanges.values():
+                yield exchange.stats
+        for connection in list(self.connections):
+            yield connection.message_totals()
+            for session in connection.sessions:
+                yield session.stats
 
     # -- vhosts ---------------------------------------------------------------------
 
@@ -274,6 +301,8 @@ class ClientConnection:
         self.exclusive_queues: list[Queue] = []
         self.closed = False
         self.published = False  # the memory alarm pauses only connections that publish
+        self.closed_stats = MessageStats()  # what its closed sessions counted
+        self._totals = MessageStats()
 
     def ordered_replies(self) -> OrderedReplies:
         """A new ordered stream of replies that wait for the store (`broker.replies`)."""
@@ -288,7 +317,9 @@ class ClientConnection:
     def close_session(self, session: Session) -> None:
         """Close one session: its consumers end, its unacked messages are requeued."""
         session.close()
-        self.sessions.discard(session)
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.closed_stats.add(session.stats)
 
     def close(self) -> None:
         """Close every session, then delete the exclusive queues. Idempotent."""
@@ -302,3 +333,10 @@ class ClientConnection:
                 self.vhost.delete_queue(queue.name)
         self.exclusive_queues.clear()
         self.broker.connections.discard(self)
+        self.broker.closed_stats.add(self.closed_stats)
+
+    def message_totals(self) -> MessageStats:
+        """This connection's message counters: its sessions', live or closed."""
+        totals = self._totals
+        totals.set_sum([self.closed_stats, *(s.stats for s in self.sessions)])
+        return totals

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from moorage.broker.queue import Queue
+from moorage.broker.stats import EMPTY, StatsSnapshot
 from moorage.broker.vhost import HIDDEN_QUEUE_PREFIX, Exchange, VirtualHost
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class QueueInfo:
     message_bytes_ready: int
     consumers: int
     owner_connection: int | None  # ClientConnection.id of an exclusive queue's owner
+    stats: StatsSnapshot = EMPTY  # message counters and rates (`broker.stats`)
 
     @property
     def messages(self) -> int:
@@ -51,6 +53,7 @@ class ExchangeInfo:
     auto_delete: bool
     internal: bool
     arguments: dict[str, Any]
+    stats: StatsSnapshot = EMPTY  # publish_in, publish_out
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class ChannelInfo:
     messages_unacknowledged: int
     consumers: int
     transactional: bool
+    stats: StatsSnapshot = EMPTY
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class ConnectionInfo:
     user: str
     channels: int
     client_properties: dict[str, Any] = field(default_factory=dict)
+    stats: StatsSnapshot = EMPTY
 
     @property
     def internal(self) -> bool:
@@ -119,6 +124,7 @@ def _queue_info(queue: Queue) -> QueueInfo:
         message_bytes_ready=queue.ready_bytes + queue.tail_bytes,
         consumers=len(queue.consumers),
         owner_connection=owner.id if owner is not None else None,
+        stats=queue.stats.snapshot(),
     )
 
 
@@ -131,6 +137,7 @@ def _exchange_info(vhost: VirtualHost, exchange: Exchange) -> ExchangeInfo:
         auto_delete=exchange.auto_delete,
         internal=exchange.internal,
         arguments=dict(exchange.arguments),
+        stats=exchange.stats.snapshot(),
     )
 
 
@@ -143,6 +150,11 @@ def _vhosts(broker: Broker, vhost: str | None) -> list[VirtualHost]:
 
 def _visible(name: str) -> bool:
     return not name.startswith(HIDDEN_QUEUE_PREFIX)
+
+
+def message_totals(broker: Broker) -> StatsSnapshot:
+    """The broker's message counters and rates: every session's, live or closed."""
+    return broker.message_totals().snapshot()
 
 
 def vhost_names(broker: Broker) -> list[str]:
@@ -217,6 +229,7 @@ def connections(broker: Broker) -> list[ConnectionInfo]:
             user=c.user.name,
             channels=len(c.sessions),
             client_properties=dict(c.client_properties),
+            stats=c.message_totals().snapshot(),
         )
         for c in sorted(broker.connections, key=lambda c: c.id)
     ]
@@ -238,6 +251,7 @@ def channels(broker: Broker) -> list[ChannelInfo]:
                     messages_unacknowledged=len(s.unacked),
                     consumers=len(s.consumers),
                     transactional=s.transactional,
+                    stats=s.stats.snapshot(),
                 )
             )
     return out

@@ -23,6 +23,7 @@ from moorage.broker.delayed import delay_of
 from moorage.broker.errors import AccessRefused, PreconditionFailed
 from moorage.broker.message import Message
 from moorage.broker.queue import DUPLICATE, REJECTED, WRITTEN, Queue
+from moorage.broker.stats import MessageStats
 from moorage.broker.vhost import Exchange, VirtualHost
 
 
@@ -90,6 +91,7 @@ class SessionPublishing:
     connection: PublishingConnection
     vhost: VirtualHost
     sink: ReturnSink
+    stats: MessageStats
     _tx: list[Callable[[], Any]] | None
 
     if TYPE_CHECKING:  # the session's other parts (`broker.session.Session`)
@@ -121,7 +123,9 @@ class SessionPublishing:
         if route is not None and self._tx is None:
             self._check("write", exchange_name, "exchange")
             self.connection.published = True
-            return self._publish_to(route.queues, message, mandatory)
+            self.stats.publish += 1
+            route.exchange.stats.publish_in += 1
+            return self._publish_to(route.exchange, route.queues, message, mandatory)
         exchange = self.vhost.lookup_exchange(exchange_name)
         self._check("write", exchange_name, "exchange")
         self.connection.published = True
@@ -136,20 +140,27 @@ class SessionPublishing:
         return self._route(exchange, message, mandatory)
 
     def _route(self, exchange: Exchange, message: Message, mandatory: bool) -> PublishResult:
+        self.stats.publish += 1
+        exchange.stats.publish_in += 1
         if exchange.delayed:
             delay = delay_of(message)
             if delay:
                 stored = self.vhost.delay_scheduler(exchange).schedule(message, delay)
+                exchange.stats.publish_out += 1
                 return PublishResult(routed=1, stored=stored, delayed=True)
-        return self._publish_to(self.vhost.route(exchange, message), message, mandatory)
+        return self._publish_to(exchange, self.vhost.route(exchange, message), message, mandatory)
 
     def _publish_to(
-        self, queues: tuple[Queue, ...], message: Message, mandatory: bool
+        self, exchange: Exchange, queues: tuple[Queue, ...], message: Message, mandatory: bool
     ) -> PublishResult:
         if not queues:
             if mandatory:
+                self.stats.return_unroutable += 1
                 self.sink.returned(message, 312, "NO_ROUTE")
+            else:
+                self.stats.drop_unroutable += 1
             return PublishResult()
+        exchange.stats.publish_out += 1
         result = PublishResult(routed=len(queues))
         for queue in queues:
             outcome = queue.publish(message)

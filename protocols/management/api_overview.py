@@ -8,6 +8,7 @@ from aiohttp import web
 
 from moorage.broker import __version__, overview
 from moorage.broker.broker import Broker
+from moorage.broker.stats import CHANNEL_FIELDS
 from moorage.protocols.management import render
 from moorage.protocols.management.auth import http_error, may_see_vhost
 from moorage.protocols.management.requests import (
@@ -43,6 +44,7 @@ async def get_overview(request: web.Request) -> web.Response:
                 {"name": t, "description": "", "enabled": True}
                 for t in ("direct", "fanout", "headers", "topic", "x-delayed-message")
             ],
+            "message_stats": overview.message_totals(broker).message_stats(CHANNEL_FIELDS),
             "queue_totals": {
                 "messages": sum(q.messages for q in queues),
                 "messages_ready": sum(q.messages_ready for q in queues),

@@ -4,7 +4,10 @@ Metric names are RabbitMQ's (its `rabbitmq_prometheus` plugin), so existing
 Grafana dashboards and alert rules keep working; only the port differs
 (RabbitMQ serves them on 15692, Moorage on the management listener, 15672).
 Like RabbitMQ's, the endpoints need no credentials. Everything is read from
-the core's snapshots when scraped: nothing is counted on a message path.
+the core's snapshots when scraped; the message counters
+(`rabbitmq_global_messages_*_total`, and per queue
+`rabbitmq_queue_messages_published_total`) are the core's plain integers
+(`broker.stats`), which never go down: closed connections' counts stay in.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from collections.abc import Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from moorage.broker import __version__, overview
 from moorage.broker.broker import Broker
+from moorage.broker.stats import StatsSnapshot
 from moorage.protocols.management.requests import broker_of
 
 routes = web.RouteTableDef()
@@ -31,6 +35,85 @@ _QUEUE_GAUGES = (
     ("rabbitmq_queue_consumers", "Consumers on a queue"),
     ("rabbitmq_queue_messages_ready_bytes", "Size in bytes of ready messages"),
 )
+
+
+# RabbitMQ's global counters (rabbitmq_prometheus, "Global Counters") -> `broker.stats` names;
+# "routed" is what was published less what reached no queue
+_GLOBAL_COUNTERS = (
+    (
+        "rabbitmq_global_messages_received",
+        "Total number of messages received from publishers",
+        ("publish",),
+    ),
+    (
+        "rabbitmq_global_messages_confirmed",
+        "Total number of messages confirmed to publishers",
+        ("confirm",),
+    ),
+    (
+        "rabbitmq_global_messages_delivered",
+        "Total number of messages delivered to consumers",
+        ("deliver_get",),
+    ),
+    (
+        "rabbitmq_global_messages_delivered_consume_manual_ack",
+        "Total number of messages delivered to consumers using basic.consume with manual "
+        "acknowledgment",
+        ("deliver",),
+    ),
+    (
+        "rabbitmq_global_messages_delivered_consume_auto_ack",
+        "Total number of messages delivered to consumers using basic.consume with automatic "
+        "acknowledgment",
+        ("deliver_no_ack",),
+    ),
+    (
+        "rabbitmq_global_messages_delivered_get_manual_ack",
+        "Total number of messages delivered to consumers using basic.get with manual "
+        "acknowledgment",
+        ("get",),
+    ),
+    (
+        "rabbitmq_global_messages_delivered_get_auto_ack",
+        "Total number of messages delivered to consumers using basic.get with automatic "
+        "acknowledgment",
+        ("get_no_ack",),
+    ),
+    (
+        "rabbitmq_global_messages_redelivered",
+        "Total number of messages redelivered to consumers",
+        ("redeliver",),
+    ),
+    (
+        "rabbitmq_global_messages_acknowledged",
+        "Total number of messages acknowledged by consumers",
+        ("ack",),
+    ),
+    (
+        "rabbitmq_global_messages_unroutable_dropped",
+        "Total number of messages published as non-mandatory into an exchange and dropped as "
+        "unroutable",
+        ("drop_unroutable",),
+    ),
+    (
+        "rabbitmq_global_messages_unroutable_returned",
+        "Total number of messages published as mandatory into an exchange and returned to the "
+        "publisher as unroutable",
+        ("return_unroutable",),
+    ),
+)
+
+
+def _global_counters(totals: StatsSnapshot) -> Iterator[Metric]:
+    for name, text, fields in _GLOBAL_COUNTERS:
+        yield CounterMetricFamily(name, text, value=sum(totals.count(f) for f in fields))
+    routed = totals.count("publish") - totals.count("drop_unroutable")
+    routed -= totals.count("return_unroutable")
+    yield CounterMetricFamily(
+        "rabbitmq_global_messages_routed",
+        "Total number of messages routed to queues or streams",
+        value=routed,
+    )
 
 
 def _rss_bytes() -> int:
@@ -92,6 +175,18 @@ class BrokerCollector(Collector):
                     name, text, value=sum(_queue_value(q, field) for q in queues)
                 )
             yield family
+        yield from _global_counters(overview.message_totals(broker))
+        published = "rabbitmq_queue_messages_published"
+        published_text = "Total number of messages published to queues"
+        if self.per_object:
+            counter = CounterMetricFamily(published, published_text, labels=["vhost", "queue"])
+            for q in queues:
+                counter.add_metric([q.vhost, q.name], q.stats.count("publish"))
+        else:
+            counter = CounterMetricFamily(
+                published, published_text, value=sum(q.stats.count("publish") for q in queues)
+            )
+        yield counter
 
 
 def _queue_value(queue: overview.QueueInfo, field: str) -> int:

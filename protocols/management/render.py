@@ -3,7 +3,10 @@
 Field names follow RabbitMQ 3.10's answers (recorded in
 `tests/management/rabbitmq_fields.json`); values RabbitMQ computes from
 Erlang internals (garbage collection, backing queue status) are left out.
-`message_stats` and the `*_details` rates appear once the core counts rates.
+`message_stats` carries RabbitMQ's counters with their `*_details` rates
+(`broker.stats`): queues, exchanges, channels, connections and the overview
+always have it (RabbitMQ leaves it out until something moved; a reader that
+handles both sees no difference).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from moorage.broker import overview
+from moorage.broker.stats import CHANNEL_FIELDS, EXCHANGE_FIELDS, QUEUE_FIELDS
 from moorage.protocols.management.auth import http_error
 
 NODE = "moorage@localhost"
@@ -47,6 +51,7 @@ def queue(info: overview.QueueInfo) -> Json:
         "consumers": info.consumers,
         "policy": None,
         "exclusive_consumer_tag": None,
+        "message_stats": info.stats.message_stats(QUEUE_FIELDS),
     }
 
 
@@ -59,6 +64,7 @@ def exchange(info: overview.ExchangeInfo) -> Json:
         "auto_delete": info.auto_delete,
         "internal": info.internal,
         "arguments": info.arguments,
+        "message_stats": info.stats.message_stats(EXCHANGE_FIELDS),
     }
 
 
@@ -108,6 +114,7 @@ def connection(info: overview.ConnectionInfo) -> Json:
         "peer_port": port,
         "channels": info.channels,
         "client_properties": plain(info.client_properties),
+        "message_stats": info.stats.message_stats(CHANNEL_FIELDS),
     }
 
 
@@ -127,6 +134,7 @@ def channel(info: overview.ChannelInfo, connection_info: overview.ConnectionInfo
         "consumer_count": info.consumers,
         "transactional": info.transactional,
         "confirm": False,
+        "message_stats": info.stats.message_stats(CHANNEL_FIELDS),
     }
 
 

@@ -501,6 +501,8 @@ class MQTTConnection:
         if reason >= 0x80 and packet.qos == 2 and self.mqtt is not None:
             self.mqtt.incoming_qos2.discard(pid)
         ack: Packet = PubAck(pid, reason) if packet.qos == 1 else PubRec(pid, reason)
+        if reason < 0x80 and self.session is not None:
+            self.session.stats.confirm += 1  # message rates (broker.stats): a promise made
         replies = self.replies
         if not replies.must_wait(stored=stored):
             if packet.qos == 1 and reason == ReasonCode.SUCCESS and self.codec.version != MQTT_5:
