@@ -251,6 +251,15 @@ class Broker:
             found = self._extensions[name] = factory(self)
         return cast(T, found)
 
+    def close_connection(self, connection_id: int, reason: str) -> bool:
+        """Force one client connection closed (`ClientConnection.force_close`); False if
+        no connection has that id."""
+        for connection in self.connections:
+            if connection.id == connection_id:
+                connection.force_close(reason)
+                return True
+        return False
+
     def connect(
         self,
         vhost_name: str,
@@ -303,6 +312,9 @@ class ClientConnection:
         self.published = False  # the memory alarm pauses only connections that publish
         self.closed_stats = MessageStats()  # what its closed sessions counted
         self._totals = MessageStats()
+        # The adapter's protocol close for `force_close` (AMQP connection.close 320,
+        # MQTT DISCONNECT 0x98, STOMP ERROR), set once the client is connected.
+        self.closer: Callable[[str], None] | None = None
 
     def ordered_replies(self) -> OrderedReplies:
         """A new ordered stream of replies that wait for the store (`broker.replies`)."""
@@ -334,6 +346,17 @@ class ClientConnection:
         self.exclusive_queues.clear()
         self.broker.connections.discard(self)
         self.broker.closed_stats.add(self.closed_stats)
+
+    def force_close(self, reason: str) -> None:
+        """Close at an operator's request (the management API's DELETE): the adapter
+        sends its protocol's close carrying `reason`, then releases the connection as
+        when the client leaves. Without an adapter hook, only the core state closes."""
+        if self.closed:
+            return
+        if self.closer is not None:
+            self.closer(reason)
+        if not self.closed:
+            self.close()
 
     def message_totals(self) -> MessageStats:
         """This connection's message counters: its sessions', live or closed."""

@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="moorage",
         description="Moorage message broker",
         epilog="Managing a running broker: moorage [--host H --port P --user U --password P] "
-        "{list,status,declare,delete,purge,publish,get,export,import} ... (moorage list --help).",
+        "{list,status,declare,delete,purge,publish,get,export,import,backup,close} ... "
+        "(moorage list --help); moorage restore FILE --data-dir DIR; moorage reload.",
     )
     parser.add_argument("--version", action="version", version=f"moorage {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)

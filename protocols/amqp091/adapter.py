@@ -354,6 +354,16 @@ class AMQPConnection:
         )
         self.send_method(0, commands.Connection.OpenOk())
         self.broker.flow.alarm_listeners.add(self._on_memory_alarm)
+        self.core.closer = self.force_close
+
+    def force_close(self, reason: str) -> None:
+        """An operator closed this connection: connection.close 320 with the reason, as
+        RabbitMQ's management plugin does (`CONNECTION_FORCED - Closed via management
+        plugin` by default); then only close-ok is accepted."""
+        if self.closed or self.codec.close_sent:
+            return
+        error = ConnectionForced(reason)
+        self._connection_error(error.code, error.reply_text, 0, 0)
 
     # -- dispatch ------------------------------------------------------------------------
 

@@ -351,7 +351,17 @@ class MQTTConnection:
             self._refuse(ReasonCode.NOT_AUTHORIZED, e.text)
             return False
         self.replies = self.core.ordered_replies()
+        self.core.closer = self.force_close
         return True
+
+    def force_close(self, reason: str) -> None:
+        """An operator closed this connection: DISCONNECT 0x98 "Administrative action"
+        with the reason string (5.0), a plain close (3.1.1, which has no server
+        DISCONNECT). The will is published: the client did not say goodbye."""
+        if self.state is State.CONNECTED:
+            self._disconnect(ReasonCode.ADMINISTRATIVE_ACTION, publish_will=True, text=reason)
+        else:
+            self._close(publish_will=False)
 
     def _on_connect(self, packet: Connect) -> None:  # section 3.1.4, in order
         self.version = packet.protocol_version

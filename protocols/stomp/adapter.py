@@ -225,6 +225,12 @@ class StompConnection:
             return
         self._fatal("broker shutting down", f"The broker is shutting down ({reason}).", None)
 
+    def force_close(self, reason: str) -> None:
+        """An operator closed this connection: an ERROR frame with the reason, then close."""
+        if self.state in (State.CLOSED, State.CLOSING):
+            return
+        self._fatal(reason, f"The connection was closed by an operator: {reason}", None)
+
     # -- what the rooms use ------------------------------------------------------------
 
     def active_session(self) -> Session:
@@ -357,6 +363,7 @@ class StompConnection:
             client_properties={"version": version, "client-id": frame.get("client-id")},
         )
         self.session = self.core.open_session(self)
+        self.core.closer = self.force_close
         self.replies = self.core.ordered_replies()
         self.user_name = login
         self.client_id = client_id
