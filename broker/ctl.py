@@ -191,8 +191,11 @@ def _arguments(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def run(args: argparse.Namespace, out: Any = sys.stdout) -> None:  # noqa: C901 - a branch a command
-    """Carry out one API command. Raises CtlError."""
+def run(args: argparse.Namespace, out: Any = None) -> None:  # noqa: C901 - a branch a command
+    """Carry out one API command, printing to `out` (standard output by default, looked up
+    at the call). Raises CtlError."""
+    if out is None:
+        out = sys.stdout
     api = Api(args.host, args.port, args.user, args.password)
     vhost = _quote(args.vhost)
     if args.command in ctl_ops.COMMANDS:

@@ -16,7 +16,6 @@ options and the other commands): `ctl` adds these subcommands with
 from __future__ import annotations
 
 import argparse
-import sys
 import urllib.parse
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -90,8 +89,8 @@ def progress_bar(out: IO[str], label: str) -> ProgressBar | None:
     return ProgressBar(out, label) if isatty is not None and isatty() else None
 
 
-def run(api: ApiCaller, args: argparse.Namespace, out: IO[str] = sys.stdout) -> None:
-    """Carry out one of `COMMANDS`. Raises CommandFailed."""
+def run(api: ApiCaller, args: argparse.Namespace, out: IO[str]) -> None:
+    """Carry out one of `COMMANDS`, printing to `out`. Raises CommandFailed."""
     if args.command == "close":
         name = urllib.parse.quote(args.name, safe="")
         headers = {"X-Reason": args.reason} if args.reason else None

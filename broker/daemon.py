@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Callable
 from contextlib import suppress
 
+from moorage.broker import pidfile
 from moorage.broker.broker import Broker
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Config, ConfigError
@@ -222,6 +223,7 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, lambda: _reload(daemon, reload, notifier))
     await daemon.start()
     tune_gc()
+    pid_path = pidfile.write(config.data_dir)  # for `moorage reload` (broker.pidfile)
     if on_ready is not None:
         on_ready(daemon)
     log.info("moorage ready")
@@ -236,6 +238,8 @@ async def serve(
         notifier.send("STOPPING=1", "STATUS=shutting down")
         watchdog.cancel()
         await daemon.stop()
+        if pid_path is not None:
+            pidfile.remove(pid_path)
         log.info("stopped")
 
 
