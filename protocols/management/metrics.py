@@ -116,7 +116,7 @@ def _global_counters(totals: StatsSnapshot) -> Iterator[Metric]:
     )
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
     """The process's resident memory (Linux /proc; elsewhere the peak from getrusage)."""
     try:
         with open("/proc/self/statm", "rb") as statm:
@@ -160,7 +160,7 @@ class BrokerCollector(Collector):
             (
                 "rabbitmq_process_resident_memory_bytes",
                 "Memory used in bytes",
-                _rss_bytes(),
+                rss_bytes(),
             ),
         ):
             yield GaugeMetricFamily(name, text, value=value)

@@ -23,6 +23,7 @@ from moorage.protocols.management import (
     api_connections,
     api_definitions,
     api_exchanges,
+    api_node,
     api_overview,
     api_queues,
     metrics,
@@ -82,12 +83,14 @@ def build_app(broker: Broker) -> web.Application:
     app.router.add_get("/", _index)
     app.router.add_static("/ui/", UI_DIR, follow_symlinks=False)
     app[BROKER_KEY] = broker
+    app[api_node.STARTED_KEY] = broker.clock.monotonic()
     for module in (
         api_overview,
         api_queues,
         api_exchanges,
         api_connections,
         api_definitions,
+        api_node,
         metrics,
     ):
         app.add_routes(module.routes)
