@@ -13,10 +13,12 @@ this one (tests/test_layering.py checks that there is no cycle).
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from moorage.broker import logs
 from moorage.broker.arguments import QueueOptions, parse_queue_arguments
 from moorage.broker.auth import User, UserDirectory
 from moorage.broker.client_ids import ClientIds
@@ -271,18 +273,32 @@ class Broker:
     ) -> ClientConnection:
         """Attach an authenticated client to a vhost. Raises NotAllowed."""
         vhost = self.vhosts.get(vhost_name)
-        if vhost is None or not self.users.may_open(user, vhost_name):
-            raise NotAllowed(f"access to vhost '{vhost_name}' refused for user '{user.name}'")
-        limit = self.limits.max_connections
-        if limit and len(self.connections) >= limit:
-            raise NotAllowed(
-                f"access to vhost '{vhost_name}' refused for user '{user.name}': "
-                f"connection limit ({limit}) is reached"
+        try:
+            if vhost is None or not self.users.may_open(user, vhost_name):
+                raise NotAllowed(f"access to vhost '{vhost_name}' refused for user '{user.name}'")
+            limit = self.limits.max_connections
+            if limit and len(self.connections) >= limit:
+                raise NotAllowed(
+                    f"access to vhost '{vhost_name}' refused for user '{user.name}': "
+                    f"connection limit ({limit}) is reached"
+                )
+        except NotAllowed as e:
+            logs.event(
+                "connection.refused",
+                f"connection from {peer} refused: {e.text}",
+                level=logging.WARNING,
+                peer=peer,
+                protocol=protocol,
+                user=user.name,
+                vhost=vhost_name,
+                reason=e.text,
             )
+            raise
         connection = ClientConnection(
             self, vhost, user, protocol=protocol, peer=peer, client_properties=client_properties
         )
         self.connections.add(connection)
+        connection.log_event("connection.opened", "opened")
         return connection
 
 
@@ -315,6 +331,7 @@ class ClientConnection:
         # The adapter's protocol close for `force_close` (AMQP connection.close 320,
         # MQTT DISCONNECT 0x98, STOMP ERROR), set once the client is connected.
         self.closer: Callable[[str], None] | None = None
+        self.close_reason = "closed"  # logged with `connection.closed`
 
     def ordered_replies(self) -> OrderedReplies:
         """A new ordered stream of replies that wait for the store (`broker.replies`)."""
@@ -346,6 +363,24 @@ class ClientConnection:
         self.exclusive_queues.clear()
         self.broker.connections.discard(self)
         self.broker.closed_stats.add(self.closed_stats)
+        self.log_event("connection.closed", self.close_reason, reason=self.close_reason)
+
+    def log_event(self, name: str, what: str, **fields: Any) -> None:
+        """Log one of this connection's events with its id, peer, protocol, user and vhost
+        (`broker.logs`); the broker's own and the management API's connections only at
+        debug level (one a request)."""
+        quiet = self.peer == "internal" or self.protocol == "http"
+        logs.event(
+            name,
+            f"{self.protocol} connection {self.id} from {self.peer} {what}",
+            level=logging.DEBUG if quiet else logging.INFO,
+            connection=self.id,
+            peer=self.peer,
+            protocol=self.protocol,
+            user=self.user.name,
+            vhost=self.vhost.name,
+            **fields,
+        )
 
     def force_close(self, reason: str) -> None:
         """Close at an operator's request (the management API's DELETE): the adapter
@@ -353,6 +388,7 @@ class ClientConnection:
         when the client leaves. Without an adapter hook, only the core state closes."""
         if self.closed:
             return
+        self.close_reason = f"closed by an operator: {reason}"
         if self.closer is not None:
             self.closer(reason)
         if not self.closed:

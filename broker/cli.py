@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import logging
 import sys
 
-from moorage.broker import __version__, ctl
+from moorage.broker import __version__, ctl, logs
 from moorage.broker.config import DEFAULT_PORTS, Config, ConfigError
 from moorage.broker.daemon import StartupError, serve
 from moorage.broker.loop import loop_factory
@@ -37,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-ca", metavar="FILE", help="CA bundle for client certificates (PEM)")
     s.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity"
+    )
+    s.add_argument(
+        "--log-format", choices=logs.LOG_FORMATS, help="text (default) or json: one object a line"
     )
     s.add_argument(
         "--loop", choices=["auto", "uvloop", "asyncio"], default="auto", help=argparse.SUPPRESS
@@ -97,11 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"moorage: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=(args.log_level or config.log_level).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(args.log_level or config.log_level, args.log_format or config.log_format)
     try:
         with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
             runner.run(serve(config, reload=lambda: _reread(args)))

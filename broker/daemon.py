@@ -15,7 +15,7 @@ import ssl
 from collections.abc import Callable
 from contextlib import suppress
 
-from moorage.broker import pidfile
+from moorage.broker import logs, pidfile
 from moorage.broker.broker import Broker
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Config, ConfigError
@@ -121,6 +121,15 @@ class Daemon:
         except StartupError:
             await self.stop()
             raise
+        counts = statistics(self)
+        logs.event(
+            "store.opened",
+            f"store {broker.store_location or '(memory)'} opened: {counts['queues']} queues, "
+            f"{counts['messages']} messages recovered",
+            location=str(broker.store_location or "memory"),
+            queues=counts["queues"],
+            messages=counts["messages"],
+        )
 
     def reload(self, config: Config) -> None:
         """Apply what can change while running: users, their permissions and tags, the

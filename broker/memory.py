@@ -24,6 +24,7 @@ import logging
 import os
 from collections.abc import Callable
 
+from moorage.broker import logs
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.flow import WriteFlow
 from moorage.broker.periodic import Periodic
@@ -90,13 +91,24 @@ class MemoryMonitor:
         self.used = used = self.measure()
         flow = self.flow
         if used > self.watermark and not flow.memory_alarm:
-            log.warning(
-                "memory alarm set: queued messages hold %d MiB, over the high watermark "
-                "of %d MiB; publishers are blocked until consumers drain the queues",
-                used >> 20,
-                self.watermark >> 20,
+            logs.event(
+                "alarm.raised",
+                f"memory alarm set: queued messages hold {used >> 20} MiB, over the high "
+                f"watermark of {self.watermark >> 20} MiB; publishers are blocked until "
+                "consumers drain the queues",
+                level=logging.WARNING,
+                alarm="memory",
+                used=used,
+                watermark=self.watermark,
             )
             flow.set_memory_alarm(True)
         elif used <= self.watermark and flow.memory_alarm:
-            log.warning("memory alarm cleared: queued messages hold %d MiB", used >> 20)
+            logs.event(
+                "alarm.cleared",
+                f"memory alarm cleared: queued messages hold {used >> 20} MiB",
+                level=logging.WARNING,
+                alarm="memory",
+                used=used,
+                watermark=self.watermark,
+            )
             flow.set_memory_alarm(False)

@@ -37,6 +37,7 @@ from typing import Any
 from pamqp import commands
 from pamqp.base import Frame
 
+from moorage.broker import logs
 from moorage.broker.auth import User
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
@@ -252,7 +253,14 @@ class AMQPConnection:
         """connection.close with a hard error; only close-ok is accepted afterwards."""
         if self.closed or self.codec.close_sent:
             return
-        log.info("closing AMQP connection %s: %s", self.shell.peer, text)
+        logs.event(
+            "connection.error",
+            f"closing AMQP connection {self.shell.peer}: {text}",
+            connection=self.core.id if self.core is not None else None,
+            peer=self.shell.peer,
+            protocol="amqp091",
+            reason=text,
+        )
         if self._user is None:  # not authenticated: no connection.close (spec 2.2.4)
             self._close_transport()
             return
@@ -299,7 +307,15 @@ class AMQPConnection:
                 username, password, from_loopback=self.shell.from_loopback
             )
         except AccessRefused as e:
-            log.warning("AMQP login refused for %r from %s: %s", username, self.shell.peer, e.text)
+            logs.event(
+                "connection.refused",
+                f"AMQP login refused for {username!r} from {self.shell.peer}: {e.text}",
+                level=logging.WARNING,
+                peer=self.shell.peer,
+                protocol="amqp091",
+                user=username,
+                reason=e.text,
+            )
             if self.capabilities.get("authentication_failure_close"):
                 text = (
                     f"ACCESS_REFUSED - Login was refused using authentication mechanism "

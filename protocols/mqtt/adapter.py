@@ -63,6 +63,7 @@ import logging
 import uuid
 from typing import Any
 
+from moorage.broker import logs
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
 from moorage.broker.errors import AccessRefused, BrokerError
@@ -239,7 +240,14 @@ class MQTTConnection:
 
     def _protocol_error(self, error: ProtocolError) -> None:
         """The one place codec errors meet the wire (DESIGN.md, "Errors at the boundary")."""
-        log.info("closing MQTT connection %s: %s", self.shell.peer, error)
+        logs.event(
+            "connection.error",
+            f"closing MQTT connection {self.shell.peer}: {error}",
+            connection=self.core.id if self.core is not None else None,
+            peer=self.shell.peer,
+            protocol="mqtt",
+            reason=str(error),
+        )
         if self.state is State.CONNECT:
             reason = error.reason
             if reason == ReasonCode.UNSUPPORTED_PROTOCOL_VERSION:
@@ -310,7 +318,13 @@ class MQTTConnection:
     # -- CONNECT -----------------------------------------------------------------------------
 
     def _refuse(self, reason: ReasonCode, text: str) -> None:
-        log.info("refusing MQTT connection from %s: %s", self.shell.peer, text)
+        logs.event(
+            "connection.refused",
+            f"refusing MQTT connection from {self.shell.peer}: {text}",
+            peer=self.shell.peer,
+            protocol="mqtt",
+            reason=text,
+        )
         props = MQTTProperties(reason_string=text) if self.version == MQTT_5 else MQTTProperties()
         self.send(ConnAck(reason_code=reason, properties=props))
         self._close(publish_will=False)

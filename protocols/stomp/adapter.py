@@ -52,7 +52,7 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
-from moorage.broker import __version__
+from moorage.broker import __version__, logs
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
 from moorage.broker.errors import BrokerError
@@ -319,7 +319,14 @@ class StompConnection:
         """Send an ERROR frame (1.2 "ERROR") and close the connection."""
         if self.state is State.CLOSED:
             return
-        log.info("closing STOMP connection %s: %s", self.shell.peer, message)
+        logs.event(
+            "connection.error",
+            f"closing STOMP connection {self.shell.peer}: {message}",
+            connection=self.core.id if self.core is not None else None,
+            peer=self.shell.peer,
+            protocol="stomp",
+            reason=message,
+        )
         self._send(error_frame(message, detail, frame, self.version))
         self._close_transport()
 
