@@ -114,6 +114,11 @@ class MessageStats:
 
 
 _INDEX = {name: i for i, name in enumerate(FIELDS)}
+# what each name shown sums (deliver_get: its four parts), and its `_details` key
+_INDICES = {name: (i,) for name, i in _INDEX.items()} | {
+    "deliver_get": tuple(_INDEX[n] for n in DELIVER_GET)
+}
+_DETAILS = {name: f"{name}_details" for name in _INDICES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,11 +147,25 @@ class StatsSnapshot:
 
     def message_stats(self, fields: Iterable[str]) -> dict[str, Any]:
         """RabbitMQ's `message_stats` object for `fields`: each count and `<name>_details`
-        with its rate (`{"publish": 10, "publish_details": {"rate": 2.0}, ...}`)."""
+        with its rate (`{"publish": 10, "publish_details": {"rate": 2.0}, ...}`).
+
+        One pass over the counters (a listing of 10,000 queues calls this for each)."""
+        values = self.values
+        older, newer = self.older, self.newer
+        span = 0.0
+        before = after = values
+        if older is not None and newer is not None:
+            span = newer[0] - older[0]
+            before, after = older[1], newer[1]
         out: dict[str, Any] = {}
         for name in fields:
-            out[name] = self.count(name)
-            out[f"{name}_details"] = {"rate": self.rate(name)}
+            indices = _INDICES[name]
+            out[name] = sum(values[i] for i in indices)
+            if span > 0:
+                moved = sum(after[i] - before[i] for i in indices)
+                out[_DETAILS[name]] = {"rate": round(moved / span, 1)}
+            else:
+                out[_DETAILS[name]] = {"rate": 0.0}
         return out
 
 

@@ -29,10 +29,8 @@ def _queue_list(request: web.Request, vhost: str | None) -> web.Response:
     broker = broker_of(request)
     if vhost is not None:
         vhost = vhost_of(request, user)
-    items = [
-        render.queue(q) for q in overview.queues(broker, vhost) if may_see_vhost(user, q.vhost)
-    ]
-    return ok(render.listing(items, request.query))
+    records = [q for q in overview.queues(broker, vhost) if may_see_vhost(user, q.vhost)]
+    return ok(render.rendered_listing(records, request.query, render.queue))
 
 
 @routes.get("/api/queues")

@@ -28,12 +28,25 @@ from moorage.protocols.management.requests import broker_of
 
 routes = web.RouteTableDef()
 
+# (name, help, the field of `overview.QueueInfo` and `overview.QueueTotals` it shows)
 _QUEUE_GAUGES = (
-    ("rabbitmq_queue_messages_ready", "Messages ready to be delivered to consumers"),
-    ("rabbitmq_queue_messages_unacked", "Messages delivered to consumers but not yet acknowledged"),
-    ("rabbitmq_queue_messages", "Sum of ready and unacknowledged messages"),
-    ("rabbitmq_queue_consumers", "Consumers on a queue"),
-    ("rabbitmq_queue_messages_ready_bytes", "Size in bytes of ready messages"),
+    (
+        "rabbitmq_queue_messages_ready",
+        "Messages ready to be delivered to consumers",
+        "messages_ready",
+    ),
+    (
+        "rabbitmq_queue_messages_unacked",
+        "Messages delivered to consumers but not yet acknowledged",
+        "messages_unacknowledged",
+    ),
+    ("rabbitmq_queue_messages", "Sum of ready and unacknowledged messages", "messages"),
+    ("rabbitmq_queue_consumers", "Consumers on a queue", "consumers"),
+    (
+        "rabbitmq_queue_messages_ready_bytes",
+        "Size in bytes of ready messages",
+        "message_bytes_ready",
+    ),
 )
 
 
@@ -134,7 +147,7 @@ class BrokerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         broker = self.broker
-        queues = overview.queues(broker)
+        totals = overview.queue_totals(broker)
         connections = [
             c for c in overview.connections(broker) if c.protocol != "http" and not c.internal
         ]
@@ -146,12 +159,8 @@ class BrokerCollector(Collector):
         for name, text, value in (
             ("rabbitmq_connections", "Connections currently open", len(connections)),
             ("rabbitmq_channels", "Channels currently open", sum(c.channels for c in connections)),
-            (
-                "rabbitmq_consumers",
-                "Consumers currently connected",
-                sum(q.consumers for q in queues),
-            ),
-            ("rabbitmq_queues", "Queues available", len(queues)),
+            ("rabbitmq_consumers", "Consumers currently connected", totals.consumers),
+            ("rabbitmq_queues", "Queues available", totals.queues),
             (
                 "rabbitmq_alarms_memory_used_watermark",
                 "is 1 if the memory alarm is in effect",
@@ -164,16 +173,14 @@ class BrokerCollector(Collector):
             ),
         ):
             yield GaugeMetricFamily(name, text, value=value)
-        for name, text in _QUEUE_GAUGES:
-            field = name.removeprefix("rabbitmq_queue_")
+        queues = overview.queues(broker) if self.per_object else []
+        for name, text, attribute in _QUEUE_GAUGES:
             if self.per_object:
                 family = GaugeMetricFamily(name, text, labels=["vhost", "queue"])
                 for q in queues:
-                    family.add_metric([q.vhost, q.name], _queue_value(q, field))
+                    family.add_metric([q.vhost, q.name], getattr(q, attribute))
             else:
-                family = GaugeMetricFamily(
-                    name, text, value=sum(_queue_value(q, field) for q in queues)
-                )
+                family = GaugeMetricFamily(name, text, value=getattr(totals, attribute))
             yield family
         yield from _global_counters(overview.message_totals(broker))
         published = "rabbitmq_queue_messages_published"
@@ -183,20 +190,8 @@ class BrokerCollector(Collector):
             for q in queues:
                 counter.add_metric([q.vhost, q.name], q.stats.count("publish"))
         else:
-            counter = CounterMetricFamily(
-                published, published_text, value=sum(q.stats.count("publish") for q in queues)
-            )
+            counter = CounterMetricFamily(published, published_text, value=totals.published)
         yield counter
-
-
-def _queue_value(queue: overview.QueueInfo, field: str) -> int:
-    return {
-        "messages_ready": queue.messages_ready,
-        "messages_unacked": queue.messages_unacknowledged,
-        "messages": queue.messages,
-        "consumers": queue.consumers,
-        "messages_ready_bytes": queue.message_bytes_ready,
-    }[field]
 
 
 def _scrape(broker: Broker, *, per_object: bool) -> web.Response:
