@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from moorage.broker.queue import Queue
 from moorage.broker.stats import EMPTY, StatsSnapshot
@@ -208,6 +208,23 @@ def queues(broker: Broker, vhost: str | None = None) -> list[QueueInfo]:
         _queue_info(q)
         for v in _vhosts(broker, vhost)
         for name, q in sorted(v.queues.items())
+        if _visible(name)
+    ]
+
+
+class QueueKey(NamedTuple):
+    """A queue's vhost and name: what a page of a long listing is cut from."""
+
+    vhost: str
+    name: str
+
+
+def queue_keys(broker: Broker, vhost: str | None = None) -> list[QueueKey]:
+    """Every queue's key, in `queues` order, without a snapshot of each."""
+    return [
+        QueueKey(v.name, name)
+        for v in _vhosts(broker, vhost)
+        for name in sorted(v.queues)
         if _visible(name)
     ]
 
