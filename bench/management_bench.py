@@ -184,12 +184,45 @@ def _rate(result: dict[str, Any]) -> float:
     return float(result["sent_per_s"])
 
 
+def _throughput(amqp: int, http: int, args: argparse.Namespace) -> None:
+    """Publisher runs alternating unpolled and polled; prints both and their ratio."""
+    plain: list[float] = []
+    polled: list[float] = []
+    poll_times: dict[str, list[float]] = {}
+    for _ in range(args.rounds):
+        plain.append(_rate(publisher_run(amqp, args.duration)))
+        poller = Poller(http, args.interval)
+        poller.start()
+        try:
+            polled.append(_rate(publisher_run(amqp, args.duration)))
+        finally:
+            poller.stop.set()
+            poller.join(60)
+        for path, times in poller.times.items():
+            poll_times.setdefault(path, []).extend(times)
+    print(f"\npublisher throughput, {args.duration:g}s runs (sent/s):")
+    print(f"  unpolled: {', '.join(f'{r:,.0f}' for r in plain)}")
+    print(
+        f"  overview + alarms + /metrics every {args.interval:g}s: "
+        f"{', '.join(f'{r:,.0f}' for r in polled)}"
+    )
+    ratio = statistics.mean(polled) / statistics.mean(plain)
+    print(f"  ratio polled / unpolled: {ratio:.3f} ({(ratio - 1) * 100:+.1f} %)")
+    for path, times in poll_times.items():
+        print(
+            f"  {path}: {len(times)} polls, median {statistics.median(times):.3f}s, "
+            f"max {max(times):.3f}s"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queues", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=1_000)
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per publisher run")
-    parser.add_argument("--rounds", type=int, default=2, help="unpolled+polled pairs")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="unpolled+polled pairs (0: only the timings)"
+    )
     parser.add_argument("--interval", type=float, default=5.0, help="polling interval, s")
     parser.add_argument("--samples", type=int, default=3, help="timings of each big GET")
     parser.add_argument("--store", choices=["memory", "sqlite"], default="memory")
@@ -235,33 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{samples[0][1]:12,}"
                 )
             # 2. throughput, unpolled and polled, alternating
-            plain: list[float] = []
-            polled: list[float] = []
-            poll_times: dict[str, list[float]] = {}
-            for _ in range(args.rounds):
-                plain.append(_rate(publisher_run(amqp, args.duration)))
-                poller = Poller(http, args.interval)
-                poller.start()
-                try:
-                    polled.append(_rate(publisher_run(amqp, args.duration)))
-                finally:
-                    poller.stop.set()
-                    poller.join(60)
-                for path, times in poller.times.items():
-                    poll_times.setdefault(path, []).extend(times)
-            print(f"\npublisher throughput, {args.duration:g}s runs (sent/s):")
-            print(f"  unpolled: {', '.join(f'{r:,.0f}' for r in plain)}")
-            print(
-                f"  overview + alarms + /metrics every {args.interval:g}s: "
-                f"{', '.join(f'{r:,.0f}' for r in polled)}"
-            )
-            ratio = statistics.mean(polled) / statistics.mean(plain)
-            print(f"  ratio polled / unpolled: {ratio:.3f} ({(ratio - 1) * 100:+.1f} %)")
-            for path, times in poll_times.items():
-                print(
-                    f"  {path}: {len(times)} polls, median {statistics.median(times):.3f}s, "
-                    f"max {max(times):.3f}s"
-                )
+            if args.rounds:
+                _throughput(amqp, http, args)
     return 0
 
 
