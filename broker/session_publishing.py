@@ -160,7 +160,9 @@ class SessionPublishing:
             else:
                 self.stats.drop_unroutable += 1
             return PublishResult()
-        exchange.stats.publish_out += 1
+        # one per queue reached, as RabbitMQ counts an exchange's `publish_out` (per
+        # queue-exchange pair: a fanout to 3 queues is publish_in 1, publish_out 3)
+        exchange.stats.publish_out += len(queues)
         result = PublishResult(routed=len(queues))
         for queue in queues:
             outcome = queue.publish(message)

@@ -70,7 +70,7 @@ class MessageStats:
     def __init__(self) -> None:
         self.publish = 0  # messages published (a session), or that entered (a queue)
         self.publish_in = 0  # messages published to an exchange
-        self.publish_out = 0  # messages an exchange routed to at least one queue
+        self.publish_out = 0  # messages an exchange routed, once per queue reached
         self.confirm = 0  # publisher confirms sent (AMQP basic.ack, MQTT PUBACK/PUBREC)
         self.return_unroutable = 0  # mandatory messages returned: no queue
         self.drop_unroutable = 0  # other messages that reached no queue

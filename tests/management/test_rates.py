@@ -176,6 +176,19 @@ def test_rates_over_the_last_sample_interval(
     assert api.get("/queues/%2F/rated")["message_stats"]["publish_details"] == {"rate": 0.0}
 
 
+def test_publish_out_counts_each_queue_reached(api: Api, amqp: pika.BlockingConnection) -> None:
+    """RabbitMQ counts an exchange's publish_out per queue the message reached."""
+    channel = amqp.channel()
+    for name in ("fan-1", "fan-2"):
+        channel.queue_declare(name)
+        channel.queue_bind(name, "amq.fanout")
+    channel.basic_publish("amq.fanout", "", b"to both")
+    wait_for(lambda: api.get("/queues/%2F/fan-2")["messages"] == 1)
+    stats = api.get("/exchanges/%2F/amq.fanout")["message_stats"]
+    assert (stats["publish_in"], stats["publish_out"]) == (1, 2)
+    assert api.get("/overview")["message_stats"]["publish"] == 1
+
+
 def test_mqtt_publishes_and_confirms_count(clocked: RunningBroker, api: Api) -> None:
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="counter")
     client.username_pw_set("guest", "guest")
