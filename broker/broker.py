@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from moorage.broker import logs
 from moorage.broker.arguments import QueueOptions, parse_queue_arguments
 from moorage.broker.auth import User, UserDirectory
 from moorage.broker.auth_backends import AuthBackend, authenticate_chain, user_for
@@ -37,6 +39,7 @@ from moorage.broker.replies import OrderedReplies
 from moorage.broker.retention import RetentionSweeper
 from moorage.broker.serialization import decode_arguments
 from moorage.broker.session import DeliverySink, Session
+from moorage.broker.stats import MessageStats, RateSampler
 from moorage.broker.vhost import HIDDEN_QUEUE_PREFIX, Exchange, VirtualHost
 from moorage.storage import MemoryStore, Store, Topology
 
@@ -105,6 +108,11 @@ class Broker:
         self.refusal: tuple[str, dict[str, str]] | None = None
         """Set on a node that serves no client (a standby, `broker.failover`): (why, where
         to go instead, by protocol). Every login is then refused with `NotServing`."""
+        # message counters (`broker.stats`): what closed connections counted, and the
+        # totals (closed + live sessions) refreshed when read
+        self.closed_stats = MessageStats()
+        self._totals = MessageStats()
+        self.rates = RateSampler(self, clock=clock)
 
     async def start(self) -> None:
         """Open the store and rebuild the durable topology it holds."""
@@ -121,6 +129,7 @@ class Broker:
         self.memory.start()
         if self.disk is not None:
             self.disk.start()
+        self.rates.start()
 
     async def stop(self) -> None:
         """Close every connection's core state and close the store."""
@@ -132,6 +141,7 @@ class Broker:
         await self.memory.stop()
         if self.disk is not None:
             await self.disk.stop()
+        await self.rates.stop()
         for connection in list(self.connections):
             connection.close()
         for vhost in self.vhosts.values():
@@ -153,6 +163,25 @@ class Broker:
             for queue in vhost.queues.values():
                 total += queue.memory_bytes(ENTRY_OVERHEAD)
         return total
+
+    def message_totals(self) -> MessageStats:
+        """The broker's message counters: every session's, live or closed (`broker.stats`)."""
+        totals = self._totals
+        totals.set_sum([self.closed_stats, *(c.message_totals() for c in self.connections)])
+        return totals
+
+    def all_message_stats(self) -> Iterator[MessageStats]:
+        """Every counted object's stats, aggregates refreshed (for `stats.RateSampler`)."""
+        yield self.message_totals()
+        for vhost in self.vhosts.values():
+            for queue in vhost.queues.values():
+                yield queue.stats
+            for exchange in vhost.exchanges.values():
+                yield exchange.stats
+        for connection in list(self.connections):
+            yield connection.message_totals()
+            for session in connection.sessions:
+                yield session.stats
 
     # -- vhosts ---------------------------------------------------------------------
 
@@ -375,6 +404,15 @@ class Broker:
             found = self._extensions[name] = factory(self)
         return cast(T, found)
 
+    def close_connection(self, connection_id: int, reason: str) -> bool:
+        """Force one client connection closed (`ClientConnection.force_close`); False if
+        no connection has that id."""
+        for connection in self.connections:
+            if connection.id == connection_id:
+                connection.force_close(reason)
+                return True
+        return False
+
     def connect(
         self,
         vhost_name: str,
@@ -392,23 +430,37 @@ class Broker:
         and user limits (`broker.limits`) and not counted by them.
         """
         vhost = self.vhosts.get(vhost_name)
-        if vhost is None or not self.users.may_open(user, vhost_name):
-            raise NotAllowed(f"access to vhost '{vhost_name}' refused for user '{user.name}'")
-        limit = self.limits.max_connections
-        if limit and len(self.connections) >= limit:
-            raise NotAllowed(
-                f"access to vhost '{vhost_name}' refused for user '{user.name}': "
-                f"connection limit ({limit}) is reached"
+        try:
+            if vhost is None or not self.users.may_open(user, vhost_name):
+                raise NotAllowed(f"access to vhost '{vhost_name}' refused for user '{user.name}'")
+            limit = self.limits.max_connections
+            if limit and len(self.connections) >= limit:
+                raise NotAllowed(
+                    f"access to vhost '{vhost_name}' refused for user '{user.name}': "
+                    f"connection limit ({limit}) is reached"
+                )
+            if client:
+                self.resource_limits.check_connection(
+                    vhost_name, user.name, (c for c in self.connections if c.client)
+                )
+        except NotAllowed as e:
+            logs.event(
+                "connection.refused",
+                f"connection from {peer} refused: {e.text}",
+                level=logging.WARNING,
+                peer=peer,
+                protocol=protocol,
+                user=user.name,
+                vhost=vhost_name,
+                reason=e.text,
             )
-        if client:
-            self.resource_limits.check_connection(
-                vhost_name, user.name, (c for c in self.connections if c.client)
-            )
+            raise
         connection = ClientConnection(
             self, vhost, user, protocol=protocol, peer=peer, client_properties=client_properties
         )
         connection.client = client
         self.connections.add(connection)
+        connection.log_event("connection.opened", "opened")
         return connection
 
 
@@ -437,6 +489,12 @@ class ClientConnection:
         self.closed = False
         self.published = False  # the memory alarm pauses only connections that publish
         self.client = True  # False: the broker's own (outside vhost and user limits)
+        self.closed_stats = MessageStats()  # what its closed sessions counted
+        self._totals = MessageStats()
+        # The adapter's protocol close for `force_close` (AMQP connection.close 320,
+        # MQTT DISCONNECT 0x98, STOMP ERROR), set once the client is connected.
+        self.closer: Callable[[str], None] | None = None
+        self.close_reason = "closed"  # logged with `connection.closed`
 
     def ordered_replies(self) -> OrderedReplies:
         """A new ordered stream of replies that wait for the store (`broker.replies`)."""
@@ -451,7 +509,9 @@ class ClientConnection:
     def close_session(self, session: Session) -> None:
         """Close one session: its consumers end, its unacked messages are requeued."""
         session.close()
-        self.sessions.discard(session)
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.closed_stats.add(session.stats)
 
     def close(self) -> None:
         """Close every session, then delete the exclusive queues. Idempotent."""
@@ -465,3 +525,40 @@ class ClientConnection:
                 self.vhost.delete_queue(queue.name)
         self.exclusive_queues.clear()
         self.broker.connections.discard(self)
+        self.broker.closed_stats.add(self.closed_stats)
+        self.log_event("connection.closed", self.close_reason, reason=self.close_reason)
+
+    def log_event(self, name: str, what: str, **fields: Any) -> None:
+        """Log one of this connection's events with its id, peer, protocol, user and vhost
+        (`broker.logs`); the broker's own and the management API's connections only at
+        debug level (one a request)."""
+        quiet = self.peer == "internal" or self.protocol == "http"
+        logs.event(
+            name,
+            f"{self.protocol} connection {self.id} from {self.peer} {what}",
+            level=logging.DEBUG if quiet else logging.INFO,
+            connection=self.id,
+            peer=self.peer,
+            protocol=self.protocol,
+            user=self.user.name,
+            vhost=self.vhost.name,
+            **fields,
+        )
+
+    def force_close(self, reason: str) -> None:
+        """Close at an operator's request (the management API's DELETE): the adapter
+        sends its protocol's close carrying `reason`, then releases the connection as
+        when the client leaves. Without an adapter hook, only the core state closes."""
+        if self.closed:
+            return
+        self.close_reason = f"closed by an operator: {reason}"
+        if self.closer is not None:
+            self.closer(reason)
+        if not self.closed:
+            self.close()
+
+    def message_totals(self) -> MessageStats:
+        """This connection's message counters: its sessions', live or closed."""
+        totals = self._totals
+        totals.set_sum([self.closed_stats, *(s.stats for s in self.sessions)])
+        return totals

@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import logging
 import sys
 
-from moorage.broker import __version__, ctl
+from moorage.broker import __version__, ctl, logs
 from moorage.broker.config import DEFAULT_PORTS, Config, ConfigError
 from moorage.broker.daemon import StartupError, serve
 from moorage.broker.failover import cli as failover
@@ -25,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="moorage",
         description="Moorage message broker",
         epilog="Managing a running broker: moorage [--host H --port P --user U --password P] "
-        "{list,status,declare,delete,purge,publish,get,export,import} ... (moorage list --help).",
+        "{list,status,declare,delete,purge,publish,get,export,import,backup,close} ... "
+        "(moorage list --help); moorage restore FILE --data-dir DIR; moorage reload.",
     )
     parser.add_argument("--version", action="version", version=f"moorage {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity"
+    )
+    s.add_argument(
+        "--log-format", choices=logs.LOG_FORMATS, help="text (default) or json: one object a line"
     )
     s.add_argument(
         "--loop", choices=["auto", "uvloop", "asyncio"], default="auto", help=argparse.SUPPRESS
@@ -115,11 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"moorage: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=(args.log_level or config.log_level).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(args.log_level or config.log_level, args.log_format or config.log_format)
     try:
         with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
             runner.run(serve(config, reload=lambda: _reread(args)))

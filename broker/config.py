@@ -164,6 +164,7 @@ class Config:
     # RabbitMQ's vhost and user limits (broker.limits): [vhost_limits."/"], [user_limits.NAME]
     vhost_limits: dict[str, VhostLimits] = field(default_factory=dict)
     user_limits: dict[str, UserLimits] = field(default_factory=dict)
+    log_format: str = "text"  # or "json": one JSON object per line (`broker.logs`)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None) -> Config:
@@ -190,12 +191,17 @@ class Config:
         config = cls()
         data = dict(data)
         broker = _table(data.pop("broker", {}), "broker")
-        _check_keys(broker, {"data_dir", "vhosts", "log_level"}, "broker")
+        _check_keys(broker, {"data_dir", "vhosts", "log_level", "log_format"}, "broker")
         if "data_dir" in broker:
             config.data_dir = Path(str(broker["data_dir"])).expanduser()
         if "vhosts" in broker:
             config.vhosts = [str(v) for v in broker["vhosts"]]
         config.log_level = str(broker.get("log_level", config.log_level))
+        config.log_format = str(broker.get("log_format", config.log_format))
+        if config.log_format not in ("text", "json"):
+            raise ConfigError(
+                f'broker.log_format must be "text" or "json", not {config.log_format!r}'
+            )
 
         listeners = _table(data.pop("listeners", {}), "listeners")
         config.bind = str(listeners.pop("bind", config.bind))

@@ -1,5 +1,6 @@
 """`moorage list|declare|delete|purge|publish|get|export|import|status`: the management
-API from a shell (`user`, `permissions` and `topic-permissions` are in `broker.ctl_users`).
+API from a shell (`user`, `permissions` and `topic-permissions` are in
+`broker.ctl_users`; `close`, `restore` and `reload` in `broker.ctl_ops`).
 
 The API commands are plain HTTP calls to a running broker's management listener
 (`--host`, `--port`, `--user`, `--password`, `--vhost`; the user and password
@@ -20,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from moorage.broker import ctl_users
+from moorage.broker import ctl_ops, ctl_users
 
 LISTS = {
     "queues": ("queues", ["vhost", "name", "messages", "messages_ready", "consumers", "durable"]),
@@ -50,6 +51,7 @@ COMMANDS = (
     )
     | ctl_users.COMMANDS
 )
+COMMANDS |= ctl_ops.COMMANDS
 
 
 class CtlError(Exception):
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     backup = commands.add_parser("backup", help="copy the running store (a SQLite file)")
     backup.add_argument("file", help="where to write it (must not exist)")
     ctl_users.add_parsers(commands)
+    ctl_ops.add_commands(commands)
     return p
 
 
@@ -106,7 +109,9 @@ class Api:
         self.base = f"http://{host}:{port}/api"
         self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
-    def download(self, path: str, destination: Path) -> int:
+    def download(
+        self, path: str, destination: Path, progress: ctl_ops.ProgressBar | None = None
+    ) -> int:
         """GET `path` into a new file; its size. Raises CtlError (nothing is left behind)."""
         request = urllib.request.Request(self.base + path)  # noqa: S310
         request.add_header("Authorization", self.auth)
@@ -116,9 +121,12 @@ class Api:
                 destination.open("xb") as out,
             ):
                 size = 0
+                total = int(response.headers.get("Content-Length") or 0)
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     size += len(chunk)
+                    if progress is not None:
+                        progress.update(size, total)
         except FileExistsError:
             raise CtlError(f"{destination} exists; not overwriting it") from None
         except urllib.error.HTTPError as e:
@@ -130,11 +138,20 @@ class Api:
             raise CtlError(f"cannot reach {self.base}: {e}") from None
         return size
 
-    def call(self, method: str, path: str, body: Any = None, accept: tuple[int, ...] = ()) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        accept: tuple[int, ...] = (),
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         """The JSON answer of one API call; an error status outside `accept` raises CtlError."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base + path, data=data, method=method)  # noqa: S310
         request.add_header("Authorization", self.auth)
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
@@ -198,12 +215,20 @@ def _arguments(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def run(args: argparse.Namespace, out: Any = sys.stdout) -> None:  # noqa: C901 - a branch a command
-    """Carry out one API command. Raises CtlError."""
+def run(args: argparse.Namespace, out: Any = None) -> None:  # noqa: C901 - a branch a command
+    """Carry out one API command, printing to `out` (standard output by default, looked up
+    at the call). Raises CtlError."""
+    if out is None:
+        out = sys.stdout
     api = Api(args.host, args.port, args.user, args.password)
     vhost = _quote(args.vhost)
     if args.command in ctl_users.COMMANDS:
         ctl_users.run(args, api, out)
+    elif args.command in ctl_ops.COMMANDS:
+        try:
+            ctl_ops.run(api, args, out)
+        except ctl_ops.CommandFailed as e:
+            raise CtlError(str(e)) from None
     elif args.command == "list":
         path, columns = LISTS[args.what]
         items = api.call("GET", "/" + path)
@@ -270,7 +295,12 @@ def run(args: argparse.Namespace, out: Any = sys.stdout) -> None:  # noqa: C901 
         api.call("POST", "/definitions", definitions)
         print("definitions imported", file=out)
     elif args.command == "backup":
-        size = api.download("/backup", Path(args.file))
+        bar = ctl_ops.progress_bar(out, "backing up")
+        try:
+            size = api.download("/backup", Path(args.file), bar)
+        finally:
+            if bar is not None:
+                bar.finish()
         print(f"backed up {size} bytes to {args.file}", file=out)
 
 

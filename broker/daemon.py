@@ -16,6 +16,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
+from moorage.broker import logs, pidfile
 from moorage.broker.auth_backends import load_backends
 from moorage.broker.broker import Broker
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
@@ -184,6 +185,15 @@ class Daemon:
         except StartupError:
             await self.stop()
             raise
+        counts = statistics(self)
+        logs.event(
+            "store.opened",
+            f"store {broker.store_location or '(memory)'} opened: {counts['queues']} queues, "
+            f"{counts['messages']} messages recovered",
+            location=str(broker.store_location or "memory"),
+            queues=counts["queues"],
+            messages=counts["messages"],
+        )
 
     def reload(self, config: Config) -> None:
         """Apply what can change while running: the file's users when they changed since
@@ -317,6 +327,7 @@ async def serve(
             shared.close()
         raise
     tune_gc()
+    pid_path = pidfile.write(config.data_dir)  # for `moorage reload` (broker.pidfile)
     if on_ready is not None:
         on_ready(daemon)
     log.info("moorage ready")
@@ -331,6 +342,8 @@ async def serve(
         notifier.send("STOPPING=1", "STATUS=shutting down")
         watchdog.cancel()
         await _stop_daemon(daemon, shared)
+        if pid_path is not None:
+            pidfile.remove(pid_path)
         log.info("stopped")
     if shared is not None and shared.lost.is_set():
         raise LeaseLost(f"shared-storage lease lost: {shared.lease_lost_reason()}")

@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from moorage.broker import logs
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.flow import WriteFlow
 from moorage.broker.memory import physical_memory
@@ -102,14 +103,23 @@ class DiskMonitor:
             return
         flow = self.flow
         if free < self.limit and not flow.disk_alarm:
-            log.warning(
-                "disk alarm set: %d MB free on %s, under the limit of %d MB; "
-                "publishers are blocked until space is freed",
-                free // 1_000_000,
-                self.path,
-                self.limit // 1_000_000,
+            logs.event(
+                "alarm.raised",
+                f"disk alarm set: {free // 1_000_000} MB free on {self.path}, under the limit "
+                f"of {self.limit // 1_000_000} MB; publishers are blocked until space is freed",
+                level=logging.WARNING,
+                alarm="disk",
+                free=free,
+                limit=self.limit,
             )
             flow.set_alarm("disk", True)
         elif free >= self.clear_at and flow.disk_alarm:
-            log.warning("disk alarm cleared: %d MB free on %s", free // 1_000_000, self.path)
+            logs.event(
+                "alarm.cleared",
+                f"disk alarm cleared: {free // 1_000_000} MB free on {self.path}",
+                level=logging.WARNING,
+                alarm="disk",
+                free=free,
+                limit=self.limit,
+            )
             flow.set_alarm("disk", False)

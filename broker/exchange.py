@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from moorage.broker.exchange_types import ExchangeType, exchange_type
+from moorage.broker.stats import MessageStats
 
 STANDARD_EXCHANGES: tuple[tuple[str, str], ...] = (
     ("amq.direct", "direct"),
@@ -37,6 +38,7 @@ class Exchange:
         "internal",
         "name",
         "router",
+        "stats",
         "type_name",
     )
 
@@ -60,6 +62,7 @@ class Exchange:
         if self.delayed:
             type_name = str(self.arguments.get("x-delayed-type", ""))
         self.router: ExchangeType = exchange_type(type_name)
+        self.stats = MessageStats()  # publish_in, publish_out (`broker.stats`)
 
     def __repr__(self) -> str:
         return f"<Exchange {self.name!r} {self.type_name}>"

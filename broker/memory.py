@@ -50,7 +50,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 
-from moorage.broker import allocator
+from moorage.broker import allocator, logs
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.flow import WriteFlow
 from moorage.broker.periodic import Periodic
@@ -166,16 +166,27 @@ class MemoryMonitor:
         used = rss if self.strategy == "rss" and rss is not None else queued
         self.used = used
         if used > self.watermark and not flow.memory_alarm:
-            log.warning(
-                "memory alarm set: %s %d MiB, over the high watermark of %d MiB; "
-                "publishers are blocked until consumers drain the queues",
-                "the broker holds" if used is rss else "queued messages hold",
-                used >> 20,
-                self.watermark >> 20,
+            held = "the broker holds" if used is rss else "queued messages hold"
+            logs.event(
+                "alarm.raised",
+                f"memory alarm set: {held} {used >> 20} MiB, over the high "
+                f"watermark of {self.watermark >> 20} MiB; publishers are blocked until "
+                "consumers drain the queues",
+                level=logging.WARNING,
+                alarm="memory",
+                used=used,
+                watermark=self.watermark,
             )
             flow.set_memory_alarm(True)
         elif used <= self.watermark and flow.memory_alarm:
-            log.warning("memory alarm cleared: %d MiB in use", used >> 20)
+            logs.event(
+                "alarm.cleared",
+                f"memory alarm cleared: {used >> 20} MiB in use",
+                level=logging.WARNING,
+                alarm="memory",
+                used=used,
+                watermark=self.watermark,
+            )
             flow.set_memory_alarm(False)
 
     def _maybe_trim(self, drop: int) -> None:

@@ -9,10 +9,12 @@ O(entities asked for); nothing here runs on a message path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from moorage.broker.queue import Queue
+from moorage.broker.stats import EMPTY, StatsSnapshot
 from moorage.broker.vhost import HIDDEN_QUEUE_PREFIX, Exchange, VirtualHost
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ class QueueInfo:
     message_bytes_ready: int
     consumers: int
     owner_connection: int | None  # ClientConnection.id of an exclusive queue's owner
+    stats: StatsSnapshot = EMPTY  # message counters and rates (`broker.stats`)
 
     @property
     def messages(self) -> int:
@@ -51,6 +54,7 @@ class ExchangeInfo:
     auto_delete: bool
     internal: bool
     arguments: dict[str, Any]
+    stats: StatsSnapshot = EMPTY  # publish_in, publish_out
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class ChannelInfo:
     messages_unacknowledged: int
     consumers: int
     transactional: bool
+    stats: StatsSnapshot = EMPTY
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class ConnectionInfo:
     user: str
     channels: int
     client_properties: dict[str, Any] = field(default_factory=dict)
+    stats: StatsSnapshot = EMPTY
 
     @property
     def internal(self) -> bool:
@@ -119,6 +125,7 @@ def _queue_info(queue: Queue) -> QueueInfo:
         message_bytes_ready=queue.ready_bytes + queue.tail_bytes,
         consumers=len(queue.consumers),
         owner_connection=owner.id if owner is not None else None,
+        stats=queue.stats.snapshot(),
     )
 
 
@@ -131,6 +138,7 @@ def _exchange_info(vhost: VirtualHost, exchange: Exchange) -> ExchangeInfo:
         auto_delete=exchange.auto_delete,
         internal=exchange.internal,
         arguments=dict(exchange.arguments),
+        stats=exchange.stats.snapshot(),
     )
 
 
@@ -145,6 +153,50 @@ def _visible(name: str) -> bool:
     return not name.startswith(HIDDEN_QUEUE_PREFIX)
 
 
+@dataclass(frozen=True)
+class QueueTotals:
+    """Sums over many queues, made without a snapshot of each (the overview, /metrics)."""
+
+    queues: int = 0
+    messages_ready: int = 0
+    messages_unacknowledged: int = 0
+    message_bytes_ready: int = 0
+    consumers: int = 0
+    published: int = 0  # messages that entered them (`stats.publish`)
+
+    @property
+    def messages(self) -> int:
+        return self.messages_ready + self.messages_unacknowledged
+
+
+def queue_totals(broker: Broker, visible: Callable[[str], bool] | None = None) -> QueueTotals:
+    """Totals over every queue (of the vhosts `visible` accepts): one pass, no records."""
+    queues = ready = unacked = ready_bytes = consumers = published = 0
+    for v in broker.vhosts.values():
+        if visible is not None and not visible(v.name):
+            continue
+        for name, q in v.queues.items():
+            if not _visible(name):
+                continue
+            queues += 1
+            ready += q.message_count
+            unacked += q.unacked
+            ready_bytes += q.ready_bytes + q.tail_bytes
+            consumers += len(q.consumers)
+            published += q.stats.publish
+    return QueueTotals(queues, ready, unacked, ready_bytes, consumers, published)
+
+
+def exchange_count(broker: Broker) -> int:
+    """How many exchanges there are, the default ones included."""
+    return sum(len(v.exchanges) for v in broker.vhosts.values())
+
+
+def message_totals(broker: Broker) -> StatsSnapshot:
+    """The broker's message counters and rates: every session's, live or closed."""
+    return broker.message_totals().snapshot()
+
+
 def vhost_names(broker: Broker) -> list[str]:
     """Every virtual host, sorted."""
     return sorted(broker.vhosts)
@@ -156,6 +208,23 @@ def queues(broker: Broker, vhost: str | None = None) -> list[QueueInfo]:
         _queue_info(q)
         for v in _vhosts(broker, vhost)
         for name, q in sorted(v.queues.items())
+        if _visible(name)
+    ]
+
+
+class QueueKey(NamedTuple):
+    """A queue's vhost and name: what a page of a long listing is cut from."""
+
+    vhost: str
+    name: str
+
+
+def queue_keys(broker: Broker, vhost: str | None = None) -> list[QueueKey]:
+    """Every queue's key, in `queues` order, without a snapshot of each."""
+    return [
+        QueueKey(v.name, name)
+        for v in _vhosts(broker, vhost)
+        for name in sorted(v.queues)
         if _visible(name)
     ]
 
@@ -217,6 +286,7 @@ def connections(broker: Broker) -> list[ConnectionInfo]:
             user=c.user.name,
             channels=len(c.sessions),
             client_properties=dict(c.client_properties),
+            stats=c.message_totals().snapshot(),
         )
         for c in sorted(broker.connections, key=lambda c: c.id)
     ]
@@ -238,6 +308,7 @@ def channels(broker: Broker) -> list[ChannelInfo]:
                     messages_unacknowledged=len(s.unacked),
                     consumers=len(s.consumers),
                     transactional=s.transactional,
+                    stats=s.stats.snapshot(),
                 )
             )
     return out

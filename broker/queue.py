@@ -65,6 +65,7 @@ from moorage.broker.queue_paging import REFILL_BATCH, QueuePaging
 from moorage.broker.ready import PlainReady, PriorityReady, ReadyEntries, sorted_by_seq
 from moorage.broker.serialization import store_entry
 from moorage.broker.services import BrokerServices
+from moorage.broker.stats import MessageStats
 
 # What `Queue.publish` says happened to a message.
 ENQUEUED = 0  # queued, not written to the store
@@ -207,6 +208,7 @@ class Queue(QueueExpiry, QueuePaging, QueueLimits):
             self.memory_limit = 1 << 62  # never page (see the module docstring)
         self.consumers: list[Consumer] = []
         self.unacked = 0
+        self.stats = MessageStats()  # publish, deliver, get, redeliver, ack (`broker.stats`)
         self.deleted = False
         self._had_consumers = False
         self._next_seq = itertools.count(1).__next__
@@ -280,8 +282,10 @@ class Queue(QueueExpiry, QueuePaging, QueueLimits):
         must then wait for the store's `when_durable`), REJECTED (a full
         queue with `reject-publish`), DUPLICATE (FIFO deduplication),
         DELAYED/DELAYED_STORED (held by `x-delivery-delay`). `delayed` is
-        True when a delay scheduler releases the message.
+        True when a delay scheduler releases the message (counted on its way in).
         """
+        if not delayed:
+            self.stats.publish += 1
         annotations = message.annotations
         if (
             not self._plain_publish

@@ -40,6 +40,7 @@ from moorage.broker.queue import Consumer, Queue
 from moorage.broker.replies import OrderedReplies
 from moorage.broker.session_publishing import PublishResult, SessionPublishing
 from moorage.broker.session_timeouts import SessionTimeouts
+from moorage.broker.stats import MessageStats
 from moorage.broker.unacked import Unacked
 from moorage.broker.vhost import Exchange, VirtualHost
 
@@ -108,6 +109,7 @@ class Session(SessionPublishing, SessionTimeouts):
         self._deadline_timer: Timer | None = None
         self._timed_out: set[int] = set()
         self._memory = connection.vhost.broker.memory  # counts what `unacked` holds
+        self.stats = MessageStats()  # this channel's message counters (`broker.stats`)
 
     # -- permissions ------------------------------------------------------------------
 
@@ -378,9 +380,17 @@ class Session(SessionPublishing, SessionTimeouts):
         redelivered = entry.delivery_count > 0
         entry.delivery_count += 1
         queue = consumer.queue
+        stats, queue_stats = self.stats, queue.stats
+        if redelivered:
+            stats.redeliver += 1
+            queue_stats.redeliver += 1
         if consumer.no_ack:
+            stats.deliver_no_ack += 1
+            queue_stats.deliver_no_ack += 1
             queue.settle(entry)
         else:
+            stats.deliver += 1
+            queue_stats.deliver += 1
             self.unacked[tag] = Unacked(entry, queue, consumer)
             self._memory.unacked_bytes += len(entry.message.body) + ENTRY_OVERHEAD
             consumer.unacked += 1
@@ -403,9 +413,17 @@ class Session(SessionPublishing, SessionTimeouts):
         tag = self._next_tag()
         redelivered = entry.delivery_count > 0
         entry.delivery_count += 1
+        stats, queue_stats = self.stats, queue.stats
+        if redelivered:
+            stats.redeliver += 1
+            queue_stats.redeliver += 1
         if no_ack:
+            stats.get_no_ack += 1
+            queue_stats.get_no_ack += 1
             queue.settle(entry)
         else:
+            stats.get += 1
+            queue_stats.get += 1
             self.unacked[tag] = Unacked(entry, queue, None)
             self._memory.unacked_bytes += len(entry.message.body) + ENTRY_OVERHEAD
             if queue.consumer_timeout:
@@ -494,12 +512,15 @@ class Session(SessionPublishing, SessionTimeouts):
         """Finish deliveries: ack (requeue=None), requeue (True) or drop (False)."""
         touched: dict[Queue, list[QueueEntry]] = {}
         self._forget(items)
+        if requeue is None:
+            self.stats.ack += len(items)
         for item in items:
             if item.consumer is not None:
                 item.consumer.unacked -= 1
             if requeue:
                 touched.setdefault(item.queue, []).append(item.entry)
             elif requeue is None:
+                item.queue.stats.ack += 1
                 item.queue.settle(item.entry)
                 touched.setdefault(item.queue, [])
             else:

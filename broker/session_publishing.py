@@ -24,6 +24,7 @@ from moorage.broker.delayed import delay_of
 from moorage.broker.errors import AccessRefused, PreconditionFailed
 from moorage.broker.message import Message
 from moorage.broker.queue import DUPLICATE, REJECTED, WRITTEN, Queue
+from moorage.broker.stats import MessageStats
 from moorage.broker.vhost import Exchange, VirtualHost
 
 
@@ -91,6 +92,7 @@ class SessionPublishing:
     connection: PublishingConnection
     vhost: VirtualHost
     sink: ReturnSink
+    stats: MessageStats
     _tx: list[Callable[[], Any]] | None
 
     if TYPE_CHECKING:  # the session's other parts (`broker.session.Session`)
@@ -124,7 +126,9 @@ class SessionPublishing:
             self._check("write", exchange_name, "exchange")
             self.check_topic(exchange_name, "write", message.routing_key)
             self.connection.published = True
-            return self._publish_to(route.queues, message, mandatory)
+            self.stats.publish += 1
+            route.exchange.stats.publish_in += 1
+            return self._publish_to(route.exchange, route.queues, message, mandatory)
         exchange = self.vhost.lookup_exchange(exchange_name)
         self._check("write", exchange_name, "exchange")
         self.check_topic(exchange_name, "write", message.routing_key)
@@ -140,20 +144,29 @@ class SessionPublishing:
         return self._route(exchange, message, mandatory)
 
     def _route(self, exchange: Exchange, message: Message, mandatory: bool) -> PublishResult:
+        self.stats.publish += 1
+        exchange.stats.publish_in += 1
         if exchange.delayed:
             delay = delay_of(message)
             if delay:
                 stored = self.vhost.delay_scheduler(exchange).schedule(message, delay)
+                exchange.stats.publish_out += 1
                 return PublishResult(routed=1, stored=stored, delayed=True)
-        return self._publish_to(self.vhost.route(exchange, message), message, mandatory)
+        return self._publish_to(exchange, self.vhost.route(exchange, message), message, mandatory)
 
     def _publish_to(
-        self, queues: tuple[Queue, ...], message: Message, mandatory: bool
+        self, exchange: Exchange, queues: tuple[Queue, ...], message: Message, mandatory: bool
     ) -> PublishResult:
         if not queues:
             if mandatory:
+                self.stats.return_unroutable += 1
                 self.sink.returned(message, 312, "NO_ROUTE")
+            else:
+                self.stats.drop_unroutable += 1
             return PublishResult()
+        # one per queue reached, as RabbitMQ counts an exchange's `publish_out` (per
+        # queue-exchange pair: a fanout to 3 queues is publish_in 1, publish_out 3)
+        exchange.stats.publish_out += len(queues)
         result = PublishResult(routed=len(queues))
         for queue in queues:
             outcome = queue.publish(message)

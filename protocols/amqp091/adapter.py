@@ -38,6 +38,7 @@ from typing import Any
 from pamqp import commands
 from pamqp.base import Frame
 
+from moorage.broker import logs
 from moorage.broker.auth import User
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
@@ -262,7 +263,14 @@ class AMQPConnection:
         """connection.close with a hard error; only close-ok is accepted afterwards."""
         if self.closed or self.codec.close_sent:
             return
-        log.info("closing AMQP connection %s: %s", self.shell.peer, text)
+        logs.event(
+            "connection.error",
+            f"closing AMQP connection {self.shell.peer}: {text}",
+            connection=self.core.id if self.core is not None else None,
+            peer=self.shell.peer,
+            protocol="amqp091",
+            reason=text,
+        )
         if self._user is None:  # not authenticated: no connection.close (spec 2.2.4)
             self._close_transport()
             return
@@ -350,8 +358,14 @@ class AMQPConnection:
         if user is None:
             assert error is not None
             hold_refusal(self.shell, self.broker.refusal_delay(self.shell.peer))
-            log.warning(
-                "AMQP login refused for %r from %s: %s", username, self.shell.peer, error.text
+            logs.event(
+                "connection.refused",
+                f"AMQP login refused for {username!r} from {self.shell.peer}: {error.text}",
+                level=logging.WARNING,
+                peer=self.shell.peer,
+                protocol="amqp091",
+                user=username,
+                reason=error.text,
             )
             if self.capabilities.get("authentication_failure_close"):
                 text = (
@@ -409,6 +423,16 @@ class AMQPConnection:
         )
         self.send_method(0, commands.Connection.OpenOk())
         self.broker.flow.alarm_listeners.add(self._on_memory_alarm)
+        self.core.closer = self.force_close
+
+    def force_close(self, reason: str) -> None:
+        """An operator closed this connection: connection.close 320 with the reason, as
+        RabbitMQ's management plugin does (`CONNECTION_FORCED - Closed via management
+        plugin` by default); then only close-ok is accepted."""
+        if self.closed or self.codec.close_sent:
+            return
+        error = ConnectionForced(reason)
+        self._connection_error(error.code, error.reply_text, 0, 0)
 
     # -- dispatch ------------------------------------------------------------------------
 

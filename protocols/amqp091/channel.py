@@ -179,6 +179,8 @@ class AMQPChannel:
         if not self.open or upto <= self.confirmed:
             return
         multiple = upto - self.confirmed > 1
+        if error is None:
+            self.session.stats.confirm += upto - self.confirmed  # message rates (broker.stats)
         self.confirmed = upto
         if error is None:
             frame: Frame = commands.Basic.Ack(upto, multiple)

@@ -3,6 +3,12 @@
 Every protocol's clients appear here, each connection with its protocol named
 (AMQP 0-9-1, MQTT, STOMP); an MQTT or STOMP session is one channel. Users and
 permissions are in `api_users`.
+
+DELETE on a connection closes it with its protocol's own close
+(`ClientConnection.force_close`): AMQP `connection.close` 320
+`CONNECTION_FORCED - <reason>`, MQTT 5 DISCONNECT 0x98 (3.1.1: the socket
+closes), STOMP an ERROR frame. The reason is RabbitMQ's: the `X-Reason`
+header, or "Closed via management plugin".
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from aiohttp import web
 from moorage.broker import overview
 from moorage.broker.auth import User
 from moorage.protocols.management import render
-from moorage.protocols.management.auth import Level, level_of, may_see_vhost, not_found
+from moorage.protocols.management.auth import Level, level_of, may_see_vhost, not_found, require
 from moorage.protocols.management.requests import (
     broker_of,
     client_connections,
@@ -58,6 +64,26 @@ async def get_connection(request: web.Request) -> web.Response:
     for c in client_connections(broker_of(request)).values():
         if render.connection_name(c) == request.match_info["name"] and _may_see(user, c):
             return ok(render.connection(c))
+    raise not_found()
+
+
+DEFAULT_CLOSE_REASON = "Closed via management plugin"  # RabbitMQ's, when no X-Reason
+
+
+@routes.delete("/api/connections/{name}")
+async def delete_connection(request: web.Request) -> web.Response:
+    """Close a connection: its own user may, an administrator may close any (RabbitMQ
+    lets monitoring users too; closing is not monitoring, so Moorage does not)."""
+    user = user_of(request)
+    broker = broker_of(request)
+    for c in client_connections(broker).values():
+        if render.connection_name(c) != request.match_info["name"] or not _may_see(user, c):
+            continue
+        if c.user != user.name:
+            require(user, Level.ADMINISTRATOR)
+        reason = request.headers.get("X-Reason") or DEFAULT_CLOSE_REASON
+        broker.close_connection(c.id, reason)
+        return web.Response(status=204)
     raise not_found()
 
 

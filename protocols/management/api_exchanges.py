@@ -46,9 +46,10 @@ async def get_vhost_exchanges(request: web.Request) -> web.Response:
 @routes.get("/api/exchanges/{vhost}/{name}")
 async def get_exchange(request: web.Request) -> web.Response:
     user = user_of(request)
-    info = overview.exchange(
-        broker_of(request), vhost_of(request, user), request.match_info["name"]
-    )
+    name = request.match_info["name"]
+    if name == "amq.default":  # the default exchange's name in RabbitMQ's URLs
+        name = ""
+    info = overview.exchange(broker_of(request), vhost_of(request, user), name)
     if info is None:
         raise not_found()
     return ok(render.exchange(info))

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from moorage.broker import __version__, overview
 from moorage.broker.broker import Broker
+from moorage.broker.stats import CHANNEL_FIELDS
 from moorage.protocols.management import render
 from moorage.protocols.management.auth import http_error, may_see_vhost
 from moorage.protocols.management.requests import (
@@ -29,7 +30,7 @@ routes = web.RouteTableDef()
 async def get_overview(request: web.Request) -> web.Response:
     user = user_of(request)
     broker = broker_of(request)
-    queues = [q for q in overview.queues(broker) if may_see_vhost(user, q.vhost)]
+    queues = overview.queue_totals(broker, lambda vhost: may_see_vhost(user, vhost))
     connections = client_connections(broker)
     failover = {} if broker.failover_status is None else {"failover": broker.failover_status()}
     return ok(
@@ -45,17 +46,18 @@ async def get_overview(request: web.Request) -> web.Response:
                 {"name": t, "description": "", "enabled": True}
                 for t in ("direct", "fanout", "headers", "topic", "x-delayed-message")
             ],
+            "message_stats": overview.message_totals(broker).message_stats(CHANNEL_FIELDS),
             "queue_totals": {
-                "messages": sum(q.messages for q in queues),
-                "messages_ready": sum(q.messages_ready for q in queues),
-                "messages_unacknowledged": sum(q.messages_unacknowledged for q in queues),
+                "messages": queues.messages,
+                "messages_ready": queues.messages_ready,
+                "messages_unacknowledged": queues.messages_unacknowledged,
             },
             "object_totals": {
                 "connections": len(connections),
                 "channels": sum(c.channels for c in connections.values()),
-                "consumers": sum(q.consumers for q in queues),
-                "exchanges": len(overview.exchanges(broker)),
-                "queues": len(queues),
+                "consumers": queues.consumers,
+                "exchanges": overview.exchange_count(broker),
+                "queues": queues.queues,
             },
             "listeners": [
                 {"node": render.NODE, "protocol": "tcp", "port": port}

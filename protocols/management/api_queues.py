@@ -29,10 +29,19 @@ def _queue_list(request: web.Request, vhost: str | None) -> web.Response:
     broker = broker_of(request)
     if vhost is not None:
         vhost = vhost_of(request, user)
-    items = [
-        render.queue(q) for q in overview.queues(broker, vhost) if may_see_vhost(user, q.vhost)
-    ]
-    return ok(render.listing(items, request.query))
+    query = request.query
+    if "page" in query and not query.get("sort"):
+        # a page of a long list: snapshot only the queues on it
+        keys = [k for k in overview.queue_keys(broker, vhost) if may_see_vhost(user, k.vhost)]
+
+        def render_key(key: overview.QueueKey) -> dict[str, Any]:
+            info = overview.queue(broker, key.vhost, key.name)
+            assert info is not None  # the key was read in this same call
+            return render.queue(info)
+
+        return ok(render.rendered_listing(keys, query, render_key))
+    records = [q for q in overview.queues(broker, vhost) if may_see_vhost(user, q.vhost)]
+    return ok(render.rendered_listing(records, query, render.queue))
 
 
 @routes.get("/api/queues")

@@ -4,7 +4,10 @@ Metric names are RabbitMQ's (its `rabbitmq_prometheus` plugin), so existing
 Grafana dashboards and alert rules keep working; only the port differs
 (RabbitMQ serves them on 15692, Moorage on the management listener, 15672).
 Like RabbitMQ's, the endpoints need no credentials. Everything is read from
-the core's snapshots when scraped: nothing is counted on a message path.
+the core's snapshots when scraped; the message counters
+(`rabbitmq_global_messages_*_total`, and per queue
+`rabbitmq_queue_messages_published_total`) are the core's plain integers
+(`broker.stats`), which never go down: closed connections' counts stay in.
 """
 
 from __future__ import annotations
@@ -15,25 +18,118 @@ from collections.abc import Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from moorage.broker import __version__, overview
 from moorage.broker.broker import Broker
+from moorage.broker.stats import StatsSnapshot
 from moorage.protocols.management.requests import broker_of
 
 routes = web.RouteTableDef()
 
+# (name, help, the field of `overview.QueueInfo` and `overview.QueueTotals` it shows)
 _QUEUE_GAUGES = (
-    ("rabbitmq_queue_messages_ready", "Messages ready to be delivered to consumers"),
-    ("rabbitmq_queue_messages_unacked", "Messages delivered to consumers but not yet acknowledged"),
-    ("rabbitmq_queue_messages", "Sum of ready and unacknowledged messages"),
-    ("rabbitmq_queue_consumers", "Consumers on a queue"),
-    ("rabbitmq_queue_messages_ready_bytes", "Size in bytes of ready messages"),
+    (
+        "rabbitmq_queue_messages_ready",
+        "Messages ready to be delivered to consumers",
+        "messages_ready",
+    ),
+    (
+        "rabbitmq_queue_messages_unacked",
+        "Messages delivered to consumers but not yet acknowledged",
+        "messages_unacknowledged",
+    ),
+    ("rabbitmq_queue_messages", "Sum of ready and unacknowledged messages", "messages"),
+    ("rabbitmq_queue_consumers", "Consumers on a queue", "consumers"),
+    (
+        "rabbitmq_queue_messages_ready_bytes",
+        "Size in bytes of ready messages",
+        "message_bytes_ready",
+    ),
 )
 
 
-def _rss_bytes() -> int:
+# RabbitMQ's global counters (rabbitmq_prometheus, "Global Counters") -> `broker.stats` names;
+# "routed" is what was published less what reached no queue
+_GLOBAL_COUNTERS = (
+    (
+        "rabbitmq_global_messages_received",
+        "Total number of messages received from publishers",
+        ("publish",),
+    ),
+    (
+        "rabbitmq_global_messages_confirmed",
+        "Total number of messages confirmed to publishers",
+        ("confirm",),
+    ),
+    (
+        "rabbitmq_global_messages_delivered",
+        "Total number of messages delivered to consumers",
+        ("deliver_get",),
+    ),
+    (
+        "rabbitmq_global_messages_delivered_consume_manual_ack",
+        "Total number of messages delivered to consumers using basic.consume with manual "
+        "acknowledgment",
+        ("deliver",),
+    ),
+    (
+        "rabbitmq_global_messages_delivered_consume_auto_ack",
+        "Total number of messages delivered to consumers using basic.consume with automatic "
+        "acknowledgment",
+        ("deliver_no_ack",),
+    ),
+    (
+        "rabbitmq_global_messages_delivered_get_manual_ack",
+        "Total number of messages delivered to consumers using basic.get with manual "
+        "acknowledgment",
+        ("get",),
+    ),
+    (
+        "rabbitmq_global_messages_delivered_get_auto_ack",
+        "Total number of messages delivered to consumers using basic.get with automatic "
+        "acknowledgment",
+        ("get_no_ack",),
+    ),
+    (
+        "rabbitmq_global_messages_redelivered",
+        "Total number of messages redelivered to consumers",
+        ("redeliver",),
+    ),
+    (
+        "rabbitmq_global_messages_acknowledged",
+        "Total number of messages acknowledged by consumers",
+        ("ack",),
+    ),
+    (
+        "rabbitmq_global_messages_unroutable_dropped",
+        "Total number of messages published as non-mandatory into an exchange and dropped as "
+        "unroutable",
+        ("drop_unroutable",),
+    ),
+    (
+        "rabbitmq_global_messages_unroutable_returned",
+        "Total number of messages published as mandatory into an exchange and returned to the "
+        "publisher as unroutable",
+        ("return_unroutable",),
+    ),
+)
+
+
+def _global_counters(totals: StatsSnapshot) -> Iterator[Metric]:
+    for name, text, fields in _GLOBAL_COUNTERS:
+        yield CounterMetricFamily(name, text, value=sum(totals.count(f) for f in fields))
+    routed = totals.count("publish") - totals.count("drop_unroutable")
+    routed -= totals.count("return_unroutable")
+    yield CounterMetricFamily(
+        "rabbitmq_global_messages_routed",
+        "Total number of messages routed to queues or streams",
+        value=routed,
+    )
+
+
+def rss_bytes() -> int:
     """The process's resident memory (Linux /proc; elsewhere the peak from getrusage)."""
     try:
         with open("/proc/self/statm", "rb") as statm:
@@ -51,7 +147,7 @@ class BrokerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         broker = self.broker
-        queues = overview.queues(broker)
+        totals = overview.queue_totals(broker)
         connections = [
             c for c in overview.connections(broker) if c.protocol != "http" and not c.internal
         ]
@@ -63,12 +159,8 @@ class BrokerCollector(Collector):
         for name, text, value in (
             ("rabbitmq_connections", "Connections currently open", len(connections)),
             ("rabbitmq_channels", "Channels currently open", sum(c.channels for c in connections)),
-            (
-                "rabbitmq_consumers",
-                "Consumers currently connected",
-                sum(q.consumers for q in queues),
-            ),
-            ("rabbitmq_queues", "Queues available", len(queues)),
+            ("rabbitmq_consumers", "Consumers currently connected", totals.consumers),
+            ("rabbitmq_queues", "Queues available", totals.queues),
             (
                 "rabbitmq_alarms_memory_used_watermark",
                 "is 1 if the memory alarm is in effect",
@@ -92,23 +184,31 @@ class BrokerCollector(Collector):
             (
                 "rabbitmq_process_resident_memory_bytes",
                 "Memory used in bytes",
-                _rss_bytes(),
+                rss_bytes(),
             ),
         ):
             yield GaugeMetricFamily(name, text, value=value)
         if broker.failover_status is not None:
             yield from _failover_gauges(broker.failover_status())
-        for name, text in _QUEUE_GAUGES:
-            field = name.removeprefix("rabbitmq_queue_")
+        queues = overview.queues(broker) if self.per_object else []
+        for name, text, attribute in _QUEUE_GAUGES:
             if self.per_object:
                 family = GaugeMetricFamily(name, text, labels=["vhost", "queue"])
                 for q in queues:
-                    family.add_metric([q.vhost, q.name], _queue_value(q, field))
+                    family.add_metric([q.vhost, q.name], getattr(q, attribute))
             else:
-                family = GaugeMetricFamily(
-                    name, text, value=sum(_queue_value(q, field) for q in queues)
-                )
+                family = GaugeMetricFamily(name, text, value=getattr(totals, attribute))
             yield family
+        yield from _global_counters(overview.message_totals(broker))
+        published = "rabbitmq_queue_messages_published"
+        published_text = "Total number of messages published to queues"
+        if self.per_object:
+            counter = CounterMetricFamily(published, published_text, labels=["vhost", "queue"])
+            for q in queues:
+                counter.add_metric([q.vhost, q.name], q.stats.count("publish"))
+        else:
+            counter = CounterMetricFamily(published, published_text, value=totals.published)
+        yield counter
 
 
 _FAILOVER_GAUGES = (
@@ -137,16 +237,6 @@ def _failover_gauges(status: dict[str, object]) -> Iterator[Metric]:
         value = status.get(key)
         if isinstance(value, bool | int | float):
             yield GaugeMetricFamily(name, text, value=float(value))
-
-
-def _queue_value(queue: overview.QueueInfo, field: str) -> int:
-    return {
-        "messages_ready": queue.messages_ready,
-        "messages_unacked": queue.messages_unacknowledged,
-        "messages": queue.messages,
-        "consumers": queue.consumers,
-        "messages_ready_bytes": queue.message_bytes_ready,
-    }[field]
 
 
 def _scrape(broker: Broker, *, per_object: bool) -> web.Response:

@@ -23,6 +23,7 @@ from moorage.protocols.management import (
     api_connections,
     api_definitions,
     api_exchanges,
+    api_node,
     api_overview,
     api_queues,
     api_users,
@@ -101,6 +102,7 @@ def build_app(broker: Broker) -> web.Application:
     app.router.add_get("/", _index)
     app.router.add_static("/ui/", UI_DIR, follow_symlinks=False)
     app[BROKER_KEY] = broker
+    app[api_node.STARTED_KEY] = broker.clock.monotonic()
     for module in (
         api_overview,
         api_queues,
@@ -108,6 +110,7 @@ def build_app(broker: Broker) -> web.Application:
         api_connections,
         api_definitions,
         api_users,
+        api_node,
         metrics,
     ):
         app.add_routes(module.routes)

@@ -65,6 +65,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from moorage.broker import logs
 from moorage.broker.auth import User
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
@@ -249,7 +250,14 @@ class MQTTConnection:
 
     def _protocol_error(self, error: ProtocolError) -> None:
         """The one place codec errors meet the wire (DESIGN.md, "Errors at the boundary")."""
-        log.info("closing MQTT connection %s: %s", self.shell.peer, error)
+        logs.event(
+            "connection.error",
+            f"closing MQTT connection {self.shell.peer}: {error}",
+            connection=self.core.id if self.core is not None else None,
+            peer=self.shell.peer,
+            protocol="mqtt",
+            reason=str(error),
+        )
         if self.state is State.CONNECT:
             reason = error.reason
             if reason == ReasonCode.UNSUPPORTED_PROTOCOL_VERSION:
@@ -320,7 +328,13 @@ class MQTTConnection:
     # -- CONNECT -----------------------------------------------------------------------------
 
     def _refuse(self, reason: ReasonCode, text: str, server_reference: str | None = None) -> None:
-        log.info("refusing MQTT connection from %s: %s", self.shell.peer, text)
+        logs.event(
+            "connection.refused",
+            f"refusing MQTT connection from {self.shell.peer}: {text}",
+            peer=self.shell.peer,
+            protocol="mqtt",
+            reason=text,
+        )
         props = (
             MQTTProperties(reason_string=text, server_reference=server_reference)
             if self.version == MQTT_5
@@ -421,7 +435,17 @@ class MQTTConnection:
             self._refuse(ReasonCode.NOT_AUTHORIZED, e.text)
             return False
         self.replies = self.core.ordered_replies()
+        self.core.closer = self.force_close
         return True
+
+    def force_close(self, reason: str) -> None:
+        """An operator closed this connection: DISCONNECT 0x98 "Administrative action"
+        with the reason string (5.0), a plain close (3.1.1, which has no server
+        DISCONNECT). The will is published: the client did not say goodbye."""
+        if self.state is State.CONNECTED:
+            self._disconnect(ReasonCode.ADMINISTRATIVE_ACTION, publish_will=True, text=reason)
+        else:
+            self._close(publish_will=False)
 
     def _on_connect(self, packet: Connect) -> None:  # section 3.1.4, in order
         self.version = packet.protocol_version
@@ -577,6 +601,8 @@ class MQTTConnection:
         if reason >= 0x80 and packet.qos == 2 and self.mqtt is not None:
             self.mqtt.incoming_qos2.discard(pid)
         ack: Packet = PubAck(pid, reason) if packet.qos == 1 else PubRec(pid, reason)
+        if reason < 0x80 and self.session is not None:
+            self.session.stats.confirm += 1  # message rates (broker.stats): a promise made
         replies = self.replies
         if not replies.must_wait(stored=stored):
             if packet.qos == 1 and reason == ReasonCode.SUCCESS and self.codec.version != MQTT_5:

@@ -53,7 +53,7 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
-from moorage.broker import __version__
+from moorage.broker import __version__, logs
 from moorage.broker.auth import User
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
@@ -236,6 +236,12 @@ class StompConnection:
             return
         self._fatal("broker shutting down", f"The broker is shutting down ({reason}).", None)
 
+    def force_close(self, reason: str) -> None:
+        """An operator closed this connection: an ERROR frame with the reason, then close."""
+        if self.state in (State.CLOSED, State.CLOSING):
+            return
+        self._fatal(reason, f"The connection was closed by an operator: {reason}", None)
+
     # -- what the rooms use ------------------------------------------------------------
 
     def active_session(self) -> Session:
@@ -324,7 +330,14 @@ class StompConnection:
         """Send an ERROR frame (1.2 "ERROR") and close the connection."""
         if self.state is State.CLOSED:
             return
-        log.info("closing STOMP connection %s: %s", self.shell.peer, message)
+        logs.event(
+            "connection.error",
+            f"closing STOMP connection {self.shell.peer}: {message}",
+            connection=self.core.id if self.core is not None else None,
+            peer=self.shell.peer,
+            protocol="stomp",
+            reason=message,
+        )
         self._send(error_frame(message, detail, frame, self.version))
         self._close_transport()
 
@@ -412,6 +425,7 @@ class StompConnection:
             client_properties={"version": version, "client-id": frame.get("client-id")},
         )
         self.session = self.core.open_session(self)
+        self.core.closer = self.force_close
         self.replies = self.core.ordered_replies()
         self.user_name = login
         self.client_id = client_id

@@ -317,6 +317,12 @@ def _vet_read_only(path: Path) -> int:
         conn.close()
 
 
+def schema_version(conn: sqlite3.Connection, path: Path) -> int:
+    """The schema version of the store open on `conn` (0: an empty file), for vetting a
+    backup (`restore.py`). Raises StoreError: not a Moorage store, or a newer one."""
+    return _schema_version(conn, path)
+
+
 def _schema_version(conn: sqlite3.Connection, path: Path) -> int:
     """The file's schema version (0 for an empty file). Raises StoreError if unusable."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

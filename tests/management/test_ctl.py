@@ -3,16 +3,21 @@ running broker."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pika
 import pytest
 
+from moorage.broker import ctl, ctl_ops
 from tests.durability.broker_process import BrokerProcess
 from tests.helpers import RunningBroker, free_port, make_config
 
@@ -123,7 +128,15 @@ def test_backup_of_a_running_store(tmp_path: Path) -> None:
         assert leftovers == []  # the temporary copy next to the store is gone
     finally:
         broker.kill()
-    restored = BrokerProcess(tmp_path / "copy").start()
+    restored_dir = tmp_path / "restored"
+    result = moorage("restore", str(copy), "--data-dir", str(restored_dir))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"restored {copy} into {restored_dir / 'moorage.db'}")
+    assert "[" not in result.stdout  # no progress bar when stdout is not a terminal
+    again = moorage("restore", str(copy), "--data-dir", str(restored_dir))
+    assert again.returncode == 1
+    assert "is not empty; restore only into an empty directory" in again.stderr
+    restored = BrokerProcess(restored_dir).start()
     try:
         connection = pika.BlockingConnection(restored.params)
         channel = connection.channel()
@@ -144,3 +157,107 @@ def test_backup_of_a_memory_store_is_refused(port: str, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "memory store keeps nothing on disk" in result.stderr
     assert not (tmp_path / "nothing.db").exists()
+
+
+def test_restore_refuses_what_is_not_a_sound_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each refusal is one line and leaves nothing in the data directory (run in-process:
+    `ctl.main` is what the `moorage` command runs)."""
+    target = tmp_path / "target"
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    other = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE t (x)")
+        conn.commit()
+    store = tmp_path / "store.db"  # a Moorage-shaped file, then a page of it overwritten
+    with contextlib.closing(sqlite3.connect(store)) as conn:
+        conn.execute("CREATE TABLE schema_version (id INTEGER PRIMARY KEY, version INTEGER)")
+        conn.execute("INSERT INTO schema_version VALUES (1, 1)")
+        conn.execute("CREATE TABLE filler (x TEXT)")
+        conn.executemany("INSERT INTO filler VALUES (?)", [("x" * 500,)] * 200)
+        conn.commit()
+    data = bytearray(store.read_bytes())
+    data[3 * 4096 : 4 * 4096] = b"\xff" * 4096
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(bytes(data))
+    for source, reason in (
+        (tmp_path / "missing.db", "cannot read"),
+        (text, "is not a SQLite database"),
+        (other, "not a Moorage store"),
+        (damaged, "damaged"),
+    ):
+        assert ctl.main(["restore", str(source), "--data-dir", str(target)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("moorage: "), err
+        assert err.count("\n") == 1, err
+        assert reason in err, (source, err)
+        assert not target.exists() or not list(target.iterdir())
+    (target / "stray").mkdir(parents=True)
+    assert ctl.main(["restore", str(store), "--data-dir", str(target)]) == 1
+    assert "is not empty" in capsys.readouterr().err
+
+
+def test_reload_finds_the_broker_by_its_pid_file(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`moorage reload` sends SIGHUP: a user added to the file can log in, and a client
+    connected before keeps its connection."""
+    broker = BrokerProcess(tmp_path / "data").start()
+    try:
+        pid_file = tmp_path / "data" / "moorage.pid"
+        deadline = time.monotonic() + 15
+        while not pid_file.exists():
+            assert time.monotonic() < deadline, "no pid file"
+            time.sleep(0.02)
+        assert broker.proc is not None
+        assert int(pid_file.read_text()) == broker.proc.pid
+        connected = pika.BlockingConnection(broker.params)
+        newcomer = pika.ConnectionParameters(
+            "127.0.0.1",
+            broker.port,
+            credentials=pika.PlainCredentials("late", "pw"),
+            connection_attempts=1,
+        )
+        with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+            pika.BlockingConnection(newcomer)
+        broker.config.write_text(
+            broker.config.read_text()
+            + '[[users]]\nname = "guest"\npassword = "guest"\ntags = ["administrator"]\n'
+            + '[users.permissions."/"]\nconfigure = ".*"\nwrite = ".*"\nread = ".*"\n'
+            + '[[users]]\nname = "late"\npassword = "pw"\n'
+            + '[users.permissions."/"]\nconfigure = ".*"\nwrite = ".*"\nread = ".*"\n'
+        )
+        assert ctl.main(["reload", "--data-dir", str(tmp_path / "data")]) == 0
+        assert f"pid {broker.proc.pid}" in capfd.readouterr().out
+        deadline = time.monotonic() + 15
+        while "configuration reloaded" not in broker.log.read_text():
+            assert time.monotonic() < deadline, broker.log.read_text()
+            time.sleep(0.05)
+        pika.BlockingConnection(newcomer).close()
+        assert connected.is_open
+        connected.channel().queue_declare("still-here")
+        connected.close()
+    finally:
+        assert broker.stop() == 0
+    assert not (tmp_path / "data" / "moorage.pid").exists()  # removed at a clean stop
+    assert ctl.main(["reload", "--data-dir", str(tmp_path / "data")]) == 1
+    assert "is a broker running" in capfd.readouterr().err
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert ctl_ops.progress_bar(io.StringIO(), "copying") is None
+    screen = Terminal()
+    bar = ctl_ops.progress_bar(screen, "copying")
+    assert bar is not None
+    bar.update(512, 1024, 1 << 20)
+    bar.update(1024, 1024, 1 << 20)
+    bar.finish()
+    lines = screen.getvalue().split("\r")
+    assert lines[1] == "copying [" + "#" * 15 + "." * 15 + "]  50%  512.0/1024.0 MiB"
+    assert lines[2] == "copying [" + "#" * 30 + "] 100%  1024.0/1024.0 MiB\n"

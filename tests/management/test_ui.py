@@ -105,12 +105,15 @@ def test_ui_on_a_phone_sized_screen(managed: RunningBroker, browser: object) -> 
         find(By.CSS_SELECTOR, "#login button").click()
         wait_text(driver, "#ready", "3")
         assert find(By.ID, "chart").is_displayed()
+        wait_text(driver, "#published", "3")  # the message counters (`broker.stats`)
+        assert find(By.ID, "rate-chart").is_displayed()
         # the queues page: filter, then open the queue
         find(By.LINK_TEXT, "Queues").click()
         WebDriverWait(driver, WAIT).until(ec.presence_of_element_located((By.ID, "queues-table")))
         find(By.CSS_SELECTOR, "#queues-table input").send_keys("ui-")
         find(By.LINK_TEXT, "ui-orders").click()
         wait_text(driver, "#ready", "3")
+        assert find(By.ID, "queue-rate-chart").is_displayed()
         # get two messages without removing them
         count = find(By.CSS_SELECTOR, "#get-form input[name=count]")
         count.clear()

@@ -8,6 +8,10 @@ const nav = document.getElementById("nav");
 const loginForm = document.getElementById("login");
 let refreshTimer = null;
 const history = []; // [time, ready, unacked] samples for the overview chart
+const rateHistory = []; // [time, publish/s, deliver_get/s, ack/s] for the overview's rate chart
+const queueHistories = new Map(); // "vhost/name" -> the same samples for a queue's page
+const RATE_SERIES = [[1, "#2b6cb0", "publish"], [2, "#2f7d32", "deliver / get"], [3, "#d08b1a", "ack"]];
+// (the legend's colours are in style.css, .series-1 to .series-3: the page allows no inline style)
 
 function auth() {
   return sessionStorage.getItem("moorage-auth");
@@ -89,22 +93,50 @@ function tiles(pairs) {
     el("div", { class: "tile" }, label, el("b", { id }, value))));
 }
 
-function chart(samples) {
-  const canvas = el("canvas", { id: "chart", width: 600, height: 140, "aria-label": "Queued messages" });
+// Lines of `samples` ([time, v1, v2, ...]) on a canvas; `series` is [[index, color], ...].
+// The scale's top value is written in the corner.
+function draw(canvas, samples, series, unit = "") {
   const ctx = canvas.getContext("2d");
-  const max = Math.max(1, ...samples.map(([, r, u]) => r + u));
+  const max = Math.max(1, ...samples.flatMap((s) => series.map(([index]) => s[index])));
   ctx.clearRect(0, 0, 600, 140);
-  [[1, "#2b6cb0"], [2, "#d08b1a"]].forEach(([index, color]) => {
+  ctx.fillStyle = "#5a6b7d";
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.fillText(`${Math.round(max * 10) / 10}${unit}`, 4, 12);
+  series.forEach(([index, color]) => {
     ctx.strokeStyle = color;
     ctx.beginPath();
     samples.forEach((sample, i) => {
       const x = samples.length < 2 ? 0 : (i / (samples.length - 1)) * 600;
-      const y = 135 - (sample[index] / max) * 125;
+      const y = 135 - (sample[index] / max) * 120;
       if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
     });
     ctx.stroke();
   });
   return canvas;
+}
+
+function chart(samples) {
+  const canvas = el("canvas", { id: "chart", width: 600, height: 140, "aria-label": "Queued messages" });
+  return draw(canvas, samples, [[1, "#2b6cb0"], [2, "#d08b1a"]]);
+}
+
+function rate(stats, name) {
+  return (stats && stats[name + "_details"] && stats[name + "_details"].rate) || 0;
+}
+
+function pushRates(samples, stats) {
+  samples.push([Date.now(), rate(stats, "publish"), rate(stats, "deliver_get"), rate(stats, "ack")]);
+  if (samples.length > 120) samples.shift();
+}
+
+function rateChart(samples, id) {
+  const canvas = el("canvas", { id, width: 600, height: 140, "aria-label": "Message rates" });
+  return draw(canvas, samples, RATE_SERIES, "/s");
+}
+
+function rateLegend() {
+  return el("p", { class: "legend" }, RATE_SERIES.map(([index, , label]) =>
+    el("span", { class: `series-${index}` }, `\u25A0 ${label} `)));
 }
 
 // -- pages -------------------------------------------------------------------------------
@@ -114,6 +146,8 @@ async function overviewPage() {
   const q = o.queue_totals, t = o.object_totals;
   history.push([Date.now(), q.messages_ready, q.messages_unacknowledged]);
   if (history.length > 120) history.shift();
+  const m = o.message_stats || {};
+  pushRates(rateHistory, m);
   return [
     el("h1", {}, "Overview"),
     tiles([
@@ -123,6 +157,11 @@ async function overviewPage() {
       ["Alarms", alarms.status === "ok" ? "none" : (alarms.alarms || []).join(", "), "alarms"],
     ]),
     el("div", { class: "card" }, el("h2", {}, "Queued messages (ready in blue, unacked in orange)"), chart(history)),
+    tiles([
+      ["Publish /s", rate(m, "publish"), "publish-rate"], ["Deliver /s", rate(m, "deliver_get"), "deliver-rate"],
+      ["Ack /s", rate(m, "ack"), "ack-rate"], ["Published", m.publish || 0, "published"],
+    ]),
+    el("div", { class: "card" }, el("h2", {}, "Message rates"), rateChart(rateHistory, "rate-chart"), rateLegend()),
     el("p", {}, `${o.product_name} ${o.product_version} on ${o.node}; listening on `,
       o.listeners.map((l) => l.port).join(", ")),
   ];
@@ -133,7 +172,8 @@ async function queuesPage() {
   return [el("h1", {}, "Queues"), table(queues, [
     ["Virtual host", "vhost"], ["Name", "name", (q) => `#/queue/${enc(q.vhost)}/${enc(q.name)}`],
     ["Ready", "messages_ready"], ["Unacked", "messages_unacknowledged"], ["Total", "messages"],
-    ["Consumers", "consumers"], ["Durable", "durable"],
+    ["Consumers", "consumers"], ["Publish /s", "message_stats.publish_details.rate"],
+    ["Deliver /s", "message_stats.deliver_get_details.rate"], ["Durable", "durable"],
   ], "queues-table")];
 }
 
@@ -155,10 +195,30 @@ async function queuePage(vhost, name) {
   const path = `/queues/${enc(vhost)}/${enc(name)}`;
   const [q, bindings] = await Promise.all([api("GET", path), api("GET", path + "/bindings")]);
   const messages = el("div", { id: "messages" });
+  const key = `${vhost}/${name}`;
+  if (!queueHistories.has(key)) queueHistories.set(key, []);
+  const samples = queueHistories.get(key);
+  pushRates(samples, q.message_stats);
+  const canvas = rateChart(samples, "queue-rate-chart");
+  const counters = tiles([["Ready", q.messages_ready, "ready"], ["Unacked", q.messages_unacknowledged, "unacked"],
+    ["Consumers", q.consumers, "consumers"], ["Durable", q.durable, "durable"]]);
+  // Only the counters and the chart refresh (every 5 s), so the forms keep what is typed.
+  const refresh = async () => {
+    try {
+      const now = await api("GET", path);
+      pushRates(samples, now.message_stats);
+      draw(canvas, samples, RATE_SERIES, "/s");
+      counters.querySelector("#ready").textContent = now.messages_ready;
+      counters.querySelector("#unacked").textContent = now.messages_unacknowledged;
+      counters.querySelector("#consumers").textContent = now.consumers;
+    } catch (err) { return; }
+    if (location.hash === `#/queue/${enc(vhost)}/${enc(name)}`) refreshTimer = setTimeout(refresh, 5000);
+  };
+  refreshTimer = setTimeout(refresh, 5000);
   return [
     el("h1", {}, `Queue ${name}`),
-    tiles([["Ready", q.messages_ready, "ready"], ["Unacked", q.messages_unacknowledged, "unacked"],
-      ["Consumers", q.consumers, "consumers"], ["Durable", q.durable, "durable"]]),
+    counters,
+    el("div", { class: "card" }, el("h2", {}, "Message rates"), canvas, rateLegend()),
     el("p", {}, "Arguments: ", JSON.stringify(q.arguments)),
     el("h2", {}, "Bindings"),
     table(bindings.map((b) => ({ ...b, source: b.source || "(default)" })),
@@ -204,7 +264,8 @@ async function connectionsPage() {
   const connections = await api("GET", "/connections");
   return [el("h1", {}, "Connections"), table(connections, [
     ["Name", "name"], ["Protocol", "protocol"], ["User", "user"], ["Virtual host", "vhost"],
-    ["Channels", "channels"],
+    ["Channels", "channels"], ["Publish /s", "message_stats.publish_details.rate"],
+    ["Deliver /s", "message_stats.deliver_get_details.rate"],
   ], "connections-table")];
 }
 
