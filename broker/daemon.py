@@ -21,7 +21,7 @@ from moorage.broker.auth_backends import load_backends
 from moorage.broker.broker import Broker
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Config, ConfigError
-from moorage.broker.descriptors import raise_open_files_limit
+from moorage.broker.descriptors import log_open_files_limit, raise_open_files_limit
 from moorage.broker.disk import limit_bytes as disk_limit_bytes
 from moorage.broker.listeners import Listener, discover
 from moorage.broker.mounts import UnsafeFileSystem
@@ -318,7 +318,7 @@ async def serve(
         shared = await _wait_for_shared_storage(daemon, stop, notifier, watchdog)
         if shared is None:
             return  # stopped while waiting
-    raise_open_files_limit()
+    open_files = raise_open_files_limit()
     try:
         await daemon.start()
     except BaseException:
@@ -327,6 +327,7 @@ async def serve(
             shared.close()
         raise
     tune_gc()
+    log_open_files_limit(open_files)
     pid_path = pidfile.write(config.data_dir)  # for `moorage reload` (broker.pidfile)
     if on_ready is not None:
         on_ready(daemon)

@@ -43,11 +43,12 @@ def open_files_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
-def raise_open_files_limit() -> tuple[int, int] | None:
-    """Raise the soft open-files limit to the hard one; return (before, after) soft limits.
+def raise_open_files_limit() -> tuple[int, int, int] | None:
+    """Raise the soft open-files limit to the hard one; return the soft limits before
+    and after, and the hard limit, for `log_open_files_limit`.
 
-    Logs both. None where the platform has no such limit. A refusal by the
-    system is logged and leaves the limit as it was.
+    None where the platform has no such limit. A refusal by the system is
+    logged and leaves the limit as it was.
     """
     if resource is None:
         return None
@@ -59,13 +60,20 @@ def raise_open_files_limit() -> tuple[int, int] | None:
         except (ValueError, OSError) as e:
             log.warning("cannot raise the open-files limit from %d to %d: %s", soft, target, e)
             target = soft
-    log.info(
-        "open-files limit: %s (soft limit was %s, hard limit %s)",
-        _text(target),
-        _text(soft),
-        _text(hard),
-    )
-    return soft, target
+    return soft, target, hard
+
+
+def log_open_files_limit(limits: tuple[int, int, int] | None) -> None:
+    """Log what `raise_open_files_limit` did (once the broker has started, so that a
+    broker that cannot start says only why)."""
+    if limits is not None:
+        soft, target, hard = limits
+        log.info(
+            "open-files limit: %s (soft limit was %s, hard limit %s)",
+            _text(target),
+            _text(soft),
+            _text(hard),
+        )
 
 
 def _text(limit: int) -> str:
