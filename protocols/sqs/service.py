@@ -64,4 +64,5 @@ class SqsService:
         return wire.reply(call.action, call.wire, result, call.request_id)
 
     async def close(self) -> None:
-        """Nothing runs in the background: long polls end with their connections."""
+        """End the long polls in progress (the listener is closing): each answers now."""
+        self.state.receivers.wake_all()

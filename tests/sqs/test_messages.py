@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.sqs.conftest import Sqs, error_code
+from tests.helpers import RunningBroker
+from tests.sqs.conftest import ClientFactory, Sqs, error_code, sqs_config
 
 ATTRIBUTES = {
     "text": {"DataType": "String", "StringValue": "héllo"},
@@ -272,3 +275,31 @@ def test_fifo_group_waits_for_its_message_in_flight(sqs: Sqs) -> None:
     client.delete_message(QueueUrl=url, ReceiptHandle=again["ReceiptHandle"])
     (second,) = sqs.receive(url, WaitTimeSeconds=10)
     assert second["Body"] == "second"
+
+
+def test_shutdown_ends_a_long_poll(
+    tmp_path: Path, start_broker: Callable[..., RunningBroker], make_client: ClientFactory
+) -> None:
+    """Stopping the broker answers a long poll in progress; nothing is left pending."""
+    broker = start_broker(sqs_config(tmp_path))
+    client = make_client(broker)
+    url = client.create_queue(QueueName="waiting")["QueueUrl"]
+    outcome: list[object] = []
+
+    def poll() -> None:
+        try:
+            outcome.append(client.receive_message(QueueUrl=url, WaitTimeSeconds=20))
+        except Exception as e:  # the connection may be cut instead: also an answer
+            outcome.append(e)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    queue = broker.call(lambda: broker.daemon.broker.vhosts["/"].queues["waiting"])
+    deadline = time.monotonic() + 30
+    while not broker.call(lambda: queue.consumers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert broker.call(lambda: len(queue.consumers)) == 1  # the poll waits as a consumer
+    broker.stop()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert outcome
