@@ -49,7 +49,7 @@ SERVICES: dict[str, str] = {
     "sqs": "moorage.protocols.sqs.service:SqsService",
     "sns": "moorage.protocols.sns.service:SnsService",
 }
-"""Signing name -> `module:factory` of the service, imported on first use."""
+"""Signing name -> `module:factory` of the service, made when the first AWS listener starts."""
 
 JSON_TARGETS: dict[str, str] = {"AmazonSQS": "sqs"}
 """`X-Amz-Target` prefix -> the service that speaks AWS JSON 1.0."""
