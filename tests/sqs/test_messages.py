@@ -218,6 +218,13 @@ def test_redrive_to_dead_letter_queue_and_back(sqs: Sqs) -> None:
     with pytest.raises(ClientError) as e:
         client.start_message_move_task(SourceArn=url.replace("work", "nope"))
     assert error_code(e) == "ResourceNotFoundException"
+    # a move is done when StartMessageMoveTask answers: only a RUNNING task can be cancelled
+    with pytest.raises(ClientError) as e:
+        client.cancel_message_move_task(TaskHandle=handle)
+    assert error_code(e) == "AWS.SimpleQueueService.UnsupportedOperation"
+    with pytest.raises(ClientError) as e:
+        client.cancel_message_move_task(TaskHandle="no-such-task")
+    assert error_code(e) == "ResourceNotFoundException"
 
 
 def test_fifo_order_per_group_and_deduplication(sqs: Sqs) -> None:
