@@ -10,6 +10,9 @@ is answered after its messages are on disk), and moto's server mode
 (``moto[server]``, in-memory, the stand-in many teams test against) on another
 free port — it runs two phases on one queue, with ``C`` clients in parallel:
 
+0. warm-up, not timed: each client sends, receives and deletes one message on
+   a queue of its own (botocore loads an operation's model on its first call),
+   or opens its connection (raw);
 1. send: ``N`` messages of ``BYTES`` bytes in SendMessageBatch calls of 10;
 2. drain: ReceiveMessage (10 at a time) and DeleteMessageBatch of what came,
    until all ``N`` were received and deleted;
@@ -133,10 +136,25 @@ def _shares(count: int, parts: int) -> list[int]:
     return [count // parts + (1 if i < count % parts else 0) for i in range(parts)]
 
 
+def _warm_up_boto3(clients: list[Any], url: str, body: str) -> None:
+    """One send, receive and delete per client on a queue of its own, before timing:
+    botocore loads each operation's model on its first call, and opens its connection."""
+    for client in clients:
+        client.send_message_batch(QueueUrl=url, Entries=[{"Id": "0", "MessageBody": body}])
+        for message in client.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get(
+            "Messages", []
+        ):
+            entries = [{"Id": "0", "ReceiptHandle": message["ReceiptHandle"]}]
+            client.delete_message_batch(QueueUrl=url, Entries=entries)
+
+
 def run_boto3(endpoint: str, queue: str, count: int, concurrency: int, body: str) -> Rates:
     setup = _boto3_client(endpoint)
     url = setup.create_queue(QueueName=queue)["QueueUrl"]
     clients = [_boto3_client(endpoint) for _ in range(concurrency)]
+    warm_up = setup.create_queue(QueueName=f"{queue}-warm-up")["QueueUrl"]
+    _warm_up_boto3(clients, warm_up, body)
+    setup.delete_queue(QueueUrl=warm_up)
     shares = _shares(count, concurrency)
 
     def send(i: int) -> None:
@@ -213,6 +231,10 @@ async def _run_raw(endpoint: str, queue: str, count: int, concurrency: int, body
     async with aiohttp.ClientSession(connector=connector) as session:
         client = RawClient(endpoint, session)
         url = (await client.call("CreateQueue", {"QueueName": queue}))["QueueUrl"]
+        # open the connections before timing: a call per client in parallel
+        await asyncio.gather(
+            *(client.call("GetQueueAttributes", {"QueueUrl": url}) for _ in range(concurrency))
+        )
         shares = _shares(count, concurrency)
 
         async def send(left: int) -> None:

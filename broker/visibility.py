@@ -276,6 +276,11 @@ class PullReceiver:
         self.first_received.clear()
         return count
 
+    def wake(self) -> None:
+        """Answer every waiter now with what it has (the broker is shutting down)."""
+        for waiter in list(self._waiters):
+            self._finish(waiter)
+
     def close(self) -> None:
         """Forget the in-flight entries (their queue is gone) and answer the waiters."""
         self.closed = True
@@ -311,6 +316,11 @@ class PullReceivers:
             del self._receivers[(vhost, name)]
             return None
         return receiver
+
+    def wake_all(self) -> None:
+        """End every long poll now (shutdown): each answers with what it has."""
+        for receiver in list(self._receivers.values()):
+            receiver.wake()
 
     def forget(self, vhost: str, name: str) -> None:
         """A queue was deleted: drop its receiver."""

@@ -11,10 +11,15 @@ listener serves both services:
   (`.../<region>/sqs|sns/aws4_request`).
 
 Every request is authenticated first (`sigv4.verify`) against the broker
-users' access keys; then the body is parsed, and the service (found lazily
-in `SERVICES`, made once per listener as `factory(broker)`) answers. A
-service module that is not installed is simply not served (`InvalidAction`).
-Errors are rendered in the caller's wire format (`errors.AwsError`).
+users' access keys; then the body is parsed, and the service answers. The
+services registered in `SERVICES` are made once per broker as
+`factory(broker)` (the `sqs` and `sqs_https` listeners share them: one
+receipt-handle epoch, one set of queue attributes, one SNS delivery loop),
+when the first listener starts, and started then (`start()`, when a service
+has it) so that their background work resumes after a restart without
+waiting for a request. A service module that is not installed is simply not
+served (`InvalidAction`). Errors are rendered in the caller's wire format
+(`errors.AwsError`).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ SERVICES: dict[str, str] = {
     "sqs": "moorage.protocols.sqs.service:SqsService",
     "sns": "moorage.protocols.sns.service:SnsService",
 }
-"""Signing name -> `module:factory` of the service, imported on first use."""
+"""Signing name -> `module:factory` of the service, made when the first AWS listener starts."""
 
 JSON_TARGETS: dict[str, str] = {"AmazonSQS": "sqs"}
 """`X-Amz-Target` prefix -> the service that speaks AWS JSON 1.0."""
@@ -55,14 +60,36 @@ MAX_BODY = 4 * 1024 * 1024
 
 
 class AwsServices:
-    """The services of one listener, made on first use and closed with it."""
+    """The AWS services of one broker: made and started with its first AWS listener,
+    closed with its listeners (`broker.extension(EXTENSION, AwsServices)`)."""
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self._services: dict[str, AwsService | None] = {}
+        self._starting: asyncio.Lock = asyncio.Lock()
+        self._started = False
+        self._closed = False
+
+    async def start(self) -> None:
+        """Make every registered service and await its `start()` when it has one (once).
+
+        A service whose module is not installed is skipped; any other failure
+        to make or start one is raised: the listener does not start half-served."""
+        async with self._starting:
+            if self._started or self._closed:
+                return
+            for name in SERVICES:
+                service = self.get(name)
+                start = getattr(service, "start", None)
+                if start is not None:
+                    await start()
+            self._started = True
 
     def get(self, name: str) -> AwsService | None:
-        """The service of signing name `name`, or None when it is not installed."""
+        """The service of signing name `name`, or None when it is not installed
+        (or the services are closed: the broker is stopping)."""
+        if self._closed:
+            return None
         if name in self._services:
             return self._services[name]
         service: AwsService | None = None
@@ -81,11 +108,18 @@ class AwsServices:
         return service
 
     async def close(self) -> None:
+        """Close every service made (once, whichever listener asks first)."""
+        if self._closed:
+            return
+        self._closed = True
         for service in self._services.values():
             if service is not None:
                 await service.close()
         self._services.clear()
 
+
+EXTENSION = "aws_services"
+"""The broker extension holding the `AwsServices` its AWS listeners share."""
 
 SERVICES_KEY = web.AppKey("aws_services", AwsServices)
 BROKER_KEY = web.AppKey("aws_broker", Broker)
@@ -241,11 +275,14 @@ async def _handle(request: web.Request) -> web.Response:
     )
 
 
-def build_app(broker: Broker) -> web.Application:
-    """The AWS application for `broker` (also usable in an aiohttp test client)."""
+def build_app(broker: Broker, services: AwsServices | None = None) -> web.Application:
+    """The AWS application for `broker` (also usable in an aiohttp test client), serving
+    `services` (by default the broker's shared `AwsServices`)."""
     app = web.Application(client_max_size=MAX_BODY)
     app[BROKER_KEY] = broker
-    app[SERVICES_KEY] = AwsServices(broker)
+    app[SERVICES_KEY] = (
+        services if services is not None else broker.extension(EXTENSION, AwsServices)
+    )
     app.router.add_route("POST", "/{path:.*}", _handle)
     app.router.add_route("GET", "/{path:.*}", _handle)
     return app
@@ -290,6 +327,7 @@ class AwsPlugin:
         self, broker: Broker, host: str, port: int, ssl_context: ssl.SSLContext | None = None
     ) -> AwsListener:
         app = build_app(broker)
+        await app[SERVICES_KEY].start()
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         assert runner.server is not None

@@ -54,3 +54,10 @@ class AwsService(Protocol):
     async def close(self) -> None:
         """Stop background work (pollers, deliveries)."""
         ...
+
+
+# Optional: a service may also define `async def start(self) -> None`. The
+# listener awaits it once, when the broker's first AWS listener starts (before
+# it accepts requests), to load state and resume background work (SNS
+# deliveries) after a restart. It is not part of `AwsService` so that a service
+# without background work need not define it.

@@ -46,6 +46,7 @@ Result = dict[str, Any]
 
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")
 _TAG_KEY = re.compile(r"[\w\s.:/=+\-@]{1,128}")
+MAX_MOVE_TASKS = 1000  # the finished move tasks ListMessageMoveTasks remembers (all queues)
 
 
 def _check_queue_name(name: str) -> bool:
@@ -362,6 +363,7 @@ async def start_message_move_task(state: SqsState, call: AwsCall, params: Params
             "StartedTimestamp": int(state.broker.clock.wall() * 1000),
         }
     )
+    del state.move_tasks[:-MAX_MOVE_TASKS]
     await state.durable()
     return {"TaskHandle": handle}
 

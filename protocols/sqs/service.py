@@ -1,6 +1,7 @@
 """The SQS service: the AWS listener's `sqs` service, one handler per API action.
 
-`SqsService(broker)` is made by the listener on the first SQS request. A call
+`SqsService(broker)` is made and started (its queue attributes loaded from the
+store) when the broker's AWS listener starts, one for the broker. A call
 is turned into JSON-shaped parameters (`wire.query_params` for the Query
 protocol), handled by the action's function (`queue_actions`,
 `message_actions`) and answered in the caller's wire format (`wire.reply`).
@@ -63,5 +64,10 @@ class SqsService:
         result = await handler(self.state, call, params)
         return wire.reply(call.action, call.wire, result, call.request_id)
 
+    async def start(self) -> None:
+        """Load the queues' SQS attributes from the store before the first request."""
+        await self.state.load()
+
     async def close(self) -> None:
-        """Nothing runs in the background: long polls end with their connections."""
+        """End the long polls in progress (the listener is closing): each answers now."""
+        self.state.receivers.wake_all()

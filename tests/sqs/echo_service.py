@@ -10,6 +10,7 @@ from moorage.protocols.aws.query import element, xml_reply
 from moorage.protocols.aws.service import AwsCall, AwsReply
 
 CALLS: list[AwsCall] = []
+INSTANCES: list[EchoService] = []
 
 
 class EchoService:
@@ -17,7 +18,12 @@ class EchoService:
 
     def __init__(self, broker: Any) -> None:
         self.broker = broker
+        self.started = 0
         self.closed = False
+        INSTANCES.append(self)
+
+    async def start(self) -> None:
+        self.started += 1
 
     async def call(self, call: AwsCall) -> AwsReply:
         if call.action not in ("ListQueues", "GetQueueUrl", "ListQueueTags"):

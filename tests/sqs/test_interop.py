@@ -1,10 +1,10 @@
-"""SQS queues are Moorage queues: AMQP clients see what SQS sent and the other way round,
-and what SQS was told survives kill -9."""
+"""SQS queues are Moorage queues: AMQP and STOMP clients see what SQS sent and the other
+way round, and what SQS was told survives kill -9."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -12,10 +12,13 @@ from typing import Any
 import boto3
 import pika
 import pytest
+import stomp
 from botocore.config import Config as BotoConfig
 
 from tests.durability.broker_process import BrokerProcess
-from tests.sqs.conftest import REGION, Sqs
+from tests.helpers import RunningBroker, free_port
+from tests.sqs.conftest import REGION, ClientFactory, Sqs, sqs_config
+from tests.stomp.conftest import Collector
 
 
 def _amqp(sqs: Sqs) -> pika.BlockingConnection:
@@ -177,3 +180,50 @@ def test_queues_messages_and_attributes_survive_kill_9(process: BrokerProcess) -
     # the messages in flight at the kill were received once before it
     assert {b for b, count in bodies.items() if count == "2"} == in_flight
     assert process.stop() == 0
+
+
+def test_stomp_both_ways(
+    tmp_path: Path, start_broker: Callable[..., RunningBroker], make_client: ClientFactory
+) -> None:
+    """A STOMP subscriber reads what SQS sent (attributes as headers); SQS receives what
+    STOMP sent (headers as attributes)."""
+    config = sqs_config(tmp_path)
+    config.ports["stomp"] = free_port()
+    broker = start_broker(config)
+    client = make_client(broker)
+    url = client.create_queue(QueueName="with-stomp")["QueueUrl"]
+    colour = {"colour": {"DataType": "String", "StringValue": "blue"}}
+    client.send_message(QueueUrl=url, MessageBody="from sqs", MessageAttributes=colour)
+    connection = stomp.Connection12(
+        [("127.0.0.1", broker.daemon.ports["stomp"])], auto_content_length=True
+    )
+    collector = Collector()
+    connection.set_listener("collector", collector)
+    connection.connect("guest", "guest", wait=True)
+    try:
+        connection.subscribe("/amq/queue/with-stomp", id="1", ack="client-individual")
+        (frame,) = collector.wait_messages(1, timeout=30)
+        assert (frame.body, frame.headers["colour"]) == ("from sqs", "blue")
+        connection.ack(frame.headers["ack"], receipt="acked")
+        connection.unsubscribe(id="1", receipt="unsubscribed")
+        assert collector.wait(lambda: {"acked", "unsubscribed"} <= set(collector.receipts), 30)
+        connection.send(
+            "/amq/queue/with-stomp",
+            "from stomp",
+            headers={"persistent": "true", "region": "eu"},
+            receipt="sent",
+        )
+        assert collector.wait(lambda: "sent" in collector.receipts, 30)
+    finally:
+        connection.disconnect()
+    (message,) = client.receive_message(
+        QueueUrl=url, WaitTimeSeconds=10, MessageAttributeNames=["All"]
+    )["Messages"]
+    assert message["Body"] == "from stomp"
+    assert message["MessageAttributes"]["region"] == {"DataType": "String", "StringValue": "eu"}
+    client.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    counts = client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert (
+        counts["ApproximateNumberOfMessages"],
+        counts["ApproximateNumberOfMessagesNotVisible"],
+    ) == ("0", "0")

@@ -30,6 +30,7 @@ def echo(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
     """Serve the echo stand-in as the `sqs` service (the listener imports it by name)."""
     monkeypatch.setitem(server.SERVICES, "sqs", "tests.sqs.echo_service:EchoService")
     echo_service.CALLS.clear()
+    echo_service.INSTANCES.clear()
     return echo_service.CALLS
 
 
@@ -60,6 +61,21 @@ def test_signed_call_reaches_the_service(
     other = make_client(broker, wire, key="AKIADEV", secret="dev-secret")
     other.list_queues()
     assert echo[-1].vhost == "dev"
+
+
+def test_services_start_with_the_listener(
+    broker: RunningBroker, make_client: ClientFactory, echo: list[Any]
+) -> None:
+    """Each registered service is made and started when the listener starts, before any
+    request (SNS resumes its deliveries after a restart), once per broker."""
+    (service,) = echo_service.INSTANCES
+    assert (service.started, service.closed, echo) == (1, False, [])
+    assert service.broker is broker.daemon.broker
+    make_client(broker).list_queues()
+    assert len(echo_service.INSTANCES) == 1
+    assert len(echo) == 1
+    broker.stop()
+    assert service.closed
 
 
 @pytest.mark.parametrize("wire", ["json", "query"])
@@ -275,7 +291,8 @@ def test_access_keys_in_the_configuration(tmp_path: Path) -> None:
 def test_sqs_over_https(
     tmp_path: Path, start_broker: Callable[..., RunningBroker], make_client: ClientFactory
 ) -> None:
-    """The TLS twin (`sqs_https`) serves the same API with the [tls] certificate."""
+    """The TLS twin (`sqs_https`) serves the same API with the [tls] certificate, on the
+    same service as the plain listener: a receipt handle got over one works on the other."""
     import boto3
     import trustme
 
@@ -283,7 +300,6 @@ def test_sqs_over_https(
 
     ca = trustme.CA()
     config = sqs_config(tmp_path)
-    config.ports["sqs"] = 0
     config.ports["sqs_https"] = free_port()
     config.tls.cert, config.tls.key = map(str, write_server_cert(ca, tmp_path / "tls"))
     running = start_broker(config)
@@ -297,6 +313,18 @@ def test_sqs_over_https(
         aws_secret_access_key="guest",
         verify=str(ca_file),
     )
-    url = client.create_queue(QueueName="secure")["QueueUrl"]
+    url = client.create_queue(QueueName="secure", Attributes={"VisibilityTimeout": "600"})[
+        "QueueUrl"
+    ]
     assert url.startswith("https://127.0.0.1:")
+    client.send_message(QueueUrl=url, MessageBody="over tls")
+    (message,) = client.receive_message(QueueUrl=url)["Messages"]
     client.close()
+    plain = make_client(running)
+    plain_url = plain.get_queue_url(QueueName="secure")["QueueUrl"]
+    attributes = plain.get_queue_attributes(QueueUrl=plain_url, AttributeNames=["All"])
+    assert attributes["Attributes"]["VisibilityTimeout"] == "600"
+    assert attributes["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1"
+    plain.delete_message(QueueUrl=plain_url, ReceiptHandle=message["ReceiptHandle"])
+    attributes = plain.get_queue_attributes(QueueUrl=plain_url, AttributeNames=["All"])
+    assert attributes["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "0"

@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.sqs.conftest import Sqs, error_code
+from tests.helpers import RunningBroker
+from tests.sqs.conftest import ClientFactory, Sqs, error_code, sqs_config
 
 ATTRIBUTES = {
     "text": {"DataType": "String", "StringValue": "héllo"},
@@ -215,6 +218,13 @@ def test_redrive_to_dead_letter_queue_and_back(sqs: Sqs) -> None:
     with pytest.raises(ClientError) as e:
         client.start_message_move_task(SourceArn=url.replace("work", "nope"))
     assert error_code(e) == "ResourceNotFoundException"
+    # a move is done when StartMessageMoveTask answers: only a RUNNING task can be cancelled
+    with pytest.raises(ClientError) as e:
+        client.cancel_message_move_task(TaskHandle=handle)
+    assert error_code(e) == "AWS.SimpleQueueService.UnsupportedOperation"
+    with pytest.raises(ClientError) as e:
+        client.cancel_message_move_task(TaskHandle="no-such-task")
+    assert error_code(e) == "ResourceNotFoundException"
 
 
 def test_fifo_order_per_group_and_deduplication(sqs: Sqs) -> None:
@@ -272,3 +282,31 @@ def test_fifo_group_waits_for_its_message_in_flight(sqs: Sqs) -> None:
     client.delete_message(QueueUrl=url, ReceiptHandle=again["ReceiptHandle"])
     (second,) = sqs.receive(url, WaitTimeSeconds=10)
     assert second["Body"] == "second"
+
+
+def test_shutdown_ends_a_long_poll(
+    tmp_path: Path, start_broker: Callable[..., RunningBroker], make_client: ClientFactory
+) -> None:
+    """Stopping the broker answers a long poll in progress; nothing is left pending."""
+    broker = start_broker(sqs_config(tmp_path))
+    client = make_client(broker)
+    url = client.create_queue(QueueName="waiting")["QueueUrl"]
+    outcome: list[object] = []
+
+    def poll() -> None:
+        try:
+            outcome.append(client.receive_message(QueueUrl=url, WaitTimeSeconds=20))
+        except Exception as e:  # the connection may be cut instead: also an answer
+            outcome.append(e)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    queue = broker.call(lambda: broker.daemon.broker.vhosts["/"].queues["waiting"])
+    deadline = time.monotonic() + 30
+    while not broker.call(lambda: queue.consumers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert broker.call(lambda: len(queue.consumers)) == 1  # the poll waits as a consumer
+    broker.stop()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert outcome
