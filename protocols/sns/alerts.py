@@ -6,11 +6,12 @@ like to any topic (email, HTTP/S, an SQS queue), the way CloudWatch alarms
 feed SNS. What is published:
 
 - every WARNING-or-worse record of the core's alarm loggers (`ALARM_LOGGERS`:
-  the memory alarm raised and cleared, `moorage.memory`; the failover node's
+  the memory and disk alarms raised and cleared, the `alarm.raised` and
+  `alarm.cleared` events of `moorage.events` (`broker.logs`); the failover node's
   events such as a lost standby or witness, `moorage.failover`; the
-  shared-storage lease, `moorage.shared_storage`; a disk alarm under
-  `moorage.disk`) — the log line is the message, state `cleared` when it says
-  so ("cleared", "... again", "recovered"), else `raised`;
+  shared-storage lease, `moorage.shared_storage`) — the log line is the
+  message, state `cleared` when it says so ("cleared", "... again",
+  "recovered"), else `raised`;
 - a queue whose ready messages exceed `[sns] alert_queue_depth`, or whose
   oldest ready message (by its `timestamp` property, which SNS, SQS and most
   AMQP clients set) is older than `[sns] alert_queue_age` seconds, checked
@@ -45,7 +46,14 @@ log = logging.getLogger("moorage.sns")
 # The core's loggers whose warnings are alarms: the memory alarm; the failover work's
 # node (standby lost, witness unreachable, promotion) and shared-storage lease; a
 # disk alarm as it lands. Each record is one alert named after the logger's last part.
-ALARM_LOGGERS = ("moorage.memory", "moorage.disk", "moorage.failover", "moorage.shared_storage")
+ALARM_LOGGERS = (
+    "moorage.memory",
+    "moorage.disk",
+    "moorage.failover",
+    "moorage.shared_storage",
+    "moorage.events",
+)
+EVENTS_LOGGER = "moorage.events"  # `broker.logs.event`: the memory and disk alarms' records
 _CLEARED_WORDS = ("cleared", " again", "recovered")
 
 
@@ -58,9 +66,16 @@ class _AlarmLog(logging.Handler):
         self.loop = loop
 
     def emit(self, record: logging.LogRecord) -> None:
-        alarm = record.name.rsplit(".", 1)[-1]
         text = record.getMessage()
-        state = "cleared" if any(w in text for w in _CLEARED_WORDS) else "raised"
+        if record.name == EVENTS_LOGGER:  # `broker.logs` events: only the alarms
+            event = str(getattr(record, "event", ""))
+            if not event.startswith("alarm."):
+                return
+            alarm = str(getattr(record, "alarm", "alarm"))
+            state = "cleared" if event == "alarm.cleared" else "raised"
+        else:
+            alarm = record.name.rsplit(".", 1)[-1]
+            state = "cleared" if any(w in text for w in _CLEARED_WORDS) else "raised"
         where = {"level": record.levelname.lower()}
         with contextlib.suppress(RuntimeError):  # the loop is closing
             self.loop.call_soon_threadsafe(self.alerts.publish, alarm, state, text, where)
