@@ -82,8 +82,8 @@ def sync(conn: int = 0, tag: str = "sync") -> Send:
     return Send(frame("SUBSCRIBE", {"destination": "/topic/p-sync", "id": tag, "receipt": tag}), conn)
 
 
-def sc(name: str, doc: str, *steps: Step, queues: tuple[str, ...] = ()) -> Scenario:
-    return Scenario(name, doc, tuple(steps), queues)
+def sc(name: str, doc: str, *steps: Step, queues: tuple[str, ...] = (), ordered: bool = False) -> Scenario:
+    return Scenario(name, doc, tuple(steps), queues, ordered)
 
 
 def q(name: str) -> str:
@@ -115,7 +115,7 @@ _CONNECT = [
 
 _SEND_SUBSCRIBE = [
     sc("send_receipt_queue", "SEND with a receipt to a /queue/", *login(), send(q("srq")), subscribe(q("srq")), Expect(1), queues=_qs("srq")),
-    sc("subscribe_receipt_before_messages", "SUBSCRIBE with a receipt on a queue that holds messages: RECEIPT first, then MESSAGEs", *login(), send(q("srbm"), b"1"), send(q("srbm"), b"2"), subscribe(q("srbm")), Expect(2), queues=_qs("srbm")),
+    sc("subscribe_receipt_before_messages", "SUBSCRIBE with a receipt on a queue that holds messages: RECEIPT first, then MESSAGEs", *login(), send(q("srbm"), b"1"), send(q("srbm"), b"2"), subscribe(q("srbm")), Expect(2), queues=_qs("srbm"), ordered=True),
     sc("send_topic_to_subscriber", "a /topic/ message reaches a subscriber", *login(), subscribe("/topic/p-t1"), send("/topic/p-t1", b"t"), Expect(1)),
     sc("send_topic_no_subscriber", "a /topic/ message nobody subscribed to is dropped; a later subscriber gets nothing", *login(), send("/topic/p-t2", b"lost"), subscribe("/topic/p-t2"), sync()),
     sc("topic_two_subscribers", "two subscriptions on one topic each get the message", *login(), subscribe("/topic/p-t3", "a", receipt="ra"), subscribe("/topic/p-t3", "b", receipt="rb"), send("/topic/p-t3", b"both"), Expect(2)),
