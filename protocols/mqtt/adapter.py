@@ -469,7 +469,7 @@ class MQTTConnection:
         message = to_message(packet, self.client_id, self.registry.clock())
         session = self.core_session()
         try:
-            stored = session.publish(EXCHANGE, message).stored
+            result = session.publish(EXCHANGE, message)
         except AccessRefused as e:
             log.info("publish to %r by %s refused: %s", packet.topic, self.client_id, e.text)
             if not v5:
@@ -482,6 +482,11 @@ class MQTTConnection:
                 ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, publish_will=True, text=e.text
             )
             return
+        stored = result.stored
+        # MQTT 5: 0x10 when no subscription matched (the message is accepted, and
+        # kept if retained), as Mosquitto answers (transcript `retain_handling_2_5`).
+        unheard = v5 and not result.routed
+        reason = ReasonCode.NO_MATCHING_SUBSCRIBERS if unheard else ReasonCode.SUCCESS
         if packet.retain and retain(session.vhost, packet.topic, message):
             stored = True  # PUBACK/PUBREC once the retained message is on disk
         if qos == 2:
@@ -489,7 +494,7 @@ class MQTTConnection:
             if self.registry.save(state):
                 stored = True  # PUBREC sent => the packet id survives a restart
         if qos:
-            self._ack_publish(packet, ReasonCode.SUCCESS, stored=stored)
+            self._ack_publish(packet, reason, stored=stored)
 
     def _inflight_in(self) -> int:
         assert self.mqtt is not None

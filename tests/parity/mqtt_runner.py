@@ -23,11 +23,12 @@ import contextlib
 import socket
 import struct
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tests.parity.stream_runner import (
+    PACKET_LIMIT,
     READ_TIMEOUT,
     ConnectionState,
     Event,
@@ -36,12 +37,23 @@ from tests.parity.stream_runner import (
     command_line,
     printable,
 )
+from tests.parity.stream_runner import in_process_moorage as stream_moorage
 
 TRANSCRIPTS = Path(__file__).parent / "transcripts" / "mqtt"
 
-# The packet size limit both brokers are set to (Mosquitto's `max_packet_size`; Moorage
-# allows `limits.max_message_size` + 64 KiB of topic and properties).
-MAX_PACKET_SIZE = 1024 * 1024
+# A CONNACK's limits that are each broker's configuration, not its behaviour
+# (docs/mqtt-differences.md, "Everywhere"): compared as present, not by value.
+CONFIGURED = frozenset({"receive_maximum", "topic_alias_maximum"})
+# CONNACK properties whose value here says the same as leaving them out (3.2.2.3).
+DEFAULT_VALUES = {
+    "retain_available": 1,
+    "wildcard_subscription_available": 1,
+    "subscription_identifier_available": 1,
+    "shared_subscription_available": 1,
+    "maximum_qos": 2,
+}
+
+MAX_PACKET_SIZE = PACKET_LIMIT  # Mosquitto runs with `max_packet_size 1048576`
 
 TYPES = {
     1: "CONNECT",
@@ -213,7 +225,9 @@ def ack(kind: str, packet_id: int | None = None, reason: int | None = None) -> A
     flags = 2 if kind == "PUBREL" else 0
 
     def build(pid: int) -> bytes:
-        return packet(number, flags, struct.pack(">H", pid) + (bytes([reason]) if reason is not None else b""))
+        return packet(
+            number, flags, struct.pack(">H", pid) + (bytes([reason]) if reason is not None else b"")
+        )
 
     if packet_id is not None:
         return build(packet_id)
@@ -301,44 +315,63 @@ class _Reader:
         return out
 
 
+def _connack(event: Event, r: _Reader, flags: int, v5: bool) -> None:
+    event["session_present"] = bool(r.byte() & 1)
+    event["reason"] = r.byte()
+    if v5 and r.left():
+        event["properties"] = r.properties()
+
+
+def _publish(event: Event, r: _Reader, flags: int, v5: bool) -> None:
+    qos = flags >> 1 & 3
+    event.update(topic=r.text(), qos=qos, retain=bool(flags & 1), dup=bool(flags & 8))
+    if qos:
+        event["packet_id"] = r.two()
+    if v5:
+        event["properties"] = r.properties()
+    event["payload"] = printable(r.take(r.left()))
+
+
+def _pub_ack(event: Event, r: _Reader, flags: int, v5: bool) -> None:
+    """PUBACK, PUBREC, PUBREL, PUBCOMP: a packet id, then (5.0) a reason and properties."""
+    event["packet_id"] = r.two()
+    if r.left():
+        event["reason"] = r.byte()
+    if r.left():
+        event["properties"] = r.properties()
+
+
+def _sub_ack(event: Event, r: _Reader, flags: int, v5: bool) -> None:
+    """SUBACK (reason codes in both versions) and UNSUBACK (reason codes in 5.0)."""
+    event["packet_id"] = r.two()
+    if v5:
+        event["properties"] = r.properties()
+    if event["recv"] == "SUBACK" or v5:
+        event["reasons"] = list(r.take(r.left()))
+
+
+def _disconnect(event: Event, r: _Reader, flags: int, v5: bool) -> None:
+    if r.left():
+        event["reason"] = r.byte()
+    if r.left():
+        event["properties"] = r.properties()
+
+
+_DECODERS = {2: _connack, 3: _publish, 4: _pub_ack, 5: _pub_ack, 6: _pub_ack, 7: _pub_ack}
+_DECODERS.update({9: _sub_ack, 11: _sub_ack, 14: _disconnect})
+
+
 def decode(kind: int, flags: int, body: bytes, v5: bool) -> Event:
-    """One packet from the broker as an event (what it holds, by name)."""
-    name = TYPES.get(kind, f"type-{kind}")
-    event: Event = {"recv": name}
-    if kind == 3 or flags not in (0, 2 if kind in (6, 8, 10) else 0):
+    """One packet from the broker as an event (what it holds, by name); fixed header
+    flags are recorded where they are not the ones the packet type must have."""
+    event: Event = {"recv": TYPES.get(kind, f"type-{kind}")}
+    if kind != 3 and flags != (2 if kind in (6, 8, 10) else 0):
         event["flags"] = flags
     r = _Reader(body)
     try:
-        if kind == 2:
-            event["session_present"] = bool(r.byte() & 1)
-            event["reason"] = r.byte()
-            if v5 and r.left():
-                event["properties"] = r.properties()
-        elif kind == 3:
-            qos = flags >> 1 & 3
-            event.update(topic=r.text(), qos=qos, retain=bool(flags & 1), dup=bool(flags & 8))
-            del event["flags"]
-            if qos:
-                event["packet_id"] = r.two()
-            if v5:
-                event["properties"] = r.properties()
-            event["payload"] = printable(r.take(r.left()))
-        elif kind in (4, 5, 6, 7):
-            event["packet_id"] = r.two()
-            if r.left():
-                event["reason"] = r.byte()
-            if r.left():
-                event["properties"] = r.properties()
-        elif kind in (9, 11):
-            event["packet_id"] = r.two()
-            if v5:
-                event["properties"] = r.properties()
-            if kind == 9 or v5:
-                event["reasons"] = list(r.take(r.left()))
-        elif kind == 14 and r.left():
-            event["reason"] = r.byte()
-            if r.left():
-                event["properties"] = r.properties()
+        decoder = _DECODERS.get(kind)
+        if decoder is not None:
+            decoder(event, r, flags, v5)
         if r.left():
             event["trailing"] = r.take(r.left()).hex()
     except ValueError:
@@ -369,7 +402,9 @@ class MqttDialect:
         if len(buffer) < at + length:
             return None
         first = buffer[0]
-        event = decode(first >> 4, first & 0x0F, buffer[at : at + length], bool(state.memory.get("v5")))
+        event = decode(
+            first >> 4, first & 0x0F, buffer[at : at + length], bool(state.memory.get("v5"))
+        )
         return event, at + length
 
     def describe(self, data: bytes, state: ConnectionState) -> Event:
@@ -414,6 +449,12 @@ class MqttDialect:
         properties.pop("reason_string", None)
         if "assigned_client_identifier" in properties:
             properties["assigned_client_identifier"] = "*"
+        if out["recv"] == "CONNACK":
+            for name in CONFIGURED & properties.keys():
+                properties[name] = "*"
+            for name, value in DEFAULT_VALUES.items():
+                if properties.get(name) == value:
+                    del properties[name]
         if "properties" in out:
             out["properties"] = properties
         return out
@@ -443,20 +484,9 @@ def server_version(host: str, port: int) -> str:
 
 @contextlib.contextmanager
 def in_process_moorage() -> Iterator[int]:
-    """An in-process Moorage (MQTT, memory store) with the packet size limit the scenarios
-    assume; yields its MQTT port."""
-    import tempfile
-
-    from moorage.broker.embedded import EmbeddedBroker, embedded_config
-
-    with tempfile.TemporaryDirectory() as data_dir:
-        config = embedded_config(
-            protocols=("amqp", "mqtt"),
-            data_dir=data_dir,
-            limits={"max_message_size": MAX_PACKET_SIZE - 65536},
-        )
-        with EmbeddedBroker(config) as broker:
-            yield broker.ports["mqtt"]
+    """An in-process Moorage (`stream_runner.in_process_moorage`); yields its MQTT port."""
+    with stream_moorage() as ports:
+        yield ports["mqtt"]
 
 
 def runner() -> Runner:
@@ -475,8 +505,6 @@ def runner() -> Runner:
 def main(argv: list[str] | None = None) -> int:
     return command_line(runner(), argv)
 
-
-Build = Callable[[ConnectionState], bytes]
 
 if __name__ == "__main__":
     from tests.parity import mqtt_runner

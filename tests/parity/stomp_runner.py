@@ -37,6 +37,7 @@ from tests.parity.stream_runner import (
     command_line,
     printable,
 )
+from tests.parity.stream_runner import in_process_moorage as stream_moorage
 
 TRANSCRIPTS = Path(__file__).parent / "transcripts" / "stomp"
 
@@ -68,7 +69,9 @@ class StompDialect:
     error_kinds = frozenset({"ERROR"})
     delivery_kinds = frozenset({"MESSAGE"})
 
-    def parse(self, buffer: bytes, state: ConnectionState | None = None) -> tuple[Event | None, int] | None:
+    def parse(
+        self, buffer: bytes, state: ConnectionState | None = None
+    ) -> tuple[Event | None, int] | None:
         if buffer.startswith(b"\r\n"):
             return None, 2
         if buffer.startswith(b"\n"):
@@ -168,7 +171,10 @@ def server_version(host: str, port: int) -> str:
     """Name and version from a CONNECTED frame's `server` header."""
     with contextlib.closing(socket.create_connection((host, port), timeout=READ_TIMEOUT)) as sock:
         sock.sendall(
-            frame("CONNECT", {"accept-version": "1.2", "host": "/", "login": "guest", "passcode": "guest"})
+            frame(
+                "CONNECT",
+                {"accept-version": "1.2", "host": "/", "login": "guest", "passcode": "guest"},
+            )
         )
         buf = b""
         while b"\0" not in buf:
@@ -184,16 +190,9 @@ def server_version(host: str, port: int) -> str:
 
 @contextlib.contextmanager
 def in_process_moorage() -> Iterator[int]:
-    """An in-process Moorage (STOMP and AMQP, memory store) with the limits the scenarios
-    assume; yields its STOMP port."""
-    import tempfile
-
-    from moorage.broker.embedded import EmbeddedBroker, embedded_config
-
-    with tempfile.TemporaryDirectory() as data_dir:
-        config = embedded_config(protocols=("amqp", "stomp"), data_dir=data_dir)
-        with EmbeddedBroker(config) as broker:
-            yield broker.ports["stomp"]
+    """An in-process Moorage (`stream_runner.in_process_moorage`); yields its STOMP port."""
+    with stream_moorage() as ports:
+        yield ports["stomp"]
 
 
 def runner() -> Runner:

@@ -39,6 +39,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 READ_TIMEOUT = 5.0  # seconds a step may wait for an answer before it records a timeout
+# The packet size limit of the reference brokers (Mosquitto's `max_packet_size`) and of
+# the Moorage the transcripts are replayed against (`limits.max_message_size` plus the
+# 64 KiB Moorage allows MQTT for topic and properties).
+PACKET_LIMIT = 1024 * 1024
 
 Event = dict[str, Any]
 
@@ -329,7 +333,7 @@ class Transcripts:
 
     def normalise(self, events: list[Event], ordered: bool = False) -> list[Event]:
         """What is compared: made-up values masked, texts for people left out, and
-        (unless `ordered`) each run of answers sorted by connection and kind, stably."""
+        (unless `ordered`) each run of answers sorted stably by `_arrival_group`."""
         out: list[Event] = []
         run_start = 0
         for event in events:
@@ -342,10 +346,12 @@ class Transcripts:
                 run_start = len(out) + 1
             out.append(compared)
             if not ordered and "recv" in compared:
-                out[run_start:] = sorted(out[run_start:], key=lambda e: (e["conn"], e["recv"]))
+                out[run_start:] = sorted(out[run_start:], key=_arrival_group)
         return out
 
-    def expected_for_moorage(self, transcript: dict[str, Any], ordered: bool = False) -> list[Event]:
+    def expected_for_moorage(
+        self, transcript: dict[str, Any], ordered: bool = False
+    ) -> list[Event]:
         """The reference broker's events, or Moorage's where a difference is marked."""
         difference = transcript.get("moorage")
         events = difference["events"] if difference else transcript["events"]
@@ -372,6 +378,13 @@ class Transcripts:
         data = self.load(scenario.name)
         data["moorage"] = {"reason": reason, "events": events}
         self.path(scenario.name).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def _arrival_group(event: Event) -> tuple[int, str, str]:
+    """What answers that arrive together are sorted by: connection, kind and (STOMP) the
+    subscription: two subscriptions' MESSAGEs have no order between them, one's do."""
+    headers = event.get("headers") or {}
+    return event["conn"], event["recv"], str(headers.get("subscription", ""))
 
 
 def diff(expected: list[Event], actual: list[Event]) -> Iterator[str]:
@@ -485,3 +498,21 @@ def _clean(host: str, amqp_port: int, scenario: Scenario) -> None:
         from tests.parity.amqp_runner import _clean as clean_over_amqp
 
         clean_over_amqp(host, amqp_port, set(scenario.queues), set())
+
+
+@contextlib.contextmanager
+def in_process_moorage() -> Iterator[dict[str, int]]:
+    """The Moorage transcripts are replayed against: AMQP, STOMP and MQTT listeners on
+    loopback, memory store, guest only, the `PACKET_LIMIT`; yields its ports by name."""
+    import tempfile
+
+    from moorage.broker.embedded import EmbeddedBroker, embedded_config
+
+    with tempfile.TemporaryDirectory() as data_dir:
+        config = embedded_config(
+            protocols=("amqp", "stomp", "mqtt"),
+            data_dir=data_dir,
+            limits={"max_message_size": PACKET_LIMIT - 65536},
+        )
+        with EmbeddedBroker(config) as broker:
+            yield broker.ports
