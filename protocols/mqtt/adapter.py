@@ -437,25 +437,44 @@ class MQTTConnection:
 
     # -- PUBLISH from the client ---------------------------------------------------------------
 
-    def _on_publish(self, packet: Publish) -> None:
-        v5 = self.version == MQTT_5
+    def _resolve_alias(self, packet: Publish) -> bool:
+        """Apply a PUBLISH's topic alias (MQTT 5); False when it was refused (and the
+        connection is being closed)."""
         props = packet.properties
         alias = props.topic_alias
-        if alias is not None:
-            if alias > TOPIC_ALIAS_MAXIMUM:
-                self._disconnect(
-                    ReasonCode.TOPIC_ALIAS_INVALID, publish_will=True
-                )  # [MQTT-3.3.2-9]
-                return
-            if packet.topic:
-                self.topic_aliases[alias] = packet.topic  # [MQTT-3.3.2-12]
-            else:
-                topic = self.topic_aliases.get(alias)
-                if topic is None:
-                    self._disconnect(ReasonCode.PROTOCOL_ERROR, publish_will=True)
-                    return
-                packet.topic = topic
-            props.topic_alias = None
+        if alias is None:
+            return True
+        if alias > TOPIC_ALIAS_MAXIMUM:
+            self._disconnect(ReasonCode.TOPIC_ALIAS_INVALID, publish_will=True)  # [MQTT-3.3.2-9]
+            return False
+        if packet.topic:
+            self.topic_aliases[alias] = packet.topic  # [MQTT-3.3.2-12]
+        else:
+            topic = self.topic_aliases.get(alias)
+            if topic is None:
+                self._disconnect(ReasonCode.PROTOCOL_ERROR, publish_will=True)
+                return False
+            packet.topic = topic
+        props.topic_alias = None
+        return True
+
+    def _drop_sys_publish(self, packet: Publish, v5: bool) -> None:
+        """The broker's own `$SYS` topics are read-only for clients: a PUBLISH there is
+        acknowledged (QoS 2 through PUBCOMP) and dropped, as Mosquitto does (transcript
+        `publish_to_sys_topic`); MQTT 5 is told no subscriber matched."""
+        if packet.qos == 2 and self.mqtt is not None and packet.packet_id is not None:
+            self.mqtt.incoming_qos2.add(packet.packet_id)
+        if packet.qos:
+            reason = ReasonCode.NO_MATCHING_SUBSCRIBERS if v5 else ReasonCode.SUCCESS
+            self._ack_publish(packet, reason, stored=False)
+
+    def _on_publish(self, packet: Publish) -> None:
+        v5 = self.version == MQTT_5
+        if not self._resolve_alias(packet):
+            return
+        if packet.topic.startswith("$SYS"):
+            self._drop_sys_publish(packet, v5)
+            return
         state = self.mqtt
         assert state is not None
         qos, packet_id = packet.qos, packet.packet_id

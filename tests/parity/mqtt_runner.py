@@ -36,6 +36,7 @@ from tests.parity.stream_runner import (
     Transcripts,
     command_line,
     printable,
+    shown_hex,
 )
 from tests.parity.stream_runner import in_process_moorage as stream_moorage
 
@@ -419,7 +420,10 @@ class MqttDialect:
                 name_len = struct.unpack_from(">H", data, at)[0]
                 level_at = at + 2 + name_len
                 state.memory["v5"] = len(data) > level_at and data[level_at] == 5
-        return {"send": TYPES.get(kind, f"type-{kind}") if data else "(empty)", "hex": data.hex()}
+        return {
+            "send": TYPES.get(kind, f"type-{kind}") if data else "(empty)",
+            "hex": shown_hex(data),
+        }
 
     def replies(self, data: bytes) -> tuple[str, ...]:
         if not data:

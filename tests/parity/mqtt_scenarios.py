@@ -679,4 +679,71 @@ _MALFORMED = [
     ),
 ]
 
-SCENARIOS: list[Scenario] = [*_CONNECT, *_QOS, *_RETAINED, *_TOPICS, *_V5, *_MALFORMED]
+_MORE = [
+    sc(
+        "connect_31",
+        "MQTT 3.1: protocol name MQIsdp, level 3",
+        Open(),
+        Send(connect("p-c31", name=b"MQIsdp", level=3)),
+    ),
+    sc(
+        "client_receive_maximum_5",
+        "5.0 receive maximum 1: one QoS 1 delivery in flight until it is acked",
+        *login("crm", v5=True, properties={"receive_maximum": 1}),
+        Send(subscribe(1, ("p/crm", 1), v5=True)),
+        *login("crmpub", conn=1),
+        Send(publish("p/crm", b"1", qos=1, packet_id=1), 1),
+        Send(publish("p/crm", b"2", qos=1, packet_id=2), 1),
+        Expect(1),
+        ping(),
+        Send(ack("PUBACK")),
+        Expect(1),
+        Send(ack("PUBACK")),
+        ping(),
+    ),
+    sc(
+        "session_takeover_311",
+        "3.1.1 a second connection with the same client id: the first is closed",
+        *login("sto"),
+        *login("sto", conn=1),
+        ExpectClose(),
+    ),
+    sc(
+        "session_takeover_5",
+        "5.0 a second connection with the same client id: DISCONNECT 0x8E to the first",
+        *login("sto5", v5=True),
+        *login("sto5", v5=True, conn=1),
+        ExpectClose(),
+    ),
+    sc(
+        "shared_subscription_5",
+        "5.0 $share/group/filter: one of the group gets each message",
+        *login("shs", v5=True),
+        Send(subscribe(1, ("$share/p-g/p/shs", 0), v5=True)),
+        Send(publish("p/shs", b"shared", v5=True)),
+        Expect(1),
+    ),
+    sc(
+        "publish_to_sys_topic",
+        "a client PUBLISH to $SYS/...: not delivered to a $SYS subscriber",
+        *login("pst"),
+        Send(subscribe(1, ("$SYS/p-pst", 0))),
+        Send(publish("$SYS/p-pst", b"fake", qos=1)),
+        ping(),
+    ),
+    sc(
+        "unsubscribe_several_5",
+        "5.0 UNSUBSCRIBE of a subscribed and an unknown filter: 0x00 and 0x11",
+        *login("us5", v5=True),
+        Send(subscribe(1, ("p/us5", 0), v5=True)),
+        Send(unsubscribe(2, "p/us5", "p/us5-never", v5=True)),
+    ),
+    sc(
+        "subscribe_5_no_local_shared",
+        "5.0 no-local on a shared subscription is a protocol error [MQTT-3.8.3-4]",
+        *login("nls", v5=True),
+        Send(subscribe(1, ("$share/p-g/p/nls", 0x04), v5=True)),
+    ),
+]
+
+SCENARIOS: list[Scenario] = [*_CONNECT, *_QOS, *_RETAINED, *_TOPICS, *_V5, *_MALFORMED, *_MORE]

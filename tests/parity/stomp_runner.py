@@ -23,6 +23,7 @@ people migrating from it (see `docs/stomp-differences.md`).
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import sys
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from tests.parity.stream_runner import (
     READ_TIMEOUT,
+    SENT_SHOWN,
     ConnectionState,
     Event,
     Runner,
@@ -54,6 +56,9 @@ NOT_COMPARED = {
     "MESSAGE": frozenset({"receipt", "transaction"}),
     "ERROR": frozenset({"version", "receipt-id", "content-length"}),
 }
+
+
+_SERVER_NAMED = re.compile(r"\bamq\.gen-[A-Za-z0-9_\-.]+")
 
 
 def frame(command: str, headers: dict[str, str] | None = None, body: bytes = b"") -> bytes:
@@ -114,7 +119,7 @@ class StompDialect:
 
     def describe(self, data: bytes, state: ConnectionState | None = None) -> Event:
         command = data.split(b"\n", 1)[0][:40].decode("utf-8", errors="backslashreplace")
-        return {"send": command or "(empty)", "frame": printable(data)}
+        return {"send": command or "(empty)", "frame": printable(data, SENT_SHOWN)}
 
     def replies(self, data: bytes) -> tuple[str, ...]:
         parsed = self.parse(data)
@@ -143,6 +148,8 @@ class StompDialect:
         headers = {k: v for k, v in event["headers"].items() if k not in dropped}
         for key in MADE_UP & headers.keys():
             headers[key] = "*"
+        for key, value in headers.items():  # server-named queues (temporary queues)
+            headers[key] = _SERVER_NAMED.sub("amq.gen-*", value)
         if event["recv"] == "MESSAGE" and "ack" in headers:
             headers["ack"] = "*"
         out: Event = {k: v for k, v in event.items() if k not in ("headers", "body")}

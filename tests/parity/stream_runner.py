@@ -398,9 +398,22 @@ def diff(expected: list[Event], actual: list[Event]) -> Iterator[str]:
     )
 
 
-def printable(data: bytes) -> str:
-    """Bytes as text for a transcript: readable ASCII, escapes for the rest."""
+SENT_SHOWN = 512  # octets of a sent frame a transcript shows (an oversized one is cut)
+
+
+def printable(data: bytes, limit: int | None = None) -> str:
+    """Bytes as text for a transcript: readable ASCII, escapes for the rest; with a
+    `limit`, longer data is cut there and its length told."""
+    if limit is not None and len(data) > limit:
+        return printable(data[:limit]) + f"... ({len(data)} octets)"
     return data.decode("utf-8", errors="backslashreplace").replace("\0", "^@")
+
+
+def shown_hex(data: bytes) -> str:
+    """Sent bytes as hex for a transcript, cut after `SENT_SHOWN` octets."""
+    if len(data) > SENT_SHOWN:
+        return data[:SENT_SHOWN].hex() + f"... ({len(data)} octets)"
+    return data.hex()
 
 
 # -- the command line ---------------------------------------------------------------------------
