@@ -180,7 +180,8 @@ class Subscriptions:
         core_filter: Callable[[Message], bool] | None = None,
         start: bool = True,
     ) -> Consumer:
-        """A core consumer for `sub`, started unless `start` is False (the caller starts it)."""
+        """A core consumer for `sub`, started unless `start` is False (then it is held:
+        no deliveries until the caller starts it)."""
         consumer = self.conn.active_session().consume(
             sub.queue,
             sub.id,
@@ -192,6 +193,8 @@ class Subscriptions:
         self.by_id[sub.id] = sub
         if start:
             consumer.start()
+        else:
+            consumer.held = True
         return consumer
 
     def unsubscribe(self, frame: Frame) -> None:
