@@ -365,6 +365,13 @@ class MQTTConnection:
                 self._refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty client id")
                 return
             client_id = assigned = f"moorage-{uuid.uuid4().hex}"  # [MQTT-3.1.3-6]
+        if v5 and props.authentication_method is not None:
+            # No enhanced authentication method is offered: refuse and close
+            # [MQTT-4.12.0-1], with 0x8C as Mosquitto (transcript `connect_5_auth_method`).
+            self._refuse(
+                ReasonCode.BAD_AUTHENTICATION_METHOD, "authentication method not supported"
+            )
+            return
         if not self._authenticate(packet):
             return
         self.client_id = client_id

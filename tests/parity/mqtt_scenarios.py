@@ -746,4 +746,59 @@ _MORE = [
     ),
 ]
 
-SCENARIOS: list[Scenario] = [*_CONNECT, *_QOS, *_RETAINED, *_TOPICS, *_V5, *_MALFORMED, *_MORE]
+_EDGES = [
+    _connect_only(
+        "connect_5_auth_method",
+        "5.0 CONNECT naming an authentication method the broker does not offer",
+        connect("p-c5am", v5=True, properties={"authentication_method": "SCRAM-SHA-1"}),
+    ),
+    sc(
+        "disconnect_session_expiry_from_zero_5",
+        "5.0 DISCONNECT setting a session expiry after CONNECT set none [MQTT-3.14.2-2]",
+        *login("dsez5", v5=True),
+        Send(disconnect_v5(0x00, {"session_expiry_interval": 60}), wait=()),
+        ExpectClose(),
+    ),
+    sc(
+        "publish_qos0_dup",
+        "3.1.1 a QoS 0 PUBLISH with the DUP flag [MQTT-3.3.1-2]",
+        *login("q0dup"),
+        Send(publish("p/q0dup", dup=True), wait=()),
+        ping(),
+    ),
+    sc(
+        "payload_format_invalid_5",
+        "5.0 payload format indicator 1 (UTF-8) on a payload that is not UTF-8",
+        *login("pfi5", v5=True),
+        Send(subscribe(1, ("p/pfi5", 0), v5=True)),
+        Send(
+            publish(
+                "p/pfi5", b"\xff\xfe", qos=1, v5=True, properties={"payload_format_indicator": 1}
+            )
+        ),
+        ping(),
+    ),
+    sc(
+        "shared_subscription_without_filter_5",
+        "5.0 $share/group with no filter after it",
+        *login("swf5", v5=True),
+        Send(subscribe(1, ("$share/p-g", 0), v5=True)),
+    ),
+    sc(
+        "unsubscribe_311",
+        "3.1.1 UNSUBSCRIBE of a filter never subscribed: UNSUBACK all the same",
+        *login("u311"),
+        Send(unsubscribe(1, "p/u311-never")),
+    ),
+]
+
+SCENARIOS: list[Scenario] = [
+    *_CONNECT,
+    *_QOS,
+    *_RETAINED,
+    *_TOPICS,
+    *_V5,
+    *_MALFORMED,
+    *_MORE,
+    *_EDGES,
+]
