@@ -784,6 +784,40 @@ _MORE = [
     ),
 ]
 
+_EDGES = [
+    sc(
+        "connect_unknown_vhost",
+        "CONNECT with host naming a virtual host that does not exist",
+        Open(),
+        connect("1.2", host="p-novhost"),
+    ),
+    sc(
+        "connect_without_login",
+        "CONNECT without login and passcode (anonymous)",
+        Open(),
+        Send(frame("CONNECT", {"accept-version": "1.2", "host": "/"})),
+    ),
+    sc(
+        "header_value_spaces_12",
+        "STOMP 1.2 keeps the spaces around a header value (it trims nothing)",
+        *login(),
+        subscribe(q("hvs")),
+        send(q("hvs"), **{"x-p-pad": "  a b  "}),
+        Expect(1),
+        queues=_qs("hvs"),
+    ),
+    sc(
+        "unsubscribe_10_by_destination",
+        "STOMP 1.0 UNSUBSCRIBE naming the destination of a SUBSCRIBE without id",
+        *login(None),
+        subscribe(q("u10"), id_=None),
+        Send(frame("UNSUBSCRIBE", {"destination": q("u10"), "receipt": "u"})),
+        send(q("u10"), receipt="after"),
+        sync(),
+        queues=_qs("u10"),
+    ),
+]
+
 SCENARIOS: list[Scenario] = [
     *_CONNECT,
     *_SEND_SUBSCRIBE,
@@ -792,4 +826,5 @@ SCENARIOS: list[Scenario] = [
     *_BODIES,
     *_ERRORS,
     *_MORE,
+    *_EDGES,
 ]
