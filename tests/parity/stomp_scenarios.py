@@ -816,6 +816,20 @@ _EDGES = [
         sync(),
         queues=_qs("u10"),
     ),
+    sc(
+        "send_header_too_large",
+        "a SEND with a 100 KiB header after login (Moorage allows 64 KiB of headers)",
+        *login(),
+        send(q("shl"), **{"x-p-big": "b" * 100_000}),
+        queues=_qs("shl"),
+    ),
+    sc(
+        "send_too_many_headers",
+        "a SEND with 1,500 headers (Moorage allows 1,000)",
+        *login(),
+        send(q("stmh"), **{f"x-p-{i}": "v" for i in range(1500)}),
+        queues=_qs("stmh"),
+    ),
 ]
 
 SCENARIOS: list[Scenario] = [
