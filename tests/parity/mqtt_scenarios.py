@@ -790,6 +790,59 @@ _EDGES = [
         *login("u311"),
         Send(unsubscribe(1, "p/u311-never")),
     ),
+    sc(
+        "connect_5_maximum_packet_size_zero",
+        "5.0 CONNECT with maximum packet size 0, which the spec forbids",
+        Open(),
+        Send(connect("p-c5mps0", v5=True, properties={"maximum_packet_size": 0})),
+        ExpectClose(),
+    ),
+    _connect_only(
+        "connect_5_duplicate_property",
+        "5.0 CONNECT with the session expiry interval twice [MQTT-2.2.2.2]",
+        packet(
+            1,
+            0,
+            b"\x00\x04MQTT\x05\xc2\x00\x3c"
+            + b"\x0a\x11\x00\x00\x00\x01\x11\x00\x00\x00\x02"
+            + b"\x00\x08p-c5dupp\x00\x05guest\x00\x05guest",
+        ),
+    ),
+    sc(
+        "subscribe_subscription_identifier_zero_5",
+        "5.0 SUBSCRIBE with subscription identifier 0 [MQTT-3.8.2.1.2]",
+        *login("ssi0", v5=True),
+        Send(subscribe(1, ("p/ssi0", 0), v5=True, properties={"subscription_identifier": 0})),
+        ExpectClose(),
+    ),
+    sc(
+        "publish_with_subscription_identifier_5",
+        "5.0 a client PUBLISH carrying a subscription identifier [MQTT-3.3.4-6]: both ignore it",
+        *login("pwsi", v5=True),
+        Send(publish("p/pwsi", qos=1, v5=True, properties={"subscription_identifier": 7})),
+        ping(),
+    ),
+    sc(
+        "topic_alias_zero_5",
+        "5.0 PUBLISH with topic alias 0 [MQTT-3.3.2-8]",
+        *login("ta0", v5=True),
+        Send(publish("p/ta0", qos=1, v5=True, properties={"topic_alias": 0})),
+        ExpectClose(),
+    ),
+    sc(
+        "subscribe_retain_handling_3_5",
+        "5.0 SUBSCRIBE with retain handling 3, a reserved value",
+        *login("srh3", v5=True),
+        Send(subscribe(1, ("p/srh3", 0x30), v5=True)),
+        ExpectClose(),
+    ),
+    sc(
+        "subscribe_reserved_option_bits_5",
+        "5.0 SUBSCRIBE with the reserved bits 6-7 of the options set [MQTT-3.8.3-5]",
+        *login("srob", v5=True),
+        Send(subscribe(1, ("p/srob", 0xC0), v5=True)),
+        ExpectClose(),
+    ),
 ]
 
 SCENARIOS: list[Scenario] = [
