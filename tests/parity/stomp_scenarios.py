@@ -830,6 +830,21 @@ _EDGES = [
         send(q("stmh"), **{f"x-p-{i}": "v" for i in range(1500)}),
         queues=_qs("stmh"),
     ),
+    sc(
+        "subscribe_selector",
+        "an ActiveMQ selector on SUBSCRIBE (prefetch 1, nothing acked): which message comes",
+        *login(),
+        send(q("sel"), b"blue", colour="blue", receipt="s1"),
+        send(q("sel"), b"red", colour="red", receipt="s2"),
+        subscribe(
+            q("sel"),
+            ack="client-individual",
+            selector="colour = 'red'",
+            **{"prefetch-count": "1", "activemq.prefetchSize": "1"},
+        ),
+        Expect(1),
+        queues=_qs("sel"),
+    ),
 ]
 
 SCENARIOS: list[Scenario] = [
