@@ -845,6 +845,27 @@ _EDGES = [
         Expect(1),
         queues=_qs("sel"),
     ),
+    sc(
+        "ack_10_message_id",
+        "STOMP 1.0 ACK names the message-id",
+        *login(None),
+        subscribe(q("a10"), ack="client"),
+        send(q("a10")),
+        Expect(1),
+        ack(header="message-id"),
+        sync(),
+        queues=_qs("a10"),
+    ),
+    sc(
+        "nack_10",
+        "NACK on a STOMP 1.0 connection (1.0 has no NACK)",
+        *login(None),
+        subscribe(q("n10"), ack="client"),
+        send(q("n10")),
+        Expect(1),
+        ack("NACK", header="message-id", requeue="false"),
+        queues=_qs("n10"),
+    ),
 ]
 
 SCENARIOS: list[Scenario] = [
