@@ -121,6 +121,7 @@ class Consumer:
         "arguments",
         "exclusive",
         "filter",
+        "held",
         "no_ack",
         "prefetch",
         "priority",
@@ -153,15 +154,20 @@ class Consumer:
         self.priority = priority  # x-priority: higher goes first while it has credit
         self.filter = filter  # None accepts everything
         self.unacked = 0
+        # True: no deliveries until `start()`, even when a publish dispatches the queue
+        # first (a STOMP SUBSCRIBE whose RECEIPT waits for the store must reach the
+        # client before the subscription's first MESSAGE). Set by the adapter.
+        self.held = False
 
     def has_credit(self) -> bool:
         """May this consumer receive one more message now?"""
-        if self.prefetch and self.unacked >= self.prefetch and not self.no_ack:
+        if self.held or (self.prefetch and self.unacked >= self.prefetch and not self.no_ack):
             return False
         return self.session.can_deliver()
 
     def start(self) -> None:
         """Begin deliveries: call after the adapter has announced the consumer."""
+        self.held = False
         self.queue.dispatch()
 
 

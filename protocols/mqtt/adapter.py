@@ -458,6 +458,13 @@ class MQTTConnection:
                 self._refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty client id")
                 return
             client_id = assigned = f"moorage-{uuid.uuid4().hex}"  # [MQTT-3.1.3-6]
+        if v5 and packet.properties.authentication_method is not None:
+            # No enhanced authentication method is offered: refuse and close
+            # [MQTT-4.12.0-1], with 0x8C as Mosquitto (transcript `connect_5_auth_method`).
+            self._refuse(
+                ReasonCode.BAD_AUTHENTICATION_METHOD, "authentication method not supported"
+            )
+            return
         self._authenticate(
             packet, functools.partial(self._on_connect_authenticated, packet, client_id, assigned)
         )
@@ -537,25 +544,44 @@ class MQTTConnection:
 
     # -- PUBLISH from the client ---------------------------------------------------------------
 
-    def _on_publish(self, packet: Publish) -> None:
-        v5 = self.version == MQTT_5
+    def _resolve_alias(self, packet: Publish) -> bool:
+        """Apply a PUBLISH's topic alias (MQTT 5); False when it was refused (and the
+        connection is being closed)."""
         props = packet.properties
         alias = props.topic_alias
-        if alias is not None:
-            if alias > TOPIC_ALIAS_MAXIMUM:
-                self._disconnect(
-                    ReasonCode.TOPIC_ALIAS_INVALID, publish_will=True
-                )  # [MQTT-3.3.2-9]
-                return
-            if packet.topic:
-                self.topic_aliases[alias] = packet.topic  # [MQTT-3.3.2-12]
-            else:
-                topic = self.topic_aliases.get(alias)
-                if topic is None:
-                    self._disconnect(ReasonCode.PROTOCOL_ERROR, publish_will=True)
-                    return
-                packet.topic = topic
-            props.topic_alias = None
+        if alias is None:
+            return True
+        if alias > TOPIC_ALIAS_MAXIMUM:
+            self._disconnect(ReasonCode.TOPIC_ALIAS_INVALID, publish_will=True)  # [MQTT-3.3.2-9]
+            return False
+        if packet.topic:
+            self.topic_aliases[alias] = packet.topic  # [MQTT-3.3.2-12]
+        else:
+            topic = self.topic_aliases.get(alias)
+            if topic is None:
+                self._disconnect(ReasonCode.PROTOCOL_ERROR, publish_will=True)
+                return False
+            packet.topic = topic
+        props.topic_alias = None
+        return True
+
+    def _drop_sys_publish(self, packet: Publish, v5: bool) -> None:
+        """The broker's own `$SYS` topics are read-only for clients: a PUBLISH there is
+        acknowledged (QoS 2 through PUBCOMP) and dropped, as Mosquitto does (transcript
+        `publish_to_sys_topic`); MQTT 5 is told no subscriber matched."""
+        if packet.qos == 2 and self.mqtt is not None and packet.packet_id is not None:
+            self.mqtt.incoming_qos2.add(packet.packet_id)
+        if packet.qos:
+            reason = ReasonCode.NO_MATCHING_SUBSCRIBERS if v5 else ReasonCode.SUCCESS
+            self._ack_publish(packet, reason, stored=False)
+
+    def _on_publish(self, packet: Publish) -> None:
+        v5 = self.version == MQTT_5
+        if not self._resolve_alias(packet):
+            return
+        if packet.topic.startswith("$SYS"):
+            self._drop_sys_publish(packet, v5)
+            return
         state = self.mqtt
         assert state is not None
         qos, packet_id = packet.qos, packet.packet_id
@@ -569,7 +595,7 @@ class MQTTConnection:
         message = to_message(packet, self.client_id, self.registry.clock())
         session = self.core_session()
         try:
-            stored = session.publish(EXCHANGE, message).stored
+            result = session.publish(EXCHANGE, message)
         except AccessRefused as e:
             log.info("publish to %r by %s refused: %s", packet.topic, self.client_id, e.text)
             if not v5:
@@ -582,6 +608,11 @@ class MQTTConnection:
                 ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, publish_will=True, text=e.text
             )
             return
+        stored = result.stored
+        # MQTT 5: 0x10 when no subscription matched (the message is accepted, and
+        # kept if retained), as Mosquitto answers (transcript `retain_handling_2_5`).
+        unheard = v5 and not result.routed
+        reason = ReasonCode.NO_MATCHING_SUBSCRIBERS if unheard else ReasonCode.SUCCESS
         if packet.retain and retain(session.vhost, packet.topic, message):
             stored = True  # PUBACK/PUBREC once the retained message is on disk
         if qos == 2:
@@ -589,7 +620,7 @@ class MQTTConnection:
             if self.registry.save(state):
                 stored = True  # PUBREC sent => the packet id survives a restart
         if qos:
-            self._ack_publish(packet, ReasonCode.SUCCESS, stored=stored)
+            self._ack_publish(packet, reason, stored=stored)
 
     def _inflight_in(self) -> int:
         assert self.mqtt is not None

@@ -267,14 +267,19 @@ class StompConnection:
         durable: bool = False,
         then_close: bool = False,
         removals: bool = True,
+        after: Callable[[], None] | None = None,
     ) -> None:
         """Answer a frame's `receipt` header, after the store when it wrote something.
 
         `removals=False` for a SEND: its receipt promises the message is
         safe, not that the acks before it are (`Store.when_durable`).
+        `after` runs once the RECEIPT is written (at once without a `receipt`
+        header): what must not reach the client before it (a SUBSCRIBE's MESSAGEs).
         """
         receipt = frame.get("receipt")
         if receipt is None:
+            if after is not None:
+                after()
             if then_close:
                 self._close_transport()
             return
@@ -287,6 +292,8 @@ class StompConnection:
                 self._fatal("store failure", f"The message could not be stored: {error}", frame)
                 return
             self._send(reply)
+            if after is not None:
+                after()
             if then_close:
                 self._close_transport()
 

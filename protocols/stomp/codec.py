@@ -289,10 +289,17 @@ def connected_frame(
     session: str, server: str, version: str | None, heart_beat: tuple[int, int]
 ) -> Frame:
     """CONNECTED (1.2 "Connected"); `version` None answers a 1.0 CONNECT (no
-    `accept-version`), which then gets neither `version` nor `heart-beat`."""
-    headers = [("session", session), ("server", server)]
-    if version is not None:
-        headers[:0] = [("version", version), ("heart-beat", f"{heart_beat[0]},{heart_beat[1]}")]
+    `accept-version`): 1.0 has neither header, but RabbitMQ sends `version:1.0` and
+    `heart-beat:0,0` there too (no heart-beats in 1.0), and so does Moorage
+    (transcript `connect_10`)."""
+    if version is None:
+        version, heart_beat = "1.0", (0, 0)
+    headers = [
+        ("version", version),
+        ("heart-beat", f"{heart_beat[0]},{heart_beat[1]}"),
+        ("session", session),
+        ("server", server),
+    ]
     return Frame("CONNECTED", tuple(headers))
 
 

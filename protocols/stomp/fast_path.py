@@ -204,8 +204,8 @@ def message_headers_of(
     ]
     if ack and version == "1.2":
         frame_headers.append(("ack", message_id))
-    if redelivered:
-        frame_headers.append(("redelivered", "true"))
+    # Always present, as RabbitMQ sends it (transcript `send_receipt_queue`).
+    frame_headers.append(("redelivered", "true" if redelivered else "false"))
     frame_headers.extend((n, v) for n, v in headers if header_encodable(n, v, version))
     frame_headers.append(("content-length", str(len(body))))
     return tuple(frame_headers)
@@ -246,7 +246,7 @@ def encode_message(
     return b"%s%s\n%s%scontent-length:%d\n\n%s\x00" % (
         prefix,
         ids,
-        b"redelivered:true\n" if redelivered else b"",
+        b"redelivered:true\n" if redelivered else b"redelivered:false\n",
         lines,
         len(body),
         body,

@@ -48,6 +48,7 @@ from moorage.protocols.stomp.mapping import (
 from moorage.protocols.stomp.queues import ensure_queue, queue_arguments
 
 if TYPE_CHECKING:
+    from moorage.broker.queue import Consumer
     from moorage.protocols.stomp.adapter import StompConnection
 
 ACK_MODES: Final = frozenset({"auto", "client", "client-individual"})
@@ -143,13 +144,17 @@ class Subscriptions:
             session.bind_queue(queue, exchange, destination.binding_key(), {})
         prefetch = frame.get("activemq.prefetchSize") or frame.get("prefetch-count")
         sub = Subscription(sub_id, text or "", ack_mode, queue, selector, durable_queue=durable)
-        self._consume(
+        consumer = self._consume(
             sub,
             prefetch=int_header("prefetch-count", prefetch, 0, 2**31) if prefetch else 0,
             exclusive=(frame.get("exclusive") or "").lower() == "true",
             core_filter=core_filter,
+            start=False,
         )
-        conn.receipt(frame, durable=durable)
+        # The RECEIPT goes out before the first MESSAGE, as RabbitMQ and ActiveMQ
+        # send it: a client that waits for it and then counts what arrives misses
+        # nothing (transcript `subscribe_receipt_before_messages`).
+        conn.receipt(frame, durable=durable, after=consumer.start)
 
     def temp_queue(self, name: str, *, subscribe: bool = False) -> str:
         """The connection's temporary queue for /temp-queue/<name>, created on first use.
@@ -173,7 +178,10 @@ class Subscriptions:
         prefetch: int,
         exclusive: bool,
         core_filter: Callable[[Message], bool] | None = None,
-    ) -> None:
+        start: bool = True,
+    ) -> Consumer:
+        """A core consumer for `sub`, started unless `start` is False (then it is held:
+        no deliveries until the caller starts it)."""
         consumer = self.conn.active_session().consume(
             sub.queue,
             sub.id,
@@ -183,7 +191,11 @@ class Subscriptions:
         )
         consumer.prefetch = prefetch
         self.by_id[sub.id] = sub
-        consumer.start()
+        if start:
+            consumer.start()
+        else:
+            consumer.held = True
+        return consumer
 
     def unsubscribe(self, frame: Frame) -> None:
         """UNSUBSCRIBE: cancel the consumer; its unacked deliveries go back to the queue."""

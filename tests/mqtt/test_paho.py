@@ -505,6 +505,22 @@ def test_anonymous_acts_as_the_configured_user(
     assert [int(r.value) for r in c.subscribe("a", 1)] == [expected]
 
 
+@pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv5], ids=["3.1.1", "5.0"])
+def test_user_name_without_password_is_never_anonymous(
+    paho_client: Make, mqtt_broker: MQTTBroker, protocol: int
+) -> None:
+    """Issue 13's open MQTT case, decided: a user name without a password is a failed
+    login for that user, also with anonymous access on (Mosquitto would let it in as
+    anonymous). docs/mqtt-differences.md; transcripts `connect_*_user_without_password`."""
+    users = mqtt_broker.broker.users
+    mqtt_broker.call(lambda: setattr(users, "anonymous", users.users["noread"]))
+    c = paho_client("named", protocol=protocol)
+    c.client.username_pw_set("alice", None)
+    _f, rc, _p = c.connect(expect_success=False)
+    assert rc == 0x86  # bad user name or password (3.1.1 return code 4, mapped by paho)
+    assert client_users(mqtt_broker) == []
+
+
 def test_subscribe_not_authorized(paho_client: Make) -> None:
     c = paho_client("r", protocol=paho.MQTTv5)
     c.client.username_pw_set("reader", "secret")  # may write only to mqtt-* queues

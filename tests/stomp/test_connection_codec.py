@@ -149,7 +149,7 @@ def test_frames_the_server_builds() -> None:
         b"CONNECTED\nversion:1.2\nheart-beat:0,100\nsession:session-1\nserver:Moorage/x\n\n\x00"
     )
     assert encode(connected_frame("s", "M", None, (5, 5)), "1.0") == (
-        b"CONNECTED\nsession:s\nserver:M\n\n\x00"
+        b"CONNECTED\nversion:1.0\nheart-beat:0,0\nsession:s\nserver:M\n\n\x00"
     )
     assert encode(version_error_frame(), "1.0") == (
         b"ERROR\nversion:1.0,1.1,1.2\ncontent-type:text/plain\n"
