@@ -11,7 +11,9 @@ listener serves both services:
   (`.../<region>/sqs|sns/aws4_request`).
 
 Every request is authenticated first (`sigv4.verify`) against the broker
-users' access keys; then the body is parsed, and the service answers. The
+users' access keys; then the body is parsed, and the service answers. The one
+exception is an unsigned GET of an SNS `SubscribeURL` (AWS allows it: the
+subscription's token is the credential), handed to SNS's `confirm_by_token`. The
 services registered in `SERVICES` are made once per broker as
 `factory(broker)` (the `sqs` and `sqs_https` listeners share them: one
 receipt-handle epoch, one set of queue attributes, one SNS delivery loop),
@@ -172,6 +174,17 @@ def _authenticate(
     return credential, user, vhost
 
 
+def _is_unsigned_confirmation(request: web.Request) -> bool:
+    """An unsigned GET of an SNS `SubscribeURL` (`?Action=ConfirmSubscription&TopicArn=
+    ...&Token=...`): AWS lets an endpoint confirm so, the token being its credential."""
+    return (
+        request.method == "GET"
+        and "Authorization" not in request.headers
+        and "X-Amz-Signature" not in request.query
+        and request.query.get("Action") == "ConfirmSubscription"
+    )
+
+
 def _parse_json(body: bytes) -> dict[str, Any]:
     try:
         params = json.loads(body or b"{}")
@@ -232,6 +245,17 @@ async def _handle(request: web.Request) -> web.Response:
             raise AwsError(
                 "RequestEntityTooLarge", "The request body is too large.", status=413
             ) from None
+        if _is_unsigned_confirmation(request):
+            service_name = "sns"
+            confirm = getattr(request.app[SERVICES_KEY].get("sns"), "confirm_by_token", None)
+            if confirm is None:
+                raise invalid_action("ConfirmSubscription")
+            reply: AwsReply = await confirm(dict(request.query), request_id)
+            return web.Response(
+                body=reply.body,
+                status=reply.status,
+                headers={"Content-Type": reply.content_type, "x-amzn-RequestId": request_id},
+            )
         credential, user, vhost = _authenticate(request, body, broker)
         if wire == "json":
             prefix, _, action = target.partition(".")
@@ -259,7 +283,7 @@ async def _handle(request: web.Request) -> web.Response:
             vhost=vhost,
             region=credential.region,
         )
-        reply: AwsReply = await service.call(call)
+        reply = await service.call(call)
     except AwsError as e:
         return _render_error(e, wire, service_name, request_id)
     except Exception:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 
 from moorage.broker.broker import Broker
 from moorage.protocols.aws.errors import AwsError
 from moorage.protocols.aws.service import AwsCall, AwsReply
 from moorage.protocols.sns.api import Caller
 from moorage.protocols.sns.core import Sns
-from moorage.protocols.sns.wire import SnsError, response
+from moorage.protocols.sns.model import topic_name_of
+from moorage.protocols.sns.wire import SnsError, response, xml
 
 
 class SnsService:
@@ -48,6 +50,27 @@ class SnsService:
         # always with its <{action}Result> element, even empty: botocore's parser
         # requires it for actions whose output shape has no members (TagResource)
         return AwsReply(response(call.action, result, call.request_id), "text/xml")
+
+    async def confirm_by_token(self, params: Mapping[str, str], request_id: str) -> AwsReply:
+        """ConfirmSubscription from an unsigned request: an endpoint opening the
+        `SubscribeURL` it was sent, as AWS allows. The token (256 random bits, sent
+        only to the endpoint) is the credential, so no user is involved and the
+        topic is looked up in every vhost. Raises AwsError (InvalidParameter)."""
+        name = topic_name_of(params.get("TopicArn", ""))
+        token = params.get("Token", "")
+        registry = self.sns.registry
+        for (_vhost, topic_name), topic in list(registry.topics.items()):
+            if not token or topic_name != name:
+                continue
+            for sub in registry.subscriptions_of(topic):
+                if sub.token == token:
+                    if not sub.confirmed:
+                        registry.confirm(sub)
+                    body = response(
+                        "ConfirmSubscription", xml("SubscriptionArn", sub.arn), request_id
+                    )
+                    return AwsReply(body, "text/xml")
+        raise AwsError("InvalidParameter", "Invalid parameter: Token", status=400)
 
     async def close(self) -> None:
         """Stop SNS's deliveries and alerts."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiohttp
 import paho.mqtt.client as mqtt
 import pytest
 from botocore.exceptions import ClientError
@@ -194,6 +195,34 @@ async def test_http_subscriber_confirms_gets_filtered_messages_and_retries(aws: 
         assert headers["x-amz-sns-message-type"] == "Notification"
         assert headers["x-amz-sns-subscription-arn"] == confirmed["SubscriptionArn"]
         assert headers["content-type"].startswith("text/plain")
+
+
+async def test_an_endpoint_confirms_by_opening_its_subscribe_url_unsigned(aws: Aws) -> None:
+    """As on AWS, the SubscribeURL works without a signature: its token is the credential.
+    A forged token is refused and confirms nothing."""
+    _eb, sns = aws
+    async with http_subscriber() as endpoint:
+        topic = (await sns.create_topic(Name="hooks"))["TopicArn"]
+        await sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=endpoint.url)
+        await wait_for(lambda: bool(endpoint.of_type("SubscriptionConfirmation")))
+        (request,) = endpoint.of_type("SubscriptionConfirmation")
+        url = request["SubscribeURL"]
+        async with aiohttp.ClientSession() as http:
+            forged = url.replace(request["Token"], "0" * len(request["Token"]))
+            async with http.get(forged) as refused:
+                assert refused.status == 400
+                assert "<Code>InvalidParameter</Code>" in await refused.text()
+            listed = await sns.list_subscriptions_by_topic(TopicArn=topic)
+            assert listed["Subscriptions"][0]["SubscriptionArn"] == "PendingConfirmation"
+            async with http.get(url) as answer:
+                assert answer.status == 200
+                text = await answer.text()
+        assert "<ConfirmSubscriptionResult><SubscriptionArn>" in text
+        listed = await sns.list_subscriptions_by_topic(TopicArn=topic)
+        assert listed["Subscriptions"][0]["SubscriptionArn"].startswith(topic + ":")
+        await sns.publish(TopicArn=topic, Message="after the click")
+        await wait_for(lambda: bool(endpoint.of_type("Notification")))
+        assert endpoint.of_type("Notification")[0]["Message"] == "after the click"
 
 
 async def test_undeliverable_http_message_goes_to_the_dead_letter_queue(aws: Aws) -> None:
