@@ -155,6 +155,9 @@ def test_one_way_loss_and_delay_cause_no_promotion_and_lose_nothing(partitioned)
     assert w.status()["epoch"] == 1
     proxies["b_to_a"].heal()
     a.wait_in_sync()
+    # The witness learns it at the primary's next report: until then it still
+    # refuses a promotion (the standby might lack what was confirmed alone).
+    wait_for(lambda: w.status().get("alone") is False, what="the witness to see sync")
     publisher.stop.set()
     publisher.join(30)
     a.kill()  # and now the standby, in sync again, takes over with everything
