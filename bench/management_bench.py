@@ -6,6 +6,9 @@ Spawns a Moorage (AMQP and the management listener, memory store unless
 benchmark's publisher and consumer run against a queue of their own
 (``moorage bench amqp --duration``):
 
+0. measures the broker's CPU time per call of each of those GETs with nothing
+   else running (from /proc: independent of what else the machine does), and
+   so what polling costs at one poll every ``--interval`` seconds;
 1. times the calls a dashboard makes at that scale — ``GET /api/queues`` first
    page (``?page=1&page_size=100``) and the whole list, ``/api/overview``,
    ``/metrics`` and ``/metrics/per-object`` — each ``--samples`` times (min and
@@ -25,6 +28,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import shutil
 import signal
 import statistics
@@ -43,7 +47,7 @@ import pika
 from moorage.bench.amqp_handshake import PipelinedConnection, handshake_frames
 from moorage.bench.conn_bench import raise_nofile
 from moorage.bench.loopback import free_port
-from moorage.bench.spawn import REPO_ROOT
+from moorage.bench.spawn import REPO_ROOT, SpawnedBroker
 
 AUTH = "Basic " + base64.b64encode(b"guest:guest").decode()
 
@@ -179,6 +183,39 @@ def publisher_run(amqp: int, duration: float) -> dict[str, Any]:
     return result
 
 
+BIG_GETS = (
+    "/api/queues?page=1&page_size=100",
+    "/api/queues",
+    "/api/overview",
+    "/metrics",
+    "/metrics/per-object",
+)
+
+
+def cpu_per_get(http: int, broker: SpawnedBroker, samples: int, interval: float) -> None:
+    """Prints the broker's CPU seconds per GET of each path (nothing else running), and
+    what the pollers' set (`Poller.PATHS`) costs: the share of one core it takes."""
+    if broker.cpu_seconds() is None:
+        print("broker CPU per GET: not measurable here (no /proc)")
+        return
+    print(f"\nbroker CPU per GET, idle broker (mean of {samples}):")
+    print(f"{'GET':40} {'CPU ms':>8}")
+    per_path: dict[str, float] = {}
+    for path in (*BIG_GETS, *Poller.PATHS):
+        if path in per_path:
+            continue
+        before = broker.cpu_seconds() or 0.0
+        for _ in range(samples):
+            _get(http, path)
+        per_path[path] = ((broker.cpu_seconds() or 0.0) - before) / samples
+        print(f"{path:40} {per_path[path] * 1000:8.1f}")
+    cycle = sum(per_path[p] for p in Poller.PATHS)
+    print(
+        f"one poll ({' + '.join(Poller.PATHS)}): {cycle * 1000:.1f} ms of broker CPU, "
+        f"{cycle / interval * 100:.2f} % of one core at one poll every {interval:g} s"
+    )
+
+
 def _rate(result: dict[str, Any]) -> float:
     """The publisher's throughput: messages sent per second (`Result.sent_per_s`)."""
     return float(result["sent_per_s"])
@@ -238,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"opened {args.connections:,} idle connections in "
                 f"{time.perf_counter() - started:.1f}s; broker pid {process.pid}"
             )
+            # 0. what each answer costs the broker, with nothing else running
+            cpu_per_get(
+                http, SpawnedBroker(amqp, process, Path(os.devnull)), args.samples, args.interval
+            )
             # 1. the big answers, timed while the publisher runs
             timings: dict[str, list[tuple[float, int]]] = {}
             runner = threading.Thread(
@@ -247,13 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             runner.start()
             time.sleep(min(3.0, args.duration / 4))
-            for path in (
-                "/api/queues?page=1&page_size=100",
-                "/api/queues",
-                "/api/overview",
-                "/metrics",
-                "/metrics/per-object",
-            ):
+            for path in BIG_GETS:
                 timings[path] = [timed_get(http, path) for _ in range(args.samples)]
             runner.join()
             print(f"\nwhile a publisher runs ({args.queues:,} queues, "

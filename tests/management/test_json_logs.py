@@ -1,5 +1,6 @@
 """`log_format = "json"`: a broker subprocess's standard error is one JSON object a line,
-and connection events carry the connection's id and peer (`broker.logs`)."""
+connection events carry the connection's id and peer, and the memory alarm's raising and
+clearing are events too (`broker.logs`)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ def wait_for_event(log: Path, name: str, **fields: Any) -> dict[str, Any]:
 
 def test_json_log_lines_with_connection_id_and_peer(tmp_path: Path) -> None:
     broker = BrokerProcess(
-        tmp_path / "data", http=True, extra_config='[broker]\nlog_format = "json"\n'
+        tmp_path / "data",
+        http=True,
+        extra_config='[broker]\nlog_format = "json"\n[limits]\nmemory_high_watermark = 100000\n',
     ).start()
     try:
         store = wait_for_event(broker.log, "store.opened")
@@ -101,6 +104,21 @@ def test_json_log_lines_with_connection_id_and_peer(tmp_path: Path) -> None:
         assert forced["protocol"] == "amqp091"
         with pytest.raises(pika.exceptions.AMQPError):
             victim.process_data_events(time_limit=5)
+
+        # the memory alarm (watermark 100 kB here): raised past it, cleared below it
+        publisher = pika.BlockingConnection(broker.params)
+        channel = publisher.channel()
+        channel.queue_declare("fill")
+        for _ in range(200):
+            channel.basic_publish("", "fill", b"x" * 1000)
+        raised = wait_for_event(broker.log, "alarm.raised", alarm="memory")
+        assert raised["level"] == "warning"
+        assert raised["used"] > raised["watermark"] == 100_000
+        drainer = pika.BlockingConnection(broker.params)  # consumes only: not blocked
+        drainer.channel().queue_purge("fill")
+        wait_for_event(broker.log, "alarm.cleared", alarm="memory")
+        drainer.close()
+        publisher.close()
     finally:
         assert broker.stop() == 0
     assert all(isinstance(record, dict) for record in events(broker.log))
