@@ -71,11 +71,13 @@ def test_trims_after_large_frees_at_most_every_interval() -> None:
     memory = monitor(1 << 50)
     clock = memory.clock
     assert isinstance(clock, ManualClock)
+    # 64 KiB bodies, each followed by a small malloc'd object that stays: the
+    # freed bodies are holes glibc keeps (not a top chunk it trims by itself).
+    # The first look is taken while they are held: the allocator's free bytes
+    # then are its low point, whatever earlier tests left free in the heap.
+    held = [bytearray(64 * 1024 if i % 2 == 0 else 600) for i in range(8 * TRIM_STEP // 65536)]
     memory.check()
     assert memory.trims == 0  # nothing freed yet: a trim would only walk the heap
-    # 64 KiB bodies, each followed by a small malloc'd object that stays: the
-    # freed bodies are holes glibc keeps (not a top chunk it trims by itself)
-    held = [bytearray(64 * 1024 if i % 2 == 0 else 600) for i in range(8 * TRIM_STEP // 65536)]
     del held[::2]
     memory.check()
     assert memory.trims == 0  # within TRIM_EVERY of the last look

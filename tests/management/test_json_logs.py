@@ -40,7 +40,8 @@ def test_json_log_lines_with_connection_id_and_peer(tmp_path: Path) -> None:
     broker = BrokerProcess(
         tmp_path / "data",
         http=True,
-        extra_config='[broker]\nlog_format = "json"\n[limits]\nmemory_high_watermark = 100000\n',
+        extra_config='[broker]\nlog_format = "json"\n[limits]\nmemory_high_watermark = 100000\n'
+        'memory_calculation_strategy = "queued"\n',
     ).start()
     try:
         store = wait_for_event(broker.log, "store.opened")
