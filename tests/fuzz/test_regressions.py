@@ -4,7 +4,9 @@ AMQP names outside pamqp's name pattern (`^[a-zA-Z0-9-_.:@#,/+ ]*$`): AMQP
 allows any shortstr and RabbitMQ any UTF-8 up to 255 bytes, so Moorage
 declares such queues and exchanges; building the `queue.declare-ok`,
 `basic.return` and `basic.get-ok` that name them raised pamqp's ValueError
-inside `data_received`, which killed the connection without a close.
+inside `data_received`, which killed the connection without a close. And
+an error text naming such a name, cut to 255 characters instead of 255
+UTF-8 octets, could not be encoded as `reply-text`: same end.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 
 import pika
 import pika.exceptions
+import pytest
 
 from tests.helpers import RunningBroker
 
@@ -55,5 +58,24 @@ def test_amqp_names_outside_pamqp_pattern_are_answered(
         assert got is not None
         assert (got.exchange, body) == (ODD_EXCHANGE, b"routed")
         assert connection.is_open
+    finally:
+        connection.close()
+
+
+def test_amqp_error_text_over_255_octets_is_cut_not_fatal(
+    start_broker: Callable[..., RunningBroker],
+) -> None:
+    running = start_broker()
+    connection = pika.BlockingConnection(pika.URLParameters(running.url))
+    try:
+        channel = connection.channel()
+        name = "é" * 120  # 240 octets: a valid name, but the error text is longer
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as closed:
+            channel.queue_declare(name, passive=True)
+        assert closed.value.reply_code == 404
+        assert closed.value.reply_text.startswith("NOT_FOUND - no queue 'éé")
+        assert len(closed.value.reply_text.encode()) <= 255
+        assert connection.is_open
+        assert connection.channel().queue_declare("", exclusive=True).method.queue
     finally:
         connection.close()
