@@ -41,6 +41,16 @@ too (`PRAGMA shrink_memory` where the store has `release_memory`), then
 trimmed; traffic that never queues `RELEASE_STEP` keeps the cache. With both, the same
 floods over MQTT, AMQP and STOMP end at 1.00-1.13x of the starting RSS
 (`tests/limits/test_memory_flood.py`).
+
+At the issue's 512 MiB (16,384 x 64 KiB), AMQP and STOMP end at 1.10x, but
+MQTT at 1.19-1.37x: /proc/PID/smaps shows [heap] ~9 MiB and anonymous
+mappings ~8-9 MiB above their start. The heap part is fragmentation: small
+allocations made during the flood sit between the 64 KiB bodies and pin
+their pages, which `malloc_trim` cannot return. Sending bodies of 32 KiB and
+more to mmap (`MALLOC_MMAP_THRESHOLD_=32768`) kept the heap flat in one run
+(1.14x in total) but made each 64 KiB allocation ~30x slower (4 -> 130 µs),
+so it is not done; `MALLOC_ARENA_MAX=1` did not help (1.25x). What pins the
+anonymous part (pymalloc arenas, the writer thread's arena) is not yet known.
 """
 
 from __future__ import annotations
