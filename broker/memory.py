@@ -49,8 +49,14 @@ allocations made during the flood sit between the 64 KiB bodies and pin
 their pages, which `malloc_trim` cannot return. Sending bodies of 32 KiB and
 more to mmap (`MALLOC_MMAP_THRESHOLD_=32768`) kept the heap flat in one run
 (1.14x in total) but made each 64 KiB allocation ~30x slower (4 -> 130 µs),
-so it is not done; `MALLOC_ARENA_MAX=1` did not help (1.25x). What pins the
-anonymous part (pymalloc arenas, the writer thread's arena) is not yet known.
+so it is not done; `MALLOC_ARENA_MAX=1` did not help (1.25x). The anonymous
+part is CPython's small-object allocator: a pymalloc arena is returned only
+when every object in it is gone, and objects that outlive the flood pin
+them. `PYTHONMALLOC=malloc` in the broker's environment (small objects on
+glibc's heap, which `malloc_trim` returns page by page) ended the same MQTT
+flood at 1.14x, but cost 10-25 % of `moorage bench mqtt --spawn --qos 1
+--size 100` (17.5-17.7k against 19.2-23.9k msg/s, same run), so it is an
+operator's choice, not the default.
 """
 
 from __future__ import annotations
