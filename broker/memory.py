@@ -41,6 +41,25 @@ too (`PRAGMA shrink_memory` where the store has `release_memory`), then
 trimmed; traffic that never queues `RELEASE_STEP` keeps the cache. With both, the same
 floods over MQTT, AMQP and STOMP end at 1.00-1.13x of the starting RSS
 (`tests/limits/test_memory_flood.py`).
+
+At the issue's 512 MiB (16,384 x 64 KiB), AMQP and STOMP end at 1.10x, but
+MQTT at 1.19-1.37x: /proc/PID/smaps shows [heap] ~9 MiB and anonymous
+mappings ~8-9 MiB above their start. The heap part is fragmentation: small
+allocations made during the flood sit between the 64 KiB bodies and pin
+their pages, which `malloc_trim` cannot return. Sending bodies of 32 KiB and
+more to mmap (`MALLOC_MMAP_THRESHOLD_=32768`) kept the heap flat in one run
+(1.14x in total) but made each 64 KiB allocation ~30x slower (4 -> 130 µs),
+so it is not done; `MALLOC_ARENA_MAX=1` did not help (1.25x). The anonymous
+part is CPython's small-object allocator: a pymalloc arena is returned only
+when every object in it is gone, and objects that outlive the flood pin
+them. It is not a leak: tracemalloc finds ~900 blocks (~90 KB) allocated
+during an 8,192-message MQTT flood still alive after the drain, against
+~9 MiB of RSS they keep (an in-process run at 256 MiB, 1.18x).
+`PYTHONMALLOC=malloc` in the broker's environment (small objects on
+glibc's heap, which `malloc_trim` returns page by page) ended the same MQTT
+flood at 1.14x, but cost 10-25 % of `moorage bench mqtt --spawn --qos 1
+--size 100` (17.5-17.7k against 19.2-23.9k msg/s, same run), so it is an
+operator's choice, not the default.
 """
 
 from __future__ import annotations

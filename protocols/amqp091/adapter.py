@@ -73,7 +73,7 @@ from moorage.protocols.amqp091.codec import (
     ProtocolHeaderMismatch,
     ProtocolHeaderReceived,
 )
-from moorage.protocols.amqp091.events import method_ids
+from moorage.protocols.amqp091.events import method_ids, reply_text
 from moorage.protocols.amqp091.handshake import FRAME_MIN_SIZE, credentials, start_method
 from moorage.protocols.amqp091.mapping import PROPERTIES_KEY, properties_payload, to_properties
 from moorage.protocols.tcp import Shell, hold_refusal
@@ -274,7 +274,7 @@ class AMQPConnection:
         if self._user is None:  # not authenticated: no connection.close (spec 2.2.4)
             self._close_transport()
             return
-        self.send_method(0, commands.Connection.Close(code, text[:255], class_id, method_id))
+        self.send_method(0, commands.Connection.Close(code, reply_text(text), class_id, method_id))
         self._release()
         self._close_deadline = self._now + CLOSE_OK_TIMEOUT
 
@@ -295,7 +295,7 @@ class AMQPConnection:
         log.debug("closing channel %d of %s: %s", channel.number, self.shell.peer, error.reply_text)
         self.send_method(
             channel.number,
-            commands.Channel.Close(error.code, error.reply_text[:255], class_id, method_id),
+            commands.Channel.Close(error.code, reply_text(error.reply_text), class_id, method_id),
         )
         channel.closing = True
         self._confirming.discard(channel)

@@ -40,6 +40,7 @@ from moorage.broker.replies import OrderedReplies
 from moorage.broker.session import Session
 from moorage.protocols.amqp091.codec import Connection, Deliver, shortstr
 from moorage.protocols.amqp091.mapping import properties_payload, route
+from moorage.protocols.amqp091.methods import unchecked
 from moorage.protocols.tcp import Shell
 
 
@@ -127,8 +128,12 @@ class AMQPChannel:
         )
 
     def returned(self, message: Message, reply_code: int, reply_text: str) -> None:
-        method = commands.Basic.Return(
-            reply_code, reply_text, message.exchange, message.routing_key
+        method = unchecked(
+            commands.Basic.Return,
+            reply_code=reply_code,
+            reply_text=reply_text,
+            exchange=message.exchange,
+            routing_key=message.routing_key,
         )
         self.connection.send_content(self.number, method, message)
 

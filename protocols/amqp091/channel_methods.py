@@ -33,6 +33,7 @@ from moorage.broker.errors import (
 )
 from moorage.broker.keepalive import KeepAlive
 from moorage.protocols.amqp091.channel import AMQPChannel, ChannelOwner
+from moorage.protocols.amqp091.methods import unchecked
 
 GET_READ_BACKS = 5  # reads of paged-out entries one basic.get waits for, at most
 
@@ -126,9 +127,13 @@ def queue_declare(conn: MethodsOwner, channel: AMQPChannel, m: commands.Queue.De
     )
     channel.last_queue = queue.name
     if not m.nowait:
-        channel.reply(
-            commands.Queue.DeclareOk(queue.name, messages, consumers), durable=queue.stored
+        declare_ok = unchecked(
+            commands.Queue.DeclareOk,
+            queue=queue.name,
+            message_count=messages,
+            consumer_count=consumers,
         )
+        channel.reply(declare_ok, durable=queue.stored)
 
 
 def queue_bind(conn: MethodsOwner, channel: AMQPChannel, m: commands.Queue.Bind) -> None:
@@ -247,8 +252,13 @@ def _answer_get(
         channel.reply(commands.Basic.GetEmpty())
         return None
     tag, redelivered, message, remaining = got
-    method = commands.Basic.GetOk(
-        tag, redelivered, message.exchange, message.routing_key, remaining
+    method = unchecked(
+        commands.Basic.GetOk,
+        delivery_tag=tag,
+        redelivered=redelivered,
+        exchange=message.exchange,
+        routing_key=message.routing_key,
+        message_count=remaining,
     )
     conn.keepalive.sent()
     conn.send_content(channel.number, method, message)

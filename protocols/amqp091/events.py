@@ -59,6 +59,18 @@ class ReplyCode(enum.IntEnum):
     UNEXPECTED_FRAME = 505
 
 
+def reply_text(text: str) -> str:
+    """`text` cut to 255 UTF-8 octets on a character boundary: what fits `reply-text`.
+
+    Cutting by characters is not enough: an error naming a queue of 120 `é`
+    is over 255 octets in fewer characters, and pamqp refuses to encode it.
+    """
+    raw = text.encode("utf-8")
+    if len(raw) <= _SHORTSTR_MAX:
+        return text
+    return raw[:_SHORTSTR_MAX].decode("utf-8", "ignore")
+
+
 class FrameError(Exception):
     """A codec error carrying its wire answer: ``connection.close`` with ``reply_code``.
 
@@ -72,7 +84,7 @@ class FrameError(Exception):
     """
 
     def __init__(self, reply_code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
-        text = text.encode("utf-8")[:_SHORTSTR_MAX].decode("utf-8", "ignore")
+        text = reply_text(text)
         super().__init__(text)
         self.reply_code = reply_code
         self.text = text

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Final
+from typing import Final, TypeVar
 
 from pamqp import base, commands, common, decode, encode, exceptions, header
 
@@ -289,6 +289,30 @@ def decode_method(payload: bytes) -> base.Frame:
             class_id,
             method_id,
         ) from err
+    return method
+
+
+_Method = TypeVar("_Method", bound=base.Frame)
+
+
+def unchecked(method_class: type[_Method], **values: object) -> _Method:
+    """A method to send, built without pamqp's `validate()`; every argument named.
+
+    pamqp's constructors check queue and exchange names against
+    `^[a-zA-Z0-9-_.:@#,/+ ]*$`, stricter than AMQP (any shortstr) and RabbitMQ
+    (any UTF-8 up to 255 bytes), which Moorage follows: a queue named
+    `"file ✓"` is declared, so its `queue.declare-ok`, and the `basic.return`
+    and `basic.get-ok` of a message through such an exchange, must be sendable
+    (found by tests/fuzz: the constructor's ValueError killed the connection's
+    reader). Encoding (`marshal_arguments`) still enforces the field sizes.
+    Raises KeyError for an argument left out, TypeError for an unknown one.
+    """
+    unknown = values.keys() - set(method_class.__slots__)
+    if unknown:
+        raise TypeError(f"{method_class.__name__} has no argument {sorted(unknown)}")
+    method = method_class.__new__(method_class)
+    for argument in method_class.__slots__:
+        setattr(method, argument, values[argument])
     return method
 
 
