@@ -23,10 +23,12 @@ one file per concern the same way):
   consumers on the core;
 - `deliveries`: core deliveries to the client as PUBLISH, and their acks;
 - `wills`, `sys_topics`, `dead_letters`: will messages, `$SYS`, the session
-  queue limit.
+  queue limit;
+- `connect`: the CONNECT handshake (login, vhost, session take-over or
+  resume, CONNACK), a base class of the connection.
 
-This module is the connection: CONNECT (authentication, attaching to a
-session), PUBLISH from the client and its acknowledgement, DISCONNECT,
+This module is the connection: PUBLISH from the client and its
+acknowledgement, DISCONNECT,
 keep-alive, dispatch of every packet, and the one place protocol errors meet
 the wire.
 
@@ -58,20 +60,14 @@ Ordering constraints:
 
 from __future__ import annotations
 
-import enum
-import functools
 import logging
-import uuid
-from collections.abc import Callable
 from typing import Any
 
 from moorage.broker import logs
-from moorage.broker.auth import User
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
-from moorage.broker.errors import AccessRefused, BrokerError, NotServing
+from moorage.broker.errors import AccessRefused, BrokerError
 from moorage.broker.keepalive import Due, KeepAlive
-from moorage.broker.limits import LimitExceeded
 from moorage.broker.message import Message
 from moorage.broker.replies import OrderedReplies
 from moorage.broker.session import Session
@@ -102,6 +98,13 @@ from moorage.protocols.mqtt.codec import (
     encode_puback_fast,
 )
 from moorage.protocols.mqtt.codec import Properties as MQTTProperties
+from moorage.protocols.mqtt.connect import (
+    DEFAULT_VHOST,
+    SERVER_RECEIVE_MAXIMUM,
+    TOPIC_ALIAS_MAXIMUM,
+    ConnectHandling,
+    State,
+)
 from moorage.protocols.mqtt.deliveries import (
     MAX_PACKET_SIZE,
     Deliveries,
@@ -110,29 +113,18 @@ from moorage.protocols.mqtt.mapping import EXCHANGE, to_message
 from moorage.protocols.mqtt.registry import registry_for
 from moorage.protocols.mqtt.retained import retain
 from moorage.protocols.mqtt.session_state import (
-    SESSION_NEVER_EXPIRES,
     PendingWill,
     SessionState,
 )
 from moorage.protocols.mqtt.subscriptions import SessionSubscriptions
-from moorage.protocols.tcp import Shell, hold_refusal
+from moorage.protocols.tcp import Shell
 
 __all__ = ["MQTTConnection"]
 
 log = logging.getLogger("moorage.mqtt")
 
-DEFAULT_VHOST = "/"
-SERVER_RECEIVE_MAXIMUM = 1024
-TOPIC_ALIAS_MAXIMUM = 64
 
-
-class State(enum.Enum):
-    CONNECT = "connect"  # waiting for CONNECT
-    CONNECTED = "connected"
-    CLOSED = "closed"
-
-
-class MQTTConnection:
+class MQTTConnection(ConnectHandling):
     """The MQTT state machine of one network connection; the DeliverySink of its session."""
 
     def __init__(self, broker: Broker, shell: Shell, now: float) -> None:
@@ -325,119 +317,6 @@ class MQTTConnection:
             # no enhanced authentication methods are offered [MQTT-4.12.0-1]
             self._disconnect(ReasonCode.PROTOCOL_ERROR, publish_will=True)
 
-    # -- CONNECT -----------------------------------------------------------------------------
-
-    def _refuse(self, reason: ReasonCode, text: str, server_reference: str | None = None) -> None:
-        logs.event(
-            "connection.refused",
-            f"refusing MQTT connection from {self.shell.peer}: {text}",
-            peer=self.shell.peer,
-            protocol="mqtt",
-            reason=text,
-        )
-        props = (
-            MQTTProperties(reason_string=text, server_reference=server_reference)
-            if self.version == MQTT_5
-            else MQTTProperties()
-        )
-        self.send(ConnAck(reason_code=reason, properties=props))
-        self._close(publish_will=False)
-
-    def _authenticate(self, packet: Connect, then: Callable[[], None]) -> None:
-        """Log the client in and attach it to its vhost, then call `then` (not on refusal).
-
-        An authentication backend may answer later: no packet of this client is
-        handled until it has (`_login_pending`, `_handle_events`).
-        """
-        # No user name means no credentials, even with a password (MQTT 5 allows
-        # that): the core's anonymous rule decides, never a built-in default user.
-        username, password = packet.username, packet.password
-        password_text = (password or b"").decode("utf-8", "replace")
-        if username is not None and ":" in username:  # RabbitMQ's "vhost:username" form
-            self.vhost, username = username.split(":", 1)
-        done = functools.partial(self._logged_in, packet, username, then)
-        try:
-            self.broker.check_serving()
-        except NotServing as e:  # a standby: MQTT 5 "use another server" [MQTT-4.11]
-            if self.version == MQTT_5:
-                reference = e.server_reference.get("mqtt")
-                self._refuse(ReasonCode.USE_ANOTHER_SERVER, e.text, reference)
-            else:  # 3.1.1 has no redirection: "server unavailable" (return code 3)
-                self._refuse(ReasonCode.SERVER_UNAVAILABLE, e.text)
-            return
-        certificate = getattr(self.shell, "peer_certificate", None)
-        if certificate and password is None:  # identity from the verified certificate
-            try:
-                user = self.broker.authenticate_certificate(
-                    certificate, from_loopback=self.shell.from_loopback, peer=self.shell.peer
-                )
-            except AccessRefused as e:
-                done(None, e)
-            else:
-                done(user, None)
-            return
-        self._login_pending = self.broker.begin_login(
-            username,
-            password_text,
-            from_loopback=self.shell.from_loopback,
-            peer=self.shell.peer,
-            done=done,
-        )
-
-    def _logged_in(
-        self,
-        packet: Connect,
-        username: str | None,
-        then: Callable[[], None],
-        user: User | None,
-        error: AccessRefused | None,
-    ) -> None:
-        resumed = self._login_pending
-        self._login_pending = False
-        if self.closed:
-            return
-        if self._attach(packet, username, user, error):
-            then()
-        if resumed:  # answered later: the packets that came meanwhile are handled now
-            self._handle_events()
-
-    def _attach(
-        self, packet: Connect, username: str | None, user: User | None, error: AccessRefused | None
-    ) -> bool:
-        if user is None:
-            assert error is not None
-            hold_refusal(self.shell, self.broker.refusal_delay(self.shell.peer))
-            # Mosquitto answers an anonymous client it refuses with "not authorised"
-            # (its test 01-connect-anon-denied), and bad credentials with code 4 / 0x86.
-            reason = (
-                ReasonCode.NOT_AUTHORIZED
-                if username is None
-                else ReasonCode.BAD_USER_NAME_OR_PASSWORD
-            )
-            self._refuse(reason, error.text)
-            return False
-        self.user = user
-        try:
-            self.core = self.broker.connect(
-                self.vhost,
-                self.user,
-                protocol="mqtt",
-                peer=self.shell.peer,
-                client_properties={
-                    "client_id": packet.client_id,
-                    "version": packet.protocol_version,
-                },
-            )
-        except LimitExceeded as e:  # a vhost or user connection limit (broker.limits)
-            self._refuse(ReasonCode.QUOTA_EXCEEDED, e.text)  # 3.1.1: 3, server unavailable
-            return False
-        except BrokerError as e:
-            self._refuse(ReasonCode.NOT_AUTHORIZED, e.text)
-            return False
-        self.replies = self.core.ordered_replies()
-        self.core.closer = self.force_close
-        return True
-
     def force_close(self, reason: str) -> None:
         """An operator closed this connection: DISCONNECT 0x98 "Administrative action"
         with the reason string (5.0), a plain close (3.1.1, which has no server
@@ -446,95 +325,6 @@ class MQTTConnection:
             self._disconnect(ReasonCode.ADMINISTRATIVE_ACTION, publish_will=True, text=reason)
         else:
             self._close(publish_will=False)
-
-    def _on_connect(self, packet: Connect) -> None:  # section 3.1.4, in order
-        self.version = packet.protocol_version
-        v5 = self.version == MQTT_5
-        client_id = packet.client_id
-        assigned = None
-        if not client_id:
-            if not packet.clean_start and not v5:
-                # [MQTT-3.1.3-8]: zero-length id needs clean session in 3.1.1
-                self._refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty client id")
-                return
-            client_id = assigned = f"moorage-{uuid.uuid4().hex}"  # [MQTT-3.1.3-6]
-        if v5 and packet.properties.authentication_method is not None:
-            # No enhanced authentication method is offered: refuse and close
-            # [MQTT-4.12.0-1], with 0x8C as Mosquitto (transcript `connect_5_auth_method`).
-            self._refuse(
-                ReasonCode.BAD_AUTHENTICATION_METHOD, "authentication method not supported"
-            )
-            return
-        self._authenticate(
-            packet, functools.partial(self._on_connect_authenticated, packet, client_id, assigned)
-        )
-
-    def _on_connect_authenticated(
-        self, packet: Connect, client_id: str, assigned: str | None
-    ) -> None:
-        v5 = self.version == MQTT_5
-        props = packet.properties
-        self.client_id = client_id
-        self.keep_alive = packet.keep_alive
-        self.will = packet.will
-        if v5:
-            self.client_receive_maximum = props.receive_maximum or 65535
-            self.deliveries.client_max_packet_size = props.maximum_packet_size or MAX_PACKET_SIZE
-            expiry = props.session_expiry_interval or 0
-        else:
-            expiry = 0 if packet.clean_start else SESSION_NEVER_EXPIRES
-        if self.will is not None:
-            try:  # the will is published as this user later [MQTT-3.1.2-7]
-                self.user.check(self.vhost, "write", EXCHANGE, "exchange")
-            except AccessRefused as e:
-                self._refuse(ReasonCode.NOT_AUTHORIZED, e.text)
-                return
-
-        registry = self.registry
-        key = (self.vhost, client_id)
-        registry.attach(self.vhost, client_id, self)  # takes over [MQTT-3.1.4-3]
-        state = registry.sessions.get(key)
-        if state is not None and packet.clean_start:
-            registry.end_session(state)  # [MQTT-3.1.2-4]
-            state = None
-        session_present = state is not None
-        if state is None:
-            state = registry.sessions[key] = SessionState(self.vhost, client_id)
-        else:
-            if state.expiry_timer is not None:
-                state.expiry_timer.cancel()
-                state.expiry_timer = None
-            if state.will is not None:
-                if state.will.timer is not None:
-                    state.will.timer.cancel()
-                state.will = None  # resumed before the will delay [MQTT-3.1.3-9]
-        state.expiry_interval = expiry
-        state.version = self.version
-        state.disconnected_at = None
-        self.mqtt = state
-        registry.save(state)
-        self.state = State.CONNECTED
-        # [MQTT-3.1.2-24]: silent for 1.5 x Keep Alive is gone; the server sends no pings
-        self.liveness.start(self._now, recv_timeout=self.keep_alive * 1.5, send_interval=0)
-
-        connack_props = MQTTProperties()
-        if v5:
-            connack_props = MQTTProperties(
-                assigned_client_identifier=assigned,
-                receive_maximum=SERVER_RECEIVE_MAXIMUM,
-                topic_alias_maximum=TOPIC_ALIAS_MAXIMUM,
-                maximum_packet_size=self.max_packet_size,
-                maximum_qos=None,  # QoS 2 is supported
-                retain_available=1,
-            )
-        # [MQTT-3.2.2-2], [MQTT-3.2.2-3]: session present only when resumed
-        self.send(ConnAck(session_present, ReasonCode.SUCCESS, connack_props))
-        session = self.core_session()
-        session.qos(self.client_receive_maximum, global_=True)  # [MQTT-3.3.4-9]
-        for packet_id in sorted(state.outgoing_pubrel):
-            self.send(PubRel(packet_id))  # [MQTT-4.4.0-1]: resend PUBREL on resume
-        self.subscriptions = SessionSubscriptions(session, state, self.registry, client_id)
-        self.subscriptions.resume()
 
     def core_session(self) -> Session:
         if self.session is None:
