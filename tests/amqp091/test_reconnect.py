@@ -5,10 +5,11 @@ connection through it is cut after a random number of bytes (a few hundred
 to a few thousand, in either direction, so cuts land in handshakes, in
 frames and between them) until it has cut `ROUNDS` times; then it passes
 bytes through unharmed. Meanwhile the client publishes with confirms and
-consumes, reconnecting as it was written to: aio-pika's `connect_robust`, and
-pika in the usual retry loop. At the end every message the broker confirmed
-must have been consumed. Nothing here waits on the clock except generous
-bounds on conditions.
+consumes, reconnecting as it was written to: aio-pika's `connect_robust`,
+pika in the usual retry loop, and kombu's own retrying publish
+(`retry=True`, the way Celery publishes) with confirms (`confirm_publish`).
+At the end every message the broker confirmed must have been consumed.
+Nothing here waits on the clock except generous bounds on conditions.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import aio_pika
+import kombu
+import kombu.exceptions
 import pika
 import pytest
 from pika.exceptions import AMQPError
@@ -273,6 +276,62 @@ def test_pika_reconnecting_gets_every_confirmed_message(proxy: CuttingProxy) -> 
         finally:
             with contextlib.suppress(Exception):
                 connection.close()
+    assert proxy.cuts >= ROUNDS
+    assert not pending
+    assert confirmed <= received, sorted(confirmed - received)
+
+
+def test_kombu_reconnecting_gets_every_confirmed_message(proxy: CuttingProxy) -> None:
+    url = f"amqp://guest:guest@127.0.0.1:{proxy.port}//"
+    exchange = kombu.Exchange("reconnect-kombu", "direct", durable=True)
+    queue = kombu.Queue("reconnect-kombu", exchange, routing_key="k", durable=True)
+    retry_policy = {"max_retries": 5, "interval_start": 0, "interval_step": 0.05}
+    confirmed: set[bytes] = set()
+    received: set[bytes] = set()
+    deadline = time.monotonic() + 150
+    pending = [f"k{n}".encode() for n in range(MESSAGES)]
+    while (pending or proxy.cuts < ROUNDS or not confirmed <= received) and (
+        time.monotonic() < deadline
+    ):
+        connection = kombu.Connection(
+            url, connect_timeout=5, transport_options={"confirm_publish": True}
+        )
+        failures = (
+            *connection.connection_errors,
+            *connection.channel_errors,
+            kombu.exceptions.KombuError,
+            OSError,
+        )
+        try:
+            connection.ensure_connection(max_retries=3, interval_start=0, interval_step=0.05)
+            producer = connection.Producer()
+            while pending:
+                # returns once the broker confirmed it (py-amqp waits for basic.ack);
+                # a cut raises, or kombu reconnects and publishes again (retry=True)
+                producer.publish(
+                    pending[0],
+                    exchange=exchange,
+                    routing_key="k",
+                    declare=[queue],
+                    delivery_mode=2,
+                    content_type="application/octet-stream",
+                    content_encoding="binary",
+                    retry=True,
+                    retry_policy=retry_policy,
+                )
+                confirmed.add(pending.pop(0))
+            bound = queue(connection.default_channel)
+            bound.declare()
+            while (message := bound.get(no_ack=False)) is not None:
+                received.add(message.body)
+                message.ack()
+            if proxy.cuts < ROUNDS:
+                producer.publish(b"filler", exchange="", routing_key="reconnect-kombu-none")
+        except failures:
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                connection.release()
     assert proxy.cuts >= ROUNDS
     assert not pending
     assert confirmed <= received, sorted(confirmed - received)
