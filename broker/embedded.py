@@ -205,6 +205,19 @@ class _ThreadLogHandler(logging.Handler):
         self._errors.record(record)
 
 
+def _finish_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the tasks still pending on a stopped loop and let each finish, as
+    `asyncio.run` does at its end: an HTTP request handler whose connection was
+    just closed may not have run its last step yet. Left pending, such a task is
+    destroyed later by the garbage collector, on whatever thread runs it then
+    (another broker's, whose loop would report it)."""
+    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
 class EmbeddedBroker:
     """A broker inside this process: `async with` on the running loop, `with` on its own thread.
 
@@ -360,6 +373,8 @@ class EmbeddedBroker:
         except BaseException as e:  # noqa: BLE001 - the thread's end: reported in `errors`
             self._loop_errors.errors.append(f"broker loop thread raised {e!r}")
         finally:
+            with contextlib.suppress(Exception):
+                _finish_leftover_tasks(loop)
             with contextlib.suppress(Exception):
                 loop.run_until_complete(loop.shutdown_asyncgens())
             self._loop_errors.uninstall()
