@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -69,11 +70,13 @@ def _served(protocol: str, running: RunningBroker) -> None:
         client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="after-fuzz")
         client.username_pw_set("guest", "guest")
         client.on_message = lambda _c, _u, m: received.append(m.payload)
+        subscribed = threading.Event()
+        client.on_subscribe = lambda *_args: subscribed.set()
         client.connect("127.0.0.1", port)
         client.loop_start()
         try:
             client.subscribe("after/fuzz", qos=1)
-            time.sleep(0.3)
+            assert subscribed.wait(10), "no SUBACK"  # the subscription exists: publish now
             client.publish("after/fuzz", b"still served", qos=1).wait_for_publish(10)
             deadline = time.monotonic() + 10
             while not received and time.monotonic() < deadline:
