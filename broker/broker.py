@@ -307,18 +307,28 @@ class Broker:
         from_loopback: bool,
         peer: str,
         done: Callable[[User | None, AccessRefused | None], None],
+        certificate: dict[str, Any] | None = None,
     ) -> bool:
         """Authenticate through the configured backends (`broker.auth_backends`).
 
         Calls `done(user, None)` or `done(None, error)`. With the internal
-        store alone (the default), and for a client without credentials, that
-        happens before this returns (and it returns False); otherwise the
-        chain runs as a task and this returns True: the adapter must handle
-        no more of that client's frames until `done` is called.
+        store alone (the default), for a client without credentials, and for
+        one that logs in with its verified client `certificate` (given only
+        when the protocol's login asks for it: AMQP EXTERNAL, MQTT and STOMP
+        without a password), that happens before this returns (and it returns
+        False); otherwise the chain runs as a task and this returns True: the
+        adapter must handle no more of that client's frames until `done` is called.
         """
-        if self.auth_chain is None or username is None:
+        if self.auth_chain is None or username is None or certificate is not None:
             try:
-                user = self.authenticate(username, password, from_loopback=from_loopback, peer=peer)
+                if certificate is not None:
+                    user = self.authenticate_certificate(
+                        certificate, from_loopback=from_loopback, peer=peer
+                    )
+                else:
+                    user = self.authenticate(
+                        username, password, from_loopback=from_loopback, peer=peer
+                    )
             except AccessRefused as e:
                 done(None, e)
             else:

@@ -327,16 +327,6 @@ class AMQPConnection:
             self.send_method(0, commands.Connection.Close(e.code, e.reply_text[:255], 0, 0))
             self._close_transport()
             return
-        if external:  # RabbitMQ's rabbitmq_auth_mechanism_ssl
-            try:
-                user = self.broker.authenticate_certificate(
-                    certificate, from_loopback=self.shell.from_loopback, peer=self.shell.peer
-                )
-            except AccessRefused as e:
-                done(None, e)
-            else:
-                done(user, None)
-            return
         # An authentication backend may answer later: no frame of this client is
         # handled until it has (`_login_pending`, `_handle_events`).
         self._login_pending = self.broker.begin_login(
@@ -345,6 +335,7 @@ class AMQPConnection:
             from_loopback=self.shell.from_loopback,
             peer=self.shell.peer,
             done=done,
+            certificate=certificate if external else None,  # RabbitMQ's auth_mechanism_ssl
         )
 
     def _logged_in(

@@ -137,21 +137,14 @@ class ConnectHandling:
                 self._refuse(ReasonCode.SERVER_UNAVAILABLE, e.text)
             return
         certificate = getattr(self.shell, "peer_certificate", None)
-        if certificate and password is None:  # identity from the verified certificate
-            try:
-                user = self.broker.authenticate_certificate(
-                    certificate, from_loopback=self.shell.from_loopback, peer=self.shell.peer
-                )
-            except AccessRefused as e:
-                done(None, e)
-            else:
-                done(user, None)
-            return
+        if password is not None:
+            certificate = None  # a password is given: it is the login, not the certificate
         self._login_pending = self.broker.begin_login(
             username,
             password_text,
             from_loopback=self.shell.from_loopback,
             peer=self.shell.peer,
+            certificate=certificate or None,
             done=done,
         )
 

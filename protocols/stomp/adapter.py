@@ -372,16 +372,8 @@ class StompConnection:
         # No `login`: the core's anonymous rule (refused unless `auth.anonymous_user`).
         done = functools.partial(self._logged_in, frame, version, cx, cy)
         certificate = getattr(self.shell, "peer_certificate", None)
-        if certificate and frame.get("passcode") is None:  # the certificate's identity
-            try:
-                user = self.broker.authenticate_certificate(
-                    certificate, from_loopback=self.shell.from_loopback, peer=self.shell.peer
-                )
-            except AccessRefused as e:
-                done(None, e)
-            else:
-                done(user, None)
-            return
+        if frame.get("passcode") is not None:
+            certificate = None  # a password is given: it is the login, not the certificate
         # An authentication backend may answer later: no frame of this client is
         # handled until it has (`_login_pending`, `_handle_events`).
         self._login_pending = self.broker.begin_login(
@@ -389,6 +381,7 @@ class StompConnection:
             frame.get("passcode") or "",
             from_loopback=self.shell.from_loopback,
             peer=self.shell.peer,
+            certificate=certificate or None,
             done=done,
         )
 
