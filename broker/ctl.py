@@ -248,7 +248,7 @@ def run(args: argparse.Namespace, out: Any = None) -> None:  # noqa: C901 - a br
         print(f"messages: {queued.get('messages', 0)}", file=out)
         print(f"alarms: {', '.join(alarms.get('alarms', [])) or 'none'}", file=out)
         failover = overview.get("failover")
-        if isinstance(failover, dict):  # a node of a replicated pair (docs/failover.md)
+        if isinstance(failover, dict):  # a failover node (docs/failover.md)
             print(_failover_line(failover), file=out)
     elif args.command == "declare":
         body: dict[str, Any] = {
@@ -305,8 +305,14 @@ def run(args: argparse.Namespace, out: Any = None) -> None:  # noqa: C901 - a br
 
 
 def _failover_line(failover: dict[str, Any]) -> str:
-    """`moorage status`'s line for a replicated node: role, epoch, lag, witness."""
+    """`moorage status`'s line for a failover node: role, epoch, then lag and witness (a
+    replicated pair) or the lease (shared storage)."""
     parts = [f"failover: {failover.get('role')}, epoch {failover.get('epoch')}"]
+    if failover.get("mode") == "shared-storage":
+        parts.append(
+            f"shared storage, lease {failover.get('lease_seconds')} s "
+            f"({failover.get('lease_remaining')} s left), node {failover.get('node')}"
+        )
     if "confirms" in failover:
         parts.append(
             f"confirms {failover['confirms']}, standby {failover.get('standby') or 'none'}, "

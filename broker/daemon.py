@@ -328,6 +328,8 @@ async def serve(
         raise
     tune_gc()
     log_open_files_limit(open_files)
+    if shared is not None and daemon.broker is not None:
+        daemon.broker.failover_status = shared.status  # the role, for operators
     pid_path = pidfile.write(config.data_dir)  # for `moorage reload` (broker.pidfile)
     if on_ready is not None:
         on_ready(daemon)

@@ -71,6 +71,7 @@ import socket
 import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.mounts import FileSystemKind, check_shared_storage
@@ -431,6 +432,24 @@ class SharedStorage:
             return
         lease.record = renewed
         lease.renewed(started)
+
+    def status(self) -> dict[str, Any]:
+        """This node's role for operators (`broker.failover_status`: the management
+        overview, `moorage status`, the `moorage_failover_*` metrics). Only the
+        holder serves, so a node that can be asked is the primary."""
+        lease = self.lease
+        if lease is None:
+            return {"mode": "shared-storage", "role": "waiting", "node": self.owner}
+        now = self.clock.monotonic()
+        return {
+            "mode": "shared-storage",
+            "role": "primary" if lease.valid(now) else "lease-lost",
+            "node": self.owner,
+            "epoch": lease.record.epoch,
+            "lease_seconds": self.duration,
+            "lease_remaining": round(max(0.0, lease.deadline - now), 3),
+            "renewals": lease.record.renewals,
+        }
 
     def lease_lost_reason(self) -> str:
         return self.lease.lost_reason if self.lease is not None else ""

@@ -8,6 +8,7 @@ ports, `wait_logged` for a line of its log.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -15,7 +16,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tests.durability.broker_process import free_port
 
@@ -34,6 +37,7 @@ class SharedNode:
         self.amqp_port = free_port()
         self.mqtt_port = free_port()
         self.stomp_port = free_port()
+        self.http_port = free_port()
         self.config = data_dir.parent / f"{name}.toml"
         self.config.write_text(
             f'[storage]\nmode = "shared"\nlease = {lease}\nlock_poll = {POLL}\n'
@@ -48,7 +52,7 @@ class SharedNode:
             sys.executable, "-m", "moorage.broker.cli", "serve",
             "--config", str(self.config), "--data-dir", str(self.data_dir),
             "--amqp-port", str(self.amqp_port), "--mqtt-port", str(self.mqtt_port),
-            "--stomp-port", str(self.stomp_port), "--http-port", "0",
+            "--stomp-port", str(self.stomp_port), "--http-port", str(self.http_port),
             "--mqtt-ws-port", "0", "--stomp-ws-port", "0", "--sqs-port", "0",
         ]  # fmt: skip
         self.runs = len(self.text())  # `wait_logged` reads this run's lines only
@@ -80,6 +84,13 @@ class SharedNode:
                 return time.monotonic()
             time.sleep(0.02)
         raise AssertionError(f"{self.name} did not start serving: {self.text()}")
+
+    def overview(self) -> dict[str, Any]:
+        """The node's `GET /api/overview` (guest from loopback)."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/api/overview")
+        request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return dict(json.load(answer))
 
     def wait_logged(self, text: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

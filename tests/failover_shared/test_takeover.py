@@ -23,8 +23,11 @@ import os
 import random
 import signal
 import statistics
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 
 import pika
 import pika.exceptions
@@ -184,8 +187,23 @@ def test_a_clean_stop_hands_the_storage_over_at_once(pair: tuple[SharedNode, Sha
             "", "handed-over", str(n).encode(), pika.BasicProperties(delivery_mode=2)
         )
     connection.close()
+    epoch = a.overview()["failover"]["epoch"]
     a.signal(signal.SIGTERM)
     assert a.wait_exit(30) == 0
     b.wait_serving()
     assert "(lease released by" in b.text()
     assert drain(b, "handed-over") == list(range(20))
+    role = b.overview()["failover"]  # the management overview names the node's role
+    assert role["mode"] == "shared-storage"
+    assert role["role"] == "primary"
+    assert role["epoch"] == epoch + 1
+    assert 0 < role["lease_remaining"] <= LEASE
+    status = subprocess.run(
+        [sys.executable, "-m", "moorage.broker.cli", "--port", str(b.http_port), "status"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert f"failover: primary, epoch {epoch + 1}; shared storage, lease" in status
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{b.http_port}/metrics", timeout=10)
+    scraped = metrics.read().decode()
+    assert 'moorage_failover_role{role="primary"} 1.0' in scraped
+    assert f"moorage_failover_epoch {float(epoch + 1)}" in scraped

@@ -107,6 +107,7 @@ def test_ui_on_a_phone_sized_screen(managed: RunningBroker, browser: object) -> 
         assert find(By.ID, "chart").is_displayed()
         wait_text(driver, "#published", "3")  # the message counters (`broker.stats`)
         assert find(By.ID, "rate-chart").is_displayed()
+        assert find(By.ID, "role").text == "single node"  # no failover configured
         # the queues page: filter, then open the queue
         find(By.LINK_TEXT, "Queues").click()
         WebDriverWait(driver, WAIT).until(ec.presence_of_element_located((By.ID, "queues-table")))

@@ -141,6 +141,13 @@ function rateLegend() {
 
 // -- pages -------------------------------------------------------------------------------
 
+// The node's failover role as the overview shows it: "single node" without failover.
+function nodeRole(failover) {
+  if (!failover) return "single node";
+  const how = failover.mode === "shared-storage" ? "shared storage" : "replicated";
+  return `${failover.role} (${how}, epoch ${failover.epoch ?? "?"})`;
+}
+
 async function overviewPage() {
   const [o, alarms] = await Promise.all([api("GET", "/overview"), api("GET", "/health/checks/alarms").catch((e) => ({ status: "failed", alarms: [e.message] }))]);
   const q = o.queue_totals, t = o.object_totals;
@@ -155,6 +162,7 @@ async function overviewPage() {
       ["Queues", t.queues, "queues"], ["Connections", t.connections, "connections"],
       ["Consumers", t.consumers, "consumers"],
       ["Alarms", alarms.status === "ok" ? "none" : (alarms.alarms || []).join(", "), "alarms"],
+      ["Node role", nodeRole(o.failover), "role"],
     ]),
     el("div", { class: "card" }, el("h2", {}, "Queued messages (ready in blue, unacked in orange)"), chart(history)),
     tiles([
