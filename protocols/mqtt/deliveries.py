@@ -19,7 +19,6 @@ per message and shared by every subscriber it fans out to
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Sequence
 
 from moorage.broker.errors import BrokerError
@@ -83,7 +82,9 @@ class Deliveries:
         self.registry = registry
         self.inflight: dict[int, int] = {}  # outgoing packet id -> core delivery tag
         self.client_max_packet_size = MAX_PACKET_SIZE
-        self._packet_ids = itertools.cycle(range(1, 65536))
+        # the last packet id given out; the next is found by counting on from it
+        # (an `itertools.cycle` would keep every id it gave out, see `_next_packet_id`)
+        self._last_packet_id = 0
 
     def deliver(
         self,
@@ -164,9 +165,20 @@ class Deliveries:
             session.ack(delivery_tag)
 
     def _next_packet_id(self, state: SessionState) -> int:
+        """The next free packet id after the last one, wrapping from 65535 to 1.
+
+        Counted, not drawn from `itertools.cycle(range(1, 65536))`: a cycle
+        keeps a copy of every item of its first round, and ids above 256 are
+        objects of their own, so each connection kept one int for every
+        packet id it had used, up to 65,535 of them and their list (2.6 MB,
+        tracemalloc), for as long as it stayed connected.
+        """
+        pid = self._last_packet_id
+        inflight, pubrel = self.inflight, state.outgoing_pubrel
         for _ in range(65535):
-            pid = next(self._packet_ids)
-            if pid not in self.inflight and pid not in state.outgoing_pubrel:
+            pid = pid % 65535 + 1
+            if pid not in inflight and pid not in pubrel:
+                self._last_packet_id = pid
                 return pid
         raise RuntimeError("no free packet identifier")  # bounded by receive maximum
 

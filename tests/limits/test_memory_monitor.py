@@ -12,6 +12,7 @@ from moorage.broker.config import Config, ConfigError
 from moorage.broker.embedded import embedded_config
 from moorage.broker.flow import WriteFlow
 from moorage.broker.memory import (
+    RELEASE_EVERY,
     RELEASE_STEP,
     TRIM_EVERY,
     TRIM_STEP,
@@ -139,3 +140,62 @@ async def test_store_caches_are_released_once_a_drain_settles(tmp_path: Path) ->
         assert releases == 1  # shallow traffic keeps the cache
     finally:
         await store.close()
+
+
+async def test_store_caches_are_released_again_when_the_process_regrew() -> None:
+    """Traffic that flows through without queueing, after a release, regrows the RSS
+    (the store's page cache, heap pages touched again): once the queues are quiet
+    and the RSS is `TRIM_STEP` above its low point since the release, the caches
+    go again, `RELEASE_EVERY` after the last release at the earliest."""
+    releases = 0
+
+    async def release() -> None:
+        nonlocal releases
+        releases += 1
+
+    queued, rss = 0, 100 * TRIM_STEP
+    clock = ManualClock()
+    memory = MemoryMonitor(
+        1 << 50, WriteFlow(MemoryStore(), 1 << 30), lambda: queued, clock, "rss", release,
+        read_rss=lambda: rss,
+    )  # fmt: skip
+
+    async def look(now_queued: int, now_rss: int) -> None:
+        nonlocal queued, rss
+        queued, rss = now_queued, now_rss
+        clock.advance(TRIM_EVERY)
+        memory.check()
+        await memory.stop()  # waits for a release under way
+
+    low = 50 * TRIM_STEP
+    for depth in (2 * RELEASE_STEP, 0, 0):  # a drain, released at the third look
+        await look(depth, low)
+    assert releases == 1
+    await look(0, low)  # the RSS after the release: the low point
+    await look(0, low + TRIM_STEP - 1)
+    assert releases == 1  # grew, not by TRIM_STEP
+    await look(RELEASE_STEP // 2, low + 2 * TRIM_STEP)
+    await look(0, low + 2 * TRIM_STEP)
+    assert releases == 1  # grew, but the queues were not quiet
+    for _ in range(int(RELEASE_EVERY / TRIM_EVERY) - 5):
+        await look(0, low + 2 * TRIM_STEP)
+    assert releases == 1  # quiet and grown, but within RELEASE_EVERY of the release
+    await look(0, low + 2 * TRIM_STEP)
+    assert releases == 2  # RELEASE_EVERY after it
+    for _ in range(2 * int(RELEASE_EVERY / TRIM_EVERY)):
+        await look(0, low + 2 * TRIM_STEP)
+    assert releases == 2  # the RSS did not fall: its low point is now this level
+
+
+def test_regrown_rss_is_trimmed_without_store_caches() -> None:
+    """Without a store cache to release (the in-memory store), regrowth is trimmed."""
+    rss = 100 * TRIM_STEP
+    clock = ManualClock()
+    memory = MemoryMonitor(
+        1 << 50, WriteFlow(MemoryStore(), 1 << 30), lambda: 0, clock, "rss", read_rss=lambda: rss
+    )
+    memory.check()
+    rss += TRIM_STEP
+    clock.advance(RELEASE_EVERY)
+    memory.check()
+    assert memory.trims == (allocator.free_heap_bytes() is not None)
