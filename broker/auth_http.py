@@ -43,9 +43,11 @@ the URL and every parameter, at most `CACHE_LIMIT` of them (the cache is
 emptied when full). A check the cache cannot answer raises
 `PermissionPending` (`broker.auth_users`) while one request per distinct
 question is made; the adapter holds that client's frames until it is
-answered, then handles the same frame again. An answer that is not cached
-(`cache_ttl = 0`, or a failure: never kept, so a service that comes back is
-asked again) is kept for that one retry.
+answered, then handles the same frame again. So that the frame finds the
+answers it waited for, every answer is kept at least `SETTLE` x
+`request_timeout` seconds, even with a smaller `cache_ttl`; a failure (no
+answer, or one that is neither `allow` nor `deny`) is kept only that long, so a
+service that comes back is asked again.
 """
 
 from __future__ import annotations
@@ -71,6 +73,11 @@ SETTINGS = {*PATHS, "http_method", "cache_ttl", "request_timeout"}
 
 CACHE_LIMIT = 10_000
 """Answers kept at most (per cache: logins, and authorisation questions)."""
+
+SETTLE = 4
+"""Request timeouts an authorisation answer is kept at least (see `_answer`): the
+longest chain of checks one call makes one after another (a STOMP SUBSCRIBE to a
+topic: write on its queue, read on the exchange, the topic, read to consume)."""
 
 Params = tuple[tuple[str, str], ...]
 
@@ -118,7 +125,6 @@ class HttpBackend:
         self.requests = 0  # asked of the service (not answered from the cache)
         # authorisation: (url, params) -> (expiry on the clock, allowed)
         self._answers: dict[tuple[str, Params], tuple[float, bool]] = {}
-        self._fresh: dict[tuple[str, Params], bool] = {}  # just answered, for one retry
         self._asking: dict[tuple[str, Params], asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -142,9 +148,6 @@ class HttpBackend:
         hit = self._answers.get(key)
         if hit is not None and self.clock.monotonic() < hit[0]:
             return hit[1]
-        fresh = self._fresh.pop(key, None)
-        if fresh is not None:
-            return fresh
         if self._closed:
             return False
         asking = self._asking.get(key)
@@ -169,14 +172,14 @@ class HttpBackend:
             allowed = False
         finally:
             self._asking.pop(key, None)
-        if cacheable and self.cache_ttl > 0:
-            if len(self._answers) >= CACHE_LIMIT:
-                self._answers.clear()
-            self._answers[key] = (self.clock.monotonic() + self.cache_ttl, allowed)
-        else:  # not cached: kept for the one retry of the check that waited for it
-            if len(self._fresh) >= CACHE_LIMIT:
-                self._fresh.clear()
-            self._fresh[key] = allowed
+        # Kept at least `SETTLE` request timeouts, whatever `cache_ttl` says: a frame
+        # whose checks wait for the service one after another, handled again after
+        # each answer, must still find the first answers when the last comes.
+        settle = SETTLE * self.timeout
+        ttl = max(self.cache_ttl, settle) if cacheable else settle
+        if len(self._answers) >= CACHE_LIMIT:
+            self._answers.clear()
+        self._answers[key] = (self.clock.monotonic() + ttl, allowed)
         if not asking.done():
             asking.set_result(None)
 

@@ -129,14 +129,15 @@ class AMQPConnection:
         """Handle every complete frame received, in order (until a login must be awaited)."""
         codec = self.codec
         try:
+            held, self._held = self._held, None  # (a local: nothing more per frame)
             while not self.closed and not self._login_pending:
-                event = self._held
-                if event is None:
+                event: object
+                if held is None:
                     event = codec.next_event()
                     if event is NEED_DATA:
                         break
                 else:
-                    self._held = None
+                    event, held = held, None
                 try:
                     if isinstance(event, ContentReceived):
                         self._on_content(event)

@@ -175,14 +175,14 @@ class MQTTConnection(ConnectHandling):
         """Handle every complete packet received, in order (until a login must be awaited)."""
         next_event = self.codec.next_event
         try:
+            held, self._held = self._held, None  # (a local: nothing more per frame)
             while not self.closed and not self._login_pending:
-                event = self._held
-                if event is None:
+                if held is None:
                     event = next_event()
                     if event is NEED_DATA:
                         break
                 else:
-                    self._held = None
+                    event, held = held, None
                 if isinstance(event, ConnectionClosed):
                     self._close(publish_will=True)
                     break

@@ -165,12 +165,13 @@ class StompConnection:
         codec = self.codec
         frame: Frame | None = None
         self.frames_in_read = 0
+        held, self._held = self._held, None  # (a local: nothing more per frame)
         try:
             while (
                 codec.state is State.CONNECTED or codec.state is State.CONNECTING
             ) and not self._login_pending:
-                event: object = self._held
-                if event is None:
+                event: object
+                if held is None:
                     event = codec.next_event()
                     if event is NEED_DATA:
                         break
@@ -179,7 +180,7 @@ class StompConnection:
                         break
                     self.frames_in_read += 1
                 else:
-                    self._held = None
+                    event, held = held, None
                 assert isinstance(event, Frame)
                 frame = event
                 try:

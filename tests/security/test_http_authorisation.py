@@ -403,3 +403,38 @@ def test_a_service_that_is_down_or_slow_or_confused_refuses(
         connection.channel().queue_declare("fine-q")  # the connection still works
     finally:
         connection.close()
+
+
+def test_a_resumed_mqtt_session_waits_for_the_service(
+    tmp_path: Path, service: AuthzService, start_broker: Callable[..., RunningBroker]
+) -> None:
+    """With cache_ttl = 0 an answer is kept only for the frames that waited for it
+    (4 request timeouts of the broker's clock): a later CONNECT that resumes the
+    session asks again (read on its queue) before anything is done."""
+    clock = ManualClock()
+    broker = _broker(
+        tmp_path, start_broker, service, clock=clock, cache_ttl=0.0, request_timeout=0.5
+    )
+    read = {"resource": "queue", "name": "mqtt-subscription-r1qos1", "permission": "read"}
+    first = PahoClient(broker.daemon.ports["mqtt"], "r1", clean=False)
+    first.client.username_pw_set("h", "pw")
+    first.connect()
+    try:
+        assert [int(r.value) for r in first.subscribe("a/r", 1)] == [1]
+    finally:
+        first.stop()
+    assert service.asked("resource", **read) == 1
+    broker.call(clock.advance, 3.0)  # past 4 x 0.5 s: every answer forgotten
+    client = PahoClient(broker.daemon.ports["mqtt"], "r1", clean=False)
+    client.client.username_pw_set("h", "pw")
+    try:
+        _flags, _rc, _props = client.connect()
+        assert service.asked("resource", **read) == 2
+        guest = pika.BlockingConnection(pika.URLParameters(broker.url_for("guest", "guest")))
+        try:
+            guest.channel().basic_publish("amq.topic", "a.r", b"resumed")
+        finally:
+            guest.close()
+        assert client.get().payload == b"resumed"
+    finally:
+        client.stop()
