@@ -114,7 +114,8 @@ class Publisher:
         session.vhost.lookup_exchange(exchange)  # NotFound now, not at COMMIT
         tx = conn.transactions.of(frame)
         if tx is not None:
-            # a backend's answers now: COMMIT applies what it holds without waiting
+            # a backend's answers now, while they are sure to be asked (COMMIT waits
+            # too if they are forgotten by then: `Transactions.commit`)
             session.ask_ahead([("write", exchange, "exchange")], [(exchange, "write", routing_key)])
             tx.append(lambda: session.publish(exchange, message).stored)
             conn.receipt(frame)

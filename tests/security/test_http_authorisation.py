@@ -315,12 +315,16 @@ class _StompErrors(stomp.ConnectionListener):  # type: ignore[misc]
     def __init__(self) -> None:
         self.errors: queue.Queue[str] = queue.Queue()
         self.messages: queue.Queue[str] = queue.Queue()
+        self.receipts: queue.Queue[str] = queue.Queue()
 
     def on_error(self, frame: Any) -> None:
         self.errors.put(frame.headers.get("message", ""))
 
     def on_message(self, frame: Any) -> None:
         self.messages.put(frame.body)
+
+    def on_receipt(self, frame: Any) -> None:
+        self.receipts.put(frame.headers.get("receipt-id", ""))
 
     def next(self) -> str:
         return self.errors.get(timeout=TIMEOUT)
@@ -356,6 +360,33 @@ def test_stomp_send_and_subscribe_by_the_service(
             connection.disconnect()
     assert service.asked("topic", permission="write", routing_key="secret.s")
     assert service.asked("resource", resource="queue", name="forbidden-s")
+
+
+def test_a_stomp_commit_waits_for_answers_forgotten_since_its_sends(
+    tmp_path: Path, service: AuthzService, start_broker: Callable[..., RunningBroker]
+) -> None:
+    """SENDs in a transaction are checked when sent; a COMMIT that comes after the
+    answers expired waits for them again, and publishes each message once, in order."""
+    clock = ManualClock()
+    broker = _broker(
+        tmp_path, start_broker, service, clock=clock, cache_ttl=1.0, request_timeout=0.5
+    )
+    connection, listener = _stomp(broker)
+    try:
+        connection.subscribe("/topic/a.tx", "1")
+        tx = connection.begin()
+        connection.send("/topic/a.tx", "1", transaction=tx)
+        connection.send("/topic/a.tx", "2", transaction=tx, headers={"receipt": "sent"})
+        assert listener.receipts.get(timeout=TIMEOUT) == "sent"
+        assert service.asked("topic", permission="write", routing_key="a.tx") == 1
+        broker.call(clock.advance, 3.0)  # past max(1 s, 4 x 0.5 s): forgotten
+        connection.commit(tx)
+        assert [listener.messages.get(timeout=TIMEOUT) for _ in range(2)] == ["1", "2"]
+        connection.send("/topic/a.tx", "3")
+        assert listener.messages.get(timeout=TIMEOUT) == "3"  # nothing published twice
+        assert service.asked("topic", permission="write", routing_key="a.tx") == 2
+    finally:
+        connection.disconnect()
 
 
 def test_answers_are_cached_for_the_ttl_of_the_broker_clock(
