@@ -469,3 +469,31 @@ def test_a_resumed_mqtt_session_waits_for_the_service(
         assert client.get().payload == b"resumed"
     finally:
         client.stop()
+
+
+def test_a_will_waits_for_the_service_too(
+    tmp_path: Path, service: AuthzService, start_broker: Callable[..., RunningBroker]
+) -> None:
+    """A will published after the answers of CONNECT were forgotten asks again (the
+    vhost, write on amq.topic, the topic) and is published once they come."""
+    clock = ManualClock()
+    broker = _broker(
+        tmp_path, start_broker, service, clock=clock, cache_ttl=1.0, request_timeout=0.5
+    )
+    listener = PahoClient(broker.daemon.ports["mqtt"], "listener")  # guest: the store's
+    listener.connect()
+    dying = PahoClient(broker.daemon.ports["mqtt"], "dying")
+    dying.client.username_pw_set("h", "pw")
+    dying.client.will_set("will/x", b"gone", 1)
+    try:
+        assert [int(r.value) for r in listener.subscribe("will/x", 1)] == [1]
+        dying.connect()
+        assert service.asked("topic", permission="write", routing_key="will.x") == 0
+        broker.call(clock.advance, 3.0)  # past max(1 s, 4 x 0.5 s): forgotten
+        dying.drop()
+        assert listener.get().payload == b"gone"
+        assert service.asked("vhost", username="h") == 2
+        assert service.asked("topic", permission="write", routing_key="will.x") == 1
+    finally:
+        dying.stop()
+        listener.stop()
