@@ -160,8 +160,10 @@ class HttpBackend:
         raise PermissionPending([asking], f"{url} {dict(params)}")
 
     async def _answer(self, key: tuple[str, Params], asking: asyncio.Future[None]) -> None:
+        """Ask the service, keep its answer, wake the waiting checks: whatever happens
+        (a failure is kept as a refusal), so that no client waits beyond the timeout."""
         url, params = key
-        cacheable = False
+        allowed = cacheable = False
         try:
             answer = await self._ask(dict(params), url)
             allowed = answer.lower() == "allow"
@@ -169,19 +171,21 @@ class HttpBackend:
             if not cacheable:
                 log.warning("the HTTP backend %s answered %r: refused", url, answer[:40])
         except AccessRefused:  # logged by `_ask`
-            allowed = False
+            pass
+        except Exception:  # a bug here must refuse, not leave clients waiting
+            log.exception("asking the HTTP backend %s failed: refused", url)
         finally:
             self._asking.pop(key, None)
-        # Kept at least `SETTLE` request timeouts, whatever `cache_ttl` says: a frame
-        # whose checks wait for the service one after another, handled again after
-        # each answer, must still find the first answers when the last comes.
-        settle = SETTLE * self.timeout
-        ttl = max(self.cache_ttl, settle) if cacheable else settle
-        if len(self._answers) >= CACHE_LIMIT:
-            self._answers.clear()
-        self._answers[key] = (self.clock.monotonic() + ttl, allowed)
-        if not asking.done():
-            asking.set_result(None)
+            # Kept at least `SETTLE` request timeouts, whatever `cache_ttl` says: a
+            # frame whose checks wait for the service one after another, handled
+            # again after each answer, must still find the first answers then.
+            settle = SETTLE * self.timeout
+            ttl = max(self.cache_ttl, settle) if cacheable else settle
+            if len(self._answers) >= CACHE_LIMIT:
+                self._answers.clear()
+            self._answers[key] = (self.clock.monotonic() + ttl, allowed)
+            if not asking.done():
+                asking.set_result(None)
 
     async def authenticate(
         self, username: str, password: str, *, peer: str
