@@ -57,7 +57,13 @@ from moorage.broker.auth_hashing import (
     needs_upgrade,
     verify_password,
 )
-from moorage.broker.auth_users import Access, Permission, TopicPermission, User
+from moorage.broker.auth_users import (
+    Access,
+    Permission,
+    PermissionPending,
+    TopicPermission,
+    User,
+)
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.errors import AccessRefused
 from moorage.storage.store import (
@@ -71,6 +77,7 @@ from moorage.storage.store import (
 __all__ = [
     "Access",
     "Permission",
+    "PermissionPending",
     "TopicPermission",
     "User",
     "UserDirectory",
@@ -253,7 +260,17 @@ class UserDirectory:
         return None
 
     def may_open(self, user: User, vhost: str) -> bool:
-        """True when the user has any permissions on the vhost (RabbitMQ's vhost access)."""
+        """True when the user has any permissions on the vhost (RabbitMQ's vhost access).
+
+        A user that a backend authorises (`User.authz`) asks the backend, and may
+        raise PermissionPending (`broker.auth_users`).
+        """
+        if user.authz is not None:
+            try:
+                user.authz.check_vhost(user, vhost)
+            except AccessRefused:
+                return False
+            return True
         return vhost in user.permissions
 
     # -- changes (the management API, the CLI, definitions import) ------------------------

@@ -30,7 +30,7 @@ from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 from moorage.broker.auth import UserDirectory
-from moorage.broker.auth_users import User
+from moorage.broker.auth_users import Authorizer, User
 from moorage.broker.clock import Clock
 from moorage.broker.errors import AccessRefused
 
@@ -110,21 +110,46 @@ def load_backends(
     return chain
 
 
-async def authenticate_chain(
+async def _accepting(
     chain: list[AuthBackend], username: str, password: str, *, peer: str
-) -> tuple[str, tuple[str, ...]]:
-    """(name, tags) from the first backend that accepts. Raises AccessRefused."""
+) -> tuple[AuthBackend, str, tuple[str, ...]]:
     reasons = []
     for backend in chain:
         try:
-            return await backend.authenticate(username, password, peer=peer)
+            name, tags = await backend.authenticate(username, password, peer=peer)
         except AccessRefused as e:
             reasons.append(f"{backend.name}: {e.text}")
+        else:
+            return backend, name, tags
     log.info("login of %r from %s refused by every backend: %s", username, peer, "; ".join(reasons))
     raise AccessRefused(f"user '{username}' - invalid credentials ({'; '.join(reasons)})")
 
 
-def user_for(broker: Broker, name: str, tags: tuple[str, ...]) -> User:
-    """The user an accepted name acts as: the store's (its permissions and tags), else a
-    user with the backend's tags and no permission (it may open no vhost)."""
+async def authenticate_chain(
+    chain: list[AuthBackend], username: str, password: str, *, peer: str
+) -> tuple[str, tuple[str, ...]]:
+    """(name, tags) from the first backend that accepts. Raises AccessRefused."""
+    _backend, name, tags = await _accepting(chain, username, password, peer=peer)
+    return name, tags
+
+
+async def login_chain(
+    broker: Broker, chain: list[AuthBackend], username: str, password: str, *, peer: str
+) -> User:
+    """The user the first backend that accepts logs in (`user_for`, with the backend's
+    `Authorizer` when it authorises too). Raises AccessRefused."""
+    backend, name, tags = await _accepting(chain, username, password, peer=peer)
+    offer: Callable[..., Authorizer | None] | None = getattr(backend, "authorizer", None)
+    authz = offer(name, tags, peer=peer) if offer is not None else None
+    return user_for(broker, name, tags, authz)
+
+
+def user_for(
+    broker: Broker, name: str, tags: tuple[str, ...], authz: Authorizer | None = None
+) -> User:
+    """The user an accepted name acts as: with an `authz`, a user of its own whose checks
+    are the backend's; else the store's (its permissions and tags), else a user with
+    the backend's tags and no permission (it may open no vhost)."""
+    if authz is not None:
+        return User(name, None, tags, authz=authz)
     return broker.users.users.get(name) or User(name, None, tags)

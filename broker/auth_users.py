@@ -16,18 +16,96 @@ the user is not restricted (RabbitMQ's default).
 A `User` is changed in place when an operator changes it (the user
 directory does that), and `version` goes up at every change, so that
 sessions which cached permission checks drop them (`Session._check`).
+
+A user that an authentication backend both authenticated and authorises
+(RabbitMQ's `authz = http`, `broker.auth_http`) carries that backend's
+`Authorizer` in `authz`: its vhost, resource and topic checks are the
+backend's, and `permissions` / `topic_permissions` stay empty. A backend may
+not have the answer at hand: it then raises `PermissionPending` (before the
+caller has done anything) and the caller asks again once it has come, when
+it is in the backend's cache. Users of the internal store have no `authz`
+and never see `PermissionPending`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from moorage.broker.errors import AccessRefused
 
 Access = Literal["configure", "write", "read"]
 TopicAccess = Literal["write", "read"]
+
+
+class PermissionPending(Exception):
+    """A permission check whose answer a backend has not given yet (`User.authz`).
+
+    Raised before the call that checks has done anything. The caller must
+    handle nothing more of that client until `then`'s callback runs, and then
+    make the same call again: the answer is in the backend's cache by then
+    (a service that is down or too slow answers "refused"). Not a
+    `BrokerError`: code that maps refusals to the wire must let it through.
+
+    Attributes:
+        waiting: what is being asked (for logs).
+        retry: what the caller must do again, when the place that raised knows
+            better than the place that catches (a STOMP SEND taken from the
+            codec's buffer without a frame of its own).
+    """
+
+    def __init__(self, answers: list[asyncio.Future[None]], waiting: str) -> None:
+        super().__init__(waiting)
+        self.answers = answers
+        self.waiting = waiting
+        self.retry: object | None = None
+
+    @staticmethod
+    def combined(pending: list[PermissionPending]) -> PermissionPending:
+        """One wait for several checks' answers."""
+        return PermissionPending(
+            [a for p in pending for a in p.answers], "; ".join(p.waiting for p in pending)
+        )
+
+    def then(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the event loop) once every answer has come."""
+        left = [len(self.answers)]
+
+        def one(_answer: asyncio.Future[None]) -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                callback()
+
+        for answer in self.answers:
+            answer.add_done_callback(one)
+
+
+class Authorizer(Protocol):
+    """The checks of a user that a backend authorises (`User.authz`, `broker.auth_http`).
+
+    Each raises AccessRefused (refused) or PermissionPending (ask again later);
+    returning means allowed.
+    """
+
+    def check_vhost(self, user: User, vhost: str) -> None: ...
+
+    def check_resource(
+        self, user: User, vhost: str, access: Access, resource: str, kind: str
+    ) -> None: ...
+
+    def check_topic(
+        self,
+        user: User,
+        vhost: str,
+        exchange: str,
+        access: TopicAccess,
+        routing_key: str,
+        client_id: str,
+        shown_as: str | None,
+    ) -> None: ...
 
 
 @dataclass(slots=True)
@@ -100,9 +178,16 @@ class User:
     topic_permissions: dict[tuple[str, str], TopicPermission] = field(default_factory=dict)
     attributes: dict[str, Any] = field(default_factory=dict)
     version: int = 0
+    authz: Authorizer | None = None  # the backend that authorises this user (None: the store)
 
     def check(self, vhost: str, access: Access, resource: str, kind: str = "queue") -> None:
-        """Raise AccessRefused unless this user may do `access` on `resource` in `vhost`."""
+        """Raise AccessRefused unless this user may do `access` on `resource` in `vhost`.
+
+        A user with `authz` may raise PermissionPending instead (see above).
+        """
+        if self.authz is not None:
+            self.authz.check_resource(self, vhost, access, resource or "amq.default", kind)
+            return
         permission = self.permissions.get(vhost)
         if permission is None or not permission.allows(access, resource or "amq.default"):
             raise AccessRefused(
@@ -123,8 +208,12 @@ class User:
         """Raise AccessRefused unless the topic permission on `exchange` allows the key.
 
         Call it for topic exchanges only. `shown_as` is the topic as the
-        client wrote it (an MQTT topic), for the error text.
+        client wrote it (an MQTT topic), for the error text. A user with
+        `authz` may raise PermissionPending instead (see above).
         """
+        if self.authz is not None:
+            self.authz.check_topic(self, vhost, exchange, access, routing_key, client_id, shown_as)
+            return
         permission = self.topic_permissions.get((vhost, exchange))
         if permission is None:
             return

@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 from moorage.broker import logs
 from moorage.broker.arguments import QueueOptions, parse_queue_arguments
 from moorage.broker.auth import User, UserDirectory
-from moorage.broker.auth_backends import AuthBackend, authenticate_chain, user_for
+from moorage.broker.auth_backends import AuthBackend, login_chain
 from moorage.broker.auth_certs import identity_of
 from moorage.broker.auth_guard import LoginGuard
 from moorage.broker.client_ids import ClientIds
@@ -360,16 +360,16 @@ class Broker:
     ) -> User:
         assert self.auth_chain is not None
         try:
-            name, tags = await authenticate_chain(self.auth_chain, username, password, peer=peer)
-            if name in self.users.loopback_users and not from_loopback:
-                raise AccessRefused(f"user '{name}' can only connect via localhost")
+            user = await login_chain(self, self.auth_chain, username, password, peer=peer)
+            if user.name in self.users.loopback_users and not from_loopback:
+                raise AccessRefused(f"user '{user.name}' can only connect via localhost")
         except AccessRefused as e:
             if peer:
                 self.login_guard.failed(peer, username, e.text)
             raise
         if peer:
             self.login_guard.succeeded(peer)
-        return user_for(self, name, tags)
+        return user
 
     def check_serving(self) -> None:
         """Raise NotServing on a node that serves no client (a standby, see `refusal`).
@@ -434,6 +434,10 @@ class Broker:
         client: bool = True,
     ) -> ClientConnection:
         """Attach an authenticated client to a vhost. Raises NotAllowed.
+
+        For a user that a backend authorises (`User.authz`) the vhost check
+        may raise PermissionPending (`broker.auth_users`): nothing is done
+        yet, and the adapter calls again once it is answered.
 
         `client=False` is the broker's own work done as a user (an MQTT will, a
         management API action): not a client connection, so outside the vhost

@@ -13,8 +13,9 @@ Ordering constraints:
 
 Rooms: this module owns topology calls, consuming, deliveries and acks and
 the session's lifetime. Publishing and transactions are
-`broker.session_publishing`, consumer timeouts `broker.session_timeouts`:
-mixins of `Session`, sharing its state with no call in between.
+`broker.session_publishing`, consumer timeouts `broker.session_timeouts`,
+permission checks `broker.session_permissions`: mixins of `Session`, sharing
+its state with no call in between.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from moorage.broker.auth import User
-from moorage.broker.auth_users import TopicAccess
 from moorage.broker.clock import Timer
 from moorage.broker.entry import QueueEntry
 from moorage.broker.errors import (
@@ -38,6 +38,7 @@ from moorage.broker.memory import ENTRY_OVERHEAD
 from moorage.broker.message import Message
 from moorage.broker.queue import Consumer, Queue
 from moorage.broker.replies import OrderedReplies
+from moorage.broker.session_permissions import SessionPermissions
 from moorage.broker.session_publishing import PublishResult, SessionPublishing
 from moorage.broker.session_timeouts import SessionTimeouts
 from moorage.broker.stats import MessageStats
@@ -82,7 +83,7 @@ class SessionOwner(Protocol):
         ...
 
 
-class Session(SessionPublishing, SessionTimeouts):
+class Session(SessionPublishing, SessionTimeouts, SessionPermissions):
     """One logical channel of a client connection onto a vhost."""
 
     connection: SessionOwner
@@ -104,44 +105,14 @@ class Session(SessionPublishing, SessionTimeouts):
         self._tx: list[Callable[[], Any]] | None = None
         self._permitted: dict[tuple[str, str, str], bool] = {}
         self._permitted_version = self.user.version
+        if self.user.authz is not None:  # the backend's topic checks (see the top)
+            self.check_topic = self._check_topic_authz  # type: ignore[method-assign]
         # consumer timeouts: (deadline, delivery tag), armed only when a queue has one
         self._deadlines: list[tuple[float, int]] = []
         self._deadline_timer: Timer | None = None
         self._timed_out: set[int] = set()
         self._memory = connection.vhost.broker.memory  # counts what `unacked` holds
         self.stats = MessageStats()  # this channel's message counters (`broker.stats`)
-
-    # -- permissions ------------------------------------------------------------------
-
-    def _check(self, access: str, name: str, kind: str) -> None:
-        if self._permitted_version != self.user.version:  # changed by an operator
-            self._permitted.clear()
-            self._permitted_version = self.user.version
-        key = (access, name, kind)
-        ok = self._permitted.get(key)
-        if ok is None:
-            try:
-                self.user.check(self.vhost.name, access, name, kind)  # type: ignore[arg-type]
-                ok = True
-            except AccessRefused:
-                ok = False
-            self._permitted[key] = ok
-        if not ok:
-            self.user.check(self.vhost.name, access, name, kind)  # type: ignore[arg-type]
-
-    def check_topic(self, exchange: str, access: TopicAccess, routing_key: str) -> None:
-        """The user's topic permission on a topic exchange (RabbitMQ's topic authorisation).
-
-        Raises AccessRefused. Nothing to check (and nearly free) for a user
-        without topic permissions, or an exchange that is not a topic exchange.
-        """
-        if not self.user.topic_permissions:
-            return
-        found = self.vhost.exchanges.get(exchange)
-        if found is None or found.type_name != "topic":
-            return
-        client_id = str(self.connection.client_properties.get("client_id", ""))
-        self.user.check_topic(self.vhost.name, exchange, access, routing_key, client_id=client_id)
 
     # -- topology -------------------------------------------------------------------
 

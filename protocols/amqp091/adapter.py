@@ -39,7 +39,7 @@ from pamqp import commands
 from pamqp.base import Frame
 
 from moorage.broker import logs
-from moorage.broker.auth import User
+from moorage.broker.auth import PermissionPending, User
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
 from moorage.broker.errors import (
@@ -107,7 +107,10 @@ class AMQPConnection:
         self.read_backs: set[asyncio.Task[None]] = set()  # basic.gets waiting for the store
         self._username = ""
         self._user: User | None = None  # set once start-ok's credentials are accepted
-        self._login_pending = False  # an authentication backend has not answered yet
+        # an authentication backend has not answered yet, or an authorisation backend
+        # (then `_held` is the event to handle again)
+        self._login_pending = False
+        self._held: object = None
         self._blocked_sent = False  # connection.blocked is out, connection.unblocked owed
 
     # -- driven by the shell -----------------------------------------------------------
@@ -126,18 +129,30 @@ class AMQPConnection:
         """Handle every complete frame received, in order (until a login must be awaited)."""
         codec = self.codec
         try:
+            held, self._held = self._held, None  # (a local: nothing more per frame)
             while not self.closed and not self._login_pending:
-                event = codec.next_event()
-                if event is NEED_DATA:
-                    break
-                if isinstance(event, ContentReceived):
-                    self._on_content(event)
-                elif isinstance(event, MethodReceived):
-                    self._on_method(event.channel, event.method)
-                elif isinstance(event, HeartbeatReceived):
-                    pass
-                elif isinstance(event, ProtocolHeaderReceived):
-                    self._on_protocol_header()
+                event: object
+                if held is None:
+                    event = codec.next_event()
+                    if event is NEED_DATA:
+                        break
+                else:
+                    event, held = held, None
+                try:
+                    if isinstance(event, ContentReceived):
+                        self._on_content(event)
+                    elif isinstance(event, MethodReceived):
+                        self._on_method(event.channel, event.method)
+                    elif isinstance(event, HeartbeatReceived):
+                        pass
+                    elif isinstance(event, ProtocolHeaderReceived):
+                        self._on_protocol_header()
+                except PermissionPending as pending:
+                    # A backend has not answered yet (nothing was done): this event
+                    # again, and no later one, once it has (`broker.auth_users`).
+                    self._held = event
+                    self._login_pending = True
+                    pending.then(self._permission_answered)
         except ProtocolHeaderMismatch:
             self.shell.send(codec.send(ProtocolHeader()))
             self._close_transport()
@@ -151,6 +166,11 @@ class AMQPConnection:
             self._confirming.clear()
         if self.broker.flow.publishers_blocked and not self._blocked_sent:
             self._on_memory_alarm(True)
+
+    def _permission_answered(self) -> None:
+        self._login_pending = False
+        if not self.closed:
+            self._handle_events()
 
     @property
     def running(self) -> bool:

@@ -64,6 +64,7 @@ import logging
 from typing import Any
 
 from moorage.broker import logs
+from moorage.broker.auth import PermissionPending
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
 from moorage.broker.errors import AccessRefused, BrokerError
@@ -144,7 +145,10 @@ class MQTTConnection(ConnectHandling):
         self.mqtt: SessionState | None = None
         self.subscriptions: SessionSubscriptions | None = None  # once attached to a session
         self.user: Any = None
-        self._login_pending = False  # an authentication backend has not answered yet
+        # an authentication backend has not answered yet, or an authorisation backend
+        # (then `_held` is the packet to handle again)
+        self._login_pending = False
+        self._held: Any = None
         self.vhost = DEFAULT_VHOST
         self.will: Will | None = None
         self.client_receive_maximum = 65535
@@ -171,16 +175,32 @@ class MQTTConnection(ConnectHandling):
         """Handle every complete packet received, in order (until a login must be awaited)."""
         next_event = self.codec.next_event
         try:
+            held, self._held = self._held, None  # (a local: nothing more per frame)
             while not self.closed and not self._login_pending:
-                event = next_event()
-                if event is NEED_DATA:
-                    break
+                if held is None:
+                    event = next_event()
+                    if event is NEED_DATA:
+                        break
+                else:
+                    event, held = held, None
                 if isinstance(event, ConnectionClosed):
                     self._close(publish_will=True)
                     break
-                self._handle(event)
+                try:
+                    self._handle(event)
+                except PermissionPending as pending:
+                    # A backend has not answered yet (nothing was done): this packet
+                    # again, and no later one, once it has (`broker.auth_users`).
+                    self._held = event
+                    self._login_pending = True
+                    pending.then(self._permission_answered)
         except ProtocolError as e:
             self._protocol_error(e)
+
+    def _permission_answered(self) -> None:
+        self._login_pending = False
+        if not self.closed:
+            self._handle_events()
 
     @property
     def closed(self) -> bool:
@@ -386,6 +406,9 @@ class MQTTConnection(ConnectHandling):
         session = self.core_session()
         try:
             result = session.publish(EXCHANGE, message)
+        except PermissionPending:
+            self.registry.stats.received -= 1  # counted when it is handled again
+            raise
         except AccessRefused as e:
             log.info("publish to %r by %s refused: %s", packet.topic, self.client_id, e.text)
             if not v5:
@@ -470,12 +493,14 @@ class MQTTConnection(ConnectHandling):
 
     def _on_subscribe(self, packet: Subscribe) -> None:
         assert self.subscriptions is not None
+        self.subscriptions.ask_ahead(packet)  # a backend's answers, before any filter's work
         codes, retained = self.subscriptions.subscribe(packet, self.version == MQTT_5)
         self.send(SubAck(packet.packet_id, codes))
         self.subscriptions.send_retained(retained)  # after SUBACK (section 3.3.1.3)
 
     def _on_unsubscribe(self, packet: Unsubscribe) -> None:
         assert self.subscriptions is not None
+        self.subscriptions.ask_ahead_unsubscribe()
         self.send(UnsubAck(packet.packet_id, self.subscriptions.unsubscribe(packet)))
 
     # -- DISCONNECT from the client ----------------------------------------------------------------

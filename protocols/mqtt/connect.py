@@ -21,7 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from moorage.broker import logs
-from moorage.broker.auth import User
+from moorage.broker.auth import PermissionPending, User
+from moorage.broker.auth_users import Access
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
 from moorage.broker.errors import AccessRefused, BrokerError, NotServing
@@ -34,7 +35,11 @@ from moorage.protocols.mqtt.codec import Properties as MQTTProperties
 from moorage.protocols.mqtt.deliveries import MAX_PACKET_SIZE, Deliveries
 from moorage.protocols.mqtt.mapping import EXCHANGE
 from moorage.protocols.mqtt.registry import SessionRegistry
-from moorage.protocols.mqtt.session_state import SESSION_NEVER_EXPIRES, SessionState
+from moorage.protocols.mqtt.session_state import (
+    SESSION_NEVER_EXPIRES,
+    SessionState,
+    shared_queue_name,
+)
 from moorage.protocols.mqtt.subscriptions import SessionSubscriptions
 from moorage.protocols.tcp import Shell, hold_refusal
 
@@ -139,7 +144,7 @@ class ConnectHandling:
         certificate = getattr(self.shell, "peer_certificate", None)
         if password is not None:
             certificate = None  # a password is given: it is the login, not the certificate
-        self._login_pending = self.broker.begin_login(
+        pending = self.broker.begin_login(
             username,
             password_text,
             from_loopback=self.shell.from_loopback,
@@ -147,6 +152,7 @@ class ConnectHandling:
             certificate=certificate or None,
             done=done,
         )
+        self._login_pending = pending or self._login_pending  # `done` may have set it
 
     def _logged_in(
         self,
@@ -160,8 +166,15 @@ class ConnectHandling:
         self._login_pending = False
         if self.closed:
             return
-        if self._attach(packet, username, user, error):
-            then()
+        try:
+            if self.core is not None or self._attach(packet, username, user, error):
+                then()
+        except PermissionPending as pending:
+            # An authorisation backend has not answered (the vhost, the will, the
+            # session's queues): nothing was done, again once it has.
+            self._login_pending = True
+            pending.then(functools.partial(self._logged_in, packet, username, then, user, error))
+            return
         if resumed:  # answered later: the packets that came meanwhile are handled now
             self._handle_events()
 
@@ -201,6 +214,24 @@ class ConnectHandling:
         self.replies = self.core.ordered_replies()
         self.core.closer = self.force_close
         return True
+
+    def _ask_resume_ahead(self, client_id: str, clean_start: bool) -> None:
+        """For a user a backend authorises: the checks resuming the session will make
+        (`SessionSubscriptions.resume`), asked before anything is done. Raises
+        PermissionPending."""
+        state = self.registry.sessions.get((self.vhost, client_id))
+        if state is None or clean_start:
+            return
+        session = self.core_session()
+        checks: list[tuple[Access, str, str]] = []
+        for sub in state.subscriptions.values():
+            queue = state.queue_name if sub.group is None else None
+            if queue is not None and session.vhost.queues.get(queue) is None:
+                checks.append(("configure", queue, "queue"))
+            checks.append(
+                ("read", queue or shared_queue_name(sub.group or "", sub.topic_filter), "queue")
+            )
+        session.ask_ahead(checks)
 
     def _on_connect(self, packet: Connect) -> None:  # section 3.1.4, in order
         self.version = packet.protocol_version
@@ -244,6 +275,8 @@ class ConnectHandling:
             except AccessRefused as e:
                 self._refuse(ReasonCode.NOT_AUTHORIZED, e.text)
                 return
+        if self.user.authz is not None:
+            self._ask_resume_ahead(client_id, packet.clean_start)
 
         registry = self.registry
         key = (self.vhost, client_id)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from moorage.broker.auth_users import Access, TopicAccess
 from moorage.broker.errors import AccessRefused, BrokerError, NotFound
 from moorage.broker.session import Session
 from moorage.protocols.mqtt.codec import ReasonCode, Subscribe, Subscription, Unsubscribe
@@ -83,6 +84,30 @@ class SessionSubscriptions:
             return
         consumer = session.consume(queue, tag)
         consumer.start()
+
+    def ask_ahead(self, packet: Subscribe) -> None:
+        """For a user a backend authorises: every check `subscribe` will make, asked before
+        the first filter's work (`Session.ask_ahead`). Raises PermissionPending."""
+        session, state = self.session, self.state
+        if session.user.authz is None:
+            return
+        checks: list[tuple[Access, str, str]] = []
+        topics: list[tuple[str, TopicAccess, str]] = []
+        for sub in packet.subscriptions:
+            group, topic_filter = split_shared(sub.topic_filter)
+            queue = state.queue_name if group is None else shared_queue_name(group, topic_filter)
+            if session.vhost.queues.get(queue) is None:
+                checks.append(("configure", queue, "queue"))
+            checks += [("read", queue, "queue"), ("write", queue, "queue")]
+            checks.append(("read", EXCHANGE, "exchange"))
+            topics.append((EXCHANGE, "read", filter_to_binding_key(topic_filter)))
+        session.ask_ahead(checks, topics)
+
+    def ask_ahead_unsubscribe(self) -> None:
+        """`ask_ahead` for UNSUBSCRIBE (its unbinding's checks)."""
+        self.session.ask_ahead(
+            [("write", self.state.queue_name, "queue"), ("read", EXCHANGE, "exchange")]
+        )
 
     def subscribe(self, packet: Subscribe, v5: bool) -> tuple[list[int], list[Subscription]]:
         """Bind every filter of SUBSCRIBE; the SUBACK codes, and who gets retained messages."""

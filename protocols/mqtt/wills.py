@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from moorage.broker.auth import PermissionPending
 from moorage.broker.broker import Broker
 from moorage.broker.errors import BrokerError
 from moorage.broker.message import Message
@@ -60,6 +61,10 @@ class Wills:
                 peer=f"will:{pending.client_id}",
                 client=False,
             )
+        except PermissionPending as waiting:  # a backend's answer first (`broker.auth_users`)
+            state.will = pending
+            waiting.then(lambda: self.publish(state))
+            return
         except BrokerError as e:
             log.info("will of %s not published: %s", pending.client_id, e.text)
             return
@@ -72,6 +77,9 @@ class Wills:
             if will.retain:
                 retain(session.vhost, will.topic, message)
             session.publish(EXCHANGE, message)
+        except PermissionPending as waiting:
+            state.will = pending
+            waiting.then(lambda: self.publish(state))
         except BrokerError as e:
             log.info("will of %s not published: %s", pending.client_id, e.text)
         finally:

@@ -54,7 +54,7 @@ from collections.abc import Callable
 from typing import Final
 
 from moorage.broker import __version__, logs
-from moorage.broker.auth import User
+from moorage.broker.auth import PermissionPending, User
 from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
 from moorage.broker.errors import AccessRefused, BrokerError
@@ -111,7 +111,10 @@ class StompConnection:
         self.core: ClientConnection | None = None
         self.session: Session | None = None
         self.user_name = ""
-        self._login_pending = False  # an authentication backend has not answered yet
+        # an authentication backend has not answered yet, or an authorisation backend
+        # (then `_held` is the frame to handle again)
+        self._login_pending = False
+        self._held: Frame | None = None
         self.client_id: str | None = None
         self.client_ids = broker.client_ids(PROTOCOL)
         self.sends = Publisher(self)
@@ -162,30 +165,48 @@ class StompConnection:
         codec = self.codec
         frame: Frame | None = None
         self.frames_in_read = 0
+        held, self._held = self._held, None  # (a local: nothing more per frame)
         try:
             while (
                 codec.state is State.CONNECTED or codec.state is State.CONNECTING
             ) and not self._login_pending:
-                event = codec.next_event()
-                if event is NEED_DATA:
-                    break
-                if isinstance(event, ConnectionClosed):
-                    self._close_transport()
-                    break
+                event: object
+                if held is None:
+                    event = codec.next_event()
+                    if event is NEED_DATA:
+                        break
+                    if isinstance(event, ConnectionClosed):
+                        self._close_transport()
+                        break
+                    self.frames_in_read += 1
+                else:
+                    event, held = held, None
                 assert isinstance(event, Frame)
                 frame = event
-                self.frames_in_read += 1
-                self.handle_frame(frame)
-                if frame.command == "SEND":
-                    rest = self.sends.send_repeats(frame)
-                    if rest is not None:
-                        self.handle_frame(rest)
+                try:
+                    self.handle_frame(frame)
+                    if frame.command == "SEND":
+                        rest = self.sends.send_repeats(frame)
+                        if rest is not None:
+                            frame = rest
+                            self.handle_frame(rest)
+                except PermissionPending as pending:
+                    # A backend has not answered yet (nothing was done): this frame
+                    # again, and no later one, once it has (`broker.auth_users`).
+                    self._held = pending.retry if isinstance(pending.retry, Frame) else frame
+                    self._login_pending = True
+                    pending.then(self._permission_answered)
         except ProtocolError as e:
             self._fatal(e.message, e.detail, e.frame if e.frame is not None else frame)
         except SelectorError as e:
             self._fatal("invalid selector", str(e), frame)
         except BrokerError as e:
             self._fatal(e.reply_text, _broker_error_detail(e, frame), frame)
+
+    def _permission_answered(self) -> None:
+        self._login_pending = False
+        if not self.closed:
+            self._handle_events()
 
     @property
     def closed(self) -> bool:
@@ -376,7 +397,7 @@ class StompConnection:
             certificate = None  # a password is given: it is the login, not the certificate
         # An authentication backend may answer later: no frame of this client is
         # handled until it has (`_login_pending`, `_handle_events`).
-        self._login_pending = self.broker.begin_login(
+        pending = self.broker.begin_login(
             frame.get("login"),
             frame.get("passcode") or "",
             from_loopback=self.shell.from_loopback,
@@ -384,6 +405,7 @@ class StompConnection:
             certificate=certificate or None,
             done=done,
         )
+        self._login_pending = pending or self._login_pending  # `done` may have set it
 
     def _logged_in(
         self,
@@ -404,6 +426,10 @@ class StompConnection:
                 hold_refusal(self.shell, self.broker.refusal_delay(self.shell.peer))
                 raise error
             self._connected(frame, version, cx, cy, user)
+        except PermissionPending as pending:  # the vhost: again once the backend answered
+            self._login_pending = True
+            pending.then(functools.partial(self._logged_in, frame, version, cx, cy, user, error))
+            return
         except BrokerError as e:
             self._fatal(e.reply_text, _broker_error_detail(e, frame), frame)
         if resumed:  # answered later: the frames that came meanwhile are handled now

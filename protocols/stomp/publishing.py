@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from moorage.broker.auth_users import PermissionPending
 from moorage.broker.message import Message, Properties
 from moorage.broker.queue import Queue
 from moorage.protocols.stomp.codec import Frame, State
@@ -113,6 +114,9 @@ class Publisher:
         session.vhost.lookup_exchange(exchange)  # NotFound now, not at COMMIT
         tx = conn.transactions.of(frame)
         if tx is not None:
+            # a backend's answers now, while they are sure to be asked (COMMIT waits
+            # too if they are forgotten by then: `Transactions.commit`)
+            session.ask_ahead([("write", exchange, "exchange")], [(exchange, "write", routing_key)])
             tx.append(lambda: session.publish(exchange, message).stored)
             conn.receipt(frame)
             return
@@ -193,7 +197,12 @@ class Publisher:
             if body is None:
                 return None
             conn.frames_in_read += 1
-            if not self._send_planned(plan, body, None):
+            try:
+                sent = self._send_planned(plan, body, None)
+            except PermissionPending as pending:  # this SEND is the one to handle again
+                pending.retry = Frame(frame.command, headers, body)
+                raise
+            if not sent:
                 return Frame(frame.command, headers, body)
         return None
 

@@ -84,6 +84,9 @@ class Subscriptions:
         self.conn = conn
         self.by_id: dict[str, Subscription] = {}
         self.temp_queues: dict[str, str] = {}  # /temp-queue/<name> -> core queue name
+        # subscription id -> the server-named queue its SUBSCRIBE declared, while the
+        # SUBSCRIBE waits for an authorisation backend (`broker.auth_users.PermissionPending`)
+        self._unbound: dict[str, str] = {}
         self._acks: dict[str, tuple[Subscription, int]] = {}
 
     def clear(self) -> None:
@@ -138,9 +141,15 @@ class Subscriptions:
             if name is not None:
                 declared, _, _ = session.declare_queue(name, durable=True)
                 durable = True
+                queue = declared.name
             else:
-                declared, _, _ = session.declare_queue("", exclusive=True, auto_delete=True)
-            queue = declared.name
+                queue = self._unbound.get(sub_id, "")
+                if queue not in session.vhost.queues:
+                    declared, _, _ = session.declare_queue("", exclusive=True, auto_delete=True)
+                    queue = declared.name
+                # the backend is asked about this name: a SUBSCRIBE handled again after
+                # a PermissionPending binds and consumes this same queue
+                self._unbound[sub_id] = queue
             session.bind_queue(queue, exchange, destination.binding_key(), {})
         prefetch = frame.get("activemq.prefetchSize") or frame.get("prefetch-count")
         sub = Subscription(sub_id, text or "", ack_mode, queue, selector, durable_queue=durable)
@@ -151,6 +160,7 @@ class Subscriptions:
             core_filter=core_filter,
             start=False,
         )
+        self._unbound.pop(sub_id, None)
         # The RECEIPT goes out before the first MESSAGE, as RabbitMQ and ActiveMQ
         # send it: a client that waits for it and then counts what arrives misses
         # nothing (transcript `subscribe_receipt_before_messages`).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from moorage.broker.auth_users import PermissionPending
 from moorage.protocols.stomp.codec import Frame, ProtocolError
 
 # An action: applies one SEND, ACK or NACK; True when it wrote to the store.
@@ -25,6 +26,7 @@ class Transactions:
 
     def __init__(self) -> None:
         self._open: dict[str, list[Action]] = {}
+        self._stored: dict[str, bool] = {}  # a COMMIT that waits: did it store yet?
 
     def of(self, frame: Frame) -> list[Action] | None:
         """The action list of the frame's `transaction`, None outside one.
@@ -46,20 +48,35 @@ class Transactions:
         self._open[name] = []
 
     def commit(self, frame: Frame) -> bool:
-        """COMMIT: apply the frame's transaction's actions in order; True if one stored."""
+        """COMMIT: apply the frame's transaction's actions in order; True if one stored.
+
+        An action that raises PermissionPending (an authorisation backend's answer
+        is awaited, `broker.auth_users`) stops the COMMIT there: the actions applied
+        are gone, the others stay, and the COMMIT handled again goes on from it.
+        """
         actions = self.of(frame)
         assert actions is not None  # the codec requires `transaction`
-        del self._open[frame.get("transaction") or ""]
-        stored = False
-        for action in actions:
-            stored |= action()
+        name = frame.get("transaction") or ""
+        stored = self._stored.pop(name, False)
+        done = 0
+        try:
+            for action in actions:
+                stored |= action()
+                done += 1
+        except PermissionPending:
+            del actions[:done]
+            self._stored[name] = stored
+            raise
+        del self._open[name]
         return stored
 
     def abort(self, frame: Frame) -> None:
         """ABORT: discard the frame's transaction."""
         self.of(frame)
         del self._open[frame.get("transaction") or ""]
+        self._stored.pop(frame.get("transaction") or "", None)
 
     def clear(self) -> None:
         """DISCONNECT or connection loss: every open transaction is discarded."""
         self._open.clear()
+        self._stored.clear()

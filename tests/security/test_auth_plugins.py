@@ -149,8 +149,10 @@ async def test_http_answers_are_cached_for_cache_ttl_of_the_broker_clock() -> No
 
 def test_settings_the_http_backend_does_not_know_are_refused() -> None:
     broker = _Broker(ManualClock())
+    with pytest.raises(ValueError, match=r"auth\.http\.scope_path"):
+        HttpBackend(broker, {"user_path": "http://127.0.0.1/u", "scope_path": "http://x/r"})
     with pytest.raises(ValueError, match=r"auth\.http\.resource_path"):
-        HttpBackend(broker, {"user_path": "http://127.0.0.1/u", "resource_path": "http://x/r"})
+        HttpBackend(broker, {"user_path": "http://127.0.0.1/u", "resource_path": "x/r"})
     with pytest.raises(ValueError, match="user_path"):
         HttpBackend(broker, {"user_path": "ftp://x"})
     # the entry point group lists the built-ins (pyproject.toml), found by name either way

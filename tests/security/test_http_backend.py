@@ -2,7 +2,8 @@
 
 The service answers `allow <tags>` or `deny` on `user_path`, after a short
 pause so that every login really waits for it. Users it accepts get their
-permissions from the store (RabbitMQ's authn = http, authz = internal).
+permissions from the store (RabbitMQ's authn = http, authz = internal: no
+authorisation path is configured here; `test_http_authorisation.py` has them).
 """
 
 from __future__ import annotations
