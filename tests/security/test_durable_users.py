@@ -40,6 +40,7 @@ def _file(tmp_path: Path, amqp: int, http: int, users: str) -> Config:
         stomp_port = 0
         mqtt_ws_port = 0
         stomp_ws_port = 0
+        sqs_port = 0
         """)
         + textwrap.dedent(users)
     )
