@@ -102,6 +102,15 @@ class SessionPublishing:
 
     # -- publishing -----------------------------------------------------------------
 
+    def check_exchange(self, name: str) -> None:
+        """Raise NotFound unless the session's vhost has an exchange `name`.
+
+        For an adapter that must refuse a missing exchange before it acts on
+        it later (a SEND held by a transaction until COMMIT, a SUBSCRIBE that
+        declares its queue before binding it).
+        """
+        self.vhost.lookup_exchange(name)
+
     def publish(
         self, exchange_name: str, message: Message, *, mandatory: bool = False
     ) -> PublishResult:

@@ -110,7 +110,7 @@ class Publisher:
         destination = parse_destination(frame.get("destination"))
         exchange, routing_key, queue = self._publish_target(destination, queue_arguments(frame))
         message = Message(exchange, routing_key, message_properties(frame, conn), frame.body)
-        session.vhost.lookup_exchange(exchange)  # NotFound now, not at COMMIT
+        session.check_exchange(exchange)  # NotFound now, not at COMMIT
         tx = conn.transactions.of(frame)
         if tx is not None:
             tx.append(lambda: session.publish(exchange, message).stored)
@@ -134,7 +134,7 @@ class Publisher:
         (`send_plan`); the message then starts with the STOMP header caches
         such properties give. `Session.publish` (a repeated destination
         takes its route cache, `broker.vhost_routing`) raises NotFound, as
-        `lookup_exchange` would, when the exchange has gone.
+        `check_exchange` would, when the exchange has gone.
         """
         plan = self.send_plan(frame)
         return plan is not None and self._send_planned(plan, frame.body, frame)

@@ -133,7 +133,7 @@ class Subscriptions:
             )
         else:
             exchange = destination.publish_target()[0]
-            session.vhost.lookup_exchange(exchange)
+            session.check_exchange(exchange)
             name = durable_subscription_name(frame, sub_id, conn.client_id)
             if name is not None:
                 declared, _, _ = session.declare_queue(name, durable=True)
