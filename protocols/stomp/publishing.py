@@ -148,7 +148,8 @@ class Publisher:
             return False
         exchange, routing_key, queue = target
         conn = self.conn
-        session = conn.active_session()
+        session = conn.session
+        assert session is not None  # SEND is accepted once CONNECTED
         if queue is not None:
             if queue.deleted:  # the general path declares it again
                 del self._send_targets[plan.destination]
@@ -188,7 +189,7 @@ class Publisher:
             return None
         conn = self.conn
         codec = conn.codec
-        while conn.state is State.CONNECTED:
+        while codec.state is State.CONNECTED:
             body = codec.next_repeat(headers)
             if body is None:
                 return None
