@@ -139,8 +139,19 @@ class SessionPublishing:
                 self.check_topic(exchange_name, "write", message.routing_key)
             self.connection.published = True
             self.stats.publish += 1
-            route.exchange.stats.publish_in += 1
-            return self._publish_to(route.exchange, route.queues, message, mandatory)
+            exchange = route.exchange
+            exchange.stats.publish_in += 1
+            queues = route.queues
+            if len(queues) != 1:
+                return self._publish_to(exchange, queues, message, mandatory)
+            # `_publish_to` for the usual single queue, inlined: this runs once per message
+            exchange.stats.publish_out += 1
+            result = PublishResult(routed=1)
+            queue = queues[0]
+            outcome = queue.publish(message)
+            if outcome:
+                _count(result, outcome, queue, message)
+            return result
         exchange = self.vhost.lookup_exchange(exchange_name)
         self._check("write", exchange_name, "exchange")
         self.check_topic(exchange_name, "write", message.routing_key)

@@ -154,7 +154,8 @@ class Publisher:
             if queue.deleted:  # the general path declares it again
                 del self._send_targets[plan.destination]
                 return False
-            queue.touch()
+            if queue.options.expires:  # `touch` restarts the `x-expires` clock, if any
+                queue.touch()
         properties = plan.properties
         if properties is None:  # the header set's first SEND, or one not cacheable
             assert frame is not None
