@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from moorage.broker import logs
+from moorage.broker.adapter_records import SessionRecords, recover_retained
 from moorage.broker.arguments import QueueOptions, parse_queue_arguments
 from moorage.broker.auth import User, UserDirectory
 from moorage.broker.auth_backends import AuthBackend, login_chain
@@ -191,6 +192,22 @@ class Broker:
             vhost = self.vhosts[name] = VirtualHost(self, name)
             self.store.put_vhost(name)
         return vhost
+
+    def find_vhost(self, name: str) -> VirtualHost | None:
+        """The vhost `name`, or None."""
+        return self.vhosts.get(name)
+
+    def all_vhosts(self) -> list[VirtualHost]:
+        """Every vhost (a copy: safe to keep iterating while vhosts come and go)."""
+        return list(self.vhosts.values())
+
+    def session_records(self, protocol: str) -> SessionRecords:
+        """`protocol`'s durable records in the store (`broker.adapter_records`)."""
+        return SessionRecords(self.store, protocol)
+
+    async def recover_retained(self) -> None:
+        """Read the stored retained messages back into their vhosts (`broker.adapter_records`)."""
+        await recover_retained(self.store, {n: v.retained for n, v in self.vhosts.items()})
 
     def _restore(self, topology: Topology) -> None:
         for name in topology.vhosts:

@@ -35,12 +35,13 @@ Features (docs/queue-arguments.md): a queue's validated arguments are its
   TTL, dead-lettering, delivery limits, SAC and consumer timeouts page as
   plain queues do; entries read back keep their expiry time.
 
-Rooms: this module owns the entries' bookkeeping (publish, requeue, settle,
-purge), the consumers and dispatch (never re-entrant: `_dispatching`).
-Paging is `broker.queue_paging`, expiry (TTL, `x-expires`)
-`broker.queue_expiry`, length limits and `x-delivery-delay`
-`broker.queue_limits`: mixins of `Queue`, sharing its state with no call in
-between. Dead-lettering is `broker.dead_letter`.
+Rooms: this module owns publishing and taking entries (publish, get), the
+consumers and dispatch (never re-entrant: `_dispatching`). What becomes of
+an entry after delivery or without one (requeue, settle, reject, drop,
+purge) is `broker.queue_settling`, paging `broker.queue_paging`, expiry
+(TTL, `x-expires`) `broker.queue_expiry`, length limits and
+`x-delivery-delay` `broker.queue_limits`: mixins of `Queue`, sharing its
+state with no call in between. Dead-lettering is `broker.dead_letter`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from moorage.broker.arguments import QueueOptions
@@ -62,7 +63,8 @@ from moorage.broker.message import EXPIRES_AT_ANNOTATION, Message
 from moorage.broker.queue_expiry import QueueExpiry
 from moorage.broker.queue_limits import DELAYED, DELAYED_STORED, QueueLimits
 from moorage.broker.queue_paging import REFILL_BATCH, QueuePaging
-from moorage.broker.ready import PlainReady, PriorityReady, ReadyEntries, sorted_by_seq
+from moorage.broker.queue_settling import QueueSettling
+from moorage.broker.ready import PlainReady, PriorityReady, ReadyEntries
 from moorage.broker.serialization import store_entry
 from moorage.broker.services import BrokerServices
 from moorage.broker.stats import MessageStats
@@ -171,7 +173,7 @@ class Consumer:
         self.queue.dispatch()
 
 
-class Queue(QueueExpiry, QueuePaging, QueueLimits):
+class Queue(QueueExpiry, QueuePaging, QueueLimits, QueueSettling):
     """A queue in one vhost. Created through `VirtualHost.declare_queue`."""
 
     vhost: QueueHost
@@ -494,73 +496,6 @@ class Queue(QueueExpiry, QueuePaging, QueueLimits):
         if self.tail and self.ready_bytes < self.memory_limit // 2:
             self._refill()
         return entry
-
-    def requeue(self, entries: Iterable[QueueEntry]) -> None:
-        """Put delivered entries back in seq order, to be delivered again.
-
-        An entry delivered `x-delivery-limit` times goes to the dead-letter
-        exchange (reason `delivery_limit`) instead.
-        """
-        back = sorted_by_seq(entries)
-        if not back or self.deleted:
-            return
-        limit = self.options.delivery_limit
-        if limit is not None:
-            keep = []
-            for entry in back:
-                if entry.delivery_count >= limit:
-                    self.ready.released(entry)
-                    dead_letter(self, entry.message, "delivery_limit")
-                    self.settle(entry)
-                else:
-                    keep.append(entry)
-            back = keep
-            if not back:
-                self.dispatch()
-                return
-        self.ready.requeue(back)
-        self.ready_bytes += sum(len(e.message.body) for e in back)
-        self.dispatch()
-        if self._may_expire:
-            self._schedule_expiry()
-
-    def settle(self, entry: QueueEntry) -> None:
-        """Forget a delivered entry for good: acked, or rejected without requeue."""
-        if not self._plain_dispatch:
-            self.ready.released(entry)
-        if entry.persisted and not self.deleted:
-            self.vhost.broker.store.ack(self.vhost.name, self.name, entry.seq)
-
-    def reject(self, entry: QueueEntry) -> None:
-        """A delivered entry was rejected without requeue: dead-letter it, then forget it."""
-        if self.options.dead_letter_exchange is not None and not self.deleted:
-            dead_letter(self, entry.message, "rejected")
-        self.settle(entry)
-
-    def _drop(self, entry: QueueEntry, reason: str) -> None:
-        """Remove a ready entry without delivering it (expired, maxlen): dead-letter it."""
-        self.ready.remove_entry(entry, False)
-        self.ready_bytes -= len(entry.message.body)
-        if self.options.dead_letter_exchange is not None:
-            dead_letter(self, entry.message, reason)
-        if entry.persisted:
-            self.vhost.broker.store.ack(self.vhost.name, self.name, entry.seq)
-
-    def purge(self) -> int:
-        """Drop every ready entry, in memory or paged out; returns how many."""
-        count = self.message_count
-        self._generation += 1
-        store = self.vhost.broker.store
-        for entry in self.ready:
-            if entry.persisted:
-                self.vhost.broker.store.ack(self.vhost.name, self.name, entry.seq)
-        for item in self.tail:
-            if isinstance(item, DiskRange):
-                store.ack_range(self.vhost.name, self.name, item.first, item.last)
-        self.ready.clear()
-        self.tail.clear()
-        self.ready_bytes = self.tail_count = self.tail_bytes = self.tail_entries = 0
-        return count
 
     def deleted_now(self) -> None:
         """Called by `VirtualHost.delete_queue`: stop timers, drop delayed and dedup state."""

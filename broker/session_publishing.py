@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from moorage.broker.auth import User
 from moorage.broker.auth_users import TopicAccess
 from moorage.broker.delayed import delay_of
 from moorage.broker.errors import AccessRefused, PreconditionFailed
@@ -91,6 +92,7 @@ class SessionPublishing:
     # the session's state this part reads and writes (set by `Session.__init__`)
     connection: PublishingConnection
     vhost: VirtualHost
+    user: User
     sink: ReturnSink
     stats: MessageStats
     _tx: list[Callable[[], Any]] | None
@@ -101,6 +103,15 @@ class SessionPublishing:
         def check_topic(self, exchange: str, access: TopicAccess, routing_key: str) -> None: ...
 
     # -- publishing -----------------------------------------------------------------
+
+    def check_exchange(self, name: str) -> None:
+        """Raise NotFound unless the session's vhost has an exchange `name`.
+
+        For an adapter that must refuse a missing exchange before it acts on
+        it later (a SEND held by a transaction until COMMIT, a SUBSCRIBE that
+        declares its queue before binding it).
+        """
+        self.vhost.lookup_exchange(name)
 
     def publish(
         self, exchange_name: str, message: Message, *, mandatory: bool = False
@@ -121,14 +132,27 @@ class SessionPublishing:
         permission check and the effects are the same (proven against a broker
         without the cache in tests/queues/test_publish_to_queue.py).
         """
-        route = self.vhost.routes.get(exchange_name, message.routing_key)
+        route = self.vhost.routes.lookup((exchange_name, message.routing_key))
         if route is not None and self._tx is None:
             self._check("write", exchange_name, "exchange")
-            self.check_topic(exchange_name, "write", message.routing_key)
+            user = self.user
+            if user.topic_permissions or user.authz is not None:  # else nothing to check
+                self.check_topic(exchange_name, "write", message.routing_key)
             self.connection.published = True
             self.stats.publish += 1
-            route.exchange.stats.publish_in += 1
-            return self._publish_to(route.exchange, route.queues, message, mandatory)
+            exchange = route.exchange
+            exchange.stats.publish_in += 1
+            queues = route.queues
+            if len(queues) != 1:
+                return self._publish_to(exchange, queues, message, mandatory)
+            # `_publish_to` for the usual single queue, inlined: this runs once per message
+            exchange.stats.publish_out += 1
+            result = PublishResult(routed=1)
+            queue = queues[0]
+            outcome = queue.publish(message)
+            if outcome:
+                _count(result, outcome, queue, message)
+            return result
         exchange = self.vhost.lookup_exchange(exchange_name)
         self._check("write", exchange_name, "exchange")
         self.check_topic(exchange_name, "write", message.routing_key)

@@ -116,6 +116,10 @@ class VirtualHost(VhostRouting):
         except KeyError:
             raise NotFound(f"no exchange '{name}' in vhost '{self.name}'") from None
 
+    def find_exchange(self, name: str) -> Exchange | None:
+        """The exchange `name`, or None."""
+        return self.exchanges.get(name)
+
     @staticmethod
     def check_not_default_exchange(name: str) -> None:
         """The default exchange cannot be declared, deleted or bound (RabbitMQ: 403)."""
@@ -247,6 +251,14 @@ class VirtualHost(VhostRouting):
             return self.queues[name]
         except KeyError:
             raise NotFound(f"no queue '{name}' in vhost '{self.name}'") from None
+
+    def find_queue(self, name: str) -> Queue | None:
+        """The queue `name`, or None."""
+        return self.queues.get(name)
+
+    def all_queues(self) -> list[Queue]:
+        """Every queue (a copy: safe to keep iterating while queues come and go)."""
+        return list(self.queues.values())
 
     def declare_queue(
         self,

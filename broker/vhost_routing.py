@@ -46,6 +46,7 @@ The cache holds values of any type: `VirtualHost` stores its `CachedRoute`s.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from moorage.broker.delayed import DELAY_STORE_PREFIX, DelayScheduler
@@ -64,11 +65,14 @@ RouteT = TypeVar("RouteT")
 class RouteCache(Generic[RouteT]):
     """A bounded map (exchange name, routing key) -> route, cleared on topology changes."""
 
-    __slots__ = ("_routes", "limit")
+    __slots__ = ("_routes", "limit", "lookup")
 
     def __init__(self, limit: int = ROUTE_CACHE_LIMIT) -> None:
         self.limit = limit
         self._routes: dict[tuple[str, str], RouteT] = {}
+        self.lookup: Callable[[tuple[str, str]], RouteT | None] = self._routes.get
+        """`get` keyed by the (exchange, routing key) tuple, with no Python call in
+        between (the publish hot path, `Session.publish`)."""
 
     def __len__(self) -> int:
         return len(self._routes)

@@ -11,7 +11,13 @@ a dependency, and a `TYPE_CHECKING` one is one that mypy has to resolve):
   CLI's `moorage bench`, which loads `moorage.bench.cli` by name at run time
   (`importlib.import_module` inside a function, see `LAZY_LOADS`);
 - the store imports neither the core, nor a protocol, nor the benchmark;
-- the modules of `broker/` import each other without a cycle.
+- the modules of `broker/` import each other without a cycle;
+- adapters (`protocols/`) reach vhosts, queues and the store only through the
+  core's API (`Broker.find_vhost`, `VirtualHost.find_queue`,
+  `Broker.session_records`, the session's verbs...): no module there reads
+  an attribute named `store`, `vhosts` or `queues` (`CORE_INTERNALS`), the
+  few reads that are something else by that name allow-listed with the
+  reason (`REACH_ALLOWED`).
 
 The checker builds the module graph with `ast` from the folders the
 `moorage.*` namespace maps (`broker/` is `moorage.broker`, ...), and is itself
@@ -33,6 +39,15 @@ FORBIDDEN = {
 }
 LAZY_LOADS = {"moorage.broker.cli": {"moorage.bench.cli"}}
 """Modules of a lower layer that a core module may load by name inside a function."""
+CORE_INTERNALS = frozenset({"store", "vhosts", "queues"})
+"""The core's internals an adapter must not read: `Broker.store`, `Broker.vhosts`,
+`VirtualHost.queues` (and `VirtualHost.store`)."""
+_NOT_A_VHOST = "a count of `broker.overview.QueueTotals`, not a vhost's queues"
+REACH_ALLOWED = {
+    ("moorage.protocols.management.api_overview", "queues.queues"): _NOT_A_VHOST,
+    ("moorage.protocols.management.metrics", "totals.queues"): _NOT_A_VHOST,
+}
+"""(module, expression) -> why a read named like a core internal is not one."""
 
 
 def _layer(module: str) -> str:
@@ -187,6 +202,29 @@ def lazy_loads(root: Path, layer: str) -> dict[str, set[str]]:
     return found
 
 
+def core_reaches(root: Path, layer: str = "protocols") -> dict[str, list[str]]:
+    """Reads of a `CORE_INTERNALS` attribute in `layer`: module -> ["line: expression"].
+
+    Calling an attribute of that name (`overview.queues(broker)`) is calling a
+    function, not reading a field, and is not counted. Allowed reads
+    (`REACH_ALLOWED`) are left out.
+    """
+    found: dict[str, list[str]] = {}
+    for path in sorted((root / layer).rglob("*.py")):
+        module = _module_name(root, path)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in CORE_INTERNALS
+                and id(node) not in called
+                and (module, ast.unparse(node)) not in REACH_ALLOWED
+            ):
+                found.setdefault(module, []).append(f"{node.lineno}: {ast.unparse(node)}")
+    return {module: sorted(reads) for module, reads in found.items()}
+
+
 # -- the rules on this tree ---------------------------------------------------------
 
 GRAPH = module_graph(ROOT)
@@ -240,6 +278,22 @@ def test_every_codec_is_checked():
 @pytest.mark.parametrize("codec", CODECS)
 def test_codec_imports_neither_core_nor_store(codec):
     assert import_chain(GRAPH, codec, ("moorage.broker", "moorage.storage")) == []
+
+
+def test_adapters_reach_the_core_only_through_its_api():
+    """No `broker.store`, `broker.vhosts` or `vhost.queues` under protocols/."""
+    assert core_reaches(ROOT) == {}
+
+
+def test_every_allowed_reach_is_still_there():
+    """An allow-list entry whose read went away must go too."""
+    tree = {
+        (_module_name(ROOT, path), ast.unparse(node))
+        for path in (ROOT / "protocols").rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in CORE_INTERNALS
+    }
+    assert set(REACH_ALLOWED) - tree == set()
 
 
 # -- the checker itself, on fake trees ------------------------------------------------
@@ -364,4 +418,32 @@ def test_checker_sees_a_lazy_load_outside_a_function(tmp_path):
     )
     assert lazy_loads(tmp_path, "broker") == {
         "moorage.broker.cli": {"moorage.bench.cli", "<module level>", "<computed name>"}
+    }
+
+
+def test_checker_sees_an_adapter_reaching_around_the_core(tmp_path):
+    """Reads of `store`, `vhosts` or `queues` anywhere in an adapter, also inside
+    functions and through a chain; calls of a function of that name are not reads."""
+    _write(
+        tmp_path,
+        {
+            "protocols/fake/adapter.py": (
+                "def save(self, state):\n"
+                "    self.broker.store.put_session('/', 'fake', 'id', state)\n"
+                "    vhost = self.broker.vhosts.get('/')\n"
+                "    return session.vhost.queues.get('q'), overview.queues(self.broker)\n"
+            ),
+            "protocols/fake/clean.py": (
+                "def save(self, state):\n"
+                "    self.records.put('/', 'id', state)\n"
+                "    return self.broker.find_vhost('/').find_queue('q')\n"
+            ),
+        },
+    )
+    assert core_reaches(tmp_path) == {
+        "moorage.protocols.fake.adapter": [
+            "2: self.broker.store",
+            "3: self.broker.vhosts",
+            "4: session.vhost.queues",
+        ]
     }

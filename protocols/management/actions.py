@@ -62,7 +62,7 @@ def to_http(error: BrokerError) -> web.HTTPError:
 @contextmanager
 def session(broker: Broker, user: User, vhost: str, peer: str) -> Iterator[Session]:
     """A session on `vhost` as `user`, closed (with its connection) afterwards."""
-    if vhost not in broker.vhosts:
+    if broker.find_vhost(vhost) is None:
         raise not_found()
     try:
         connection = broker.connect(vhost, user, protocol="http", peer=peer, client=False)

@@ -113,7 +113,7 @@ async def get_definitions(request: web.Request) -> web.Response:
 async def get_vhost_definitions(request: web.Request) -> web.Response:
     require(user_of(request), Level.ADMINISTRATOR)
     vhost = request.match_info["vhost"]
-    if vhost not in broker_of(request).vhosts:
+    if broker_of(request).find_vhost(vhost) is None:
         raise http_error(404, "Object Not Found", "Not Found")
     return ok(_export(request, vhost))
 
@@ -231,7 +231,7 @@ async def put_vhost(request: web.Request) -> web.Response:
     require(user_of(request), Level.ADMINISTRATOR)
     broker = broker_of(request)
     name = request.match_info["vhost"]
-    existed = name in broker.vhosts
+    existed = broker.find_vhost(name) is not None
     broker.add_vhost(name)
     return web.Response(status=204 if existed else 201)
 

@@ -210,7 +210,7 @@ def _vhost_user(request: web.Request) -> tuple[str, str]:
     """(vhost, user) of a permission route: 404 for an unknown vhost, 400 for a user."""
     vhost, name = request.match_info["vhost"], request.match_info["user"]
     broker = broker_of(request)
-    if vhost not in broker.vhosts:
+    if broker.find_vhost(vhost) is None:
         raise not_found()
     if name not in broker.users.users:
         raise http_error(400, "bad_request", f"no_such_user: '{name}'")

@@ -36,7 +36,7 @@ def ok(data: Any, status: int = 200) -> web.Response:
 
 def vhost_of(request: web.Request, user: User) -> str:
     vhost = request.match_info["vhost"]
-    if vhost not in broker_of(request).vhosts or not may_see_vhost(user, vhost):
+    if broker_of(request).find_vhost(vhost) is None or not may_see_vhost(user, vhost):
         raise not_found()
     return vhost
 

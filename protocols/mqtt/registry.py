@@ -15,9 +15,10 @@ Persistence: a persistent session's state is written to the store with
 `put_session` whenever it changes (`save`), and read back by `recover` when
 the first listener starts, together with the retained messages; its queue
 and messages are the core's durable queue. This is the one module of the
-MQTT package that calls the store (session records and the retained
-messages' recovery); acknowledgements wait for it through the connection's
-`OrderedReplies`, and retained messages are written by the core
+MQTT package that keeps durable records, through the core's
+`Broker.session_records` and `Broker.recover_retained`
+(`broker.adapter_records`); acknowledgements wait for them through the
+connection's `OrderedReplies`, and retained messages are written by the core
 (`broker.retained`).
 
 It also holds the broker-wide parts that hang off sessions: the statistics
@@ -36,7 +37,6 @@ from typing import Any, Protocol
 from moorage.broker.broker import Broker
 from moorage.broker.client_ids import ClientIds
 from moorage.protocols.mqtt.dead_letters import SessionQueueLimit
-from moorage.protocols.mqtt.retained import restore
 from moorage.protocols.mqtt.session_state import (
     SESSION_NEVER_EXPIRES,
     SessionState,
@@ -48,7 +48,7 @@ from moorage.storage import StoreError
 
 log = logging.getLogger("moorage.mqtt")
 
-STORE_PROTOCOL = "mqtt"  # the `protocol` of our Store sessions
+STORE_PROTOCOL = "mqtt"  # the protocol name of our session records and client ids
 
 
 class SessionOwner(Protocol):
@@ -74,6 +74,7 @@ class SessionRegistry:
         self.broker = broker
         self.sessions: dict[tuple[str, str], SessionState] = {}
         self.connections: ClientIds[SessionOwner] = broker.client_ids(STORE_PROTOCOL)
+        self.records = broker.session_records(STORE_PROTOCOL)
         self.shared_members: dict[tuple[str, str], set[SessionState]] = {}  # (vhost, queue)
         self.call_later: Callable[[float, Callable[[], None]], Any] | None = None
         self.clock: Callable[[], float] = time.time
@@ -121,13 +122,13 @@ class SessionRegistry:
             state.expiry_timer = None
         if state.saved:
             state.saved = False
-            self.broker.store.delete_session(state.vhost, STORE_PROTOCOL, state.client_id)
-        vhost = self.broker.vhosts.get(state.vhost)
+            self.records.delete(state.vhost, state.client_id)
+        vhost = self.broker.find_vhost(state.vhost)
         if vhost is not None:
             for sub in state.subscriptions.values():
                 if sub.group is not None:
                     self.leave_group(state, shared_queue_name(sub.group, sub.topic_filter))
-            if state.queue_name in vhost.queues:
+            if vhost.find_queue(state.queue_name) is not None:
                 vhost.delete_queue(state.queue_name)
         state.clear_subscriptions()
         if state.will is not None:
@@ -140,15 +141,15 @@ class SessionRegistry:
         members.discard(state)
         if not members:
             del self.shared_members[(state.vhost, queue)]
-            vhost = self.broker.vhosts.get(state.vhost)
-            if vhost is not None and queue in vhost.queues:
+            vhost = self.broker.find_vhost(state.vhost)
+            if vhost is not None and vhost.find_queue(queue) is not None:
                 vhost.delete_queue(queue)
 
     def save(self, state: SessionState) -> bool:
         """Write a persistent session's state to the store; True if something was queued."""
         if not state.persistent or self.sessions.get((state.vhost, state.client_id)) is not state:
             return False
-        self.broker.store.put_session(state.vhost, STORE_PROTOCOL, state.client_id, state.encode())
+        self.records.put(state.vhost, state.client_id, state.encode())
         state.saved = True
         return True
 
@@ -175,14 +176,13 @@ class SessionRegistry:
         if self.recovered:
             return
         self.recovered = True
-        store = self.broker.store
         now = self.clock()
-        for record in await store.load_sessions(STORE_PROTOCOL):
+        for record in await self.records.load():
             try:
                 state = SessionState.decode(record.vhost, record.client_id, record.state)
             except (ValueError, KeyError, TypeError) as e:
                 log.warning("dropping unreadable MQTT session %r: %s", record.client_id, e)
-                store.delete_session(record.vhost, STORE_PROTOCOL, record.client_id)
+                self.records.delete(record.vhost, record.client_id)
                 continue
             state.saved = True
             self.sessions[(state.vhost, state.client_id)] = state
@@ -197,14 +197,13 @@ class SessionRegistry:
             if state.expiry_interval == SESSION_NEVER_EXPIRES:
                 continue
             remaining = left + state.expiry_interval - now
-            if remaining <= 0 or record.vhost not in self.broker.vhosts:
+            if remaining <= 0 or self.broker.find_vhost(record.vhost) is None:
                 self.end_session(state)
             else:
                 state.expiry_timer = self.schedule(remaining, self._ender(state))
-        for unreadable in restore(self.broker.vhosts, await store.load_retained()):
-            store.delete_retained(unreadable.vhost, unreadable.topic)
-        for name in self.broker.vhosts:
-            self.queue_limit.watch(name)
+        await self.broker.recover_retained()
+        for vhost in self.broker.all_vhosts():
+            self.queue_limit.watch(vhost.name)
         if self.call_later is not None:
             self.sys.start(self.schedule)
 

@@ -11,26 +11,21 @@ store, found through a word tree); this module holds MQTT's rules on top:
   [MQTT-4.7.2-1] and drops expired messages [MQTT-3.3.2-5]; `topics.matches`
   confirms each result with MQTT's own grammar;
 - `retained_copy`: the copy a subscriber is sent, with RETAIN=1
-  [MQTT-3.3.1-8] and without the publisher's id (no-local does not apply);
-- `restore`: retained messages read back from the store after a restart
-  (the registry reads them; this module never touches the store).
+  [MQTT-3.3.1-8] and without the publisher's id (no-local does not apply).
+
+The core reads them back after a restart (`Broker.recover_retained`, which
+the registry calls); this module never touches the store.
 
 Topics are the store's keys, as they always were (`Store.put_retained`).
 """
 
 from __future__ import annotations
 
-import logging
-
 from moorage.broker.message import Message
 from moorage.broker.retained import RetainedMessage
-from moorage.broker.serialization import decode_message
 from moorage.broker.vhost import VirtualHost
 from moorage.protocols.mqtt.mapping import Annotation, annotate, annotation
 from moorage.protocols.mqtt.topics import filter_to_binding_key, matches
-from moorage.storage.store import RetainedRecord
-
-log = logging.getLogger("moorage.mqtt")
 
 HIDDEN_PREFIX = "$"  # topics a leading wildcard does not match [MQTT-4.7.2-1]
 
@@ -69,25 +64,3 @@ def retained_copy(original: Message) -> Message:
             retained_copy=True,
         ),
     )
-
-
-def restore(vhosts: dict[str, VirtualHost], records: list[RetainedRecord]) -> list[RetainedRecord]:
-    """File the retained messages read back from the store in their vhosts.
-
-    Returns:
-        The unreadable records, for the caller to delete from the store.
-    """
-    unreadable: list[RetainedRecord] = []
-    for item in records:
-        vhost = vhosts.get(item.vhost)
-        if vhost is None:
-            log.warning("retained message of %r in unknown vhost %r", item.topic, item.vhost)
-            continue
-        try:
-            message = decode_message(item.data)
-        except ValueError as e:
-            log.warning("dropping unreadable retained message of %r: %s", item.topic, e)
-            unreadable.append(item)
-            continue
-        vhost.retained.restore(item.topic, message, item.message_id)
-    return unreadable

@@ -61,7 +61,7 @@ class SessionSubscriptions:
         """Declare the session queue if it is missing, and consume it."""
         session, state = self.session, self.state
         persistent = state.persistent
-        if session.vhost.queues.get(state.queue_name) is None:
+        if session.vhost.find_queue(state.queue_name) is None:
             arguments: dict[str, Any] = {}
             if persistent:
                 arguments = self.registry.queue_limit.queue_arguments()
@@ -125,7 +125,7 @@ class SessionSubscriptions:
                     session.bind_queue(state.queue_name, EXCHANGE, binding, {})
                 else:
                     queue = shared_queue_name(group, topic_filter)
-                    if queue not in session.vhost.queues:
+                    if session.vhost.find_queue(queue) is None:
                         session.declare_queue(queue, durable=True)
                     session.bind_queue(queue, EXCHANGE, binding, {})
                     self.registry.shared_members.setdefault((state.vhost, queue), set()).add(state)
@@ -151,7 +151,7 @@ class SessionSubscriptions:
         if not subscriptions:
             return
         vhost = self.session.vhost
-        queue = vhost.queues.get(self.state.queue_name)
+        queue = vhost.find_queue(self.state.queue_name)
         if queue is None:
             return
         for sub in subscriptions:

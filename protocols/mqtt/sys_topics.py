@@ -78,7 +78,7 @@ class SysTopics:
         sessions = self.sessions
         connected = sum(1 for s in sessions.values() if self._connected(s))
         stats = self.stats
-        retained = sum(len(vhost.retained) for vhost in self.broker.vhosts.values())
+        retained = sum(len(vhost.retained) for vhost in self.broker.all_vhosts())
         return {
             "$SYS/broker/version": f"moorage {__version__}",
             "$SYS/broker/uptime": f"{int(self._now() - self.started_at)} seconds",
@@ -98,11 +98,11 @@ class SysTopics:
 
     def publish(self) -> None:
         """Retain the $SYS values (in memory only) and send them to connected subscribers."""
-        for vhost_name, vhost in self.broker.vhosts.items():
+        for vhost in self.broker.all_vhosts():
             owners = [
                 s
                 for s in self.sessions.values()
-                if s.vhost == vhost_name and s.subscriptions and self._connected(s)
+                if s.vhost == vhost.name and s.subscriptions and self._connected(s)
             ]
             for topic, value in self.values().items():
                 routing_key = topic_to_routing_key(topic)
@@ -117,6 +117,6 @@ class SysTopics:
                 for state in owners:
                     if not state.matching(topic, routing_key):
                         continue
-                    queue = vhost.queues.get(state.queue_name)
+                    queue = vhost.find_queue(state.queue_name)
                     if queue is not None:
                         queue.publish(message)

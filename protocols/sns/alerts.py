@@ -94,7 +94,11 @@ class Alerts:
     @property
     def enabled(self) -> bool:
         """Whether an alerts topic is configured and its vhost exists."""
-        return bool(self.config.alerts_topic) and self.config.alerts_vhost in self.sns.broker.vhosts
+        broker = self.sns.broker
+        return (
+            bool(self.config.alerts_topic)
+            and broker.find_vhost(self.config.alerts_vhost) is not None
+        )
 
     async def start(self) -> None:
         """Create the system topic, listen to the alarm loggers, watch the queues."""
@@ -124,7 +128,7 @@ class Alerts:
         registry = self.sns.registry
         topic = registry.topic(vhost_name, name)
         if topic is None:
-            vhost = self.sns.broker.vhosts[vhost_name]
+            vhost = self.sns.registry.vhost(vhost_name)
             vhost.declare_exchange(name, "fanout", durable=True)
             topic = Topic(vhost_name, name, {"DisplayName": "Moorage alerts"})
             registry.add_topic(topic)
@@ -163,8 +167,8 @@ class Alerts:
         """Raise or clear the depth and age alarms of every queue (one pass)."""
         now = self.sns.broker.clock.wall()
         seen: set[tuple[str, str, str]] = set()
-        for vhost in list(self.sns.broker.vhosts.values()):
-            for queue in list(vhost.queues.values()):
+        for vhost in self.sns.broker.all_vhosts():
+            for queue in vhost.all_queues():
                 if queue.name.startswith(f"sns.sub.{self.config.alerts_topic}."):
                     continue
                 for alarm, over, detail in self._measure(queue, now):
@@ -179,7 +183,8 @@ class Alerts:
                         self.raised.discard(key)
                         self.publish(alarm, "cleared", detail, where)
         for key in self.raised - seen:  # deleted queues clear silently
-            if key[2] not in getattr(self.sns.broker.vhosts.get(key[1]), "queues", {}):
+            home = self.sns.broker.find_vhost(key[1])
+            if home is None or home.find_queue(key[2]) is None:
                 self.raised.discard(key)
 
     def _measure(self, queue: Queue, now: float) -> list[tuple[str, bool, str]]:

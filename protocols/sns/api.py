@@ -116,7 +116,7 @@ class SnsApi:
     @contextmanager
     def session(self, caller: Caller) -> Iterator[Session]:
         """A core session of the caller on its vhost; core errors become SNS errors."""
-        if caller.vhost not in self.broker.vhosts:
+        if self.broker.find_vhost(caller.vhost) is None:
             raise SnsError("AuthorizationError", f"no vhost '{caller.vhost}'", 403)
         try:
             connection = self.broker.connect(

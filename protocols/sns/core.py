@@ -68,8 +68,8 @@ class Sns:
     async def _start(self) -> None:
         await self.registry.load()
         for sub in list(self.registry.subscriptions.values()):
-            vhost = self.broker.vhosts.get(sub.vhost)
-            if vhost is None or sub.topic not in vhost.exchanges:
+            vhost = self.broker.find_vhost(sub.vhost)
+            if vhost is None or vhost.find_exchange(sub.topic) is None:
                 continue
             if sub.confirmed:
                 self.registry.confirm(sub)  # the queue and binding exist: this consumes

@@ -100,7 +100,8 @@ class Endpoints:
         message: SnsMessage,
     ) -> None:
         """Publish into a Moorage queue and wait until the store has it."""
-        if queue not in self.broker.vhosts[vhost].queues:
+        found = self.broker.find_vhost(vhost)
+        if found is None or found.find_queue(queue) is None:
             raise DeliveryFailed(f"no queue '{queue}' in vhost '{vhost}'")
         properties = Properties(
             delivery_mode=2,

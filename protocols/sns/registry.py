@@ -16,9 +16,9 @@ endpoint holds back only its own deliveries, and retries and dead letters are
 per subscription as in AWS. The body is stored once per message whatever the
 number of subscriptions (the store keeps bodies by message id).
 
-The SNS attributes of topics and subscriptions live in the store's protocol
-session records (protocol `"sns"`, client id = the ARN, state = JSON; see
-`protocols.sns.model`). The queues and the exchange are the core's own
+The SNS attributes of topics and subscriptions live in the broker's session
+records of the protocol `"sns"` (`Broker.session_records`; key = the ARN,
+state = JSON; see `protocols.sns.model`). The queues and the exchange are the core's own
 durable entities and come back with the topology.
 """
 
@@ -64,13 +64,14 @@ class Registry:
         self.topics: dict[tuple[str, str], Topic] = {}
         self.subscriptions: dict[str, Subscription] = {}  # by ARN
         self._system: dict[str, ClientConnection] = {}
+        self.records = broker.session_records(PROTOCOL)
         # called with a subscription that became deliverable (confirmed) or went away
         self.on_confirmed: Callable[[Subscription], None] = lambda _s: None
         self.on_removed: Callable[[Subscription], None] = lambda _s: None
 
     async def load(self) -> None:
         """Read back every stored topic and subscription."""
-        for record in await self.broker.store.load_sessions(PROTOCOL):
+        for record in await self.records.load():
             item = from_state(record.vhost, record.state)
             if isinstance(item, Topic):
                 self.topics[(item.vhost, item.name)] = item
@@ -123,7 +124,7 @@ class Registry:
         topic = self.topics.get((vhost, name))
         if topic is None:
             return None
-        if name not in self._vhost(vhost).exchanges:  # deleted behind SNS's back (AMQP)
+        if self.vhost(vhost).find_exchange(name) is None:  # deleted behind SNS's back (AMQP)
             self.delete_topic(topic)
             return None
         return topic
@@ -138,11 +139,11 @@ class Registry:
         for sub in list(self.subscriptions_of(topic)):
             self.remove_subscription(sub)
         self.topics.pop((topic.vhost, topic.name), None)
-        self.broker.store.delete_session(topic.vhost, PROTOCOL, topic.arn)
+        self.records.delete(topic.vhost, topic.arn)
 
     def save(self, item: Topic | Subscription) -> None:
         """Write a topic's or subscription's state to the store."""
-        self.broker.store.put_session(item.vhost, PROTOCOL, item.arn, item.to_state())
+        self.records.put(item.vhost, item.arn, item.to_state())
 
     # -- subscriptions ------------------------------------------------------------------
 
@@ -174,7 +175,7 @@ class Registry:
 
     def confirm(self, sub: Subscription) -> None:
         """Start deliveries: the subscription's queue exists and is bound to the topic."""
-        vhost = self._vhost(sub.vhost)
+        vhost = self.vhost(sub.vhost)
         connection = self.system_connection(sub.vhost)
         topic = self.topics.get((sub.vhost, sub.topic))
         arguments = {"x-queue-type": "fifo"} if topic is not None and topic.fifo else {}
@@ -191,10 +192,14 @@ class Registry:
         """Unsubscribe: the queue goes with whatever it still held."""
         self.subscriptions.pop(sub.arn, None)
         self.on_removed(sub)
-        vhost = self.broker.vhosts.get(sub.vhost)
-        if vhost is not None and sub.queue in vhost.queues:
+        vhost = self.broker.find_vhost(sub.vhost)
+        if vhost is not None and vhost.find_queue(sub.queue) is not None:
             vhost.delete_queue(sub.queue)
-        self.broker.store.delete_session(sub.vhost, PROTOCOL, sub.arn)
+        self.records.delete(sub.vhost, sub.arn)
 
-    def _vhost(self, name: str) -> VirtualHost:
-        return self.broker.vhosts[name]
+    def vhost(self, name: str) -> VirtualHost:
+        """The vhost `name` (KeyError if it is gone: callers check that it exists)."""
+        vhost = self.broker.find_vhost(name)
+        if vhost is None:
+            raise KeyError(name)
+        return vhost

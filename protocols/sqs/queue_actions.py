@@ -81,8 +81,8 @@ def _check_redrive_target(
     meta = QueueMeta(attributes={"RedrivePolicy": policy})
     redrive = meta.redrive()
     assert redrive is not None  # check_attributes validated it
-    vhost = state.broker.vhosts[vhost_name]
-    target = vhost.queues.get(redrive[1])
+    vhost = state.broker.find_vhost(vhost_name)
+    target = vhost.find_queue(redrive[1]) if vhost is not None else None
     if target is None:
         raise invalid_attribute_value("RedrivePolicy", "Dead letter target does not exist.")
     if target.name.endswith(".fifo") != source.endswith(".fifo"):
@@ -110,7 +110,7 @@ async def create_queue(state: SqsState, call: AwsCall, params: Params) -> Result
         )
     tags = _check_tags(params.get("tags") or {})
     vhost = state.vhost(call)
-    existing = vhost.queues.get(name)
+    existing = vhost.find_queue(name)
     if existing is not None:
         meta = state.meta(vhost.name, name)
         for key, value in checked.items():
@@ -144,7 +144,7 @@ async def create_queue(state: SqsState, call: AwsCall, params: Params) -> Result
 async def get_queue_url(state: SqsState, call: AwsCall, params: Params) -> Result:
     name = text(params, "QueueName", required=True) or ""
     vhost = state.vhost(call)
-    if name not in vhost.queues or name.startswith("amq."):
+    if vhost.find_queue(name) is None or name.startswith("amq."):
         raise queue_does_not_exist()
     return {"QueueUrl": state.url(call, name)}
 
@@ -167,7 +167,9 @@ async def list_queues(state: SqsState, call: AwsCall, params: Params) -> Result:
     prefix = text(params, "QueueNamePrefix") or ""
     vhost = state.vhost(call)
     found = sorted(
-        name for name in vhost.queues if name.startswith(prefix) and not name.startswith("amq.")
+        queue.name
+        for queue in vhost.all_queues()
+        if queue.name.startswith(prefix) and not queue.name.startswith("amq.")
     )
     page, token = _page(found, params, "queues")
     result: Result = {}
@@ -298,11 +300,15 @@ async def list_queue_tags(state: SqsState, call: AwsCall, params: Params) -> Res
 
 
 def _sources_of(state: SqsState, vhost_name: str, name: str) -> list[str]:
-    sources = []
-    vhost = state.broker.vhosts[vhost_name]
+    sources: list[str] = []
+    vhost = state.broker.find_vhost(vhost_name)
+    if vhost is None:
+        return sources
     for (meta_vhost, source), meta in state.metas.items():
         redrive = meta.redrive()
-        if meta_vhost == vhost_name and redrive and redrive[1] == name and source in vhost.queues:
+        if meta_vhost != vhost_name or not redrive or redrive[1] != name:
+            continue
+        if vhost.find_queue(source) is not None:
             sources.append(source)
     return sorted(sources)
 
@@ -319,7 +325,7 @@ async def list_dead_letter_source_queues(state: SqsState, call: AwsCall, params:
 def _queue_of_arn(state: SqsState, call: AwsCall, param: str, arn: str) -> str:
     vhost = state.vhost(call)
     name = name_of_arn(arn)
-    if name is None or name not in vhost.queues:
+    if name is None or vhost.find_queue(name) is None:
         raise sqs_error("ResourceNotFoundException", f"The resource {arn} does not exist.")
     return name
 
@@ -339,7 +345,7 @@ async def start_message_move_task(state: SqsState, call: AwsCall, params: Params
         destination = _queue_of_arn(state, call, "DestinationArn", destination_arn)
     state.check(call, "read", source)
     state.check(call, "write", "", "exchange")
-    queue = vhost.queues[source]
+    queue = vhost.lookup_queue(source)
     to_move = queue.message_count
     moved = 0
     while True:

@@ -1,9 +1,9 @@
 """What the SQS service keeps, and the checks every action shares.
 
-- Queue metadata (`attributes.QueueMeta`), durable in the store's session
-  records under the protocol name `"sqs"` (one record per queue, keyed by
-  vhost and queue name, a JSON document), loaded once on the first call;
-  records of queues that no longer exist are dropped then.
+- Queue metadata (`attributes.QueueMeta`), durable in the broker's session
+  records of the protocol name `"sqs"` (`Broker.session_records`: one record
+  per queue, keyed by vhost and queue name, a JSON document), loaded once on
+  the first call; records of queues that no longer exist are dropped then.
 - The broker's pull receivers (`broker.visibility`), with each queue's
   redrive policy plugged in.
 - Resolving a call to its vhost and queue, with the user's permissions
@@ -42,6 +42,7 @@ class SqsState:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.receivers = broker.extension(RECEIVERS, lambda b: PullReceivers(b.clock))
+        self.records = broker.session_records(PROTOCOL)
         self.metas: dict[tuple[str, str], QueueMeta] = {}
         self.epoch = secrets.token_hex(4)  # receipt handles of an earlier run are stale
         self.move_tasks: list[dict[str, Any]] = []
@@ -55,12 +56,12 @@ class SqsState:
         async with self._loading:
             if self._loaded:
                 return
-            for record in await self.broker.store.load_sessions(PROTOCOL):
-                vhost = self.broker.vhosts.get(record.vhost)
-                if vhost is None or record.client_id not in vhost.queues:
+            for record in await self.records.load():
+                vhost = self.broker.find_vhost(record.vhost)
+                if vhost is None or vhost.find_queue(record.client_id) is None:
                     # its queue was deleted by another protocol: a later queue of the
                     # same name must not inherit its SQS attributes
-                    self.broker.store.delete_session(record.vhost, PROTOCOL, record.client_id)
+                    self.records.delete(record.vhost, record.client_id)
                     continue
                 try:
                     self.metas[(record.vhost, record.client_id)] = QueueMeta.decode(record.state)
@@ -79,11 +80,11 @@ class SqsState:
 
     def save(self, vhost: str, name: str, meta: QueueMeta) -> None:
         self.metas[(vhost, name)] = meta
-        self.broker.store.put_session(vhost, PROTOCOL, name, meta.encode())
+        self.records.put(vhost, name, meta.encode())
 
     def forget(self, vhost: str, name: str) -> None:
         if self.metas.pop((vhost, name), None) is not None:
-            self.broker.store.delete_session(vhost, PROTOCOL, name)
+            self.records.delete(vhost, name)
         self.receivers.forget(vhost, name)
 
     async def durable(self) -> None:
@@ -99,7 +100,7 @@ class SqsState:
             else:
                 done.set_exception(error)
 
-        self.broker.store.when_durable(written)
+        self.broker.ordered_replies().send(written, stored=True)
         try:
             await done
         except Exception as e:
@@ -113,7 +114,7 @@ class SqsState:
     # -- resolving a call ---------------------------------------------------------------
 
     def vhost(self, call: AwsCall) -> VirtualHost:
-        vhost = self.broker.vhosts.get(call.vhost)
+        vhost = self.broker.find_vhost(call.vhost)
         if vhost is None or not self.broker.users.may_open(call.user, call.vhost):
             raise access_denied(
                 f"access to vhost '{call.vhost}' refused for user '{call.user.name}'"
@@ -142,7 +143,7 @@ class SqsState:
 
     def queue(self, call: AwsCall, params: Mapping[str, Any]) -> tuple[VirtualHost, Queue]:
         vhost = self.vhost(call)
-        queue = vhost.queues.get(self.queue_name(call, params))
+        queue = vhost.find_queue(self.queue_name(call, params))
         if queue is None or queue.name.startswith("amq."):
             raise queue_does_not_exist()
         return vhost, queue

@@ -18,8 +18,7 @@ lives in rooms of their own, one object each per connection:
 
 - `publishing.Publisher` (`sends`): SEND, general and hot path;
 - `subscriptions.Subscriptions`: SUBSCRIBE, UNSUBSCRIBE, ACK, NACK and the
-  MESSAGE of each delivery (the connection is the core's DeliverySink and
-  hands deliveries to it);
+  MESSAGE of each delivery (it is the core session's DeliverySink);
 - `transactions.Transactions`: BEGIN, COMMIT, ABORT;
 - beside them `mapping` (core Message <-> STOMP headers), `queues`
   (`/queue/` declares), `destinations` and `activemq` (that dialect's pieces).
@@ -59,7 +58,6 @@ from moorage.broker.broker import Broker
 from moorage.broker.connection import ClientConnection
 from moorage.broker.errors import AccessRefused, BrokerError
 from moorage.broker.keepalive import Due, KeepAlive
-from moorage.broker.message import Message
 from moorage.broker.overview import vhost_names
 from moorage.broker.replies import OrderedReplies
 from moorage.broker.selector import SelectorError
@@ -81,7 +79,7 @@ from moorage.protocols.stomp.codec import (
 )
 from moorage.protocols.stomp.destinations import Kind, parse_destination
 from moorage.protocols.stomp.publishing import Publisher
-from moorage.protocols.stomp.subscriptions import Subscriptions
+from moorage.protocols.stomp.subscriptions import Subscription, Subscriptions
 from moorage.protocols.stomp.transactions import Transactions
 from moorage.protocols.tcp import Shell, hold_refusal
 
@@ -117,16 +115,24 @@ class StompConnection:
         self._held: Frame | None = None
         self.client_id: str | None = None
         self.client_ids = broker.client_ids(PROTOCOL)
+        self.keepalive = KeepAlive(now, broker.limits.handshake_timeout)
         self.sends = Publisher(self)
         self.subscriptions = Subscriptions(self)
         self.transactions = Transactions()
+        # The hot path, bound once: handlers that deal with the simple, frequent
+        # shape of a frame and return False for anything else, which then takes
+        # `_HANDLERS`' path (tests/stomp/test_fast_path.py proves both give the
+        # same bytes).
+        self.fast_handlers: dict[str, Callable[[Frame], bool]] = {
+            "SEND": self.sends.send_fast,
+            "ACK": self.subscriptions.ack_fast,
+        }
         self.replies: OrderedReplies | None = None  # the receipts' order (made at CONNECT)
         # A shell that can write before the end of the tick (`TCPShell.flush`), and
         # the frames of the current read handled since it last did: see `receipt`.
         self._flush_now: Callable[[], None] | None = getattr(shell, "flush", None)
         self.frames_in_read = 0
         self._now = now
-        self.keepalive = KeepAlive(now, broker.limits.handshake_timeout)
 
     @property
     def state(self) -> State:
@@ -163,6 +169,7 @@ class StompConnection:
     def _handle_events(self) -> None:
         """Handle every complete frame received, in order (until a login must be awaited)."""
         codec = self.codec
+        fast_handlers = self.fast_handlers
         frame: Frame | None = None
         self.frames_in_read = 0
         held, self._held = self._held, None  # (a local: nothing more per frame)
@@ -170,22 +177,25 @@ class StompConnection:
             while (
                 codec.state is State.CONNECTED or codec.state is State.CONNECTING
             ) and not self._login_pending:
-                event: object
                 if held is None:
                     event = codec.next_event()
                     if event is NEED_DATA:
                         break
-                    if isinstance(event, ConnectionClosed):
+                    if type(event) is not Frame:
+                        assert isinstance(event, ConnectionClosed)
                         self._close_transport()
                         break
                     self.frames_in_read += 1
                 else:
                     event, held = held, None
-                assert isinstance(event, Frame)
                 frame = event
                 try:
-                    self.handle_frame(frame)
-                    if frame.command == "SEND":
+                    # `handle_frame`, inlined: this runs once per frame
+                    command = frame.command
+                    fast = fast_handlers.get(command) if codec.state is State.CONNECTED else None
+                    if fast is None or not fast(frame):
+                        _HANDLERS[command](self, frame)
+                    if command == "SEND":
                         rest = self.sends.send_repeats(frame)
                         if rest is not None:
                             frame = rest
@@ -270,6 +280,17 @@ class StompConnection:
         assert self.session is not None
         return self.session
 
+    def subscription_ended(self, sub: Subscription) -> None:
+        """The core ended `sub`'s consumer (its queue was deleted): tell the client
+        with an ERROR (RabbitMQ)."""
+        if self.state is not State.CONNECTED:
+            return
+        self._fatal(
+            "subscription ended",
+            f"The queue '{sub.queue}' of subscription '{sub.id}' was deleted.",
+            None,
+        )
+
     def wall_ms(self) -> int:
         """The broker clock's wall time in milliseconds (mapping.Sender)."""
         return int(self.broker.clock.wall() * 1000)
@@ -312,7 +333,7 @@ class StompConnection:
             if error is not None:
                 self._fatal("store failure", f"The message could not be stored: {error}", frame)
                 return
-            self._send(reply)
+            self.send_frame(reply)
             if after is not None:
                 after()
             if then_close:
@@ -335,7 +356,8 @@ class StompConnection:
 
     # -- output ------------------------------------------------------------------------
 
-    def _send(self, frame: Frame) -> None:
+    def send_frame(self, frame: Frame) -> None:
+        """Write one frame, encoded by the codec."""
         self.keepalive.sent()
         self.shell.send(self.codec.send(frame))
 
@@ -366,7 +388,7 @@ class StompConnection:
             protocol="stomp",
             reason=message,
         )
-        self._send(error_frame(message, detail, frame, self.version))
+        self.send_frame(error_frame(message, detail, frame, self.version))
         self._close_transport()
 
     # -- dispatch ------------------------------------------------------------------------
@@ -375,8 +397,8 @@ class StompConnection:
         """Handle one frame the codec accepted (its state and required headers checked)."""
         command = frame.command
         if self.codec.state is State.CONNECTED:
-            fast = _FAST_HANDLERS.get(command)
-            if fast is not None and fast(self, frame):
+            fast = self.fast_handlers.get(command)
+            if fast is not None and fast(frame):
                 return
         _HANDLERS[command](self, frame)
 
@@ -385,7 +407,7 @@ class StompConnection:
     def _on_connect(self, frame: Frame) -> None:
         version = negotiate_version(frame.get("accept-version"))
         if version is None:
-            self._send(version_error_frame())
+            self.send_frame(version_error_frame())
             self._close_transport()
             return
         self.version = version
@@ -450,7 +472,7 @@ class StompConnection:
             peer=self.shell.peer,
             client_properties={"version": version, "client-id": frame.get("client-id")},
         )
-        self.session = self.core.open_session(self)
+        self.session = self.core.open_session(self.subscriptions)
         self.core.closer = self.force_close
         self.replies = self.core.ordered_replies()
         self.user_name = login
@@ -469,7 +491,7 @@ class StompConnection:
         self.codec.max_header_size = MAX_HEADER_SIZE
         self.codec.max_body_size = self.broker.limits.max_message_size
         negotiated = version if frame.get("accept-version") is not None else None
-        self._send(
+        self.send_frame(
             connected_frame(f"session-{self.core.id}", SERVER_NAME, negotiated, (send_ms, recv_ms))
         )
 
@@ -507,44 +529,6 @@ class StompConnection:
         self.transactions.clear()
         self.receipt(frame, then_close=True)
 
-    def _send_fast(self, frame: Frame) -> bool:
-        return self.sends.send_fast(frame)
-
-    def _ack_fast(self, frame: Frame) -> bool:
-        return self.subscriptions.ack_fast(frame)
-
-    # -- DeliverySink --------------------------------------------------------------------------
-
-    def deliver(
-        self, consumer_tag: str, delivery_tag: int, redelivered: bool, message: Message
-    ) -> None:
-        """A MESSAGE frame for one delivery (the core recorded it as unacked already)."""
-        if self.codec.state is State.CLOSED:
-            return
-        out = self.subscriptions.delivery(consumer_tag, delivery_tag, redelivered, message)
-        if out is None:
-            return
-        if type(out) is bytes:
-            self.keepalive.sent()
-            self.shell.send(out)
-        else:
-            assert isinstance(out, Frame)
-            self._send(out)
-
-    def returned(self, message: Message, reply_code: int, reply_text: str) -> None:
-        """Never called: STOMP publishes are not mandatory."""
-
-    def cancelled(self, consumer_tag: str, error: BrokerError | None) -> None:
-        """The subscription's queue was deleted: tell the client with an ERROR (RabbitMQ)."""
-        sub = self.subscriptions.cancelled(consumer_tag)
-        if sub is None or self.state is not State.CONNECTED:
-            return
-        self._fatal(
-            "subscription ended",
-            f"The queue '{sub.queue}' of subscription '{sub.id}' was deleted.",
-            None,
-        )
-
 
 def _broker_error_detail(error: BrokerError, frame: Frame | None) -> str:
     detail = error.text
@@ -552,13 +536,6 @@ def _broker_error_detail(error: BrokerError, frame: Frame | None) -> str:
         detail += f"\nDestination: {frame.get('destination')}"
     return detail
 
-
-# The hot path: handlers that deal with the simple, frequent shape of a frame
-# and return False for anything else, which then takes `_HANDLERS`' path.
-_FAST_HANDLERS: dict[str, Callable[[StompConnection, Frame], bool]] = {
-    "SEND": StompConnection._send_fast,
-    "ACK": StompConnection._ack_fast,
-}
 
 _HANDLERS: dict[str, Callable[[StompConnection, Frame], None]] = {
     "CONNECT": StompConnection._on_connect,

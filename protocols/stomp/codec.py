@@ -220,7 +220,18 @@ class StompCodec(FrameCodec):
                 after), or a missing header; the last two carry the frame.
                 Sticky: later calls raise it again. Any other exception is a bug.
         """
-        event = FrameCodec.next_event(self)  # not super(): this runs once per frame
+        # `FrameCodec.next_event`, inlined: this runs once per frame
+        if self._error is not None:
+            raise self._error
+        try:
+            event = self._parse()
+        except ProtocolError as e:
+            self.fail(e)
+            raise
+        if event is NEED_DATA:
+            if not self._eof:
+                return event
+            event = self._end_of_input()
         if type(event) is Frame:
             rule = self._rules.get(event.command)
             if rule is None:

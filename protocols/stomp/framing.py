@@ -58,7 +58,7 @@ the same error. Any other exception escaping ``next_event`` is a bug.
 
 from __future__ import annotations
 
-from moorage.protocols.buffers import copy_out
+from moorage.protocols.buffers import ONE_COPY_FROM, copy_out
 from moorage.protocols.stomp.fast_path import (
     HeaderBlock,
     decode_fast_block,
@@ -164,14 +164,19 @@ class FrameCodec:
             self.fail(e)
             raise
         if event is NEED_DATA and self._eof:
-            if self._buf or self._body_start >= 0 or self._lines:
-                self._error = ProtocolError(
-                    "connection closed mid-frame",
-                    "The connection ended before the frame's NUL terminator.",
-                )
-                raise self._error
-            return ConnectionClosed()
+            return self._end_of_input()
         return event
+
+    def _end_of_input(self) -> ConnectionClosed:
+        """`next_event` at EOF with no complete frame left: ConnectionClosed, or raise
+        (sticky) when EOF cut a frame."""
+        if self._buf or self._body_start >= 0 or self._lines:
+            self._error = ProtocolError(
+                "connection closed mid-frame",
+                "The connection ended before the frame's NUL terminator.",
+            )
+            raise self._error
+        return ConnectionClosed()
 
     def fail(self, error: ProtocolError) -> ProtocolError:
         """Enter ERROR with `error` (returned): every later `next_event` raises it."""
@@ -367,7 +372,12 @@ class FrameCodec:
         stop = repeat_end(buf, block, self.max_header_size, self.max_headers, self.max_body_size)
         if stop < 0:
             return None
-        body = copy_out(buf, len(block.raw), stop)
+        start = len(block.raw)
+        # `copy_out`, inlined for the usual small body: this runs once per frame
+        if stop - start < ONE_COPY_FROM:
+            body = bytes(buf[start:stop])
+        else:
+            body = copy_out(buf, start, stop)
         del buf[: stop + 1]
         self._nul_checked = 0
         return body

@@ -111,7 +111,7 @@ class Publisher:
         destination = parse_destination(frame.get("destination"))
         exchange, routing_key, queue = self._publish_target(destination, queue_arguments(frame))
         message = Message(exchange, routing_key, message_properties(frame, conn), frame.body)
-        session.vhost.lookup_exchange(exchange)  # NotFound now, not at COMMIT
+        session.check_exchange(exchange)  # NotFound now, not at COMMIT
         tx = conn.transactions.of(frame)
         if tx is not None:
             # a backend's answers now, while they are sure to be asked (COMMIT waits
@@ -138,7 +138,7 @@ class Publisher:
         (`send_plan`); the message then starts with the STOMP header caches
         such properties give. `Session.publish` (a repeated destination
         takes its route cache, `broker.vhost_routing`) raises NotFound, as
-        `lookup_exchange` would, when the exchange has gone.
+        `check_exchange` would, when the exchange has gone.
         """
         plan = self.send_plan(frame)
         return plan is not None and self._send_planned(plan, frame.body, frame)
@@ -152,12 +152,14 @@ class Publisher:
             return False
         exchange, routing_key, queue = target
         conn = self.conn
-        session = conn.active_session()
+        session = conn.session
+        assert session is not None  # SEND is accepted once CONNECTED
         if queue is not None:
             if queue.deleted:  # the general path declares it again
                 del self._send_targets[plan.destination]
                 return False
-            queue.touch()
+            if queue.options.expires:  # `touch` restarts the `x-expires` clock, if any
+                queue.touch()
         properties = plan.properties
         if properties is None:  # the header set's first SEND, or one not cacheable
             assert frame is not None
@@ -192,7 +194,7 @@ class Publisher:
             return None
         conn = self.conn
         codec = conn.codec
-        while conn.state is State.CONNECTED:
+        while codec.state is State.CONNECTED:
             body = codec.next_repeat(headers)
             if body is None:
                 return None

@@ -13,10 +13,11 @@ queue is its own (`/topic/`, `/exchange/`, durable subscriptions) evaluates
 its selector on each delivery and acknowledges away the copies that do not
 match, so that its queue does not keep them forever.
 
-MESSAGE frames come from the codec: the general path
-(`codec.message_headers_of`) or, on the hot path, from parts cached here
-(the frame's start per subscription and destination) and on the message
-(its headers per version, `mapping.message_wire_headers`).
+`Subscriptions` is the core session's DeliverySink: `deliver` writes the
+MESSAGE of each delivery. MESSAGE frames come from the codec: the general
+path (`codec.message_headers_of`) or, on the hot path, from parts cached
+here (the frame's start per subscription and destination) and on the
+message (its headers per version, `mapping.message_wire_headers`).
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from moorage.broker.errors import BrokerError
 from moorage.broker.message import Message
 from moorage.broker.selector import Selector
 from moorage.protocols.stomp.activemq import durable_subscription_name
 from moorage.protocols.stomp.codec import (
     Frame,
     ProtocolError,
+    State,
     encode_message,
     int_header,
     message_headers_of,
@@ -78,10 +81,14 @@ def ack_id(delivery_tag: int) -> str:
 
 class Subscriptions:
     """The subscriptions of one connection, its unacknowledged deliveries and its
-    temporary queues."""
+    temporary queues; the DeliverySink of the connection's core session."""
 
     def __init__(self, conn: StompConnection) -> None:
         self.conn = conn
+        # the connection's parts the hot paths use, bound once (fixed for its life)
+        self._codec = conn.codec
+        self._shell = conn.shell
+        self._keepalive = conn.keepalive
         self.by_id: dict[str, Subscription] = {}
         self.temp_queues: dict[str, str] = {}  # /temp-queue/<name> -> core queue name
         # subscription id -> the server-named queue its SUBSCRIBE declared, while the
@@ -136,7 +143,7 @@ class Subscriptions:
             )
         else:
             exchange = destination.publish_target()[0]
-            session.vhost.lookup_exchange(exchange)
+            session.check_exchange(exchange)
             name = durable_subscription_name(frame, sub_id, conn.client_id)
             if name is not None:
                 declared, _, _ = session.declare_queue(name, durable=True)
@@ -234,17 +241,13 @@ class Subscriptions:
             wrote = True
         conn.receipt(frame, durable=wrote)
 
-    def cancelled(self, consumer_tag: str) -> Subscription | None:
-        """The core ended the consumer `consumer_tag`: its subscription, if there was one."""
-        return self.by_id.pop(consumer_tag, None)
-
     # -- ACK / NACK ----------------------------------------------------------------------------
 
     def ack_fast(self, frame: Frame) -> bool:
         """An ACK of one client-individual delivery outside a transaction, naming it
         as this version must; False: the general path (`settle_frame`), which
         also raises every error. Headers the general path ignores are ignored."""
-        version = self.conn.codec.version
+        version = self._codec.version
         found_id = None
         subscription = receipt = False
         id_header = "id" if version == "1.2" else "message-id"
@@ -266,9 +269,12 @@ class Subscriptions:
         sub, tag = found
         del self._acks[found_id]
         sub.outstanding.pop(tag, None)
-        self.conn.active_session().ack(tag)
+        conn = self.conn
+        session = conn.session
+        assert session is not None  # ACK is accepted once CONNECTED
+        session.ack(tag)
         if receipt:
-            self.conn.receipt(frame)
+            conn.receipt(frame)
         return True
 
     def settle_frame(self, frame: Frame, *, nack: bool) -> None:
@@ -321,37 +327,48 @@ class Subscriptions:
                 session.ack(tag)
         return False
 
-    # -- MESSAGE -------------------------------------------------------------------------------
+    # -- the core's DeliverySink: MESSAGE ----------------------------------------------------
 
-    def delivery(
+    def deliver(
         self, consumer_tag: str, delivery_tag: int, redelivered: bool, message: Message
-    ) -> bytes | Frame | None:
-        """The MESSAGE for one delivery (the core recorded it as unacked already):
-        its bytes (the fast path), its frame (the general path), or None when
-        the subscription has gone or its selector refuses the message.
+    ) -> None:
+        """Write the MESSAGE for one delivery (the core recorded it as unacked already):
+        its bytes from cached parts (`message_bytes`, the fast path) or its frame
+        (the general path); nothing when the connection is closed, the
+        subscription has gone or its selector refuses the message.
 
         Must record the delivery as outstanding BEFORE the MESSAGE goes out: an
         ACK pipelined behind it must find it.
         """
+        if self._codec.state is State.CLOSED:
+            return
         sub = self.by_id.get(consumer_tag)
         if sub is None:
-            return None
+            return
         if sub.selector is not None and not sub.selector.matches(selector_view(message)):
             if sub.ack_mode != "auto":
                 self.conn.active_session().ack(delivery_tag)  # this subscription's own copy
-            return None
-        message_id = ack_id(delivery_tag)
+            return
+        message_id = f"T_{delivery_tag}"  # `ack_id`, inlined: this runs once per delivery
         if sub.ack_mode != "auto":
             sub.outstanding[delivery_tag] = None
             self._acks[message_id] = (sub, delivery_tag)
         data = self.message_bytes(sub, message_id, redelivered, message)
-        if data is not None:
-            return data
-        return Frame(
-            "MESSAGE",
-            self.message_frame_headers(sub, message_id, redelivered, message),
-            message.body,
-        )
+        if data is None:
+            headers = self.message_frame_headers(sub, message_id, redelivered, message)
+            self.conn.send_frame(Frame("MESSAGE", headers, message.body))
+            return
+        self._keepalive.sent()
+        self._shell.send(data)
+
+    def returned(self, message: Message, reply_code: int, reply_text: str) -> None:
+        """Never called: STOMP publishes are not mandatory."""
+
+    def cancelled(self, consumer_tag: str, error: BrokerError | None) -> None:
+        """The core ended the consumer `consumer_tag` (its queue was deleted)."""
+        sub = self.by_id.pop(consumer_tag, None)
+        if sub is not None:
+            self.conn.subscription_ended(sub)
 
     def message_frame_headers(
         self, sub: Subscription, message_id: str, redelivered: bool, message: Message
@@ -382,7 +399,7 @@ class Subscriptions:
         subscription id or the destination cannot be encoded in this version:
         the general path then decides (`encode` raises ValueError).
         """
-        codec = self.conn.codec
+        codec = self._codec
         key = (message.exchange, message.routing_key)
         prefixes = sub.prefixes
         prefix = prefixes.get(key)

@@ -6,6 +6,8 @@ One module per job, each with its theory of operation and ordering rules:
   ids, reads, open and close);
 - `batch.py`: the gathering batch on the loop (group commit, cancellation of
   writes by acks, the ack window, callback order, retry of a failed batch);
+- `jobs.py`: what the batch hands the writer thread (`Batch`, `Segment`,
+  `Read`) and what both threads share (`SQLiteStats`, `DurabilityGate`);
 - `writer.py`: the writer thread that owns the `sqlite3` connection and runs
   each batch as one transaction;
 - `statements.py`: the operation kinds, their SQL and the regrouping of a
@@ -13,11 +15,11 @@ One module per job, each with its theory of operation and ordering rules:
 - `schema.py`: vetting and opening the file, pragmas, schema and migrations.
 
 Import order of the rooms: schema and statements import nothing of the
-others; batch imports statements; writer imports batch, schema and
-statements; store imports them all.
+others; jobs imports statements; batch imports jobs and statements; writer
+imports jobs, schema and statements; store imports them all.
 """
 
-from moorage.storage.sqlite.batch import SQLiteStats
+from moorage.storage.sqlite.jobs import SQLiteStats
 from moorage.storage.sqlite.schema import MIGRATIONS
 from moorage.storage.sqlite.store import SQLiteStore
 

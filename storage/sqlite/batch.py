@@ -4,9 +4,10 @@ Owns the loop-side half of group commit: the operations gathered since the
 last hand-off, their cancellation, the ack-window hold, the `when_durable`
 callbacks and their order, and the retry of a failed batch. It runs on the
 event loop only and never touches SQLite: it hands a `Batch` (and the reads
-queued behind it) to `submit`, the writer thread's job queue, and learns the
-outcome through `batch_done`. The loop it schedules on is an input, so a test
-can drive it with a manual clock and no thread (`tests/storage/test_batch.py`).
+queued behind it; both defined in `jobs`) to `submit`, the writer thread's
+job queue, and learns the outcome through `batch_done`. The loop it
+schedules on is an input, so a test can drive it with a manual clock and no
+thread (`tests/storage/test_batch.py`).
 
 Group commit
 ------------
@@ -90,8 +91,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
 
+from moorage.storage.sqlite.jobs import Batch, DurabilityGate, Read, Segment, SQLiteStats
 from moorage.storage.sqlite.statements import (
     ACK,
     ACK_RANGE,
@@ -108,83 +109,8 @@ from moorage.storage.sqlite.statements import (
 )
 from moorage.storage.store import DurabilityCallback, StoreError
 
-if TYPE_CHECKING:
-    import sqlite3
-
+# re-exported: they were defined here before `jobs` held them
 __all__ = ["Batch", "DurabilityGate", "GatheringBatch", "Read", "SQLiteStats", "Segment"]
-
-
-class DurabilityGate(Protocol):
-    """What else a committed change must wait for before its callbacks run.
-
-    Replication (`storage.replication.gate`) installs one so that a callback
-    fires only once the standby has acknowledged the batch too. Without a
-    gate, callbacks run as soon as the local commit returned.
-    """
-
-    def release(self, callbacks: list[DurabilityCallback], after: int | None) -> None:
-        """Call `callbacks(None)`, in order, once batch `after` (None: every batch
-        committed so far) is safe; after every callback released before them."""
-
-    @property
-    def pending(self) -> bool:
-        """True while some committed batch is not safe yet (a reply must wait)."""
-
-
-@dataclass(slots=True)
-class SQLiteStats:
-    """Counters for benchmarks and metrics. Updated by both threads; read freely.
-
-    `fsyncs` counts commits made with ``synchronous=FULL`` (each syncs the
-    WAL once); SQLite's checkpoint syncs are not counted.
-    """
-
-    batches: int = 0
-    """Batch transactions committed."""
-    fsyncs: int = 0
-    ops_written: int = 0
-    """Operations (including delivery marks) in committed batches."""
-    messages_written: int = 0
-    entries_written: int = 0
-    ops_cancelled: int = 0
-    """Operations dropped from a batch before it was written (ack before write)."""
-    failed_batches: int = 0
-    dangling_enqueues: int = 0
-    """Enqueues skipped because their message did not exist (a bug in the caller)."""
-    vacuumed_pages: int = 0
-    expire_runs: int = 0
-    """`expire` transactions committed."""
-    expired: int = 0
-    """Entries removed by `expire`."""
-
-
-@dataclass(slots=True)
-class Segment:
-    """Operations and delivery marks handed to the writer together."""
-
-    ops: list[Op | None]
-    marks: dict[tuple[int, int], int]
-
-
-@dataclass(slots=True)
-class Batch:
-    """One transaction's worth of segments, with the callbacks waiting for it."""
-
-    segments: list[Segment]
-    callbacks: list[DurabilityCallback]
-    holds: bool
-    """True unless the batch carries only delivery marks (which hold no callback)."""
-    number: int = 0
-    """Set by the writer at commit: the count of batches it committed so far."""
-
-
-@dataclass(slots=True)
-class Read:
-    """A function to run on the writer's connection, its result sent to `future`."""
-
-    fn: Callable[[sqlite3.Connection], Any]
-    """Called on the writer thread with its connection."""
-    future: asyncio.Future[Any]
 
 
 @dataclass(slots=True)

@@ -57,7 +57,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
 
-from moorage.storage.sqlite.batch import DurabilityGate, GatheringBatch, Read, Segment, SQLiteStats
+from moorage.storage.sqlite.batch import GatheringBatch
+from moorage.storage.sqlite.jobs import DurabilityGate, Read, Segment, SQLiteStats
 from moorage.storage.sqlite.records import SessionAndUserRecords
 from moorage.storage.sqlite.schema import DURABILITY_MODES
 from moorage.storage.sqlite.statements import (

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moorage.storage.sqlite.batch import Batch, Read, Segment, SQLiteStats
+from moorage.storage.sqlite.jobs import Batch, Read, Segment, SQLiteStats
 from moorage.storage.sqlite.schema import Opened, open_connection
 from moorage.storage.sqlite.statements import SQL_MARKS, execute_ops, execute_rows
 from moorage.storage.store import StoreError

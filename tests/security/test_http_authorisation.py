@@ -220,6 +220,33 @@ def test_amqp_resources_and_topics_are_the_services(
     assert not any(q.get("username") == "guest" for _p, _m, q in service.calls)
 
 
+def test_a_route_cached_by_another_user_still_asks_topic_path(
+    tmp_path: Path, service: AuthzService, start_broker: Callable[..., RunningBroker]
+) -> None:
+    """The vhost's route cache skips routing, never the permission checks: a key
+    that `guest` (the store's, no topic permissions) made hot is still asked of
+    the service for `h`, and refused."""
+    broker = _broker(tmp_path, start_broker, service)
+    guest = pika.BlockingConnection(pika.URLParameters(broker.url_for("guest", "guest")))
+    try:
+        ch = guest.channel()
+        ch.queue_declare("hot")
+        ch.queue_bind("hot", "amq.topic", "secret.hot")
+        for _ in range(3):  # the route (amq.topic, secret.hot) is cached now
+            ch.basic_publish("amq.topic", "secret.hot", b"guest's")
+    finally:
+        guest.close()
+    connection = _pika(broker)
+    try:
+        ch = connection.channel()
+        ch.basic_publish("amq.topic", "secret.hot", b"h's")
+        assert _refused(lambda: ch.queue_declare("hot", passive=True)) == 403
+    finally:
+        if connection.is_open:
+            connection.close()
+    assert service.asked("topic", username="h", routing_key="secret.hot") == 1
+
+
 def test_frames_behind_a_pending_check_keep_their_order(
     tmp_path: Path, service: AuthzService, start_broker: Callable[..., RunningBroker]
 ) -> None:

@@ -498,9 +498,9 @@ async def run_steps(steps: list[Step], *, fast: bool) -> tuple[list[Frame], Any,
         conn = StompConnection(broker, shell, now=0.0)
         taken: list[str] = []
 
-        def spy(handler: Callable[[StompConnection, Frame], bool]) -> Any:
-            def handle(self: StompConnection, frame: Frame) -> bool:
-                done = handler(self, frame)
+        def spy(handler: Callable[[Frame], bool]) -> Callable[[Frame], bool]:
+            def handle(frame: Frame) -> bool:
+                done = handler(frame)
                 if done:
                     taken.append(frame.command)
                 return done
@@ -515,9 +515,9 @@ async def run_steps(steps: list[Step], *, fast: bool) -> tuple[list[Frame], Any,
                 taken.append("SEND+")
             return body
 
-        handlers = {c: spy(h) for c, h in adapter._FAST_HANDLERS.items()} if fast else {}
+        # the connection's hot path, spied on, or switched off
+        conn.fast_handlers = {c: spy(h) for c, h in conn.fast_handlers.items()} if fast else {}
         with contextlib.ExitStack() as patches:
-            patches.enter_context(mock.patch.dict(adapter._FAST_HANDLERS, handlers, clear=True))
             if fast:
                 patches.enter_context(mock.patch.object(FrameCodec, "next_repeat", next_repeat))
             else:
