@@ -226,7 +226,7 @@ class ConnectHandling:
         checks: list[tuple[Access, str, str]] = []
         for sub in state.subscriptions.values():
             queue = state.queue_name if sub.group is None else None
-            if queue is not None and session.vhost.queues.get(queue) is None:
+            if queue is not None and session.vhost.find_queue(queue) is None:
                 checks.append(("configure", queue, "queue"))
             checks.append(
                 ("read", queue or shared_queue_name(sub.group or "", sub.topic_filter), "queue")

@@ -96,7 +96,7 @@ class SessionSubscriptions:
         for sub in packet.subscriptions:
             group, topic_filter = split_shared(sub.topic_filter)
             queue = state.queue_name if group is None else shared_queue_name(group, topic_filter)
-            if session.vhost.queues.get(queue) is None:
+            if session.vhost.find_queue(queue) is None:
                 checks.append(("configure", queue, "queue"))
             checks += [("read", queue, "queue"), ("write", queue, "queue")]
             checks.append(("read", EXCHANGE, "exchange"))

@@ -151,7 +151,7 @@ class Subscriptions:
                 queue = declared.name
             else:
                 queue = self._unbound.get(sub_id, "")
-                if queue not in session.vhost.queues:
+                if session.vhost.find_queue(queue) is None:
                     declared, _, _ = session.declare_queue("", exclusive=True, auto_delete=True)
                     queue = declared.name
                 # the backend is asked about this name: a SUBSCRIBE handled again after
