@@ -100,10 +100,8 @@ class MessageStats:
 
     def set_sum(self, parts: Iterable[MessageStats]) -> None:
         """Make the counters the sum of `parts` (an aggregate, refreshed when read)."""
-        totals = [0] * len(FIELDS)
-        for part in parts:
-            for i, value in enumerate(part.values()):
-                totals[i] += value
+        # column sums in C: the broker's totals add up every session on every poll
+        totals = list(map(sum, zip(*map(_values, parts), strict=True))) or [0] * len(FIELDS)
         for name, value in zip(FIELDS, totals, strict=True):
             setattr(self, name, value)
 

@@ -13,7 +13,6 @@ from moorage.protocols.management import render
 from moorage.protocols.management.auth import http_error, may_see_vhost
 from moorage.protocols.management.requests import (
     broker_of,
-    client_connections,
     listening_ports,
     ok,
     user_of,
@@ -31,7 +30,7 @@ async def get_overview(request: web.Request) -> web.Response:
     user = user_of(request)
     broker = broker_of(request)
     queues = overview.queue_totals(broker, lambda vhost: may_see_vhost(user, vhost))
-    connections = client_connections(broker)
+    connections = overview.client_connection_totals(broker)
     failover = {} if broker.failover_status is None else {"failover": broker.failover_status()}
     return ok(
         {
@@ -53,8 +52,8 @@ async def get_overview(request: web.Request) -> web.Response:
                 "messages_unacknowledged": queues.messages_unacknowledged,
             },
             "object_totals": {
-                "connections": len(connections),
-                "channels": sum(c.channels for c in connections.values()),
+                "connections": connections.connections,
+                "channels": connections.channels,
                 "consumers": queues.consumers,
                 "exchanges": overview.exchange_count(broker),
                 "queues": queues.queues,

@@ -148,17 +148,15 @@ class BrokerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         broker = self.broker
         totals = overview.queue_totals(broker)
-        connections = [
-            c for c in overview.connections(broker) if c.protocol != "http" and not c.internal
-        ]
+        connections = overview.client_connection_totals(broker)
         info = GaugeMetricFamily(
             "rabbitmq_build_info", "Moorage version info", labels=["product", "product_version"]
         )
         info.add_metric(["Moorage", __version__], 1)
         yield info
         for name, text, value in (
-            ("rabbitmq_connections", "Connections currently open", len(connections)),
-            ("rabbitmq_channels", "Channels currently open", sum(c.channels for c in connections)),
+            ("rabbitmq_connections", "Connections currently open", connections.connections),
+            ("rabbitmq_channels", "Channels currently open", connections.channels),
             ("rabbitmq_consumers", "Consumers currently connected", totals.consumers),
             ("rabbitmq_queues", "Queues available", totals.queues),
             (

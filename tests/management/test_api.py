@@ -117,6 +117,48 @@ def test_whoami_and_overview(api: Api) -> None:
     ]
 
 
+def test_overview_and_metrics_totals_agree_with_the_listings(
+    api: Api, amqp: pika.BlockingConnection
+) -> None:
+    """The overview and /metrics count without listing; their totals are the listings'."""
+    consuming, publishing = amqp.channel(), amqp.channel()
+    for name in ("totals-a", "totals-b"):
+        publishing.queue_declare(name)
+    for _ in range(4):
+        publishing.basic_publish("", "totals-a", b"abc")
+    publishing.basic_publish("", "totals-b", b"defgh")
+    consuming.basic_qos(prefetch_count=1)
+    consuming.basic_consume("totals-a", lambda *_: None)
+    amqp.process_data_events(0)
+
+    def settled() -> bool:  # one message of totals-a delivered, held by the prefetch
+        ready = {q["name"]: q["messages_ready"] for q in api.get("/queues")}
+        return ready.get("totals-a") == 3 and ready.get("totals-b") == 1
+
+    assert wait_for(settled)
+    overview = api.get("/overview")
+    queues = api.get("/queues")
+    assert overview["object_totals"] == {
+        "connections": len(api.get("/connections")),
+        "channels": len(api.get("/channels")),
+        "consumers": sum(q["consumers"] for q in queues),
+        "exchanges": len(api.get("/exchanges")),
+        "queues": len(queues),
+    }
+    assert overview["object_totals"]["channels"] == 2
+    for field in ("messages", "messages_ready", "messages_unacknowledged"):
+        assert overview["queue_totals"][field] == sum(q[field] for q in queues)
+    totals = _scrape(api, "/metrics")
+    assert totals["rabbitmq_connections"][0].value == 1
+    assert totals["rabbitmq_channels"][0].value == 2
+    assert totals["rabbitmq_consumers"][0].value == overview["object_totals"]["consumers"]
+    assert totals["rabbitmq_queue_messages_ready"][0].value == 4
+    unacked = sum(q["messages_unacknowledged"] for q in queues)
+    assert totals["rabbitmq_queue_messages_unacked"][0].value == unacked
+    assert totals["rabbitmq_queue_messages_ready_bytes"][0].value == 3 * 3 + 5
+    assert totals["rabbitmq_queue_messages_published"][0].value == 5
+
+
 def api_port(api: Api) -> int:
     return int(api.base.split(":")[2].split("/")[0])
 
