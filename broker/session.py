@@ -365,6 +365,7 @@ class Session(SessionPublishing, SessionTimeouts, SessionPermissions):
             self.unacked[tag] = Unacked(entry, queue, consumer)
             self._memory.unacked_bytes += len(entry.message.body) + ENTRY_OVERHEAD
             consumer.unacked += 1
+            queue.unacked += 1
             if entry.persisted:
                 queue.vhost.broker.store.mark_delivered(
                     queue.vhost.name, queue.name, entry.seq, entry.delivery_count
@@ -397,6 +398,7 @@ class Session(SessionPublishing, SessionTimeouts, SessionPermissions):
             queue_stats.get += 1
             self.unacked[tag] = Unacked(entry, queue, None)
             self._memory.unacked_bytes += len(entry.message.body) + ENTRY_OVERHEAD
+            queue.unacked += 1
             if queue.consumer_timeout:
                 self._watch(tag, queue.consumer_timeout)
         return tag, redelivered, entry.message, queue.message_count
@@ -510,11 +512,14 @@ class Session(SessionPublishing, SessionTimeouts, SessionPermissions):
                     queue.dispatch()
 
     def _forget(self, items: list[Unacked]) -> None:
-        """`items` left `unacked`: they no longer count as unacked memory."""
+        """`items` left `unacked` (every way out passes here): they no longer count as
+        unacked memory, nor as their queues' unacknowledged messages."""
         if items:
-            self._memory.unacked_bytes -= len(items) * ENTRY_OVERHEAD + sum(
-                len(item.entry.message.body) for item in items
-            )
+            size = 0
+            for item in items:
+                size += len(item.entry.message.body)
+                item.queue.unacked -= 1
+            self._memory.unacked_bytes -= len(items) * ENTRY_OVERHEAD + size
 
     def recover(self) -> None:
         """basic.recover(requeue=true): every unacked delivery goes back to its queue."""

@@ -148,6 +148,10 @@ def test_overview_and_metrics_totals_agree_with_the_listings(
     assert overview["object_totals"]["channels"] == 2
     for field in ("messages", "messages_ready", "messages_unacknowledged"):
         assert overview["queue_totals"][field] == sum(q[field] for q in queues)
+    by_name = {q["name"]: q for q in queues}
+    assert by_name["totals-a"]["messages_unacknowledged"] == 1  # the prefetched delivery
+    assert by_name["totals-a"]["messages"] == 4
+    assert overview["queue_totals"]["messages_unacknowledged"] == 1
     totals = _scrape(api, "/metrics")
     assert totals["rabbitmq_connections"][0].value == 1
     assert totals["rabbitmq_channels"][0].value == 2
@@ -157,6 +161,41 @@ def test_overview_and_metrics_totals_agree_with_the_listings(
     assert totals["rabbitmq_queue_messages_unacked"][0].value == unacked
     assert totals["rabbitmq_queue_messages_ready_bytes"][0].value == 3 * 3 + 5
     assert totals["rabbitmq_queue_messages_published"][0].value == 5
+
+
+def test_unacknowledged_counts_follow_deliveries_gets_acks_and_closes(
+    api: Api, amqp: pika.BlockingConnection
+) -> None:
+    """A queue's `messages_unacknowledged` (and the SQS not-visible count built on it)
+    rises with each delivery or get that waits for an ack and falls by every way out:
+    ack, nack, requeue, the channel closing."""
+    channel = amqp.channel()
+    channel.queue_declare("unacked-q")
+    for n in range(5):
+        channel.basic_publish("", "unacked-q", str(n).encode())
+
+    def unacked() -> tuple[int, int]:
+        queue = api.get("/queues/%2F/unacked-q")
+        return queue["messages_unacknowledged"], queue["messages_ready"]
+
+    assert wait_for(lambda: unacked() == (0, 5))
+    got = [channel.basic_get("unacked-q") for _ in range(3)]
+    tags = [method.delivery_tag for method, _props, _body in got if method is not None]
+    assert len(tags) == 3
+    assert unacked() == (3, 2)
+    channel.basic_ack(tags[0])
+    assert wait_for(lambda: unacked() == (2, 2))
+    channel.basic_nack(tags[1], requeue=True)
+    assert wait_for(lambda: unacked() == (1, 3))
+    channel.basic_nack(tags[2], requeue=False)  # dropped
+    assert wait_for(lambda: unacked() == (0, 3))
+    channel.basic_get("unacked-q", auto_ack=True)  # no ack awaited: never unacked
+    assert unacked() == (0, 2)
+    channel.basic_qos(prefetch_count=10)
+    channel.basic_consume("unacked-q", lambda *_: None)
+    assert wait_for(lambda: (amqp.process_data_events(0), unacked())[1] == (2, 0))
+    channel.close()  # both deliveries go back to the queue
+    assert wait_for(lambda: unacked() == (0, 2))
 
 
 def api_port(api: Api) -> int:
