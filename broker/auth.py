@@ -28,7 +28,7 @@ its users at every `open`.
 Credentials: new passwords are hashed with scrypt (`auth_hashing`); hashes
 in RabbitMQ's formats are accepted and replaced by scrypt at the next
 successful login. A successful check is remembered for `cache_ttl` seconds
-of the broker's clock, keyed by user, stored hash and a keyed digest of the
+of the broker's clock after its last use, keyed by user, stored hash and a keyed digest of the
 password (never the password), so that a reconnect storm does not re-run
 scrypt; a change of password changes the stored hash and so misses the
 cache. Failures are never cached.
@@ -205,6 +205,9 @@ class UserDirectory:
         now = self.clock.monotonic()
         expires = self._cache.get(key)
         if expires is not None and now < expires:
+            # Renewed at each use: a client (or the web UI) that logs in more often
+            # than `cache_ttl` never pays scrypt again; a new password misses anyway.
+            self._cache[key] = now + self.cache_ttl
             return True
         if not verify_password(password, stored, user.hashing_algorithm):
             return False
