@@ -34,7 +34,7 @@ from moorage.broker.disk import DiskMonitor
 from moorage.broker.errors import AccessRefused, NotAllowed, NotServing, PreconditionFailed
 from moorage.broker.flow import WriteFlow
 from moorage.broker.limits import ResourceLimits
-from moorage.broker.memory import ENTRY_OVERHEAD, MemoryMonitor, watermark_bytes
+from moorage.broker.memory import MemoryMonitor, queued_bytes, watermark_bytes
 from moorage.broker.queue import Queue
 from moorage.broker.replies import OrderedReplies
 from moorage.broker.retention import RetentionSweeper
@@ -159,11 +159,8 @@ class Broker:
     def queued_memory(self) -> int:
         """Bytes held by the messages queued in every queue, or delivered and not acked
         yet (an estimate, see `broker.memory`)."""
-        total = self.memory.unacked_bytes
-        for vhost in self.vhosts.values():
-            for queue in vhost.queues.values():
-                total += queue.memory_bytes(ENTRY_OVERHEAD)
-        return total
+        queues = (vhost.queues.values() for vhost in self.vhosts.values())
+        return self.memory.unacked_bytes + queued_bytes(queues)
 
     def message_totals(self) -> MessageStats:
         """The broker's message counters: every session's, live or closed (`broker.stats`)."""

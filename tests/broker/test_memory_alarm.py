@@ -136,6 +136,12 @@ def test_queue_memory_counts_bodies_and_overhead(tmp_path, start_broker) -> None
         lambda: running.core.vhosts["/"].queues["m"].memory_bytes(ENTRY_OVERHEAD)
     )
     assert queue_bytes == 10 * (1000 + ENTRY_OVERHEAD)
+    channel.queue_declare("m2")
+    channel.basic_publish("", "m2", b"z" * 500)
+    _wait(lambda: running.ready_count("m2") == 1)
+    # the monitor's sum over every queue (`memory.queued_bytes`) is each queue's
+    total = running.call(running.core.queued_memory)
+    assert total == 10 * (1000 + ENTRY_OVERHEAD) + 500 + ENTRY_OVERHEAD
     assert not running.call(lambda: running.core.memory.periodic.running)  # 0 = off
     connection.close()
 
