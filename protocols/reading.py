@@ -14,6 +14,11 @@ may pause reading from its socket:
   been read. Without this, uvloop reads a busy socket up to 32 times in a row
   and a flooding publisher starves consumers of their acks.
 
+- the adapter waits for an answer (a login or a permission check a backend
+  has not answered, `Adapter.waiting`): it handles no input meanwhile, so
+  nothing more is read until `answered`. A client cannot pile up bytes in
+  the broker's buffers while it is made to wait.
+
 While paused by flow control (`held`) the peer's silence is the broker's
 doing: the shell tells its adapter so that heartbeat and keep-alive
 timeouts do not close a client that is only waiting to be read.
@@ -31,7 +36,7 @@ FAIR_READ_SIZE = 32 * 1024
 class ReadPacer:
     """Pauses and resumes one transport's reading for fairness and flow control."""
 
-    __slots__ = ("flow", "held", "loop", "transport")
+    __slots__ = ("awaiting", "flow", "held", "loop", "transport")
 
     def __init__(
         self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, flow: WriteFlow
@@ -40,11 +45,17 @@ class ReadPacer:
         self.loop = loop
         self.flow = flow
         self.held = False  # paused by flow control (store lag or a resource alarm)
+        self.awaiting = False  # paused while the adapter waits for an answer
 
-    def after_read(self, read_size: int, publisher: bool) -> None:
-        """Pause reading after a read when flow control or fairness asks for it."""
+    def after_read(self, read_size: int, publisher: bool, waiting: bool = False) -> None:
+        """Pause reading after a read when flow control or fairness asks for it, or
+        while the adapter waits for an answer (`waiting`; `answered` resumes)."""
         transport = self.transport
         if transport.is_closing():
+            return
+        if waiting:
+            transport.pause_reading()
+            self.awaiting = True
             return
         flow = self.flow
         if flow.blocked:
@@ -58,6 +69,13 @@ class ReadPacer:
         elif read_size >= FAIR_READ_SIZE:
             transport.pause_reading()
             self.loop.call_soon(self._resume)
+
+    def answered(self) -> None:
+        """The adapter's answer came: read again, unless flow control holds the socket."""
+        if self.awaiting:
+            self.awaiting = False
+            if not self.held and not self.transport.is_closing():
+                self.transport.resume_reading()
 
     def _resume(self) -> None:
         self.held = False

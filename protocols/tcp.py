@@ -54,6 +54,13 @@ class ConnectionAdapter(Protocol):
         """Has this client published? (The memory alarm pauses only publishers.)"""
         ...
 
+    @property
+    def waiting(self) -> bool:
+        """Is an answer awaited (a login or a permission a backend has not given yet)?
+        Its input is not handled meanwhile, so the shell stops reading it: a client
+        cannot pile up bytes while it waits. The adapter calls `want_input` after."""
+        ...
+
     def peer_held(self, now: float) -> None:
         """The shell is not reading this peer (flow control): its silence so far is excused."""
 
@@ -78,6 +85,13 @@ class Shell(Protocol):
 
     def send(self, data: bytes) -> None: ...
     def close(self) -> None: ...
+
+
+def want_input(shell: Shell) -> None:
+    """The adapter handles input again (its `waiting` is over): the shell reads again."""
+    wanted = getattr(shell, "input_wanted", None)
+    if wanted is not None:
+        wanted()
 
 
 def hold_refusal(shell: Shell, delay: float) -> None:
@@ -230,7 +244,12 @@ class TCPShell(asyncio.Protocol):
         if adapter.next_deadline() != self._timer_when:
             self._arm_timer()
         if self._pacer is not None and not adapter.closed:
-            self._pacer.after_read(len(data), adapter.publisher)
+            self._pacer.after_read(len(data), adapter.publisher, adapter.waiting)
+
+    def input_wanted(self) -> None:
+        """The adapter's awaited answer came (`want_input`): read from the socket again."""
+        if self._pacer is not None:
+            self._pacer.answered()
 
     def eof_received(self) -> bool | None:
         if self.adapter is not None and not self.adapter.closed:

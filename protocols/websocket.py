@@ -49,7 +49,7 @@ import enum
 import logging
 import ssl
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -181,18 +181,27 @@ class WebSocketConnection:
         return False
 
     async def _flow_control(self, adapter: Adapter) -> None:
-        """Wait while the store lags, or while a resource alarm holds a publisher."""
+        """Wait while the store lags, while a resource alarm holds a publisher, or while
+        the adapter waits for an answer (`Adapter.waiting`, ended by `input_wanted`)."""
         flow = self.listener.broker.flow
         while not self._closing and not adapter.closed:
+            wait: Callable[[Callable[[], None]], None] | None
             if flow.blocked:
                 wait = flow.on_resume
             elif flow.publishers_blocked and adapter.publisher:
                 wait = flow.on_alarms_clear
+            elif adapter.waiting:
+                wait = None
             else:
                 return
             self._held = held = self.loop.create_future()
-            wait(self._release_hold)
+            if wait is not None:
+                wait(self._release_hold)
             await held
+
+    def input_wanted(self) -> None:
+        """The adapter's awaited answer came (`want_input`): read messages again."""
+        self._release_hold()
 
     def _release_hold(self) -> None:
         held, self._held = self._held, None

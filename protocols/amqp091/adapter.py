@@ -76,7 +76,7 @@ from moorage.protocols.amqp091.codec import (
 from moorage.protocols.amqp091.events import method_ids, reply_text
 from moorage.protocols.amqp091.handshake import FRAME_MIN_SIZE, credentials, start_method
 from moorage.protocols.amqp091.mapping import PROPERTIES_KEY, properties_payload, to_properties
-from moorage.protocols.tcp import Shell, hold_refusal
+from moorage.protocols.tcp import Shell, hold_refusal, want_input
 
 log = logging.getLogger("moorage.amqp")
 
@@ -171,6 +171,13 @@ class AMQPConnection:
         self._login_pending = False
         if not self.closed:
             self._handle_events()
+        if not self._login_pending:
+            want_input(self.shell)
+
+    @property
+    def waiting(self) -> bool:
+        """A backend's answer is awaited (`Adapter.waiting`): the shell stops reading."""
+        return self._login_pending
 
     @property
     def running(self) -> bool:
@@ -364,6 +371,7 @@ class AMQPConnection:
         """The answer to start-ok: connection.tune, or the refusal."""
         resumed = self._login_pending
         self._login_pending = False
+        want_input(self.shell)  # read again (paused while the answer was awaited)
         if self.closed:
             return
         if user is None:

@@ -118,7 +118,7 @@ from moorage.protocols.mqtt.session_state import (
     SessionState,
 )
 from moorage.protocols.mqtt.subscriptions import SessionSubscriptions
-from moorage.protocols.tcp import Shell
+from moorage.protocols.tcp import Shell, want_input
 
 __all__ = ["MQTTConnection"]
 
@@ -201,6 +201,13 @@ class MQTTConnection(ConnectHandling):
         self._login_pending = False
         if not self.closed:
             self._handle_events()
+        if not self._login_pending:
+            want_input(self.shell)
+
+    @property
+    def waiting(self) -> bool:
+        """A backend's answer is awaited (`Adapter.waiting`): the shell stops reading."""
+        return self._login_pending
 
     @property
     def closed(self) -> bool:

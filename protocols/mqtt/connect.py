@@ -41,7 +41,7 @@ from moorage.protocols.mqtt.session_state import (
     shared_queue_name,
 )
 from moorage.protocols.mqtt.subscriptions import SessionSubscriptions
-from moorage.protocols.tcp import Shell, hold_refusal
+from moorage.protocols.tcp import Shell, hold_refusal, want_input
 
 __all__ = ["DEFAULT_VHOST", "ConnectHandling", "State"]
 
@@ -164,6 +164,7 @@ class ConnectHandling:
     ) -> None:
         resumed = self._login_pending
         self._login_pending = False
+        want_input(self.shell)  # read again (paused while the answer was awaited)
         if self.closed:
             return
         try:

@@ -81,7 +81,7 @@ from moorage.protocols.stomp.destinations import Kind, parse_destination
 from moorage.protocols.stomp.publishing import Publisher
 from moorage.protocols.stomp.subscriptions import Subscription, Subscriptions
 from moorage.protocols.stomp.transactions import Transactions
-from moorage.protocols.tcp import Shell, hold_refusal
+from moorage.protocols.tcp import Shell, hold_refusal, want_input
 
 __all__ = ["MAX_HEADER_SIZE", "State", "StompConnection"]
 
@@ -217,6 +217,13 @@ class StompConnection:
         self._login_pending = False
         if not self.closed:
             self._handle_events()
+        if not self._login_pending:
+            want_input(self.shell)
+
+    @property
+    def waiting(self) -> bool:
+        """A backend's answer is awaited (`Adapter.waiting`): the shell stops reading."""
+        return self._login_pending
 
     @property
     def closed(self) -> bool:
@@ -440,6 +447,7 @@ class StompConnection:
     ) -> None:
         resumed = self._login_pending
         self._login_pending = False
+        want_input(self.shell)  # read again (paused while the answer was awaited)
         if self.closed:
             return
         try:

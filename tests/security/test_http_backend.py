@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -38,11 +40,18 @@ class AuthService:
         self.port = free_port()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.runner: web.AppRunner | None = None
+        self.released = asyncio.Event()  # set on `loop`: the "slow" user is answered
+
+    def release(self) -> None:
+        self.loop.call_soon_threadsafe(self.released.set)
 
     async def user(self, request: web.Request) -> web.Response:
         params = await request.post() if request.method == "POST" else request.query
         self.calls.append((request.method, str(params.get("username"))))
         await asyncio.sleep(0.2)  # the broker must wait for the answer, not assume one
+        if params.get("username") == "slow":  # answered when the test says so
+            await self.released.wait()
+            return web.Response(text="deny")
         if (params.get("username"), params.get("password")) == ("h", "pw"):
             return web.Response(text="allow management monitoring")
         return web.Response(text="deny")
@@ -61,6 +70,7 @@ class AuthService:
         return self
 
     def stop(self) -> None:
+        self.release()
         if self.runner is not None:
             asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -182,3 +192,53 @@ def test_frames_pipelined_behind_start_ok_wait_for_the_answer(
         client.expect(commands.Connection.OpenOk)
         client.expect(commands.Channel.OpenOk)
     assert service.calls == [("GET", "h")]
+
+
+def _login_frames(protocol: str, sock: socket.socket) -> None:
+    """Send `protocol`'s login as the user "slow" (AMQP: after reading connection.start)."""
+    if protocol == "amqp":
+        sock.sendall(header.ProtocolHeader().marshal())
+        sock.recv(65536)  # connection.start
+        start_ok = commands.Connection.StartOk(mechanism="PLAIN", response="\0slow\0pw")
+        sock.sendall(frame.marshal(start_ok, 0))
+    elif protocol == "mqtt":
+        fields = b"".join(len(f).to_bytes(2, "big") + f for f in (b"c", b"slow", b"pw"))
+        body = b"\x00\x04MQTT\x04\xc2\x00\x3c" + fields
+        sock.sendall(bytes([0x10, len(body)]) + body)
+    else:
+        sock.sendall(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:slow\npasscode:pw\n\n\x00")
+
+
+@pytest.mark.parametrize("protocol", ["amqp", "mqtt", "stomp"])
+def test_a_client_waiting_for_its_login_cannot_pile_up_input(
+    tmp_path: Path, service: AuthService, start_broker: Callable[..., RunningBroker], protocol: str
+) -> None:
+    """While a backend has not answered, the adapter handles none of the client's input,
+    so the broker stops reading it: a client that floods bytes behind its login fills
+    the socket buffers and no more (it could otherwise grow the broker's buffer by
+    gigabytes in the seconds a slow service takes)."""
+    url = f"http://127.0.0.1:{service.port}/auth/user"
+    broker = _broker(tmp_path, start_broker, ["http"], user_path=url, request_timeout=60)
+    port = {"amqp": broker.port, **broker.daemon.ports}[protocol]
+    limit = 256 * 1024 * 1024
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        _login_frames(protocol, sock)
+        deadline = time.monotonic() + 30
+        while ("GET", "slow") not in service.calls:  # the login waits for the service
+            assert time.monotonic() < deadline, "the service was never asked"
+            time.sleep(0.02)
+        sock.setblocking(False)
+        chunk = b"\x00" * 65536
+        sent, stalled_since = 0, None
+        while sent < limit and time.monotonic() < deadline:
+            try:
+                sent += sock.send(chunk)
+                stalled_since = None
+            except BlockingIOError:
+                now = time.monotonic()
+                stalled_since = stalled_since or now
+                if now - stalled_since > 2.0:  # nobody reads: the buffers are full
+                    break
+                time.sleep(0.01)
+    # the kernel's buffers on both sides (a few MiB on loopback), not the flood
+    assert sent < 64 * 1024 * 1024, f"the broker read {sent} bytes behind a pending login"

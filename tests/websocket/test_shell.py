@@ -54,6 +54,7 @@ class FakeAdapter:
         self.lost = False
         self.closed = False
         self.publisher = True
+        self.waiting = False  # set by a test: an answer is awaited, input not handled
         self.held_at: list[float] = []
 
     def data_received(self, data: bytes, now: float) -> None:
@@ -184,5 +185,31 @@ async def test_memory_alarm_stops_reading_a_publisher_until_it_clears():
     flow.set_memory_alarm(False)
     await asyncio.sleep(0.01)
     assert adapter.received == [b"first", b"second", b"third"]
+    ws.incoming.put_nowait(binary(b"bye"))
+    await asyncio.wait_for(task, 2)
+
+
+async def test_a_waiting_adapter_is_not_read_until_it_wants_input():
+    """`Adapter.waiting` (a backend's answer awaited): the shell reads no further
+    message until the adapter calls `input_wanted`, so nothing piles up."""
+    conn, ws = make_connection(Framing.BINARY)
+    task = asyncio.create_task(conn.run())
+    await asyncio.sleep(0)  # the task made its adapter
+    adapter = conn.adapter
+    assert adapter is not None
+    adapter.waiting = True  # the next message's handling starts a wait
+    ws.incoming.put_nowait(binary(b"login"))
+    ws.incoming.put_nowait(binary(b"second"))
+    ws.incoming.put_nowait(binary(b"third"))
+    for _ in range(20):  # the loop turns; nothing beyond the message being waited on
+        await asyncio.sleep(0)
+    assert adapter.received == [b"login"]
+    adapter.waiting = False
+    conn.input_wanted()
+    for _ in range(100):
+        if len(adapter.received) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert adapter.received == [b"login", b"second", b"third"]
     ws.incoming.put_nowait(binary(b"bye"))
     await asyncio.wait_for(task, 2)
