@@ -36,6 +36,7 @@ import logging
 import socket
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -55,6 +56,7 @@ __all__ = [
     "EmbeddedBrokerError",
     "embedded_config",
     "free_port",
+    "free_ports",
     "make_user",
 ]
 
@@ -86,11 +88,34 @@ class EmbeddedBrokerError(Exception):
         self.errors = errors
 
 
+_handed_out: deque[int] = deque(maxlen=256)
+"""The ports `free_ports` gave lately: a port that is free again is not given twice in a row
+(several listeners asked for one at a time could otherwise get the same one)."""
+
+
 def free_port(host: str = LOOPBACK) -> int:
     """A TCP port on `host` that was free a moment ago (bind to port 0, read it back)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """`count` different TCP ports on `host` that were free a moment ago, none of them
+    handed out lately: the sockets are held until all are bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        for _ in range(count + len(_handed_out) + 16):  # bounded: the kernel moves on
+            if len(ports) == count:
+                break
+            s = held.enter_context(socket.socket(family))
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+            if port not in _handed_out:
+                ports.append(port)
+        if len(ports) < count:
+            raise OSError(f"no {count} free ports on {host}")
+        _handed_out.extend(ports)
+        return ports
 
 
 def make_user(
@@ -139,8 +164,9 @@ def embedded_config(
     if data_dir is not None:
         config.data_dir = Path(data_dir)
     config.ports = dict.fromkeys(config.ports, 0)
-    for name in protocols:
-        config.ports[name] = free_port(bind)
+    names = list(protocols)
+    for name, port in zip(names, free_ports(len(names), bind), strict=True):
+        config.ports[name] = port
     config.vhosts = list(vhosts)
     config.users = [default_guest(), *users]
     # The process's RSS is the host program's too: an embedded broker counts
@@ -495,8 +521,9 @@ class EmbeddedBroker:
                 lost_a_port = isinstance(e.__cause__, OSError) and self._requested
                 if not lost_a_port or attempt == PORT_ATTEMPTS:
                     raise
-                for name in self._requested:
-                    self.config.ports[name] = free_port(self.config.bind)
+                fresh = free_ports(len(self._requested), self.config.bind)
+                for name, port in zip(self._requested, fresh, strict=True):
+                    self.config.ports[name] = port
                 self.daemon = Daemon(self.config, clock=self.clock)
         missing = [name for name in self._requested if name not in self.daemon.ports]
         if missing:

@@ -28,6 +28,7 @@ from moorage.broker.embedded import (
     EmbeddedBrokerError,
     embedded_config,
     free_port,
+    free_ports,
     make_user,
 )
 from tests.helpers import pump_until
@@ -242,3 +243,16 @@ def test_the_api_is_reachable_from_the_namespace_without_loading_the_core_early(
         "assert EmbeddedBroker is same"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=TIMEOUT * 6)
+
+
+def test_free_ports_are_never_handed_out_twice_in_a_row():
+    """Listeners asked for one at a time once got the same port twice (the kernel may
+    give a just-closed port again): the second listener then failed to bind."""
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    several = free_ports(6)
+    assert len(set(several)) == 6
+    assert not set(several) & set(ports)
+    config = embedded_config(protocols=("amqp", "mqtt", "stomp", "mqtt-ws", "stomp-ws"))
+    chosen = [port for port in config.ports.values() if port]
+    assert len(set(chosen)) == len(chosen) == 5
