@@ -52,7 +52,9 @@ class StompSender(threading.Thread):
                 if not collector.wait(lambda i=i: f"r{i}" in collector.receipts, timeout=10):
                     return
                 self.receipted.append(i)
-        except (stomp.exception.StompException, OSError):
+        # AttributeError: stomp.py's receiver thread drops the transport's socket when
+        # the broker dies, under a send in progress on this thread (a stomp.py race)
+        except (stomp.exception.StompException, OSError, AttributeError):
             pass
         finally:
             self.ready.set()
