@@ -36,7 +36,7 @@ FAIR_READ_SIZE = 32 * 1024
 class ReadPacer:
     """Pauses and resumes one transport's reading for fairness and flow control."""
 
-    __slots__ = ("awaiting", "flow", "held", "loop", "transport")
+    __slots__ = ("awaiting", "flow", "held", "loop", "publisher", "transport")
 
     def __init__(
         self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, flow: WriteFlow
@@ -46,6 +46,7 @@ class ReadPacer:
         self.flow = flow
         self.held = False  # paused by flow control (store lag or a resource alarm)
         self.awaiting = False  # paused while the adapter waits for an answer
+        self.publisher = False  # as of the last read: an alarm holds it when reading resumes
 
     def after_read(self, read_size: int, publisher: bool, waiting: bool = False) -> None:
         """Pause reading after a read when flow control or fairness asks for it, or
@@ -53,6 +54,7 @@ class ReadPacer:
         transport = self.transport
         if transport.is_closing():
             return
+        self.publisher = publisher
         if waiting:
             transport.pause_reading()
             self.awaiting = True
@@ -78,6 +80,14 @@ class ReadPacer:
                 self.transport.resume_reading()
 
     def _resume(self) -> None:
+        flow = self.flow
+        if self.publisher and flow.publishers_blocked and not self.transport.is_closing():
+            # an alarm was set while the store lagged or the read was put off: a
+            # publisher stays unread until it clears (no second read slips in)
+            self.held = True
+            self.transport.pause_reading()
+            flow.on_alarms_clear(self._resume)
+            return
         self.held = False
         if not self.transport.is_closing():
             self.transport.resume_reading()
