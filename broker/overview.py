@@ -224,7 +224,11 @@ def client_connection_totals(
     vhosts whose consumers count (the connections and channels are all counted)."""
     clients = [c for c in broker.connections if c.protocol != "http" and c.peer != INTERNAL_PEER]
     channels = sum(map(len, map(_SESSIONS, clients)))
-    shown = clients if visible is None else [c for c in clients if visible(c.vhost.name)]
+    shown = clients
+    if visible is not None:  # asked once per vhost, not once per connection
+        hidden = {v for v in broker.vhosts.values() if not visible(v.name)}
+        if hidden:
+            shown = [c for c in clients if c.vhost not in hidden]
     sessions = chain.from_iterable(map(_SESSIONS, shown))
     consumers = sum(map(len, map(_SESSION_CONSUMERS, sessions)))
     return ConnectionTotals(len(clients), channels, consumers)
