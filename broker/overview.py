@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -162,7 +163,7 @@ class QueueTotals:
     messages_ready: int = 0
     messages_unacknowledged: int = 0
     message_bytes_ready: int = 0
-    consumers: int = 0
+    consumers: int = 0  # the queues' own counts: the broker's own consumers too
     published: int = 0  # messages that entered them (`stats.publish`)
 
     @property
@@ -202,17 +203,35 @@ def queue_totals(broker: Broker, visible: Callable[[str], bool] | None = None) -
 
 
 class ConnectionTotals(NamedTuple):
-    """How many client connections and sessions (channels) are open."""
+    """How many client connections, sessions (channels) and consumers there are."""
 
     connections: int
     channels: int
+    consumers: int  # what `consumers` lists: of client connections only
 
 
-def client_connection_totals(broker: Broker) -> ConnectionTotals:
-    """Client connections and their sessions, counted without a record of each: not the
-    management API's own (`http`), nor those the broker opened for itself."""
+_SESSION_CONSUMERS = attrgetter("consumers")
+
+
+def client_connection_totals(
+    broker: Broker, visible: Callable[[str], bool] | None = None
+) -> ConnectionTotals:
+    """Client connections, their sessions and their consumers, counted without a record of
+    each: not the management API's own (`http`), nor those the broker opened for itself.
+
+    Consumers are counted from the sessions, as `consumers` lists them, so the broker's
+    own (an internal connection's, an SQS long poll's) are not; `visible` chooses the
+    vhosts whose consumers count (the connections and channels are all counted)."""
     clients = [c for c in broker.connections if c.protocol != "http" and c.peer != INTERNAL_PEER]
-    return ConnectionTotals(len(clients), sum(map(len, map(_SESSIONS, clients))))
+    channels = sum(map(len, map(_SESSIONS, clients)))
+    shown = clients
+    if visible is not None:  # asked once per vhost, not once per connection
+        hidden = {v for v in broker.vhosts.values() if not visible(v.name)}
+        if hidden:
+            shown = [c for c in clients if c.vhost not in hidden]
+    sessions = chain.from_iterable(map(_SESSIONS, shown))
+    consumers = sum(map(len, map(_SESSION_CONSUMERS, sessions)))
+    return ConnectionTotals(len(clients), channels, consumers)
 
 
 def exchange_count(broker: Broker) -> int:

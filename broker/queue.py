@@ -215,7 +215,9 @@ class Queue(QueueExpiry, QueuePaging, QueueLimits, QueueSettling):
         if options.in_memory:
             self.memory_limit = 1 << 62  # never page (see the module docstring)
         self.consumers: list[Consumer] = []
-        self.unacked = 0  # delivered, not yet acked (`Session` deliver, get, `_forget`)
+        # delivered, not yet acked (`Session` deliver, get, `_forget`), or in flight
+        # for a poller (`PullReceiver` `_hold`, `_release`)
+        self.unacked = 0
         self.stats = MessageStats()  # publish, deliver, get, redeliver, ack (`broker.stats`)
         self.deleted = False
         self._had_consumers = False

@@ -28,8 +28,17 @@ queue's normal dispatch and wakes it; when no one waits, the consumer is
 removed. A waiter returns as soon as something arrived (what one dispatch
 run delivers is gathered first), or empty at its deadline.
 
+Counting: an in-flight entry is one of its queue's unacknowledged messages
+(`Queue.unacked`, what the management API shows as `messages_unacknowledged`
+and SQS as `ApproximateNumberOfMessagesNotVisible`), as a delivery a session
+waits to see acked is. `_hold` counts it as it enters `in_flight`; `_release`
+uncounts it on every way out: delete, the timeout (back to the queue or on to
+the dead-letter queue), a visibility changed to 0, purge, and the receiver
+closing with its queue.
+
 In-flight entries are not written as such: after a restart they are ready
-again with their delivery counts (the visibility ends early, never late).
+again with their delivery counts (the visibility ends early, never late), and
+no longer counted as unacknowledged.
 Time comes from the broker's clock; timers are armed on it.
 
 Rooms: this module owns in-flight entries and waiters; the SQS adapter owns
@@ -207,8 +216,26 @@ class PullReceiver:
         if len(self.first_received) > FIRST_RECEIVED_LIMIT:
             del self.first_received[next(iter(self.first_received))]
         timer = self.clock.call_later(visibility, lambda: self._expire(seq))
-        self.in_flight[seq] = _InFlight(entry, entry.delivery_count, timer)
+        self._hold(_InFlight(entry, entry.delivery_count, timer))
         return Received(entry, (seq, entry.delivery_count), first)
+
+    # -- what is in flight ------------------------------------------------------------
+
+    def _hold(self, held: _InFlight) -> None:
+        """Put an entry in flight: one more of its queue's unacknowledged messages."""
+        if held.entry.seq in self.in_flight:  # pragma: no cover - in flight is not ready
+            self._release(held.entry.seq)
+        self.in_flight[held.entry.seq] = held
+        self.queue.unacked += 1
+
+    def _release(self, seq: int) -> _InFlight | None:
+        """Take an entry out of flight (every way out passes here): its timer stops and
+        it no longer counts as unacknowledged. None when it was not in flight."""
+        held = self.in_flight.pop(seq, None)
+        if held is not None:
+            held.timer.cancel()
+            self.queue.unacked -= 1
+        return held
 
     # -- settling -------------------------------------------------------------------
 
@@ -221,9 +248,8 @@ class PullReceiver:
         held = self._current(receipt)
         if held is None:
             return False
-        del self.in_flight[receipt[0]]
+        self._release(receipt[0])
         self.first_received.pop(receipt[0], None)
-        held.timer.cancel()
         self.queue.settle(held.entry)
         self.queue.dispatch()  # a FIFO group may send its next message now
         return True
@@ -245,7 +271,7 @@ class PullReceiver:
             held.timer = self.clock.call_later(timeout, lambda: self._expire(seq))
 
     def _expire(self, seq: int) -> None:
-        held = self.in_flight.pop(seq, None)
+        held = self._release(seq)
         if held is None or self.queue.deleted:
             return
         redrive = self.redrive()
@@ -269,10 +295,10 @@ class PullReceiver:
     def purge(self) -> int:
         """Settle every in-flight entry (SQS's PurgeQueue deletes those too); how many."""
         count = len(self.in_flight)
-        for held in self.in_flight.values():
-            held.timer.cancel()
+        for seq in list(self.in_flight):
+            held = self._release(seq)
+            assert held is not None
             self.queue.settle(held.entry)
-        self.in_flight.clear()
         self.first_received.clear()
         return count
 
@@ -284,9 +310,8 @@ class PullReceiver:
     def close(self) -> None:
         """Forget the in-flight entries (their queue is gone) and answer the waiters."""
         self.closed = True
-        for held in self.in_flight.values():
-            held.timer.cancel()
-        self.in_flight.clear()
+        for seq in list(self.in_flight):
+            self._release(seq)
         for waiter in list(self._waiters):
             self._finish(waiter)
 

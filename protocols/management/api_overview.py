@@ -29,8 +29,12 @@ routes = web.RouteTableDef()
 async def get_overview(request: web.Request) -> web.Response:
     user = user_of(request)
     broker = broker_of(request)
-    queues = overview.queue_totals(broker, lambda vhost: may_see_vhost(user, vhost))
-    connections = overview.client_connection_totals(broker)
+
+    def visible(vhost: str) -> bool:
+        return may_see_vhost(user, vhost)
+
+    queues = overview.queue_totals(broker, visible)
+    connections = overview.client_connection_totals(broker, visible)
     failover = {} if broker.failover_status is None else {"failover": broker.failover_status()}
     return ok(
         {
@@ -54,7 +58,7 @@ async def get_overview(request: web.Request) -> web.Response:
             "object_totals": {
                 "connections": connections.connections,
                 "channels": connections.channels,
-                "consumers": queues.consumers,
+                "consumers": connections.consumers,  # as /api/consumers lists them
                 "exchanges": overview.exchange_count(broker),
                 "queues": queues.queues,
             },

@@ -157,7 +157,7 @@ class BrokerCollector(Collector):
         for name, text, value in (
             ("rabbitmq_connections", "Connections currently open", connections.connections),
             ("rabbitmq_channels", "Channels currently open", connections.channels),
-            ("rabbitmq_consumers", "Consumers currently connected", totals.consumers),
+            ("rabbitmq_consumers", "Consumers currently connected", connections.consumers),
             ("rabbitmq_queues", "Queues available", totals.queues),
             (
                 "rabbitmq_alarms_memory_used_watermark",

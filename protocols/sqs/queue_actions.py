@@ -188,12 +188,12 @@ async def get_queue_attributes(state: SqsState, call: AwsCall, params: Params) -
             raise invalid_attribute_name(name)
     fifo = queue.options.fifo
     meta = state.meta(vhost.name, queue.name)
-    receiver = state.receivers.find(vhost.name, queue.name)
-    in_flight = len(receiver.in_flight) if receiver is not None else 0
     delayed = queue.delays.count if queue.delays is not None else 0
     values: dict[str, str] = {
         "ApproximateNumberOfMessages": str(queue.message_count),
-        "ApproximateNumberOfMessagesNotVisible": str(in_flight + queue.unacked),
+        # in flight here, and other protocols' deliveries not yet acked: the core counts
+        # both as the queue's unacknowledged messages (`broker.visibility`)
+        "ApproximateNumberOfMessagesNotVisible": str(queue.unacked),
         "ApproximateNumberOfMessagesDelayed": str(delayed),
         "CreatedTimestamp": str(meta.created),
         "LastModifiedTimestamp": str(meta.modified),

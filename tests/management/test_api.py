@@ -141,7 +141,7 @@ def test_overview_and_metrics_totals_agree_with_the_listings(
     assert overview["object_totals"] == {
         "connections": len(api.get("/connections")),
         "channels": len(api.get("/channels")),
-        "consumers": sum(q["consumers"] for q in queues),
+        "consumers": len(api.get("/consumers")),
         "exchanges": len(api.get("/exchanges")),
         "queues": len(queues),
     }
@@ -161,6 +161,42 @@ def test_overview_and_metrics_totals_agree_with_the_listings(
     assert totals["rabbitmq_queue_messages_unacked"][0].value == unacked
     assert totals["rabbitmq_queue_messages_ready_bytes"][0].value == 3 * 3 + 5
     assert totals["rabbitmq_queue_messages_published"][0].value == 5
+
+
+def test_consumer_totals_leave_out_the_brokers_own_consumers(
+    api: Api, managed: RunningBroker, amqp: pika.BlockingConnection
+) -> None:
+    """The overview and /metrics count the consumers /api/consumers lists: a client's, not
+    those of the connections the broker opens for itself (MQTT's dead-letter counter)."""
+    channel = amqp.channel()
+    channel.queue_declare("counted-work")
+    channel.basic_consume("counted-work", lambda *_: None, consumer_tag="worker")
+    mqtt = paho.Client(
+        paho.CallbackAPIVersion.VERSION2, client_id="kept-sensor", clean_session=False
+    )
+    mqtt.username_pw_set("guest", "guest")
+    mqtt.connect("127.0.0.1", managed.daemon.ports["mqtt"])
+    mqtt.loop_start()
+    try:
+        mqtt.subscribe("readings/#", qos=1)  # a persistent session: a limited session queue
+        assert wait_for(lambda: len(api.get("/consumers")) == 2), api.get("/consumers")
+        queues = api.get("/queues")
+        # the broker's own consumers are there (one per vhost), each on a queue of its own
+        counters = [q for q in queues if q["name"] == "mqtt-dead-letter-counter"]
+        assert sorted((q["vhost"], q["consumers"]) for q in counters) == [("/", 1), ("dev", 1)]
+        assert sum(q["consumers"] for q in queues) == 4
+        listed = api.get("/consumers")
+        consumed = {c["queue"]["name"] for c in listed}
+        assert consumed == {"counted-work", "mqtt-subscription-kept-sensorqos1"}
+        assert api.get("/overview")["object_totals"]["consumers"] == len(listed) == 2
+        assert _scrape(api, "/metrics")["rabbitmq_consumers"][0].value == 2
+        # a user who sees one vhost counts its consumers only, as its listing shows them
+        dev = Api(managed.daemon.ports["http"], "dev", "pw")
+        assert dev.get("/consumers") == []
+        assert dev.get("/overview")["object_totals"]["consumers"] == 0
+    finally:
+        mqtt.disconnect()
+        mqtt.loop_stop()
 
 
 def test_unacknowledged_counts_follow_deliveries_gets_acks_and_closes(
