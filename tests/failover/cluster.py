@@ -21,6 +21,7 @@ from typing import Any
 
 import pika
 
+from moorage.broker.embedded import free_port
 from moorage.storage.replication.link import request
 
 # Keep-alives and timeouts of the test pairs: short, so that a failover
@@ -32,12 +33,6 @@ peer_timeout = 1.0
 standby_timeout = {standby_timeout}
 promote_without_witness = {promote_without_witness}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:

@@ -1,12 +1,30 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.failover.cluster import Node, Witness
+
+LOG_TAIL = 20_000  # characters of each process's log shown with a failure
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    """A failed test shows the end of every node's and witness's log (`<name>.log` in its
+    `tmp_path`): the processes run apart, and their logs say why a pair did not sync."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+    if not report.failed or not isinstance(tmp_path, Path):
+        return
+    for log in sorted(tmp_path.glob("*.log")):
+        text = log.read_text(errors="replace")
+        report.sections.append((f"{report.when}: {log.name}", text[-LOG_TAIL:]))
 
 
 @pytest.fixture
