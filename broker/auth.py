@@ -33,6 +33,16 @@ password (never the password), so that a reconnect storm does not re-run
 scrypt; a change of password changes the stored hash and so misses the
 cache. Failures are never cached.
 
+The check itself runs off the event loop (`auth_verify`): the broker asks
+`authenticate_cached` first, which answers at once whatever needs no hash
+(a remembered password, an unknown user, a user without a password), and
+otherwise awaits `authenticate_async`, which checks the hash on a small
+pool of threads, one check for all the logins that bring the same
+credentials at once, and then updates the cache and upgrades the hash on
+the loop. `verify` is the function the threads call (`verify_password`;
+tests wrap it). `authenticate` does the same synchronously, on the calling
+thread, for tools and tests that have no loop to keep free.
+
 Changes made while clients are connected take effect at once: a changed
 user is updated in place and its `version` goes up, so sessions drop their
 cached permission checks. A deleted user loses every permission, so its
@@ -54,7 +64,6 @@ from moorage.broker.auth_hashing import (
     algorithm_of,
     check_hash,
     hash_password,
-    needs_upgrade,
     verify_password,
 )
 from moorage.broker.auth_users import (
@@ -64,6 +73,7 @@ from moorage.broker.auth_users import (
     TopicPermission,
     User,
 )
+from moorage.broker.auth_verify import Outcome, Verifier, Verify, check
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.errors import AccessRefused
 from moorage.storage.store import (
@@ -120,6 +130,10 @@ class UserDirectory:
         self._store: Store | None = None
         self._cache: dict[tuple[str, str, bytes], float] = {}  # -> expiry on self.clock
         self._cache_key = os.urandom(32)
+        self.verify: Verify = verify_password
+        """What checks a password against its stored hash, on a worker thread: a seam
+        for tests (a wrapper that counts the checks or holds one)."""
+        self._verifier = Verifier()
 
     @property
     def anonymous(self) -> User | None:
@@ -190,36 +204,104 @@ class UserDirectory:
     # -- authentication -------------------------------------------------------------------
 
     def authenticate(self, username: str, password: str, *, from_loopback: bool) -> User:
-        """Return the user whose credentials these are, or raise AccessRefused."""
-        user = self.users.get(username)
-        if user is None or not user.password_hash or not self._verify(user, password):
-            raise AccessRefused(f"user '{username}' - invalid credentials")
-        if username in self.loopback_users and not from_loopback:
-            raise AccessRefused(f"user '{username}' can only connect via localhost")
-        return user
+        """Return the user whose credentials these are, or raise AccessRefused.
 
-    def _verify(self, user: User, password: str) -> bool:
-        stored = user.password_hash or ""
+        On a cache miss the hash is checked on the calling thread: for tools and
+        tests; the broker's loop uses `authenticate_cached` and `authenticate_async`.
+        """
+        user, key = self._lookup(username, password)
+        if not self._cached(key):
+            outcome = check(self.verify, password, key[1], user.hashing_algorithm)
+            if not self._settle(user, key, outcome):
+                raise _invalid(username)
+        return self._admit(user, from_loopback)
+
+    def authenticate_cached(
+        self, username: str, password: str, *, from_loopback: bool
+    ) -> User | None:
+        """The answer when no hash needs checking, else None (`authenticate_async`).
+
+        Returns the user when the password is remembered (the cache); raises
+        AccessRefused for an unknown user, a user without a password, or a
+        remembered password of a loopback-only user from afar.
+        """
+        user, key = self._lookup(username, password)
+        if not self._cached(key):
+            return None
+        return self._admit(user, from_loopback)
+
+    async def authenticate_async(
+        self, username: str, password: str, *, from_loopback: bool
+    ) -> User:
+        """As `authenticate`, with the hash checked on a worker thread (`auth_verify`).
+
+        Logins with the same credentials while a check runs share it. The cache
+        update and the hash upgrade happen on the loop thread, once per check.
+        Raises AccessRefused.
+        """
+        user, key = self._lookup(username, password)
+        if not self._cached(key):
+            stored, algorithm, verify = key[1], user.hashing_algorithm, self.verify
+
+            def work() -> Outcome:
+                return check(verify, password, stored, algorithm)
+
+            def settle(outcome: Outcome) -> bool:
+                return self._settle(user, key, outcome)
+
+            if not await self._verifier.verified(key, work, settle):
+                raise _invalid(username)
+        return self._admit(user, from_loopback)
+
+    @property
+    def verifying(self) -> int:
+        """Password checks running off the loop now (each may answer several logins)."""
+        return self._verifier.running
+
+    def close(self) -> None:
+        """Cancel the password checks in progress and stop their threads (broker stop)."""
+        self._verifier.close()
+
+    def _lookup(self, username: str, password: str) -> tuple[User, tuple[str, str, bytes]]:
+        """The user and its cache key; AccessRefused when it has no password to check."""
+        user = self.users.get(username)
+        if user is None or not user.password_hash:
+            raise _invalid(username)
         digest = hmac.new(self._cache_key, password.encode(), hashlib.sha256).digest()
-        key = (user.name, stored, digest)
+        return user, (user.name, user.password_hash, digest)
+
+    def _cached(self, key: tuple[str, str, bytes]) -> bool:
         now = self.clock.monotonic()
         expires = self._cache.get(key)
-        if expires is not None and now < expires:
-            # Renewed at each use: a client (or the web UI) that logs in more often
-            # than `cache_ttl` never pays scrypt again; a new password misses anyway.
-            self._cache[key] = now + self.cache_ttl
-            return True
-        if not verify_password(password, stored, user.hashing_algorithm):
+        if expires is None or now >= expires:
             return False
-        if needs_upgrade(stored, user.hashing_algorithm):
-            # The one moment the password is in hand: store it as scrypt.
-            self.put_user(user.name, password=password)
-            log.info("password hash of user '%s' upgraded to scrypt", user.name)
-            key = (user.name, user.password_hash or "", digest)
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
+        # Renewed at each use: a client (or the web UI) that logs in more often
+        # than `cache_ttl` never pays scrypt again; a new password misses anyway.
         self._cache[key] = now + self.cache_ttl
         return True
+
+    def _settle(self, user: User, key: tuple[str, str, bytes], outcome: Outcome) -> bool:
+        """After a check (on the loop thread): remember a match and upgrade its hash."""
+        if not outcome.matches:
+            return False
+        name, stored, digest = key
+        if self.users.get(name) is not user or user.password_hash != stored:
+            return False  # deleted, or its password changed while the check ran
+        if outcome.upgraded is not None:
+            # The one moment the password was in hand: store it as scrypt (hashed
+            # by the check, on its thread).
+            self.put_user(name, password_hash=outcome.upgraded, hashing_algorithm=SCRYPT)
+            log.info("password hash of user '%s' upgraded to scrypt", name)
+            key = (name, outcome.upgraded, digest)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = self.clock.monotonic() + self.cache_ttl
+        return True
+
+    def _admit(self, user: User, from_loopback: bool) -> User:
+        if user.name in self.loopback_users and not from_loopback:
+            raise AccessRefused(f"user '{user.name}' can only connect via localhost")
+        return user
 
     def authenticate_anonymous(self, *, from_loopback: bool) -> User:
         """The user for a client that sent no credentials, or raise AccessRefused.
@@ -393,6 +475,10 @@ class UserDirectory:
                     k: p for k, p in user.topic_permissions.items() if k[0] != vhost
                 }
                 user.changed()
+
+
+def _invalid(username: str) -> AccessRefused:
+    return AccessRefused(f"user '{username}' - invalid credentials")
 
 
 def user_record(user: User) -> UserRecord:

@@ -17,9 +17,11 @@ and topic permissions) is always the internal store's, for the user name
 the chain accepted: RabbitMQ's `auth_backends.1.authn = http` with
 `authz = internal`.
 
-With `internal` alone (the default) a login is answered synchronously, as
-before; with any other backend the adapters' login runs as a task and the
-adapter handles no further frame of that client until it is answered.
+With `internal` alone (the default) a login is answered synchronously when
+no password needs checking (the credential cache knows it, or the user does
+not exist), and otherwise as a task whose hash check runs on a worker thread
+(`broker.auth_verify`); with any other backend the adapters' login runs as a
+task. Until a task answers, the adapter handles no further frame of that client.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ class InternalBackend:
     async def authenticate(
         self, username: str, password: str, *, peer: str
     ) -> tuple[str, tuple[str, ...]]:
-        user = self.broker.users.authenticate(username, password, from_loopback=True)
+        # the hash is checked off the loop, as without a chain (`broker.auth_verify`)
+        user = await self.broker.users.authenticate_async(username, password, from_loopback=True)
         return user.name, user.tags
 
     async def close(self) -> None:

@@ -1,6 +1,6 @@
 """The broker: vhosts, users, connections and the store, with no protocol in sight.
 
-Adapters authenticate a client with `authenticate`, attach it to a vhost with
+Adapters log a client in with `begin_login` (`broker.logins`), attach it to a vhost with
 `connect`, and then work through the `Session`s of the `ClientConnection`.
 
 This is the top of the core's imports: the modules below it reach the broker
@@ -23,17 +23,17 @@ from moorage.broker import logs
 from moorage.broker.adapter_records import SessionRecords, recover_retained
 from moorage.broker.arguments import QueueOptions, parse_queue_arguments
 from moorage.broker.auth import User, UserDirectory
-from moorage.broker.auth_backends import AuthBackend, login_chain
-from moorage.broker.auth_certs import identity_of
+from moorage.broker.auth_backends import AuthBackend
 from moorage.broker.auth_guard import LoginGuard
 from moorage.broker.client_ids import ClientIds
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.config import Limits
 from moorage.broker.descriptors import DescriptorGuard
 from moorage.broker.disk import DiskMonitor
-from moorage.broker.errors import AccessRefused, NotAllowed, NotServing, PreconditionFailed
+from moorage.broker.errors import NotAllowed, PreconditionFailed
 from moorage.broker.flow import WriteFlow
 from moorage.broker.limits import ResourceLimits
+from moorage.broker.logins import BrokerLogins
 from moorage.broker.memory import MemoryMonitor, queued_bytes, watermark_bytes
 from moorage.broker.queue import Queue
 from moorage.broker.replies import OrderedReplies
@@ -49,8 +49,10 @@ T = TypeVar("T")
 _connection_ids = itertools.count(1)
 
 
-class Broker:
-    """Protocol-neutral broker state. Start with `await start()`, end with `await stop()`."""
+class Broker(BrokerLogins):
+    """Protocol-neutral broker state. Start with `await start()`, end with `await stop()`.
+
+    Clients log in through `begin_login` (`broker.logins`)."""
 
     def __init__(
         self,
@@ -136,6 +138,7 @@ class Broker:
         """Close every connection's core state and close the store."""
         for task in list(self._logins):
             task.cancel()
+        self.users.close()  # the password checks' threads (`broker.auth_verify`)
         for backend in self.auth_chain or ():
             await backend.close()
         await self.sweeper.stop()
@@ -271,137 +274,6 @@ class Broker:
                     await vhost.delay_scheduler(exchange).recover()
 
     # -- clients --------------------------------------------------------------------
-
-    def authenticate(
-        self, username: str | None, password: str, *, from_loopback: bool, peer: str = ""
-    ) -> User:
-        """The user these credentials log in as. Raises AccessRefused.
-
-        `username=None` means the client sent no credentials at all (an MQTT
-        CONNECT without a user name, a STOMP CONNECT without `login`, AMQP's
-        ANONYMOUS mechanism or an empty PLAIN response): every protocol gets the
-        one anonymous rule, `auth.anonymous_user`, which refuses by default.
-
-        With the client's `peer` ("host:port"), a refusal counts towards that
-        address's brute-force delay (`login_guard`, `refusal_delay`) and a
-        success resets it.
-
-        Raises NotServing (before looking at the credentials) on a node that
-        serves no client, see `refusal`.
-        """
-        self.check_serving()
-        try:
-            if username is None:
-                user = self.users.authenticate_anonymous(from_loopback=from_loopback)
-            else:
-                user = self.users.authenticate(username, password, from_loopback=from_loopback)
-        except AccessRefused as e:
-            if peer:
-                self.login_guard.failed(peer, username or "", e.text)
-            raise
-        if peer:
-            self.login_guard.succeeded(peer)
-        return user
-
-    def authenticate_certificate(
-        self, certificate: dict[str, Any] | None, *, from_loopback: bool, peer: str = ""
-    ) -> User:
-        """The user a verified client certificate names (`broker.auth_certs`): AMQP's
-        EXTERNAL mechanism, MQTT and STOMP without a password. Raises AccessRefused."""
-        identity = identity_of(certificate, self.cert_login_from)
-        try:
-            user = self.users.authenticate_identity(identity, from_loopback=from_loopback)
-        except AccessRefused as e:
-            if peer:
-                self.login_guard.failed(peer, identity or "", e.text)
-            raise
-        if peer:
-            self.login_guard.succeeded(peer)
-        return user
-
-    def begin_login(
-        self,
-        username: str | None,
-        password: str,
-        *,
-        from_loopback: bool,
-        peer: str,
-        done: Callable[[User | None, AccessRefused | None], None],
-        certificate: dict[str, Any] | None = None,
-    ) -> bool:
-        """Authenticate through the configured backends (`broker.auth_backends`).
-
-        Calls `done(user, None)` or `done(None, error)`. With the internal
-        store alone (the default), for a client without credentials, and for
-        one that logs in with its verified client `certificate` (given only
-        when the protocol's login asks for it: AMQP EXTERNAL, MQTT and STOMP
-        without a password), that happens before this returns (and it returns
-        False); otherwise the chain runs as a task and this returns True: the
-        adapter must handle no more of that client's frames until `done` is called.
-        """
-        if self.auth_chain is None or username is None or certificate is not None:
-            try:
-                if certificate is not None:
-                    user = self.authenticate_certificate(
-                        certificate, from_loopback=from_loopback, peer=peer
-                    )
-                else:
-                    user = self.authenticate(
-                        username, password, from_loopback=from_loopback, peer=peer
-                    )
-            except AccessRefused as e:
-                done(None, e)
-            else:
-                done(user, None)
-            return False
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(
-            self._login_chain(username, password, from_loopback=from_loopback, peer=peer)
-        )
-        self._logins.add(task)
-
-        def finished(task: asyncio.Task[User]) -> None:
-            self._logins.discard(task)
-            if task.cancelled():
-                return
-            error = task.exception()
-            if isinstance(error, AccessRefused):
-                done(None, error)
-            elif error is not None:
-                loop.call_exception_handler({"message": "login failed", "exception": error})
-            else:
-                done(task.result(), None)
-
-        task.add_done_callback(finished)
-        return True
-
-    async def _login_chain(
-        self, username: str, password: str, *, from_loopback: bool, peer: str
-    ) -> User:
-        assert self.auth_chain is not None
-        try:
-            user = await login_chain(self, self.auth_chain, username, password, peer=peer)
-            if user.name in self.users.loopback_users and not from_loopback:
-                raise AccessRefused(f"user '{user.name}' can only connect via localhost")
-        except AccessRefused as e:
-            if peer:
-                self.login_guard.failed(peer, username, e.text)
-            raise
-        if peer:
-            self.login_guard.succeeded(peer)
-        return user
-
-    def check_serving(self) -> None:
-        """Raise NotServing on a node that serves no client (a standby, see `refusal`).
-
-        Adapters call it before a login, to answer with their protocol's "go
-        elsewhere" rather than a refused login."""
-        if self.refusal is not None:
-            raise NotServing(*self.refusal)
-
-    def refusal_delay(self, peer: str) -> float:
-        """Seconds the answer to `peer`'s refused login must wait (`broker.auth_guard`)."""
-        return self.login_guard.delay(self.login_guard.failures(peer))
 
     def ordered_replies(self) -> OrderedReplies:
         """A new ordered stream of replies that wait for the store (`broker.replies`)."""

@@ -37,7 +37,7 @@ def _may_see(user: User, info: overview.ConnectionInfo) -> bool:
 
 @routes.get("/api/connections")
 async def get_connections(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     items = [
         render.connection(c)
         for c in client_connections(broker_of(request)).values()
@@ -48,7 +48,7 @@ async def get_connections(request: web.Request) -> web.Response:
 
 @routes.get("/api/vhosts/{vhost}/connections")
 async def get_vhost_connections(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     vhost = vhost_of(request, user)
     items = [
         render.connection(c)
@@ -60,7 +60,7 @@ async def get_vhost_connections(request: web.Request) -> web.Response:
 
 @routes.get("/api/connections/{name}")
 async def get_connection(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     for c in client_connections(broker_of(request)).values():
         if render.connection_name(c) == request.match_info["name"] and _may_see(user, c):
             return ok(render.connection(c))
@@ -74,7 +74,7 @@ DEFAULT_CLOSE_REASON = "Closed via management plugin"  # RabbitMQ's, when no X-R
 async def delete_connection(request: web.Request) -> web.Response:
     """Close a connection: its own user may, an administrator may close any (RabbitMQ
     lets monitoring users too; closing is not monitoring, so Moorage does not)."""
-    user = user_of(request)
+    user = await user_of(request)
     broker = broker_of(request)
     for c in client_connections(broker).values():
         if render.connection_name(c) != request.match_info["name"] or not _may_see(user, c):
@@ -89,7 +89,7 @@ async def delete_connection(request: web.Request) -> web.Response:
 
 @routes.get("/api/channels")
 async def get_channels(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     connections = client_connections(broker_of(request))
     items = [
         render.channel(ch, connections[ch.connection])
@@ -99,8 +99,8 @@ async def get_channels(request: web.Request) -> web.Response:
     return ok(render.listing(items, request.query))
 
 
-def _consumers(request: web.Request, vhost: str | None) -> web.Response:
-    user = user_of(request)
+async def _consumers(request: web.Request, vhost: str | None) -> web.Response:
+    user = await user_of(request)
     if vhost is not None:
         vhost = vhost_of(request, user)
     connections = client_connections(broker_of(request))
@@ -114,9 +114,9 @@ def _consumers(request: web.Request, vhost: str | None) -> web.Response:
 
 @routes.get("/api/consumers")
 async def get_consumers(request: web.Request) -> web.Response:
-    return _consumers(request, None)
+    return await _consumers(request, None)
 
 
 @routes.get("/api/consumers/{vhost}")
 async def get_vhost_consumers(request: web.Request) -> web.Response:
-    return _consumers(request, request.match_info["vhost"])
+    return await _consumers(request, request.match_info["vhost"])

@@ -105,13 +105,13 @@ def _export(request: web.Request, vhost: str | None) -> dict[str, Any]:
 
 @routes.get("/api/definitions")
 async def get_definitions(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     return ok(_export(request, None))
 
 
 @routes.get("/api/definitions/{vhost}")
 async def get_vhost_definitions(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     vhost = request.match_info["vhost"]
     if broker_of(request).find_vhost(vhost) is None:
         raise http_error(404, "Object Not Found", "Not Found")
@@ -201,7 +201,7 @@ def _bind(item: dict[str, Any]) -> Callable[[Session], object]:
 async def post_definitions(request: web.Request) -> web.Response:
     """Load definitions. The administrator imports as the broker itself (every vhost in
     the file, whatever its own permissions), as RabbitMQ's import does."""
-    admin = user_of(request)
+    admin = await user_of(request)
     require(admin, Level.ADMINISTRATOR)
     body = await body_of(request)
     broker = broker_of(request)
@@ -228,7 +228,7 @@ def _importer(admin: User, vhost: str) -> User:
 
 @routes.put("/api/vhosts/{vhost}")
 async def put_vhost(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     broker = broker_of(request)
     name = request.match_info["vhost"]
     existed = broker.find_vhost(name) is not None
@@ -245,7 +245,7 @@ async def get_backup(request: web.Request) -> web.StreamResponse:
     as its `moorage.db` recovers everything that was confirmed before the
     request. The memory store has nothing to copy: 400.
     """
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     broker = broker_of(request)
     location = broker.store_location
     if location is None:

@@ -21,8 +21,8 @@ from moorage.protocols.management.requests import (
 routes = web.RouteTableDef()
 
 
-def _exchange_list(request: web.Request, vhost: str | None) -> web.Response:
-    user = user_of(request)
+async def _exchange_list(request: web.Request, vhost: str | None) -> web.Response:
+    user = await user_of(request)
     if vhost is not None:
         vhost = vhost_of(request, user)
     items = [
@@ -35,17 +35,17 @@ def _exchange_list(request: web.Request, vhost: str | None) -> web.Response:
 
 @routes.get("/api/exchanges")
 async def get_exchanges(request: web.Request) -> web.Response:
-    return _exchange_list(request, None)
+    return await _exchange_list(request, None)
 
 
 @routes.get("/api/exchanges/{vhost}")
 async def get_vhost_exchanges(request: web.Request) -> web.Response:
-    return _exchange_list(request, request.match_info["vhost"])
+    return await _exchange_list(request, request.match_info["vhost"])
 
 
 @routes.get("/api/exchanges/{vhost}/{name}")
 async def get_exchange(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     name = request.match_info["name"]
     if name == "amq.default":  # the default exchange's name in RabbitMQ's URLs
         name = ""
@@ -57,7 +57,7 @@ async def get_exchange(request: web.Request) -> web.Response:
 
 @routes.put("/api/exchanges/{vhost}/{name}")
 async def put_exchange(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     vhost = vhost_of(request, user)
     name = request.match_info["name"]
     body = await body_of(request)
@@ -89,7 +89,7 @@ async def put_exchange(request: web.Request) -> web.Response:
 
 @routes.delete("/api/exchanges/{vhost}/{name}")
 async def delete_exchange(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     vhost = vhost_of(request, user)
     name = request.match_info["name"]
     if_unused = request.query.get("if-unused") == "true"
@@ -109,7 +109,7 @@ async def delete_exchange(request: web.Request) -> web.Response:
 @routes.post("/api/exchanges/{vhost}/{name}/publish")
 async def publish(request: web.Request) -> web.Response:
     """Publish one message; `{"routed": bool}` like RabbitMQ, answered once it is safe."""
-    user = user_of(request)
+    user = await user_of(request)
     vhost = vhost_of(request, user)
     name = request.match_info["name"]
     if name == "amq.default":
@@ -123,8 +123,8 @@ async def publish(request: web.Request) -> web.Response:
     return ok({"routed": bool(result.routed)})
 
 
-def _exchange_bindings(request: web.Request, side: str) -> web.Response:
-    user = user_of(request)
+async def _exchange_bindings(request: web.Request, side: str) -> web.Response:
+    user = await user_of(request)
     vhost = vhost_of(request, user)
     name = request.match_info["name"]
     if overview.exchange(broker_of(request), vhost, name) is None:
@@ -143,12 +143,12 @@ def _exchange_bindings(request: web.Request, side: str) -> web.Response:
 
 @routes.get("/api/exchanges/{vhost}/{name}/bindings/source")
 async def get_source_bindings(request: web.Request) -> web.Response:
-    return _exchange_bindings(request, "source")
+    return await _exchange_bindings(request, "source")
 
 
 @routes.get("/api/exchanges/{vhost}/{name}/bindings/destination")
 async def get_destination_bindings(request: web.Request) -> web.Response:
-    return _exchange_bindings(request, "destination")
+    return await _exchange_bindings(request, "destination")
 
 
 # -- bindings -------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ async def get_destination_bindings(request: web.Request) -> web.Response:
 
 @routes.get("/api/bindings")
 async def get_bindings(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     items = [
         render.binding(b)
         for b in overview.bindings(broker_of(request))
@@ -167,7 +167,7 @@ async def get_bindings(request: web.Request) -> web.Response:
 
 @routes.get("/api/bindings/{vhost}")
 async def get_vhost_bindings(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     vhost = vhost_of(request, user)
     items = [render.binding(b) for b in overview.bindings(broker_of(request), vhost)]
     return ok(render.listing(items, request.query))
@@ -194,14 +194,14 @@ def _between(request: web.Request, vhost: str) -> list[overview.BindingInfo]:
 
 @routes.get("/api/bindings/{vhost}/e/{source}/{kind}/{destination}")
 async def get_bindings_between(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     vhost = vhost_of(request, user)
     return ok([render.binding(b) for b in _between(request, vhost)])
 
 
 @routes.post("/api/bindings/{vhost}/e/{source}/{kind}/{destination}")
 async def post_binding(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     vhost = vhost_of(request, user)
     source = request.match_info["source"]
     destination = request.match_info["destination"]
@@ -236,7 +236,7 @@ async def post_binding(request: web.Request) -> web.Response:
 
 @routes.get("/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}")
 async def get_binding(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     vhost = vhost_of(request, user)
     for b in _between(request, vhost):
         if render.properties_key(b.routing_key, b.arguments) == request.match_info["props"]:
@@ -246,7 +246,7 @@ async def get_binding(request: web.Request) -> web.Response:
 
 @routes.delete("/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}")
 async def delete_binding(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     vhost = vhost_of(request, user)
     source = request.match_info["source"]
     destination = request.match_info["destination"]

@@ -59,20 +59,20 @@ def _uptime(request: web.Request) -> float:
 
 @routes.get("/api/nodes")
 async def get_nodes(request: web.Request) -> web.Response:
-    require(user_of(request), Level.MONITORING)
+    require(await user_of(request), Level.MONITORING)
     return ok(render.listing([node_json(broker_of(request), _uptime(request))], request.query))
 
 
 @routes.get("/api/nodes/{name}")
 async def get_node(request: web.Request) -> web.Response:
-    require(user_of(request), Level.MONITORING)
+    require(await user_of(request), Level.MONITORING)
     if request.match_info["name"] != render.NODE:
         raise not_found()
     return ok(node_json(broker_of(request), _uptime(request)))
 
 
 async def _nothing(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     if "vhost" in request.match_info:
         vhost_of(request, user)
     return ok([])

@@ -27,7 +27,7 @@ routes = web.RouteTableDef()
 
 @routes.get("/api/overview")
 async def get_overview(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     broker = broker_of(request)
 
     def visible(vhost: str) -> bool:
@@ -72,7 +72,7 @@ async def get_overview(request: web.Request) -> web.Response:
 
 @routes.get("/api/whoami")
 async def get_whoami(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     return ok({"name": user.name, "tags": list(user.tags)})
 
 
@@ -91,7 +91,7 @@ def _vhost_json(broker: Broker, name: str) -> dict[str, Any]:
 
 @routes.get("/api/vhosts")
 async def get_vhosts(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     broker = broker_of(request)
     items = [_vhost_json(broker, v) for v in visible_vhosts(broker, user)]
     return ok(render.listing(items, request.query))
@@ -99,13 +99,13 @@ async def get_vhosts(request: web.Request) -> web.Response:
 
 @routes.get("/api/vhosts/{vhost}")
 async def getvhost_of(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     return ok(_vhost_json(broker_of(request), vhost_of(request, user)))
 
 
 @routes.get("/api/health/checks/alarms")
 async def get_alarms(request: web.Request) -> web.Response:
-    user_of(request)
+    await user_of(request)
     broker = broker_of(request)
     alarms = list(broker.flow.alarms)  # "memory", "disk"
     if alarms:
@@ -117,7 +117,7 @@ async def get_alarms(request: web.Request) -> web.Response:
 
 @routes.get("/api/health/checks/port-listener/{port}")
 async def get_port_listener(request: web.Request) -> web.Response:
-    user_of(request)
+    await user_of(request)
     try:
         port = int(request.match_info["port"])
     except ValueError:
@@ -132,5 +132,5 @@ async def get_port_listener(request: web.Request) -> web.Response:
 
 @routes.get("/api/extensions")
 async def get_extensions(request: web.Request) -> web.Response:
-    user_of(request)
+    await user_of(request)
     return ok([])

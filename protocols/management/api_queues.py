@@ -24,8 +24,8 @@ routes = web.RouteTableDef()
 # -- queues -----------------------------------------------------------------------------------
 
 
-def _queue_list(request: web.Request, vhost: str | None) -> web.Response:
-    user = user_of(request)
+async def _queue_list(request: web.Request, vhost: str | None) -> web.Response:
+    user = await user_of(request)
     broker = broker_of(request)
     if vhost is not None:
         vhost = vhost_of(request, user)
@@ -46,17 +46,17 @@ def _queue_list(request: web.Request, vhost: str | None) -> web.Response:
 
 @routes.get("/api/queues")
 async def get_queues(request: web.Request) -> web.Response:
-    return _queue_list(request, None)
+    return await _queue_list(request, None)
 
 
 @routes.get("/api/queues/{vhost}")
 async def get_vhost_queues(request: web.Request) -> web.Response:
-    return _queue_list(request, request.match_info["vhost"])
+    return await _queue_list(request, request.match_info["vhost"])
 
 
 @routes.get("/api/queues/{vhost}/{name}")
 async def get_queue(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     info = overview.queue(broker_of(request), vhost_of(request, user), request.match_info["name"])
     if info is None:
         raise not_found()
@@ -65,7 +65,7 @@ async def get_queue(request: web.Request) -> web.Response:
 
 @routes.put("/api/queues/{vhost}/{name}")
 async def put_queue(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     vhost = vhost_of(request, user)
     name = request.match_info["name"]
     body = await body_of(request)
@@ -88,7 +88,7 @@ async def put_queue(request: web.Request) -> web.Response:
 
 @routes.delete("/api/queues/{vhost}/{name}")
 async def delete_queue(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     vhost = vhost_of(request, user)
     name = request.match_info["name"]
     if_empty = request.query.get("if-empty") == "true"
@@ -108,7 +108,7 @@ async def delete_queue(request: web.Request) -> web.Response:
 
 @routes.delete("/api/queues/{vhost}/{name}/contents")
 async def purge_queue(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     vhost = vhost_of(request, user)
     name = request.match_info["name"]
     actions.run(
@@ -122,7 +122,7 @@ async def purge_queue(request: web.Request) -> web.Response:
 async def get_messages(request: web.Request) -> web.Response:
     """RabbitMQ's get: `count`, `ackmode` (ack_requeue_true/false, reject_requeue_true/false),
     `encoding` (auto or base64), `truncate`. Requeued messages are marked redelivered."""
-    user = user_of(request)
+    user = await user_of(request)
     vhost = vhost_of(request, user)
     name = request.match_info["name"]
     body = await body_of(request)
@@ -220,7 +220,7 @@ def _got_message(
 
 @routes.get("/api/queues/{vhost}/{name}/bindings")
 async def get_queue_bindings(request: web.Request) -> web.Response:
-    user = user_of(request)
+    user = await user_of(request)
     vhost = vhost_of(request, user)
     name = request.match_info["name"]
     if overview.queue(broker_of(request), vhost, name) is None:

@@ -137,20 +137,20 @@ def apply_user(request: web.Request, name: str, item: dict[str, Any]) -> bool:
 
 @routes.get("/api/users")
 async def get_users(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     users = broker_of(request).users.users
     return ok(render.listing([user_json(users[n]) for n in sorted(users)], request.query))
 
 
 @routes.get("/api/users/{name}")
 async def get_user(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     return ok(user_json(_user(request)))
 
 
 @routes.put("/api/users/{name}")
 async def put_user(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     created = apply_user(request, request.match_info["name"], await body_of(request))
     await after_store(request)
     return web.Response(status=201 if created else 204)
@@ -158,7 +158,7 @@ async def put_user(request: web.Request) -> web.Response:
 
 @routes.delete("/api/users/{name}")
 async def delete_user(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     if not broker_of(request).users.delete_user(request.match_info["name"]):
         raise not_found()
     await after_store(request)
@@ -167,7 +167,7 @@ async def delete_user(request: web.Request) -> web.Response:
 
 @routes.post("/api/users/bulk-delete")
 async def bulk_delete_users(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     names = (await body_of(request)).get("users")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise http_error(400, "bad_request", "'users' must be a list of names")
@@ -186,13 +186,13 @@ def _user(request: web.Request) -> User:
 
 @routes.get("/api/users/{name}/permissions")
 async def get_user_permissions(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     return ok(permissions_json(_user(request)))
 
 
 @routes.get("/api/users/{name}/topic-permissions")
 async def get_user_topic_permissions(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     return ok(topic_permissions_json(_user(request)))
 
 
@@ -201,7 +201,7 @@ async def get_user_topic_permissions(request: web.Request) -> web.Response:
 
 @routes.get("/api/permissions")
 async def get_permissions(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     users = broker_of(request).users.users
     return ok([p for n in sorted(users) for p in permissions_json(users[n])])
 
@@ -219,7 +219,7 @@ def _vhost_user(request: web.Request) -> tuple[str, str]:
 
 @routes.get("/api/permissions/{vhost}/{user}")
 async def get_permission(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     found = broker_of(request).users.users.get(request.match_info["user"])
     vhost = request.match_info["vhost"]
     if found is None or vhost not in found.permissions:
@@ -229,7 +229,7 @@ async def get_permission(request: web.Request) -> web.Response:
 
 @routes.put("/api/permissions/{vhost}/{user}")
 async def put_permission(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     body = await body_of(request)
     vhost, name = _vhost_user(request)
     for key in ("configure", "write", "read"):
@@ -248,7 +248,7 @@ async def put_permission(request: web.Request) -> web.Response:
 
 @routes.delete("/api/permissions/{vhost}/{user}")
 async def delete_permission(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     vhost, name = request.match_info["vhost"], request.match_info["user"]
     if not broker_of(request).users.clear_permission(name, vhost):
         raise not_found()
@@ -261,14 +261,14 @@ async def delete_permission(request: web.Request) -> web.Response:
 
 @routes.get("/api/topic-permissions")
 async def get_topic_permissions(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     users = broker_of(request).users.users
     return ok([p for n in sorted(users) for p in topic_permissions_json(users[n])])
 
 
 @routes.get("/api/topic-permissions/{vhost}/{user}")
 async def get_topic_permission(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     found = broker_of(request).users.users.get(request.match_info["user"])
     listed = topic_permissions_json(found, {request.match_info["vhost"]}) if found else []
     if not listed:
@@ -278,7 +278,7 @@ async def get_topic_permission(request: web.Request) -> web.Response:
 
 @routes.put("/api/topic-permissions/{vhost}/{user}")
 async def put_topic_permission(request: web.Request) -> web.Response:
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     body = await body_of(request)
     vhost, name = _vhost_user(request)
     for key in ("exchange", "write", "read"):
@@ -297,7 +297,7 @@ async def put_topic_permission(request: web.Request) -> web.Response:
 @routes.delete("/api/topic-permissions/{vhost}/{user}")
 async def delete_topic_permission(request: web.Request) -> web.Response:
     """Every topic permission of the user on the vhost, or one exchange's (`?exchange=`)."""
-    require(user_of(request), Level.ADMINISTRATOR)
+    require(await user_of(request), Level.ADMINISTRATOR)
     vhost, name = request.match_info["vhost"], request.match_info["user"]
     exchange = request.query.get("exchange")
     if not broker_of(request).users.clear_topic_permission(name, vhost, exchange):

@@ -71,8 +71,11 @@ def not_found() -> web.HTTPError:
     return http_error(404, "Object Not Found", "Not Found")
 
 
-def authenticate(request: web.Request, broker: Broker) -> User:
-    """The user of a request's basic credentials. Raises 401 like RabbitMQ."""
+async def authenticate(request: web.Request, broker: Broker) -> User:
+    """The user of a request's basic credentials. Raises 401 like RabbitMQ.
+
+    A password the credential cache does not know is checked off the event
+    loop (`Broker.login`), so a login does not stall the other clients."""
     scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "basic" or not encoded:
         raise http_error(401, "not_authorized", "Login failed")
@@ -82,7 +85,7 @@ def authenticate(request: web.Request, broker: Broker) -> User:
         raise http_error(401, "not_authorized", "Login failed") from None
     username, _, password = text.partition(":")
     try:
-        user = broker.authenticate(
+        user = await broker.login(
             username,
             password,
             from_loopback=is_loopback(request.remote or ""),

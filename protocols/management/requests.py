@@ -26,8 +26,9 @@ def broker_of(request: web.Request) -> Broker:
     return request.app[BROKER_KEY]
 
 
-def user_of(request: web.Request) -> User:
-    return authenticate(request, broker_of(request))
+async def user_of(request: web.Request) -> User:
+    """The requesting user (`auth.authenticate`). Raises 401 like RabbitMQ."""
+    return await authenticate(request, broker_of(request))
 
 
 def ok(data: Any, status: int = 200) -> web.Response:

@@ -12,6 +12,7 @@ from moorage.broker.config import default_guest
 from moorage.protocols.stomp.adapter import StompConnection
 from moorage.protocols.stomp.codec import NEED_DATA, Frame, FrameCodec, Role, State
 from moorage.storage import MemoryStore
+from tests.harness import remember_guest
 
 
 class FakeShell:
@@ -44,6 +45,7 @@ class FakeShell:
 async def broker() -> AsyncIterator[Broker]:
     b = Broker(store=MemoryStore(), users=UserDirectory([default_guest()]))
     await b.start()
+    await remember_guest(b)
     yield b
     await b.stop()
 
@@ -86,6 +88,7 @@ async def test_client_ids_live_in_each_brokers_registry(broker: Broker) -> None:
     assert broker.client_ids("stomp").holder("c1") is first  # ActiveMQ: the newcomer is refused
     other = Broker(store=MemoryStore(), users=UserDirectory([default_guest()]))
     await other.start()
+    await remember_guest(other)
     try:  # another broker in the process has its own clients
         elsewhere = StompConnection(other, FakeShell(), now=0.0)
         elsewhere.data_received(CONNECT_AS % b"c1", now=0.0)

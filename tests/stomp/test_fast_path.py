@@ -54,6 +54,7 @@ from moorage.protocols.stomp.codec import (
 )
 from moorage.protocols.stomp.subscriptions import Subscription
 from moorage.storage import MemoryStore
+from tests.harness import remember_guest
 from tests.stomp.test_adapter import FakeShell
 
 VERSIONS = st.sampled_from(["1.0", "1.1", "1.2"])
@@ -497,6 +498,7 @@ async def run_steps(steps: list[Step], *, fast: bool) -> tuple[list[Frame], Any,
     """
     broker = Broker(store=MemoryStore(), users=UserDirectory([default_guest()]))
     await broker.start()
+    await remember_guest(broker)
     try:
         shell = FakeShell()
         conn = StompConnection(broker, shell, now=0.0)
@@ -798,6 +800,7 @@ class FlushingShell(FakeShell):
 async def test_a_receipt_deep_into_a_read_is_flushed_at_once() -> None:
     broker = Broker(store=MemoryStore(), users=UserDirectory([default_guest()]))
     await broker.start()
+    await remember_guest(broker)
     try:
         shell = FlushingShell()
         conn = StompConnection(broker, shell, now=0.0)
