@@ -147,49 +147,51 @@ def test_pika_publisher_is_blocked_on_low_disk_and_unblocked_when_space_returns(
     http = f"http://127.0.0.1:{running.daemon.ports['http']}"
 
     publisher = pika.BlockingConnection(pika.URLParameters(running.url))
-    events: list[str] = []
-    publisher.add_on_connection_blocked_callback(
-        lambda _c, frame: events.append("blocked:" + frame.method.reason)
-    )
-    publisher.add_on_connection_unblocked_callback(lambda _c, _f: events.append("unblocked"))
-    channel = publisher.channel()
-    channel.queue_declare("disk", durable=True)
-    channel.basic_publish("", "disk", b"before")  # a publisher: the alarm will hold it
-    assert running.wait_until(lambda: running.ready_count("disk") == 1)
-    assert _get(f"{http}/api/health/checks/alarms")[0] == 200
-
-    filler = tmp_path / "filler"
-    with open(filler, "wb") as f:
-        os.posix_fallocate(f.fileno(), 0, 2 * GIB)
     try:
-        _pump(publisher, lambda: bool(events), timeout=30)
-        assert events == ["blocked:low on disk"]
-        status, body = _get(f"{http}/api/health/checks/alarms")
-        assert status == 503
-        assert json.loads(body)["alarms"] == ["disk"]
-        metrics = _get(f"{http}/metrics")[1]
-        assert "rabbitmq_alarms_free_disk_space_watermark 1.0" in metrics
-        status_out = io.StringIO()  # `moorage status`, in this process
-        ctl.run(
-            ctl.build_parser().parse_args(["--port", http.rsplit(":", 1)[1], "status"]), status_out
+        events: list[str] = []
+        publisher.add_on_connection_blocked_callback(
+            lambda _c, frame: events.append("blocked:" + frame.method.reason)
         )
-        assert "alarms: disk" in status_out.getvalue().splitlines()
+        publisher.add_on_connection_unblocked_callback(lambda _c, _f: events.append("unblocked"))
+        channel = publisher.channel()
+        channel.queue_declare("disk", durable=True)
+        channel.basic_publish("", "disk", b"before")  # a publisher: the alarm will hold it
+        assert running.wait_until(lambda: running.ready_count("disk") == 1)
+        assert _get(f"{http}/api/health/checks/alarms")[0] == 200
 
-        # As in RabbitMQ, a read already under way when the alarm set may bring one
-        # more publish in; then the connection is no longer read.
-        channel.basic_publish("", "disk", b"held-1")
-        publisher.process_data_events(0.5)
-        channel.basic_publish("", "disk", b"held-2")
-        publisher.process_data_events(0.5)
-        held = running.ready_count("disk")
-        publisher.process_data_events(1.0)
-        _skip_if_space_came_back(events)
-        assert held <= 2
-        assert running.ready_count("disk") == held
-    finally:
-        filler.unlink()
-    _pump(publisher, lambda: events[-1] == "unblocked", timeout=30)
-    assert running.wait_until(lambda: running.ready_count("disk") == 3, timeout=10)
-    assert events == ["blocked:low on disk", "unblocked"]
-    assert _get(f"{http}/api/health/checks/alarms")[0] == 200
-    publisher.close()
+        filler = tmp_path / "filler"
+        with open(filler, "wb") as f:
+            os.posix_fallocate(f.fileno(), 0, 2 * GIB)
+        try:
+            _pump(publisher, lambda: bool(events), timeout=30)
+            assert events == ["blocked:low on disk"]
+            status, body = _get(f"{http}/api/health/checks/alarms")
+            assert status == 503
+            assert json.loads(body)["alarms"] == ["disk"]
+            metrics = _get(f"{http}/metrics")[1]
+            assert "rabbitmq_alarms_free_disk_space_watermark 1.0" in metrics
+            status_out = io.StringIO()  # `moorage status`, in this process
+            status_args = ["--port", http.rsplit(":", 1)[1], "status"]
+            ctl.run(ctl.build_parser().parse_args(status_args), status_out)
+            assert "alarms: disk" in status_out.getvalue().splitlines()
+
+            # As in RabbitMQ, a read already under way when the alarm set may bring one
+            # more publish in; then the connection is no longer read.
+            channel.basic_publish("", "disk", b"held-1")
+            publisher.process_data_events(0.5)
+            channel.basic_publish("", "disk", b"held-2")
+            publisher.process_data_events(0.5)
+            held = running.ready_count("disk")
+            publisher.process_data_events(1.0)
+            _skip_if_space_came_back(events)
+            assert held <= 2
+            assert running.ready_count("disk") == held
+        finally:
+            filler.unlink()
+        _pump(publisher, lambda: events[-1] == "unblocked", timeout=30)
+        assert running.wait_until(lambda: running.ready_count("disk") == 3, timeout=10)
+        assert events == ["blocked:low on disk", "unblocked"]
+        assert _get(f"{http}/api/health/checks/alarms")[0] == 200
+    finally:  # also when it fails or skips: an open connection leaks its sockets
+        if publisher.is_open:
+            publisher.close()

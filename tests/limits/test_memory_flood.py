@@ -194,20 +194,27 @@ class AmqpFlood(Flood):
     def drain(self) -> None:
         def consume() -> None:
             connection = pika.BlockingConnection(self.broker.params)
-            channel = connection.channel()
-            channel.basic_qos(prefetch_count=50)
-            for method, _props, _body in channel.consume("flood", inactivity_timeout=30):
-                assert method is not None, "the drain stalled"
-                channel.basic_ack(method.delivery_tag)
-                self.received += 1
-                if self.received == COUNT:
-                    break
-            channel.cancel()
-            connection.close()
+            try:
+                channel = connection.channel()
+                channel.basic_qos(prefetch_count=50)
+                for method, _props, _body in channel.consume("flood", inactivity_timeout=30):
+                    assert method is not None, "the drain stalled"
+                    channel.basic_ack(method.delivery_tag)
+                    self.received += 1
+                    if self.received == COUNT:
+                        break
+                channel.cancel()
+            finally:  # its socket and pika's wake-up socket pair, even when the drain fails
+                if connection.is_open:
+                    connection.close()
 
-        threading.Thread(target=consume, daemon=True).start()
+        self.drainer = threading.Thread(target=consume, daemon=True)
+        self.drainer.start()
 
     def close(self) -> None:
+        drainer: threading.Thread | None = getattr(self, "drainer", None)
+        if drainer is not None:
+            drainer.join(30)  # it closes its connection before the broker stops
         if self.pub.is_open:
             self.pub.close()
 
