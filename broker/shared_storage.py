@@ -69,9 +69,10 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from moorage.broker.clock import SYSTEM_CLOCK, Clock
 from moorage.broker.mounts import FileSystemKind, check_shared_storage
@@ -82,6 +83,15 @@ LOCK_FILE = "moorage.lock"
 LEASE_FILE = "moorage.lease"
 RENEWALS_PER_LEASE = 4
 """The holder renews this many times per lease: three renewals may fail before it expires."""
+
+
+_T = TypeVar("_T")
+
+
+class Blocking(Protocol):
+    """How a blocking call runs off the event loop: `asyncio.to_thread`'s shape."""
+
+    def __call__(self, func: Callable[..., _T], /, *args: Any) -> Awaitable[_T]: ...
 
 
 class LeaseLost(Exception):
@@ -237,6 +247,7 @@ class SharedStorage:
         poll: float = 0.5,
         clock: Clock = SYSTEM_CLOCK,
         host: str | None = None,
+        blocking: Blocking = asyncio.to_thread,
     ) -> None:
         self.data_dir = data_dir
         self.duration = lease
@@ -250,6 +261,10 @@ class SharedStorage:
         self.lost = asyncio.Event()
         self._lock_fd: int | None = None
         self._renewing: asyncio.Task[None] | None = None
+        self._renewal: asyncio.Future[None] | None = None  # the renewal under way
+        self.blocking = blocking
+        """Runs file I/O off the loop (`asyncio.to_thread`; tests on a manual clock wait
+        for it before they move time, as a fast machine would have)."""
         self.trust_lock = False
         """Holding the lock alone proves the holder gone (set on a local file system)."""
 
@@ -372,8 +387,8 @@ class SharedStorage:
         )
         self.lease = Lease(record, self.duration)
         started = self.clock.monotonic()
-        await asyncio.to_thread(self._remove_stale_temporaries)
-        await asyncio.to_thread(self._write, record)
+        await self.blocking(self._remove_stale_temporaries)
+        await self.blocking(self._write, record)
         self.lease.renewed(started)
         log.warning(
             "took over the shared storage in %s at epoch %d (%s)", self.data_dir, epoch, reason
@@ -402,7 +417,10 @@ class SharedStorage:
         interval = self.duration / RENEWALS_PER_LEASE
         while not self.lost.is_set():
             await self.clock.sleep(interval)
-            await self.renew()
+            # shielded: `release` lets a renewal under way finish its write, so that
+            # it never lands after (and undoes) the "released" record
+            self._renewal = asyncio.ensure_future(self.renew())
+            await asyncio.shield(self._renewal)
 
     async def renew(self) -> None:
         """One renewal: give up the lease if it ran out or changed hands, else rewrite it."""
@@ -414,7 +432,7 @@ class SharedStorage:
             self._lose(lease.lost_reason or "not renewed in time")
             return
         try:
-            current = await asyncio.to_thread(self.read_lease)
+            current = await self.blocking(self.read_lease)
             record = LeaseRecord.decode(current) if current else None
             mine = (lease.record.owner, lease.record.epoch)
             if record is None or (record.owner, record.epoch) != mine:
@@ -423,7 +441,7 @@ class SharedStorage:
             renewed = replace(
                 lease.record, renewals=lease.record.renewals + 1, renewed_at=self.clock.wall()
             )
-            await asyncio.to_thread(self._write, renewed)
+            await self.blocking(self._write, renewed)
         except OSError as e:
             log.error("cannot renew the shared-storage lease: %s", e)
             return  # tried again at the next tick; the deadline decides
@@ -468,10 +486,13 @@ class SharedStorage:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewing
             self._renewing = None
+        if self._renewal is not None:
+            await self._renewal  # its write is done before "released" is written
+            self._renewal = None
         lease = self.lease
         if lease is not None and not self.lost.is_set():
             with contextlib.suppress(OSError):
-                await asyncio.to_thread(self._write, replace(lease.record, released=True))
+                await self.blocking(self._write, replace(lease.record, released=True))
         self.close()
 
     def close(self) -> None:

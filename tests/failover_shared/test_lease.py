@@ -11,7 +11,11 @@ import asyncio
 import dataclasses
 import os
 import sqlite3
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -26,6 +30,8 @@ from moorage.broker.shared_storage import (
     process_alive,
 )
 from moorage.storage.sqlite import SQLiteStore
+
+T = TypeVar("T")
 
 LEASE = 8.0
 POLL = 0.5
@@ -45,8 +51,27 @@ def record(**changes: object) -> LeaseRecord:
     return LeaseRecord(**fields)  # type: ignore[arg-type]
 
 
+class Threads:
+    """`asyncio.to_thread` that counts the calls under way: time moves only when none
+    is, as on a machine fast enough to finish each within a step (a loaded one-core
+    run renewed a lease after time had moved past it)."""
+
+    def __init__(self) -> None:
+        self.under_way = 0
+
+    async def __call__(self, func: Callable[..., T], /, *args: Any) -> T:
+        self.under_way += 1
+        try:
+            return await asyncio.to_thread(func, *args)
+        finally:
+            self.under_way -= 1
+
+
+THREADS = Threads()
+
+
 def storage(path: Path, clock: ManualClock, host: str = "h1") -> SharedStorage:
-    return SharedStorage(path, lease=LEASE, poll=POLL, clock=clock, host=host)
+    return SharedStorage(path, lease=LEASE, poll=POLL, clock=clock, host=host, blocking=THREADS)
 
 
 def files(path: Path) -> list[str]:
@@ -54,9 +79,15 @@ def files(path: Path) -> list[str]:
 
 
 async def turn(times: int = 20) -> None:
-    """Let the loop run what is ready (tasks, and threads' results)."""
+    """Let the loop run what is ready (tasks, and threads' results): at least `times`
+    turns, and on until no file I/O is under way (bounded by a generous 30 s)."""
+    deadline = time.monotonic() + 30
     for _ in range(times):
         await asyncio.sleep(0.01)
+    while THREADS.under_way:
+        assert time.monotonic() < deadline, "file I/O did not finish"
+        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # what its result started (a write after a read) counts too
 
 
 async def advance(clock: ManualClock, seconds: float, step: float = POLL) -> None:
@@ -190,6 +221,44 @@ async def test_a_holder_whose_record_names_another_owner_stops(tmp_path: Path) -
 
 
 # -- waiting and taking over -------------------------------------------------------
+
+
+async def test_release_lets_a_renewal_under_way_write_first(tmp_path: Path) -> None:
+    """A renewal whose write is under way when the broker stops finishes before the
+    "released" record is written: it never lands after it and marks the lease held
+    again (a waiter would then wait out a whole lease instead of taking over at once)."""
+    clock = ManualClock()
+    held, go, written = threading.Event(), threading.Event(), threading.Event()
+
+    async def blocking(func: Callable[..., T], /, *args: Any) -> T:
+        renewal = getattr(func, "__name__", "") == "_write" and args[0].renewals > 0
+
+        def run() -> T:
+            if renewal and not args[0].released:
+                held.set()
+                go.wait(30)  # the renewal's write, held in its thread
+            try:
+                return func(*args)
+            finally:
+                if renewal:
+                    written.set()
+
+        return await asyncio.to_thread(run)
+
+    a = SharedStorage(tmp_path, lease=LEASE, poll=POLL, clock=clock, host="h1", blocking=blocking)
+    await a.acquire()
+    a.start_renewing()
+    await asyncio.sleep(0)  # the renewing task sleeps on the clock
+    clock.advance(LEASE / 2)
+    assert await asyncio.to_thread(held.wait, 30)
+    releasing = asyncio.ensure_future(a.release())
+    await asyncio.sleep(0.05)
+    go.set()
+    await asyncio.wait_for(releasing, 30)
+    assert await asyncio.to_thread(written.wait, 30)
+    final = LeaseRecord.decode((tmp_path / LEASE_FILE).read_bytes())
+    assert final is not None
+    assert final.released
 
 
 async def test_a_waiter_takes_over_when_the_holder_releases(tmp_path: Path) -> None:
