@@ -144,6 +144,17 @@ class RunningBroker:
             time.sleep(0.01)
 
 
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Poll a condition from the test's thread (HTTP, a client's state: not on the
+    broker's loop, which must stay free to answer) within a generous bound."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 # -- a raw AMQP client ---------------------------------------------------------------------
 
 _FRAME_HEADER = struct.Struct(">BHI")

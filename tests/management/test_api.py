@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ import paho.mqtt.client as paho
 import pika
 import pytest
 
-from tests.helpers import RunningBroker, free_port, make_config, make_user
+from tests.helpers import RunningBroker, free_port, make_config, make_user, wait_for
 
 FIELDS = json.loads((Path(__file__).parent / "rabbitmq_fields.json").read_text())
 TIMEOUT = 10
@@ -82,16 +81,6 @@ def amqp(managed: RunningBroker) -> Iterator[pika.BlockingConnection]:
     yield connection
     if connection.is_open:
         connection.close()
-
-
-def wait_for(predicate: Callable[[], bool]) -> bool:
-    """Poll over HTTP (not on the broker's loop: the loop must stay free to answer)."""
-    deadline = time.monotonic() + TIMEOUT
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 # Fields Moorage adds on purpose (protocols/management/README.md): a connection's message

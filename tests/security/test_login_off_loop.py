@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,13 +81,6 @@ def held(broker: RunningBroker) -> HeldVerify:
     verify = HeldVerify()
     broker.call(setattr, broker.core.users, "verify", verify)
     return verify
-
-
-def _until(predicate: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 def _pending_logins(broker: RunningBroker) -> int:
@@ -164,7 +156,8 @@ def test_concurrent_logins_with_the_same_credentials_share_one_check(
     started = [_in_thread(lambda: _connect(broker, "waiting", "pw-w")) for _ in range(clients)]
     try:
         assert held.entered.wait(WAIT)
-        _until(lambda: _pending_logins(broker) == clients)  # all wait for the one check
+        # all wait for the one check
+        assert broker.wait_until(lambda: broker.core.pending_logins == clients, timeout=WAIT)
         assert broker.call(lambda: broker.core.users.verifying) == 1
     finally:
         held.release()

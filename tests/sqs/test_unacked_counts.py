@@ -20,7 +20,7 @@ import pika
 from prometheus_client.parser import text_string_to_metric_families
 
 from moorage.broker.clock import ManualClock
-from tests.helpers import RunningBroker, free_port
+from tests.helpers import RunningBroker, free_port, wait_for
 from tests.sqs.conftest import ClientFactory, sqs_config
 
 TIMEOUT = 30
@@ -84,16 +84,6 @@ class Counts:
         assert self.totals() == (unacked if total is None else total)
 
 
-def _wait(predicate: Callable[[], bool]) -> bool:
-    """Poll over HTTP until `predicate` holds (generous bound, never a fixed sleep)."""
-    deadline = time.monotonic() + TIMEOUT
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def _handles(messages: list[dict[str, Any]]) -> list[str]:
     return [m["ReceiptHandle"] for m in messages]
 
@@ -154,7 +144,7 @@ def test_in_flight_messages_count_as_unacknowledged_until_each_way_out(
         channel.close()  # the get's delivery goes back
     finally:
         connection.close()
-    assert _wait(lambda: counts.management() == (2, 5))
+    assert wait_for(lambda: counts.management() == (2, 5))
     counts.check(2, 5)
 
     # PurgeQueue deletes the in-flight messages too
